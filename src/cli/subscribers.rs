@@ -1,0 +1,450 @@
+//! `digestif subscribers …`: add, import, list, export, show and remove subscribers.
+
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use futures_util::TryStreamExt;
+use sqlx::PgPool;
+
+use super::output::{Format, Listing, Record, progress, time_cell};
+use crate::config::Settings;
+use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus};
+use crate::store::{self, subscribers as db};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Add one subscriber as active (consent given to the operator)
+    Add {
+        /// Their email address
+        email: String,
+        /// Their name, used in the To header and the greeting
+        #[arg(long)]
+        name: Option<String>,
+        /// Allow an address that was erased on request (they asked to come back)
+        #[arg(long)]
+        allow_erased: bool,
+    },
+    /// Import subscribers from a CSV file with the header `email,name` (extra columns ignored)
+    ///
+    /// Every bad line is reported with its line number. By default the import is all or
+    /// nothing: one bad line and nothing is imported. Duplicates (within the file, or already
+    /// stored, in any letter case) are reported and never create a second subscriber; stored
+    /// subscribers are left as they are, so an unsubscribed address stays unsubscribed.
+    Import {
+        /// The CSV file
+        file: PathBuf,
+        /// Import the valid rows and report the invalid ones instead of importing nothing
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Only validate and report what would happen; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Import addresses that were erased on request (they asked to come back)
+        #[arg(long)]
+        allow_erased: bool,
+    },
+    /// List subscribers
+    List {
+        /// Only subscribers with this status
+        #[arg(long, value_enum)]
+        status: Option<SubscriberStatus>,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Export every subscriber with all stored fields (CSV is safe to open in a spreadsheet)
+    Export {
+        /// Output format
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+    },
+    /// Show one subscriber: status, consent and the full event history
+    Show {
+        /// Their email address (any letter case)
+        email: String,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: ShowFormat,
+    },
+    /// Unsubscribe a subscriber (recorded as an admin action); --purge erases them
+    Remove {
+        /// Their email address (any letter case)
+        email: String,
+        /// Erase all personal data (GDPR Art. 17); only an anonymous hash stays, so the address
+        /// is not re-imported by accident
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+/// Formats for `export`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// CSV with a header row.
+    Csv,
+    /// A JSON array.
+    Json,
+}
+
+/// Formats for `show`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ShowFormat {
+    /// Readable text.
+    Table,
+    /// One JSON object with the history in `events`.
+    Json,
+}
+
+pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
+    match cmd {
+        Command::Add {
+            email,
+            name,
+            allow_erased,
+        } => {
+            let email = SubscriberEmail::parse(&email)?;
+            let name = name
+                .as_deref()
+                .map(SubscriberName::parse_optional)
+                .transpose()?
+                .flatten();
+            let pool = store::connect_current(&settings.database).await?;
+            let id = db::add(
+                &pool,
+                &email,
+                name.as_ref(),
+                SubscriberStatus::Active,
+                "cli",
+                allow_erased,
+            )
+            .await?;
+            println!("added {email} (subscriber {id})");
+            Ok(())
+        }
+        Command::Import {
+            file,
+            skip_invalid,
+            dry_run,
+            allow_erased,
+        } => {
+            let pool = store::connect_current(&settings.database).await?;
+            import(&pool, &file, skip_invalid, dry_run, allow_erased).await
+        }
+        Command::List { status, format } => {
+            let pool = store::connect_current(&settings.database).await?;
+            let mut listing = Listing::new(format, io::stdout().lock())?;
+            let mut rows = db::list(&pool, status);
+            while let Some(row) = rows.try_next().await? {
+                listing.push(&row)?;
+            }
+            listing.finish()?;
+            Ok(())
+        }
+        Command::Export { format } => {
+            let pool = store::connect_current(&settings.database).await?;
+            let format = match format {
+                ExportFormat::Csv => Format::Csv,
+                ExportFormat::Json => Format::Json,
+            };
+            let mut listing = Listing::new(format, io::BufWriter::new(io::stdout().lock()))?;
+            let mut rows = db::list(&pool, None);
+            while let Some(row) = rows.try_next().await? {
+                listing.push(&row)?;
+            }
+            listing.finish()?;
+            Ok(())
+        }
+        Command::Show { email, format } => {
+            let email = SubscriberEmail::parse(&email)?;
+            let pool = store::connect_current(&settings.database).await?;
+            let Some(row) = db::find(&pool, &email).await? else {
+                bail!("no subscriber '{email}'");
+            };
+            let events = db::events(&pool, row.subscriber_id).await?;
+            let mut out = io::stdout().lock();
+            match format {
+                ShowFormat::Json => {
+                    let mut value = serde_json::to_value(&row)?;
+                    value["events"] = serde_json::to_value(&events)?;
+                    serde_json::to_writer_pretty(&mut out, &value)?;
+                    writeln!(out)?;
+                }
+                ShowFormat::Table => {
+                    for (header, cell) in SubscriberRow::HEADERS.iter().zip(row.cells()) {
+                        writeln!(out, "{header:<16}{cell}")?;
+                    }
+                    writeln!(out, "history:")?;
+                    for e in events {
+                        writeln!(
+                            out,
+                            "  {}  {} via {}{}",
+                            time_cell(Some(e.created_at)),
+                            e.kind,
+                            e.method,
+                            e.detail.map(|d| format!(" ({d})")).unwrap_or_default()
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Remove { email, purge } => {
+            let email = SubscriberEmail::parse(&email)?;
+            let pool = store::connect_current(&settings.database).await?;
+            if purge {
+                if !db::purge(&pool, &email).await? {
+                    bail!("no subscriber '{email}'");
+                }
+                println!(
+                    "erased {email}: personal data deleted, an anonymous suppression entry kept"
+                );
+                return Ok(());
+            }
+            match db::unsubscribe_by_admin(&pool, &email).await? {
+                db::Removal::Unsubscribed => println!("unsubscribed {email}"),
+                db::Removal::AlreadyInactive(status) => {
+                    println!("{email} was already {status}; nothing changed")
+                }
+                db::Removal::NotFound => bail!("no subscriber '{email}'"),
+            }
+            Ok(())
+        }
+    }
+}
+
+use db::SubscriberRow;
+
+impl Record for SubscriberRow {
+    const HEADERS: &'static [&'static str] = &[
+        "id",
+        "email",
+        "name",
+        "status",
+        "consent_source",
+        "consent_at",
+        "confirmed_at",
+        "unsubscribed_at",
+        "hard_bounces",
+        "created_at",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.subscriber_id.to_string(),
+            self.email.clone(),
+            self.name.clone().unwrap_or_default(),
+            self.status.clone(),
+            self.consent_source.clone(),
+            time_cell(Some(self.consent_at)),
+            time_cell(self.confirmed_at),
+            time_cell(self.unsubscribed_at),
+            self.hard_bounces.to_string(),
+            time_cell(Some(self.created_at)),
+        ]
+    }
+}
+
+/// Rows sent to Postgres per COPY message: big enough to amortise round trips, small enough to
+/// keep memory flat.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Counts for the closing summary.
+#[derive(Default)]
+struct Tally {
+    valid: u64,
+    invalid: u64,
+    duplicates: u64,
+    stored: u64,
+    erased: u64,
+}
+
+async fn import(
+    pool: &PgPool,
+    path: &Path,
+    skip_invalid: bool,
+    dry_run: bool,
+    allow_erased: bool,
+) -> anyhow::Result<()> {
+    let shown = path.display().to_string();
+    let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(1 << 16, file));
+
+    let headers = reader
+        .byte_headers()
+        .with_context(|| format!("{shown}: cannot read the header line"))?
+        .clone();
+    let column = |want: &str| {
+        headers.iter().position(|h| {
+            String::from_utf8_lossy(h)
+                .trim_start_matches('\u{feff}')
+                .trim()
+                .eq_ignore_ascii_case(want)
+        })
+    };
+    let Some(email_col) = column("email") else {
+        bail!("{shown}: line 1: the header has no 'email' column (expected `email,name`)");
+    };
+    let name_col = column("name");
+
+    let bar = progress(len, "importing");
+    let mut stderr = io::stderr().lock();
+    let mut tally = Tally::default();
+    let mut import = db::Import::begin(pool).await?;
+    {
+        let mut copy = import.copy_in().await?;
+        let chunk = || {
+            csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(Vec::with_capacity(COPY_CHUNK + 4096))
+        };
+        let mut buf = chunk();
+        let mut record = csv::ByteRecord::new();
+        loop {
+            let more = match reader.read_byte_record(&mut record) {
+                Ok(more) => more,
+                Err(e) => {
+                    // A malformed file (e.g. an unclosed quote) cannot be read past this point.
+                    let line = e.position().map_or(0, |p| p.line());
+                    let _ = copy.abort("unreadable input").await;
+                    bail!(
+                        "{shown}: line {line}: cannot be read as CSV: {}",
+                        csv_reason(&e)
+                    );
+                }
+            };
+            if !more {
+                break;
+            }
+            let line = record.position().map_or(0, |p| p.line());
+            match parse_row(&record, email_col, name_col) {
+                Ok((email, name)) => {
+                    tally.valid += 1;
+                    db::Import::encode(&mut buf, line, &email, name.as_ref())?;
+                    if buf.get_ref().len() >= COPY_CHUNK {
+                        let full = std::mem::replace(&mut buf, chunk());
+                        copy.send(full.into_inner().map_err(|e| e.into_error())?)
+                            .await?;
+                        bar.set_position(record.position().map_or(0, |p| p.byte()));
+                    }
+                }
+                Err(reason) => {
+                    tally.invalid += 1;
+                    bar.suspend(|| writeln!(stderr, "{shown}: line {line}: {reason}"))?;
+                }
+            }
+        }
+        let rest = buf.into_inner().map_err(|e| e.into_error())?;
+        if !rest.is_empty() {
+            copy.send(rest).await?;
+        }
+        copy.finish().await?;
+    }
+    bar.finish_and_clear();
+
+    {
+        let mut notes = import.notes();
+        while let Some(note) = notes.try_next().await? {
+            let (line, email) = (note.line, crate::domain::shown(&note.email));
+            match note.kind {
+                db::NoteKind::DuplicateOf(first) => {
+                    tally.duplicates += 1;
+                    writeln!(
+                        stderr,
+                        "{shown}: line {line}: '{email}' duplicates line {first}; skipped"
+                    )?;
+                }
+                db::NoteKind::AlreadyStored(status) => {
+                    tally.stored += 1;
+                    writeln!(
+                        stderr,
+                        "{shown}: line {line}: '{email}' is already a subscriber ({status}); left as it is"
+                    )?;
+                }
+                db::NoteKind::Erased if allow_erased => {}
+                db::NoteKind::Erased => {
+                    tally.erased += 1;
+                    writeln!(
+                        stderr,
+                        "{shown}: line {line}: '{email}' was erased on request; pass --allow-erased if they asked to come back"
+                    )?;
+                }
+            }
+        }
+    }
+
+    let refused = tally.invalid + tally.erased;
+    if refused > 0 && !skip_invalid && !dry_run {
+        import.rollback().await?;
+        bail!(
+            "{shown}: {refused} invalid line{}; nothing imported (fix {}, or pass --skip-invalid to import the valid rows)",
+            plural(refused),
+            if refused == 1 { "it" } else { "them" }
+        );
+    }
+    let added = import.insert(&shown, allow_erased).await?;
+    let summary = format!(
+        "{} {added} subscriber{} from {shown} ({} rows read: {} duplicate{} in the file, {} already stored, {} invalid{})",
+        if dry_run { "would import" } else { "imported" },
+        plural(added),
+        tally.valid + tally.invalid,
+        tally.duplicates,
+        plural(tally.duplicates),
+        tally.stored,
+        refused,
+        if refused > 0 && !dry_run {
+            ", skipped"
+        } else {
+            ""
+        },
+    );
+    if dry_run {
+        import.rollback().await?;
+        println!("dry run: {summary}; nothing was changed");
+        if refused > 0 {
+            return Err(anyhow!(
+                "{shown}: {refused} invalid line{}",
+                plural(refused)
+            ));
+        }
+    } else {
+        import.commit().await?;
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn csv_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => io.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+fn parse_row(
+    record: &csv::ByteRecord,
+    email_col: usize,
+    name_col: Option<usize>,
+) -> Result<(SubscriberEmail, Option<SubscriberName>), String> {
+    let text = |i: usize| -> Result<&str, String> {
+        let raw = record.get(i).unwrap_or_default();
+        std::str::from_utf8(raw).map_err(|_| "not valid UTF-8 (save the file as UTF-8)".to_owned())
+    };
+    if record.len() <= email_col {
+        return Err("the email column is missing".to_owned());
+    }
+    let email = SubscriberEmail::parse(text(email_col)?).map_err(|e| e.to_string())?;
+    let name = match name_col {
+        Some(i) => SubscriberName::parse_optional(text(i)?).map_err(|e| e.to_string())?,
+        None => None,
+    };
+    Ok((email, name))
+}

@@ -1,0 +1,652 @@
+//! One `Settings` tree: the embedded defaults, the TOML file and `DIGESTIF_*` environment
+//! variables, parsed into domain types at start-up so a bad value fails before anything runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use lettre::message::Mailbox;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::domain::{is_forbidden_char, shown};
+
+/// The documented configuration file, compiled in as the defaults for every key.
+pub const DEFAULTS: &str = include_str!("../config/digestif.toml");
+
+/// Where the configuration file is looked for when neither `--config` nor `DIGESTIF_CONFIG` is
+/// given; a missing file there is not an error (the embedded defaults apply).
+pub const DEFAULT_PATH: &str = "config/digestif.toml";
+
+/// A configuration value that does not fit; the message names the key and the source.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {key}: {message}")]
+pub struct ConfigError {
+    key: String,
+    message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every setting, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Identity and links of the newsletter.
+    pub newsletter: Newsletter,
+    /// When issues are due.
+    pub schedule: ScheduleSettings,
+    /// How content is picked.
+    pub content: ContentSettings,
+    /// How deliveries are worked through.
+    pub delivery: DeliverySettings,
+    /// The SMTP relay.
+    pub smtp: SmtpSettings,
+    /// DKIM signing.
+    pub dkim: DkimSettings,
+    /// The HTTP server and link tokens.
+    pub http: HttpSettings,
+    /// The PostgreSQL database.
+    pub database: DatabaseSettings,
+}
+
+/// `[newsletter]`
+#[derive(Debug, Clone)]
+pub struct Newsletter {
+    /// Display name of the newsletter.
+    pub name: String,
+    /// The From mailbox.
+    pub from: Mailbox,
+    /// The Reply-To mailbox, when it differs from `from`.
+    pub reply_to: Option<Mailbox>,
+    /// RFC 2919 list identifier, without angle brackets.
+    pub list_id: String,
+    /// Public base URL of the HTTP server, without a trailing slash.
+    pub base_url: url::Url,
+    /// Postal address for the footer.
+    pub postal_address: String,
+}
+
+/// `[schedule]`
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    /// The crontab expression as the operator wrote it.
+    pub cron: String,
+    /// The zone it is read in.
+    pub timezone: chrono_tz::Tz,
+    /// How late a missed slot may still be sent.
+    pub grace: Duration,
+}
+
+/// `[content] when_empty`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenEmpty {
+    /// Send the issue with tips only.
+    SendTipsOnly,
+    /// Do not send an issue for that slot.
+    Skip,
+}
+
+/// `[content]`
+#[derive(Debug, Clone)]
+pub struct ContentSettings {
+    /// Tips per issue.
+    pub tips_per_issue: u32,
+    /// Most articles per issue.
+    pub max_articles: u32,
+    /// Policy when nothing new was published.
+    pub when_empty: WhenEmpty,
+}
+
+/// `[delivery] transport`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Send over SMTP.
+    Smtp,
+    /// Write `.eml` files into the outbox.
+    File,
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Which transport sends.
+    pub transport: TransportKind,
+    /// Outbox folder of the file transport.
+    pub outbox: PathBuf,
+    /// Parallel SMTP sessions.
+    pub concurrency: u32,
+    /// Messages per second across all workers; `None` for no ceiling.
+    pub rate_per_second: Option<f64>,
+    /// Messages per hour across all workers; `None` for no ceiling.
+    pub rate_per_hour: Option<u32>,
+    /// Deliveries claimed per batch.
+    pub batch_size: u32,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Age after which a transient failure becomes final.
+    pub give_up_after: Duration,
+    /// How long a claim is held.
+    pub lease: Duration,
+    /// Hard bounces that suppress a subscriber.
+    pub hard_bounce_threshold: u32,
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// The relay URL; secret because operators put credentials in it.
+    pub url: SecretString,
+    /// AUTH user, if any.
+    pub username: Option<String>,
+    /// AUTH password, if any.
+    pub password: Option<SecretString>,
+    /// Connect and command timeout.
+    pub timeout: Duration,
+}
+
+/// `[dkim]`
+#[derive(Debug, Clone)]
+pub struct DkimSettings {
+    /// Whether to sign.
+    pub enabled: bool,
+    /// The d= domain.
+    pub domain: String,
+    /// The s= selector.
+    pub selector: String,
+    /// Where the private key is.
+    pub key_file: PathBuf,
+}
+
+/// `[http]`
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Token secret; empty when not configured.
+    pub token_secret: SecretString,
+}
+
+/// `[database]`
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// Connection URL; secret because it may hold a password.
+    pub url: SecretString,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+}
+
+// ---- the raw shape of the file ---------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    newsletter: RawNewsletter,
+    schedule: RawSchedule,
+    content: RawContent,
+    delivery: RawDelivery,
+    smtp: RawSmtp,
+    dkim: RawDkim,
+    http: RawHttp,
+    database: RawDatabase,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNewsletter {
+    name: String,
+    from: String,
+    reply_to: String,
+    list_id: String,
+    base_url: String,
+    postal_address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: String,
+    timezone: String,
+    grace: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContent {
+    tips_per_issue: u32,
+    max_articles: u32,
+    when_empty: WhenEmpty,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    transport: TransportKind,
+    outbox: PathBuf,
+    concurrency: u32,
+    rate_per_second: f64,
+    rate_per_hour: u32,
+    batch_size: u32,
+    retry_base: String,
+    give_up_after: String,
+    lease: String,
+    hard_bounce_threshold: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    url: SecretString,
+    username: String,
+    password: SecretString,
+    timeout: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    enabled: bool,
+    domain: String,
+    selector: String,
+    key_file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    token_secret: SecretString,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: SecretString,
+    max_connections: u32,
+    connect_timeout: String,
+}
+
+impl Settings {
+    /// Loads the settings: embedded defaults, then the file, then the environment.
+    ///
+    /// `explicit` is `--config` (or `DIGESTIF_CONFIG`); a file named that way must exist.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(explicit, Env::prefixed("DIGESTIF_"), Env::raw())
+    }
+
+    fn load_from(
+        explicit: Option<&Path>,
+        prefixed: Env,
+        raw_env: Env,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new().merge(Toml::string(DEFAULTS));
+        match explicit {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::new(
+                        "--config",
+                        format!("{}: no such file", path.display()),
+                    ));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None if Path::new(DEFAULT_PATH).is_file() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_PATH));
+            }
+            None => {}
+        }
+        figment = figment
+            .merge(prefixed.ignore(&["config"]).split("__"))
+            .merge(
+                raw_env
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database.url".into()),
+            );
+        let raw: Raw = figment.extract().map_err(figment_error)?;
+        raw.validate()
+    }
+
+    /// Loads settings from TOML text layered over the defaults, without reading the
+    /// environment: for tests and tools that build settings in code.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: Raw = Figment::new()
+            .merge(Toml::string(DEFAULTS))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(figment_error)?;
+        raw.validate()
+    }
+}
+
+fn figment_error(err: figment::Error) -> ConfigError {
+    let key = if err.path.is_empty() {
+        "(file)".to_owned()
+    } else {
+        err.path.join(".")
+    };
+    let source = err.metadata.as_ref().map(|m| match &m.source {
+        Some(src) => src.to_string(),
+        None => {
+            let profile = err.profile.clone().unwrap_or_default();
+            m.interpolate(&profile, &err.path)
+        }
+    });
+    let mut message = err.kind.to_string();
+    if let Some(source) = source {
+        message.push_str(&format!(" (set in {source})"));
+    }
+    ConfigError::new(&key, message)
+}
+
+impl Raw {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        let n = self.newsletter;
+        let from = mailbox("newsletter.from", &n.from)?;
+        let reply_to = if n.reply_to.trim().is_empty() {
+            None
+        } else {
+            Some(mailbox("newsletter.reply_to", &n.reply_to)?)
+        };
+        let base_url = http_url("newsletter.base_url", &n.base_url)?;
+        let list_id = n.list_id.trim().to_owned();
+        let list_id_ok = list_id.contains('.')
+            && list_id.len() <= 255
+            && list_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        if !list_id_ok {
+            return Err(ConfigError::new(
+                "newsletter.list_id",
+                format!(
+                    "'{}' is not a dotted name like backend-tips.example.com",
+                    shown(&list_id)
+                ),
+            ));
+        }
+        let newsletter = Newsletter {
+            name: one_line("newsletter.name", &n.name)?,
+            from,
+            reply_to,
+            list_id,
+            base_url,
+            postal_address: one_line("newsletter.postal_address", &n.postal_address)?,
+        };
+
+        let s = self.schedule;
+        let timezone: chrono_tz::Tz = s.timezone.trim().parse().map_err(|_| {
+            ConfigError::new(
+                "schedule.timezone",
+                format!(
+                    "'{}' is not an IANA time zone (e.g. Europe/Berlin)",
+                    shown(&s.timezone)
+                ),
+            )
+        })?;
+        let schedule = ScheduleSettings {
+            cron: one_line("schedule.cron", &s.cron)?,
+            timezone,
+            grace: duration("schedule.grace", &s.grace)?,
+        };
+
+        let c = self.content;
+        let content = ContentSettings {
+            tips_per_issue: in_range("content.tips_per_issue", c.tips_per_issue, 1, 10)?,
+            max_articles: in_range("content.max_articles", c.max_articles, 0, 50)?,
+            when_empty: c.when_empty,
+        };
+
+        let d = self.delivery;
+        if !(d.rate_per_second.is_finite() && d.rate_per_second >= 0.0) {
+            return Err(ConfigError::new(
+                "delivery.rate_per_second",
+                "must be a number of messages per second, 0 or more",
+            ));
+        }
+        let delivery = DeliverySettings {
+            transport: d.transport,
+            outbox: d.outbox,
+            concurrency: in_range("delivery.concurrency", d.concurrency, 1, 64)?,
+            rate_per_second: (d.rate_per_second > 0.0).then_some(d.rate_per_second),
+            rate_per_hour: (d.rate_per_hour > 0).then_some(d.rate_per_hour),
+            batch_size: in_range("delivery.batch_size", d.batch_size, 1, 10_000)?,
+            retry_base: duration("delivery.retry_base", &d.retry_base)?,
+            give_up_after: duration("delivery.give_up_after", &d.give_up_after)?,
+            lease: duration("delivery.lease", &d.lease)?,
+            hard_bounce_threshold: in_range(
+                "delivery.hard_bounce_threshold",
+                d.hard_bounce_threshold,
+                1,
+                100,
+            )?,
+        };
+
+        let m = self.smtp;
+        let smtp_url = m.url.expose_secret();
+        match url::Url::parse(smtp_url) {
+            Ok(u) if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some() => {}
+            // The value is not echoed: operators put passwords in this URL.
+            _ => {
+                return Err(ConfigError::new(
+                    "smtp.url",
+                    "not an smtp:// or smtps:// URL with a host",
+                ));
+            }
+        }
+        let smtp = SmtpSettings {
+            url: m.url,
+            username: Some(m.username.trim().to_owned()).filter(|u| !u.is_empty()),
+            password: (!m.password.expose_secret().is_empty()).then_some(m.password),
+            timeout: duration("smtp.timeout", &m.timeout)?,
+        };
+
+        let k = self.dkim;
+        let dkim = DkimSettings {
+            enabled: k.enabled,
+            domain: one_line("dkim.domain", &k.domain)?,
+            selector: one_line("dkim.selector", &k.selector)?,
+            key_file: k.key_file,
+        };
+
+        let h = self.http;
+        let listen = h.listen.trim().parse().map_err(|_| {
+            ConfigError::new(
+                "http.listen",
+                format!(
+                    "'{}' is not an address:port like 127.0.0.1:8080",
+                    shown(&h.listen)
+                ),
+            )
+        })?;
+        let http = HttpSettings {
+            listen,
+            token_secret: h.token_secret,
+        };
+
+        let b = self.database;
+        if !b.url.expose_secret().starts_with("postgres://")
+            && !b.url.expose_secret().starts_with("postgresql://")
+        {
+            return Err(ConfigError::new("database.url", "not a postgres:// URL"));
+        }
+        let database = DatabaseSettings {
+            url: b.url,
+            max_connections: in_range("database.max_connections", b.max_connections, 1, 100)?,
+            connect_timeout: duration("database.connect_timeout", &b.connect_timeout)?,
+        };
+
+        Ok(Settings {
+            newsletter,
+            schedule,
+            content,
+            delivery,
+            smtp,
+            dkim,
+            http,
+            database,
+        })
+    }
+}
+
+fn one_line(key: &str, raw: &str) -> Result<String, ConfigError> {
+    if raw.chars().any(is_forbidden_char) {
+        return Err(ConfigError::new(
+            key,
+            format!("'{}' contains a control character", shown(raw)),
+        ));
+    }
+    let v = raw.trim();
+    if v.is_empty() {
+        return Err(ConfigError::new(key, "must not be empty"));
+    }
+    Ok(v.to_owned())
+}
+
+fn mailbox(key: &str, raw: &str) -> Result<Mailbox, ConfigError> {
+    let v = one_line(key, raw)?;
+    v.parse().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!(
+                "'{}' is not a mailbox like \"Name <address@example.com>\"",
+                shown(&v)
+            ),
+        )
+    })
+}
+
+fn http_url(key: &str, raw: &str) -> Result<url::Url, ConfigError> {
+    let v = one_line(key, raw)?;
+    match url::Url::parse(v.trim_end_matches('/')) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(u),
+        _ => Err(ConfigError::new(
+            key,
+            format!("'{}' is not an http:// or https:// URL", shown(&v)),
+        )),
+    }
+}
+
+fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(raw.trim()).map_err(|_| {
+        ConfigError::new(
+            key,
+            format!(
+                "'{}' is not a duration (write e.g. 90s, 10m, 6h, 2d)",
+                shown(raw)
+            ),
+        )
+    })
+}
+
+fn in_range(key: &str, v: u32, lo: u32, hi: u32) -> Result<u32, ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("{v} is out of range ({lo} to {hi})"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_are_valid() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.newsletter.name, "Backend Tips");
+        assert_eq!(s.delivery.transport, TransportKind::File);
+        assert_eq!(s.schedule.grace, Duration::from_secs(6 * 3600));
+        assert_eq!(s.delivery.rate_per_second, None);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let cases = [
+            (
+                "[delivery]\nconcurrency = 0",
+                "config: delivery.concurrency: 0 is out of range",
+            ),
+            (
+                "[delivery]\nconcurrency = \"lots\"",
+                "config: delivery.concurrency: invalid type",
+            ),
+            (
+                "[schedule]\ntimezone = \"Mars/Olympus\"",
+                "config: schedule.timezone: 'Mars/Olympus'",
+            ),
+            (
+                "[schedule]\ngrace = \"soon\"",
+                "config: schedule.grace: 'soon' is not a duration",
+            ),
+            (
+                "[newsletter]\nfrom = \"nobody\"",
+                "config: newsletter.from: 'nobody'",
+            ),
+            (
+                "[delivery]\ntransport = \"pigeon\"",
+                "config: delivery.transport: unknown variant",
+            ),
+            (
+                "[smtp]\nurl = \"http://user:hunter2@x\"",
+                "config: smtp.url: not an smtp://",
+            ),
+            ("[smtp]\nport = 25", "config: smtp.port: unknown field"),
+        ];
+        for (toml, want) in cases {
+            let err = Settings::from_toml(toml).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{toml}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DIGESTIF_DELIVERY__TRANSPORT", "smtp");
+            jail.set_env("DIGESTIF_SMTP__URL", "smtp://mail.example.com:587");
+            jail.set_env("DATABASE_URL", "postgres://u@db.example.com/x");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.delivery.transport, TransportKind::Smtp);
+            assert_eq!(s.smtp.url.expose_secret(), "smtp://mail.example.com:587");
+            assert_eq!(
+                s.database.url.expose_secret(),
+                "postgres://u@db.example.com/x"
+            );
+            jail.set_env("DIGESTIF_DELIVERY__CONCURRENCY", "500");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                err.starts_with("config: delivery.concurrency: 500 is out of range"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let s = Settings::from_toml(
+            "[smtp]\npassword = \"hunter2\"\n[http]\ntoken_secret = \"s3cr3t-token\"",
+        )
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("s3cr3t-token"),
+            "{dbg}"
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! Validated domain types: the only door through which outside data (CLI arguments, CSV files,
+//! config values, HTTP forms) reaches the store, the renderer or the mailer.
+
+mod content;
+mod subscriber_email;
+mod subscriber_name;
+mod subscriber_status;
+
+pub use content::{ArticleUrl, ContentError, NewArticle, NewTip, TipBody, Title};
+pub use subscriber_email::{EmailError, SubscriberEmail};
+pub use subscriber_name::{NameError, SubscriberName};
+pub use subscriber_status::SubscriberStatus;
+
+/// Renders untrusted text for an error message on one line: control characters (CR, LF, NUL…)
+/// come out escaped, so a hostile value cannot forge extra lines in a terminal or a log.
+pub(crate) fn shown(raw: &str) -> String {
+    const MAX: usize = 80;
+    let escaped: String = raw
+        .chars()
+        .map(|c| {
+            if is_forbidden_char(c) {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    if escaped.chars().count() > MAX {
+        let cut: String = escaped.chars().take(MAX).collect();
+        format!("{cut}…")
+    } else {
+        escaped
+    }
+}
+
+/// True for characters that must never reach a header or a terminal: C0/C1 controls (CR, LF,
+/// NUL, ESC…), DEL, and the Unicode line and paragraph separators that some clients honour.
+pub(crate) fn is_forbidden_char(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}

@@ -1,0 +1,15 @@
+//! digestif: a newsletter digest mailer. The modules below are listed in reading order.
+
+/// Validated domain types: the only door for outside data.
+pub mod domain;
+
+/// Settings: the TOML file and `DIGESTIF_*` environment, parsed into domain types.
+pub mod config;
+
+/// The Postgres store: every SQL statement, migrations, connection handling.
+pub mod store;
+
+/// The operator's command line.
+pub mod cli;
+
+pub use store::MIGRATOR;

@@ -1,0 +1,383 @@
+//! SQL for `subscriber`, `subscriber_event` and `suppression`: adding, listing, removing,
+//! erasing, and the bulk import that streams a CSV through `COPY`.
+
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use sqlx::postgres::PgCopyIn;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus};
+
+/// A subscriber as stored.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct SubscriberRow {
+    /// Key; logs name subscribers by this, never by address.
+    pub subscriber_id: i64,
+    /// Address as stored.
+    pub email: String,
+    /// Display name, if known.
+    pub name: Option<String>,
+    /// Lifecycle state.
+    pub status: String,
+    /// How consent was given.
+    pub consent_source: String,
+    /// When consent was given.
+    pub consent_at: DateTime<Utc>,
+    /// When double opt-in was confirmed.
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// When they opted out.
+    pub unsubscribed_at: Option<DateTime<Utc>>,
+    /// Hard bounces counted so far.
+    pub hard_bounces: i32,
+    /// When the row was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One entry of a subscriber's consent and lifecycle history.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct EventRow {
+    /// What happened.
+    pub kind: String,
+    /// Through which channel.
+    pub method: String,
+    /// Evidence (file name, SMTP reply…).
+    pub detail: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why a subscriber could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// The address (in any letter case) is already stored.
+    #[error("'{email}' is already a subscriber (status {status})")]
+    AlreadyStored {
+        /// The stored address.
+        email: String,
+        /// Its status.
+        status: String,
+    },
+    /// The address was erased on request before.
+    #[error("'{0}' was erased on request; add --allow-erased if they asked to come back")]
+    Erased(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+const COLUMNS: &str = "subscriber_id, email, name, status, consent_source, consent_at, \
+                       confirmed_at, unsubscribed_at, hard_bounces, created_at";
+
+/// The suppression key of a lower-cased address, computed by Postgres so that no copy of the
+/// hashing lives in Rust.
+const SUPPRESSION_KEY: &str = "sha256(convert_to($1, 'UTF8'))";
+
+/// Inserts a subscriber with the given status and records how consent was given.
+pub async fn add(
+    pool: &PgPool,
+    email: &SubscriberEmail,
+    name: Option<&SubscriberName>,
+    status: SubscriberStatus,
+    method: &str,
+    allow_erased: bool,
+) -> Result<i64, AddError> {
+    let mut tx = pool.begin().await?;
+    if is_erased(&mut tx, email).await? {
+        if !allow_erased {
+            return Err(AddError::Erased(email.to_string()));
+        }
+        forget_erasure(&mut tx, email).await?;
+    }
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO subscriber (email, name, status, consent_source) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING RETURNING subscriber_id",
+    )
+    .bind(email.as_str())
+    .bind(name.map(SubscriberName::as_str))
+    .bind(status.as_str())
+    .bind(method)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = id else {
+        let existing = find(&mut *tx, email).await?;
+        let (email, status) = existing
+            .map(|s| (s.email, s.status))
+            .unwrap_or_else(|| (email.to_string(), "unknown".into()));
+        return Err(AddError::AlreadyStored { email, status });
+    };
+    record_event(&mut tx, id, "subscribed", method, None).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+async fn is_erased(conn: &mut PgConnection, email: &SubscriberEmail) -> sqlx::Result<bool> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM suppression WHERE email_sha256 = {SUPPRESSION_KEY})"
+    )))
+    .bind(email.key())
+    .fetch_one(conn)
+    .await
+}
+
+async fn forget_erasure(conn: &mut PgConnection, email: &SubscriberEmail) -> sqlx::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM suppression WHERE email_sha256 = {SUPPRESSION_KEY}"
+    )))
+    .bind(email.key())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends to the subscriber's history.
+pub async fn record_event(
+    conn: &mut PgConnection,
+    subscriber_id: i64,
+    kind: &str,
+    method: &str,
+    detail: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO subscriber_event (subscriber_id, kind, method, detail) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(subscriber_id)
+    .bind(kind)
+    .bind(method)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Looks a subscriber up by address, in any letter case.
+pub async fn find<'e, E>(conn: E, email: &SubscriberEmail) -> sqlx::Result<Option<SubscriberRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriber WHERE lower(email) = $1"
+    )))
+    .bind(email.key())
+    .fetch_optional(conn)
+    .await
+}
+
+/// A subscriber's history, oldest first.
+pub async fn events(pool: &PgPool, subscriber_id: i64) -> sqlx::Result<Vec<EventRow>> {
+    sqlx::query_as(
+        "SELECT kind, method, detail, created_at FROM subscriber_event \
+         WHERE subscriber_id = $1 ORDER BY created_at, subscriber_event_id",
+    )
+    .bind(subscriber_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Streams subscribers in id order, optionally of one status: memory stays flat at any size.
+pub fn list(
+    pool: &PgPool,
+    status: Option<SubscriberStatus>,
+) -> impl Stream<Item = sqlx::Result<SubscriberRow>> + '_ {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriber WHERE $1::text IS NULL OR status = $1 \
+         ORDER BY subscriber_id"
+    )))
+    .bind(status.map(SubscriberStatus::as_str))
+    .fetch(pool)
+}
+
+/// What an admin removal did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The subscriber was active or pending and is now unsubscribed.
+    Unsubscribed,
+    /// Nothing to do: they had already left (or bounced, or complained).
+    AlreadyInactive(String),
+    /// No such address.
+    NotFound,
+}
+
+/// Unsubscribes by admin action, recording it in the history.
+pub async fn unsubscribe_by_admin(pool: &PgPool, email: &SubscriberEmail) -> sqlx::Result<Removal> {
+    let mut tx = pool.begin().await?;
+    let Some(row) = find(&mut *tx, email).await? else {
+        return Ok(Removal::NotFound);
+    };
+    if !matches!(row.status.as_str(), "active" | "pending") {
+        return Ok(Removal::AlreadyInactive(row.status));
+    }
+    sqlx::query(
+        "UPDATE subscriber SET status = 'unsubscribed', unsubscribed_at = now() \
+         WHERE subscriber_id = $1",
+    )
+    .bind(row.subscriber_id)
+    .execute(&mut *tx)
+    .await?;
+    record_event(&mut tx, row.subscriber_id, "unsubscribed", "admin", None).await?;
+    tx.commit().await?;
+    Ok(Removal::Unsubscribed)
+}
+
+/// Erases a subscriber's personal data (row and history) and keeps only the hash of the address
+/// in `suppression`, so an erased address is not re-imported by accident. Returns false when
+/// there was no such subscriber.
+pub async fn purge(pool: &PgPool, email: &SubscriberEmail) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let deleted = sqlx::query("DELETE FROM subscriber WHERE lower(email) = $1")
+        .bind(email.key())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if deleted == 0 {
+        return Ok(false);
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO suppression (email_sha256, reason) VALUES ({SUPPRESSION_KEY}, 'erased') \
+         ON CONFLICT DO NOTHING"
+    )))
+    .bind(email.key())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+// ---- bulk import -----------------------------------------------------------------------------
+
+/// A bulk import in one transaction: validated rows are streamed into a temporary table with
+/// `COPY`, checked there against each other and the stored subscribers, then inserted with one
+/// statement. Nothing is visible to anyone until `commit`.
+pub struct Import {
+    tx: Transaction<'static, Postgres>,
+}
+
+/// A row that will not be imported, found once every row is in the staging table.
+#[derive(Debug)]
+pub struct ImportNote {
+    /// 1-based line number in the file.
+    pub line: i64,
+    /// The address on that line.
+    pub email: String,
+    /// Why it is left out.
+    pub kind: NoteKind,
+}
+
+/// Why an import row is left out.
+#[derive(Debug)]
+pub enum NoteKind {
+    /// The same address (any letter case) appears on an earlier line.
+    DuplicateOf(i64),
+    /// Already stored, with this status; left as it is (never silently re-subscribed).
+    AlreadyStored(String),
+    /// Erased on request before: an error unless `--allow-erased`.
+    Erased,
+}
+
+impl Import {
+    /// Starts the transaction and the staging table.
+    pub async fn begin(pool: &PgPool) -> sqlx::Result<Self> {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "CREATE TEMP TABLE import_row (line bigint NOT NULL, email text NOT NULL, \
+             email_key text NOT NULL, name text) ON COMMIT DROP",
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(Self { tx })
+    }
+
+    /// Opens the COPY stream into the staging table; feed it with [`Import::encode`]d rows.
+    pub async fn copy_in(&mut self) -> sqlx::Result<PgCopyIn<&mut PgConnection>> {
+        self.tx
+            .copy_in_raw("COPY import_row (line, email, email_key, name) FROM STDIN (FORMAT csv)")
+            .await
+    }
+
+    /// Appends one validated row, CSV-encoded for COPY, to `buf`.
+    pub fn encode(
+        buf: &mut csv::Writer<Vec<u8>>,
+        line: u64,
+        email: &SubscriberEmail,
+        name: Option<&SubscriberName>,
+    ) -> csv::Result<()> {
+        let line = line.to_string();
+        let key = email.key();
+        // An empty unquoted CSV field is NULL for COPY: exactly "no name".
+        buf.write_record([
+            line.as_str(),
+            email.as_str(),
+            key.as_str(),
+            name.map_or("", SubscriberName::as_str),
+        ])
+    }
+
+    /// Streams the rows that will not be imported, in line order within each kind.
+    pub fn notes(&mut self) -> impl Stream<Item = sqlx::Result<ImportNote>> + '_ {
+        use futures_util::TryStreamExt;
+        sqlx::query_as::<_, (i64, String, String, Option<String>, Option<i64>)>(
+            "SELECT line, email, 'duplicate', NULL, first_line FROM ( \
+                 SELECT line, email, min(line) OVER (PARTITION BY email_key) AS first_line \
+                 FROM import_row) d WHERE line <> first_line \
+             UNION ALL \
+             SELECT r.line, r.email, 'stored', s.status, NULL FROM import_row r \
+                 JOIN subscriber s ON lower(s.email) = r.email_key \
+             UNION ALL \
+             SELECT r.line, r.email, 'erased', NULL, NULL FROM import_row r \
+                 JOIN suppression p ON p.email_sha256 = sha256(convert_to(r.email_key, 'UTF8')) \
+             ORDER BY 1",
+        )
+        .fetch(&mut *self.tx)
+        .map_ok(|(line, email, kind, status, first)| ImportNote {
+            line,
+            email,
+            kind: match kind.as_str() {
+                "duplicate" => NoteKind::DuplicateOf(first.unwrap_or(0)),
+                "stored" => NoteKind::AlreadyStored(status.unwrap_or_default()),
+                _ => NoteKind::Erased,
+            },
+        })
+    }
+
+    /// Inserts the new subscribers (first occurrence of each address) as active, with an
+    /// `import` consent event naming `source`. Erased addresses are inserted only when
+    /// `allow_erased`, and then leave the suppression list. Returns how many were added.
+    pub async fn insert(&mut self, source: &str, allow_erased: bool) -> sqlx::Result<u64> {
+        if allow_erased {
+            sqlx::query(
+                "DELETE FROM suppression p USING import_row r \
+                 WHERE p.email_sha256 = sha256(convert_to(r.email_key, 'UTF8'))",
+            )
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let inserted = sqlx::query(
+            "WITH fresh AS ( \
+                 SELECT DISTINCT ON (r.email_key) r.email, r.name FROM import_row r \
+                 WHERE NOT EXISTS (SELECT 1 FROM subscriber s WHERE lower(s.email) = r.email_key) \
+                   AND NOT EXISTS (SELECT 1 FROM suppression p \
+                       WHERE p.email_sha256 = sha256(convert_to(r.email_key, 'UTF8'))) \
+                 ORDER BY r.email_key, r.line), \
+             ins AS ( \
+                 INSERT INTO subscriber (email, name, status, consent_source) \
+                 SELECT email, name, 'active', 'import' FROM fresh \
+                 ON CONFLICT DO NOTHING RETURNING subscriber_id) \
+             INSERT INTO subscriber_event (subscriber_id, kind, method, detail) \
+             SELECT subscriber_id, 'subscribed', 'import', $1 FROM ins",
+        )
+        .bind(source)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(inserted)
+    }
+
+    /// Makes the import visible.
+    pub async fn commit(self) -> sqlx::Result<()> {
+        self.tx.commit().await
+    }
+
+    /// Throws everything away (dry run, or invalid lines without `--skip-invalid`).
+    pub async fn rollback(self) -> sqlx::Result<()> {
+        self.tx.rollback().await
+    }
+}

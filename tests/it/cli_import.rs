@@ -1,0 +1,186 @@
+//! `digestif subscribers import`: every bad line reported, all or nothing, duplicates never
+//! doubled, erased addresses refused.
+
+use sqlx::PgPool;
+
+use crate::helpers::{Digestif, arg, file_with, subscriber_count};
+
+const MIXED: &str = "email,name,plan\n\
+    ada@example.com,Ada,gold\n\
+    bob@,Bob,\n\
+    carol@example.org,\"Carol, C.\",silver\n\
+    not an email,X,\n\
+    ADA@example.com,Ada again,\n\
+    dan@example.org,\"Dan\nMultiline\",\n\
+    erin@example.com,,\n";
+
+#[sqlx::test]
+async fn every_bad_line_is_reported_and_nothing_is_imported(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let (_dir, path) = file_with("subscribers.csv", MIXED.as_bytes());
+    let run = d.run(&["subscribers", "import", arg(&path)]);
+    assert_eq!(run.output.status.code(), Some(1), "{run}");
+    let err = run.stderr();
+    let p = path.display();
+    assert!(
+        err.contains(&format!("{p}: line 3: 'bob@' is not a valid email address")),
+        "{run}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{p}: line 5: 'not an email' is not a valid email address"
+        )),
+        "{run}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{p}: line 7: name 'Dan\\nMultiline' contains a control character"
+        )),
+        "{run}"
+    );
+    assert!(
+        err.contains(&format!("{p}: line 6: 'ADA@example.com' duplicates line 2")),
+        "{run}"
+    );
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!("digestif: {p}: 3 invalid lines; nothing imported")),
+        "{run}"
+    );
+    assert_eq!(subscriber_count(&pool).await, 0);
+}
+
+#[sqlx::test]
+async fn skip_invalid_imports_the_good_rows_once(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let (_dir, path) = file_with("subscribers.csv", MIXED.as_bytes());
+    let out = d
+        .ok(&["subscribers", "import", arg(&path), "--skip-invalid"])
+        .stdout();
+    assert!(out.starts_with("imported 3 subscribers"), "{out}");
+    let emails: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT email, name FROM subscriber ORDER BY email")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        emails,
+        vec![
+            ("ada@example.com".into(), Some("Ada".into())),
+            ("carol@example.org".into(), Some("Carol, C.".into())),
+            ("erin@example.com".into(), None),
+        ]
+    );
+    let consent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM subscriber_event WHERE kind = 'subscribed' AND method = 'import'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(consent, 3);
+
+    // Importing again adds nobody and says why.
+    let again = d.ok(&["subscribers", "import", arg(&path), "--skip-invalid"]);
+    assert!(
+        again.stdout().starts_with("imported 0 subscribers"),
+        "{again}"
+    );
+    assert!(
+        again
+            .stderr()
+            .contains("'ada@example.com' is already a subscriber (active); left as it is"),
+        "{again}"
+    );
+    assert_eq!(subscriber_count(&pool).await, 3);
+}
+
+#[sqlx::test]
+async fn dry_run_changes_nothing(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let (_dir, path) = file_with("ok.csv", b"email,name\nx@example.com,X\ny@example.com,Y\n");
+    let out = d
+        .ok(&["subscribers", "import", arg(&path), "--dry-run"])
+        .stdout();
+    assert!(out.contains("would import 2 subscribers"), "{out}");
+    assert_eq!(subscriber_count(&pool).await, 0);
+    let (_dir2, bad) = file_with("bad.csv", MIXED.as_bytes());
+    d.fails(
+        &["subscribers", "import", arg(&bad), "--dry-run"],
+        "3 invalid lines",
+    );
+    assert_eq!(subscriber_count(&pool).await, 0);
+}
+
+#[sqlx::test]
+async fn a_nul_byte_and_invalid_utf8_are_reported_by_line(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let (_dir, path) = file_with(
+        "nul.csv",
+        b"email,name\nok@example.com,Ok\nnul@example.com,Nu\0l\nbad@example.com,\xff\xfe\n",
+    );
+    let run = d.run(&["subscribers", "import", arg(&path)]);
+    assert_eq!(run.output.status.code(), Some(1), "{run}");
+    assert!(
+        run.stderr()
+            .contains("line 3: name 'Nu\\0l' contains a control character"),
+        "{run}"
+    );
+    assert!(run.stderr().contains("line 4: not valid UTF-8"), "{run}");
+    assert_eq!(subscriber_count(&pool).await, 0);
+}
+
+#[sqlx::test]
+async fn a_stored_unsubscribed_address_is_not_re_subscribed(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&["subscribers", "add", "left@example.com"]);
+    d.ok(&["subscribers", "remove", "left@example.com"]);
+    let (_dir, path) = file_with("s.csv", b"email\nLEFT@example.com\n");
+    let run = d.ok(&["subscribers", "import", arg(&path)]);
+    assert!(
+        run.stderr().contains("already a subscriber (unsubscribed)"),
+        "{run}"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM subscriber")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "unsubscribed");
+}
+
+#[sqlx::test]
+async fn an_erased_address_is_refused_unless_allowed(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&["subscribers", "add", "gone@example.com"]);
+    d.ok(&["subscribers", "remove", "gone@example.com", "--purge"]);
+    let (_dir, path) = file_with(
+        "s.csv",
+        b"email,name\nnew@example.com,New\nGone@Example.com,Back\n",
+    );
+    let run = d.run(&["subscribers", "import", arg(&path)]);
+    assert_eq!(run.output.status.code(), Some(1), "{run}");
+    assert!(
+        run.stderr()
+            .contains("line 3: 'Gone@example.com' was erased on request"),
+        "{run}"
+    );
+    assert_eq!(subscriber_count(&pool).await, 0);
+    d.ok(&["subscribers", "import", arg(&path), "--allow-erased"]);
+    assert_eq!(subscriber_count(&pool).await, 2);
+}
+
+#[sqlx::test]
+async fn a_missing_file_or_header_is_one_line(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.fails(
+        &["subscribers", "import", "no-such-file.csv"],
+        "no-such-file.csv: cannot open: No such file or directory",
+    );
+    let (_dir, path) = file_with("h.csv", b"mail,name\nx@example.com,X\n");
+    d.fails(
+        &["subscribers", "import", arg(&path)],
+        "line 1: the header has no 'email' column",
+    );
+    assert_eq!(subscriber_count(&pool).await, 0);
+}

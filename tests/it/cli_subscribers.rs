@@ -1,0 +1,206 @@
+//! `digestif subscribers add | list | export | show | remove` against a real database.
+
+use sqlx::PgPool;
+
+use crate::helpers::{Digestif, subscriber_count};
+
+#[sqlx::test]
+async fn invalid_addresses_are_refused_with_one_line_and_nothing_is_written(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let line = d.fails(
+        &["subscribers", "add", "bob@"],
+        "'bob@' is not a valid email address",
+    );
+    assert_eq!(
+        line,
+        "digestif: 'bob@' is not a valid email address (nothing after the '@')"
+    );
+    d.fails(
+        &["subscribers", "add", "not an email"],
+        "'not an email' is not a valid email address",
+    );
+    assert_eq!(subscriber_count(&pool).await, 0);
+}
+
+#[sqlx::test]
+async fn a_name_with_cr_lf_is_refused_and_shown_escaped(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let line = d.fails(
+        &[
+            "subscribers",
+            "add",
+            "eve@example.com",
+            "--name",
+            "Eve\r\nBcc: x@evil.example",
+        ],
+        "contains a control character",
+    );
+    assert_eq!(
+        line,
+        "digestif: name 'Eve\\r\\nBcc: x@evil.example' contains a control character"
+    );
+    assert_eq!(subscriber_count(&pool).await, 0);
+}
+
+#[sqlx::test]
+async fn an_address_differing_only_in_letter_case_is_one_subscriber(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&[
+        "subscribers",
+        "add",
+        "Ada.Lovelace@Example.com",
+        "--name",
+        "Ada",
+    ]);
+    d.fails(
+        &["subscribers", "add", "ada.lovelace@EXAMPLE.COM"],
+        "'Ada.Lovelace@example.com' is already a subscriber (status active)",
+    );
+    assert_eq!(subscriber_count(&pool).await, 1);
+    let shown = d
+        .ok(&["subscribers", "show", "ADA.LOVELACE@example.com"])
+        .stdout();
+    assert!(shown.contains("Ada.Lovelace@example.com"), "{shown}");
+    assert!(shown.contains("subscribed via cli"), "{shown}");
+}
+
+#[sqlx::test]
+async fn remove_unsubscribes_and_records_the_admin_action(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&["subscribers", "add", "bo@example.org"]);
+    assert!(
+        d.ok(&["subscribers", "remove", "bo@example.org"])
+            .stdout()
+            .contains("unsubscribed")
+    );
+    // Removing twice is harmless.
+    assert!(
+        d.ok(&["subscribers", "remove", "BO@example.org"])
+            .stdout()
+            .contains("already unsubscribed")
+    );
+    let (status, events): (String, i64) = sqlx::query_as(
+        "SELECT s.status, (SELECT count(*) FROM subscriber_event e \
+           WHERE e.subscriber_id = s.subscriber_id AND e.kind = 'unsubscribed' AND e.method = 'admin') \
+         FROM subscriber s",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), events), ("unsubscribed", 1));
+    d.fails(
+        &["subscribers", "remove", "nobody@example.org"],
+        "no subscriber 'nobody@example.org'",
+    );
+}
+
+#[sqlx::test]
+async fn purge_erases_personal_data_and_blocks_an_accidental_re_add(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&[
+        "subscribers",
+        "add",
+        "gone@example.com",
+        "--name",
+        "Gone Person",
+    ]);
+    d.ok(&["subscribers", "remove", "gone@example.com", "--purge"]);
+    assert_eq!(subscriber_count(&pool).await, 0);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriber_event")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "the history is personal data too");
+    // What remains holds no address, only its hash.
+    let dump: String = sqlx::query_scalar(
+        "SELECT string_agg(reason || encode(email_sha256, 'escape'), ',') FROM suppression",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!dump.contains("gone@example.com"));
+
+    d.fails(
+        &["subscribers", "add", "Gone@example.com"],
+        "was erased on request",
+    );
+    assert_eq!(subscriber_count(&pool).await, 0);
+    d.ok(&["subscribers", "add", "gone@example.com", "--allow-erased"]);
+    assert_eq!(subscriber_count(&pool).await, 1);
+}
+
+#[sqlx::test]
+async fn list_formats_and_spreadsheet_safe_export(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&[
+        "subscribers",
+        "add",
+        "calc@example.com",
+        "--name",
+        "=HYPERLINK(\"http://evil.example\")",
+    ]);
+    d.ok(&[
+        "subscribers",
+        "add",
+        "plain@example.com",
+        "--name",
+        "Plain Name",
+    ]);
+    d.ok(&["subscribers", "remove", "plain@example.com"]);
+
+    let csv = d.ok(&["subscribers", "export"]).stdout();
+    assert!(csv.starts_with("id,email,name,status,"), "{csv}");
+    assert!(
+        csv.contains("'=HYPERLINK"),
+        "formula not neutralised: {csv}"
+    );
+    assert!(
+        !csv.contains(",=HYPERLINK") && !csv.contains(",\"=HYPERLINK"),
+        "{csv}"
+    );
+
+    let json = d
+        .ok(&[
+            "subscribers",
+            "list",
+            "--format",
+            "json",
+            "--status",
+            "active",
+        ])
+        .stdout();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["email"], "calc@example.com");
+    // JSON is data, not a spreadsheet: the name is kept exactly.
+    assert_eq!(rows[0]["name"], "=HYPERLINK(\"http://evil.example\")");
+
+    let table = d.ok(&["subscribers", "list"]).stdout();
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("id  email"), "{table}");
+    assert_eq!(lines.count(), 2, "{table}");
+}
+
+#[sqlx::test]
+async fn an_unreachable_database_is_one_line_naming_the_host(pool: PgPool) {
+    let d = Digestif::new(&pool).env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/digestif");
+    let line = d.fails(
+        &["subscribers", "list"],
+        "cannot connect to the database at 127.0.0.1:1/digestif",
+    );
+    assert!(line.contains("refused"), "{line}");
+}
+
+#[sqlx::test]
+async fn commands_refuse_a_database_without_the_schema(pool: PgPool) {
+    sqlx::query("DROP TABLE _sqlx_migrations")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let d = Digestif::new(&pool);
+    d.fails(&["subscribers", "list"], "run `digestif migrate`");
+    // `migrate` on a database whose tables exist but whose bookkeeping is gone must not lose data;
+    // here it fails loudly instead of guessing.
+    d.ok(&["--help"]);
+}

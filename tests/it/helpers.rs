@@ -1,0 +1,135 @@
+//! Runs the real `digestif` binary against a test database and reports everything on failure.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use sqlx::PgPool;
+
+/// The `digestif` binary pointed at one test database.
+pub struct Digestif {
+    url: String,
+    envs: Vec<(String, String)>,
+}
+
+impl Digestif {
+    /// For the database behind `pool` (as created by `#[sqlx::test]`).
+    pub fn new(pool: &PgPool) -> Self {
+        let o = pool.connect_options();
+        let url = format!(
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or("postgres")
+        );
+        Self {
+            url,
+            envs: Vec::new(),
+        }
+    }
+
+    /// Adds an environment variable to every run.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_digestif"));
+        cmd.args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("DATABASE_URL", &self.url)
+            .env_remove("DIGESTIF_CONFIG")
+            .stdin(Stdio::null());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs a command and returns what it did.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self
+            .command(args)
+            .output()
+            .expect("the digestif binary could not be started");
+        Run {
+            args: args.iter().map(|a| a.escape_debug().to_string()).collect(),
+            output,
+        }
+    }
+
+    /// Runs and insists on success.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let run = self.run(args);
+        assert!(run.output.status.success(), "expected success\n{run}");
+        run
+    }
+
+    /// Runs and insists on failure with exit code 1 and exactly one line on stderr that
+    /// contains `needle`; returns that line.
+    pub fn fails(&self, args: &[&str], needle: &str) -> String {
+        let run = self.run(args);
+        assert_eq!(run.output.status.code(), Some(1), "expected exit 1\n{run}");
+        let stderr = run.stderr();
+        let last = stderr.lines().last().unwrap_or_default().to_owned();
+        assert!(
+            last.starts_with("digestif: "),
+            "no 'digestif: ' error line\n{run}"
+        );
+        assert!(last.contains(needle), "error line lacks {needle:?}\n{run}");
+        assert!(!stderr.contains("panicked"), "panic\n{run}");
+        last
+    }
+}
+
+/// One finished run.
+pub struct Run {
+    args: Vec<String>,
+    pub output: Output,
+}
+
+impl Run {
+    /// Standard output as text.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    /// Standard error as text.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "command: digestif {}", self.args.join(" "))?;
+        writeln!(f, "status: {}", self.output.status)?;
+        writeln!(f, "--- stdout\n{}", self.stdout())?;
+        write!(f, "--- stderr\n{}", self.stderr())
+    }
+}
+
+/// Writes a file into a fresh temporary folder and returns the folder (keep it alive).
+pub fn file_with(name: &str, bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write temp file");
+    (dir, path)
+}
+
+/// A path as a `&str` argument.
+pub fn arg(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+/// How many subscribers are stored.
+pub async fn subscriber_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM subscriber")
+        .fetch_one(pool)
+        .await
+        .expect("count subscribers")
+}

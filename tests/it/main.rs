@@ -1,0 +1,8 @@
+//! The integration tests: one binary (to keep link time down) running the real `digestif`
+//! against a real PostgreSQL database per test (`#[sqlx::test]`).
+
+mod cli_config;
+mod cli_content;
+mod cli_import;
+mod cli_subscribers;
+mod helpers;
