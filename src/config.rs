@@ -11,7 +11,7 @@ use lettre::message::Mailbox;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::domain::{is_forbidden_char, shown};
+use crate::domain::{Schedule, ScheduleError, is_forbidden_char, shown};
 
 /// The documented configuration file, compiled in as the defaults for every key.
 pub const DEFAULTS: &str = include_str!("../config/digestif.toml");
@@ -78,10 +78,8 @@ pub struct Newsletter {
 /// `[schedule]`
 #[derive(Debug, Clone)]
 pub struct ScheduleSettings {
-    /// The crontab expression as the operator wrote it.
-    pub cron: String,
-    /// The zone it is read in.
-    pub timezone: chrono_tz::Tz,
+    /// The crontab expression in its time zone.
+    pub schedule: Schedule,
     /// How late a missed slot may still be sent.
     pub grace: Duration,
 }
@@ -385,18 +383,13 @@ impl Raw {
         };
 
         let s = self.schedule;
-        let timezone: chrono_tz::Tz = s.timezone.trim().parse().map_err(|_| {
-            ConfigError::new(
-                "schedule.timezone",
-                format!(
-                    "'{}' is not an IANA time zone (e.g. Europe/Berlin)",
-                    shown(&s.timezone)
-                ),
-            )
+        let cron = one_line("schedule.cron", &s.cron)?;
+        let schedule = Schedule::parse(&cron, &s.timezone).map_err(|e| match e {
+            ScheduleError::Zone(_) => ConfigError::new("schedule.timezone", e.to_string()),
+            _ => ConfigError::new("schedule.cron", e.to_string()),
         })?;
         let schedule = ScheduleSettings {
-            cron: one_line("schedule.cron", &s.cron)?,
-            timezone,
+            schedule,
             grace: duration("schedule.grace", &s.grace)?,
         };
 
@@ -591,6 +584,10 @@ mod tests {
             (
                 "[schedule]\ngrace = \"soon\"",
                 "config: schedule.grace: 'soon' is not a duration",
+            ),
+            (
+                "[schedule]\ncron = \"0 9 * * FUNDAY\"",
+                "config: schedule.cron: day-of-week field 'FUNDAY'",
             ),
             (
                 "[newsletter]\nfrom = \"nobody\"",

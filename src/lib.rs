@@ -9,6 +9,12 @@ pub mod config;
 /// The Postgres store: every SQL statement, migrations, connection handling.
 pub mod store;
 
+/// Rendering an issue and each subscriber's message.
+pub mod render;
+
+/// The use case: compose, snapshot, render (and, later, deliver).
+pub mod digest;
+
 /// The operator's command line.
 pub mod cli;
 

@@ -2,6 +2,7 @@
 //! group. Each clap variant's `///` comment is its `--help` text.
 
 mod articles;
+mod issue;
 pub mod output;
 mod subscribers;
 mod tips;
@@ -42,6 +43,9 @@ enum Command {
     /// Add, import and list articles
     #[command(subcommand)]
     Articles(articles::Command),
+    /// Preview and list issues of the digest
+    #[command(subcommand)]
+    Issue(issue::Command),
 }
 
 /// Runs one command to completion.
@@ -56,5 +60,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscribers(cmd) => subscribers::run(cmd, &settings).await,
         Command::Tips(cmd) => tips::run(cmd, &settings).await,
         Command::Articles(cmd) => articles::run(cmd, &settings).await,
+        Command::Issue(cmd) => issue::run(cmd, &settings).await,
     }
 }

@@ -2,14 +2,18 @@
 //! config values, HTTP forms) reaches the store, the renderer or the mailer.
 
 mod content;
+mod schedule;
 mod subscriber_email;
 mod subscriber_name;
 mod subscriber_status;
+mod token;
 
 pub use content::{ArticleUrl, ContentError, NewArticle, NewTip, TipBody, Title};
+pub use schedule::{Schedule, ScheduleError};
 pub use subscriber_email::{EmailError, SubscriberEmail};
 pub use subscriber_name::{NameError, SubscriberName};
 pub use subscriber_status::SubscriberStatus;
+pub use token::{MIN_SECRET_LEN, Purpose, TokenKey, TokenKeys};
 
 /// Renders untrusted text for an error message on one line: control characters (CR, LF, NUL…)
 /// come out escaped, so a hostile value cannot forge extra lines in a terminal or a log.

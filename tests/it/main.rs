@@ -5,4 +5,5 @@ mod cli_config;
 mod cli_content;
 mod cli_import;
 mod cli_subscribers;
+mod compose;
 mod helpers;

@@ -1,0 +1,224 @@
+//! The use case, and the only place that knows the order of things: pick content for a slot,
+//! snapshot it as an issue, render it. The CLI, the scheduler and the tests all come through here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sqlx::{PgConnection, PgPool};
+
+use crate::config::{Settings, WhenEmpty};
+use crate::domain::{MIN_SECRET_LEN, TokenKey, TokenKeys};
+use crate::render::{self, IssueContent, Recipient, RenderedIssue};
+use crate::store::issues::{self, Candidate, IssueRow, NewIssue};
+
+/// The keys that sign links: `http.token_secret` when configured, else the secret digestif
+/// generated in the database at migration time.
+pub async fn token_keys(settings: &Settings, pool: &PgPool) -> anyhow::Result<TokenKeys> {
+    let configured = settings.http.token_secret.expose_secret();
+    let key = if configured.is_empty() {
+        let stored = issues::stored_token_secret(pool)
+            .await?
+            .ok_or_else(|| anyhow!("no token secret in the database: run `digestif migrate`"))?;
+        TokenKey::new(&stored)
+    } else {
+        TokenKey::new(configured.as_bytes())
+    };
+    let key = key.ok_or_else(|| {
+        anyhow!("config: http.token_secret: must be at least {MIN_SECRET_LEN} characters")
+    })?;
+    Ok(TokenKeys::new(key, Vec::new()))
+}
+
+/// What composing a slot yields.
+#[derive(Debug)]
+pub enum Plan {
+    /// An issue with this content.
+    Compose(Vec<Candidate>),
+    /// No issue for this slot, and why.
+    Skip(String),
+}
+
+/// Picks the content for `slot` without writing anything (DESIGN.md §5).
+pub async fn plan(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    slot: DateTime<Utc>,
+) -> anyhow::Result<Plan> {
+    let c = &settings.content;
+    let tips = issues::pick_tips(conn, c.tips_per_issue).await?;
+    let since = issues::previous_slot(conn, slot).await?;
+    let articles = issues::pick_articles(conn, since, slot, c.max_articles).await?;
+    if articles.is_empty() {
+        if tips.is_empty() {
+            return Ok(Plan::Skip("no tips left and no new articles".into()));
+        }
+        if c.when_empty == WhenEmpty::Skip {
+            return Ok(Plan::Skip(
+                "no new articles and content.when_empty = \"skip\"".into(),
+            ));
+        }
+    }
+    Ok(Plan::Compose(tips.into_iter().chain(articles).collect()))
+}
+
+/// Creates the issue for `slot` (or returns the one that exists: one issue per slot, whoever
+/// asks). A slot with nothing to send is recorded as `skipped` so it is not reconsidered.
+pub async fn create_issue(
+    pool: &PgPool,
+    settings: &Settings,
+    slot: DateTime<Utc>,
+) -> anyhow::Result<IssueRow> {
+    let mut tx = pool.begin().await?;
+    issues::lock_issue_creation(&mut tx).await?;
+    if let Some(existing) = issues::find_by_slot(&mut *tx, slot).await? {
+        return Ok(existing);
+    }
+    let (number, items, status, reason, subject) = match plan(&mut tx, settings, slot).await? {
+        Plan::Compose(items) => {
+            let number = issues::next_number(&mut tx).await?;
+            let content = IssueContent {
+                number,
+                slot,
+                items: items.iter().map(|c| c.item.clone()).collect(),
+            };
+            let subject = content.subject(&settings.newsletter);
+            (Some(number), items, "sending", None, subject)
+        }
+        Plan::Skip(reason) => {
+            tracing::info!(%slot, %reason, "skipping the slot");
+            (
+                None,
+                Vec::new(),
+                "skipped",
+                Some(reason),
+                "(skipped)".to_owned(),
+            )
+        }
+    };
+    let row = issues::insert(
+        &mut tx,
+        &NewIssue {
+            slot,
+            number,
+            subject: &subject,
+            status,
+            reason: reason.as_deref(),
+            items: &items,
+        },
+    )
+    .await?
+    .ok_or_else(|| anyhow!("the issue for {slot} was created concurrently"))?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// The content of a stored issue.
+pub async fn stored_content(
+    pool: &PgPool,
+    issue: &IssueRow,
+) -> anyhow::Result<Option<IssueContent>> {
+    let Some(number) = issue.number else {
+        return Ok(None);
+    };
+    Ok(Some(IssueContent {
+        number,
+        slot: issue.slot,
+        items: issues::items(pool, issue.issue_id).await?,
+    }))
+}
+
+/// The slot the next issue belongs to at `now`: the due slot if it is within the grace window
+/// and has no issue yet, else the next one to come.
+pub async fn next_slot(
+    pool: &PgPool,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<DateTime<Utc>> {
+    let schedule = &settings.schedule.schedule;
+    if let Some(due) = schedule.latest_at_or_before(now) {
+        let grace = chrono::Duration::from_std(settings.schedule.grace).unwrap_or_default();
+        if now - due <= grace && issues::find_by_slot(pool, due).await?.is_none() {
+            return Ok(due);
+        }
+    }
+    schedule
+        .next_after(now)
+        .ok_or_else(|| anyhow!("config: schedule.cron: the schedule never fires again"))
+}
+
+/// A rendered preview.
+pub struct Preview {
+    /// The issue as it would go out.
+    pub content: IssueContent,
+    /// Rendered once.
+    pub rendered: RenderedIssue,
+    /// The files written: .html, .txt, .eml.
+    pub files: Vec<PathBuf>,
+}
+
+/// The recipient shown in previews: no real subscriber's data lands in preview files.
+pub fn sample_recipient() -> Recipient {
+    Recipient {
+        subscriber_id: 0,
+        email: "reader@example.com".into(),
+        name: Some("Sample Reader".into()),
+    }
+}
+
+/// Renders the next issue into `out` as `.html`, `.txt` and `.eml` without writing anything to
+/// the database. `Ok(Err(reason))` when the next slot would be skipped.
+pub async fn preview(
+    pool: &PgPool,
+    settings: &Settings,
+    now: DateTime<Utc>,
+    out: &Path,
+) -> anyhow::Result<Result<Preview, String>> {
+    let slot = next_slot(pool, settings, now).await?;
+    let content = match issues::find_by_slot(pool, slot).await? {
+        Some(issue) => match stored_content(pool, &issue).await? {
+            Some(c) => c,
+            None => return Ok(Err(issue.status_reason.unwrap_or_default())),
+        },
+        None => {
+            let mut conn = pool.acquire().await?;
+            match plan(&mut conn, settings, slot).await? {
+                Plan::Skip(reason) => return Ok(Err(reason)),
+                Plan::Compose(items) => IssueContent {
+                    number: issues::next_number(&mut conn).await?,
+                    slot,
+                    items: items.into_iter().map(|c| c.item).collect(),
+                },
+            }
+        }
+    };
+    let keys = token_keys(settings, pool).await?;
+    let rendered = render::render_issue(
+        &settings.newsletter,
+        &keys,
+        settings.schedule.schedule.zone(),
+        &content,
+    )?;
+    let who = sample_recipient();
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let stem = out.join(format!("issue-{}", content.number));
+    let files = vec![
+        stem.with_extension("html"),
+        stem.with_extension("txt"),
+        stem.with_extension("eml"),
+    ];
+    let eml = rendered.message(&who)?.formatted();
+    for (path, bytes) in files.iter().zip([
+        rendered.html_for(&who).into_bytes(),
+        rendered.text_for(&who).into_bytes(),
+        eml,
+    ]) {
+        std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(Ok(Preview {
+        content,
+        rendered,
+        files,
+    }))
+}

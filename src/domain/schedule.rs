@@ -1,0 +1,435 @@
+//! `Schedule`: a standard 5-field crontab expression (Vixie semantics) in an IANA time zone,
+//! translated into the `cron` crate's dialect, and the slot arithmetic built on it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::offset::LocalResult;
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// Why an expression was refused; the message names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScheduleError {
+    /// Not five fields (or a known `@` shortcut).
+    #[error(
+        "'{0}' must have 5 fields (minute hour day-of-month month day-of-week) or be @hourly, @daily, @weekly, @monthly or @yearly"
+    )]
+    FieldCount(String),
+    /// One field is malformed or out of range.
+    #[error("{field} field '{value}': {reason}")]
+    Field {
+        /// Which field.
+        field: &'static str,
+        /// Its text.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The zone is not in the IANA database.
+    #[error("'{0}' is not an IANA time zone (e.g. Europe/Berlin)")]
+    Zone(String),
+}
+
+/// When issues are due. Built only by [`Schedule::parse`].
+#[derive(Clone)]
+pub struct Schedule {
+    expr: String,
+    zone: Tz,
+    /// One schedule, or two when day-of-month and day-of-week are both restricted (Vixie cron
+    /// fires when either matches; the `cron` crate would require both).
+    inner: Vec<cron::Schedule>,
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schedule({:?} in {})", self.expr, self.zone)
+    }
+}
+
+struct FieldSpec {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+}
+
+const MINUTE: FieldSpec = FieldSpec {
+    name: "minute",
+    min: 0,
+    max: 59,
+    names: &[],
+};
+const HOUR: FieldSpec = FieldSpec {
+    name: "hour",
+    min: 0,
+    max: 23,
+    names: &[],
+};
+const DOM: FieldSpec = FieldSpec {
+    name: "day-of-month",
+    min: 1,
+    max: 31,
+    names: &[],
+};
+const MONTH: FieldSpec = FieldSpec {
+    name: "month",
+    min: 1,
+    max: 12,
+    names: &[
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ],
+};
+/// Crontab numbers days 0-7 with both 0 and 7 for Sunday.
+const DOW: FieldSpec = FieldSpec {
+    name: "day-of-week",
+    min: 0,
+    max: 7,
+    names: &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"],
+};
+const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+impl Schedule {
+    /// Parses a crontab expression read in `zone`.
+    pub fn parse(expr: &str, zone: &str) -> Result<Self, ScheduleError> {
+        let zone: Tz = zone
+            .trim()
+            .parse()
+            .map_err(|_| ScheduleError::Zone(super::shown(zone)))?;
+        let expr = expr.trim();
+        let expanded = match expr.to_ascii_lowercase().as_str() {
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            "@monthly" => "0 0 1 * *",
+            "@weekly" => "0 0 * * 0",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@hourly" => "0 * * * *",
+            _ => expr,
+        };
+        let fields: Vec<&str> = expanded.split_whitespace().collect();
+        let [minute, hour, dom, month, dow] = fields[..] else {
+            return Err(ScheduleError::FieldCount(super::shown(expr)));
+        };
+        let minutes = list(&expand(minute, &MINUTE)?);
+        let hours = list(&expand(hour, &HOUR)?);
+        let days = list(&expand(dom, &DOM)?);
+        let months = list(&expand(month, &MONTH)?);
+        let weekdays: BTreeSet<u32> = expand(dow, &DOW)?.into_iter().map(|d| d % 7).collect();
+        let weekdays = weekdays
+            .iter()
+            .map(|&d| DAY_NAMES[d as usize])
+            .collect::<Vec<_>>()
+            .join(",");
+
+        // Vixie cron: a field starting with `*` is unrestricted; when both day fields are
+        // restricted, a day matching either fires.
+        let dom_star = dom.starts_with('*');
+        let dow_star = dow.starts_with('*');
+        let specs = if !dom_star && !dow_star {
+            vec![
+                format!("0 {minutes} {hours} {days} {months} *"),
+                format!("0 {minutes} {hours} * {months} {weekdays}"),
+            ]
+        } else if dom_star && !dow_star {
+            vec![format!("0 {minutes} {hours} * {months} {weekdays}")]
+        } else if !dom_star {
+            vec![format!("0 {minutes} {hours} {days} {months} *")]
+        } else {
+            vec![format!("0 {minutes} {hours} * {months} *")]
+        };
+        let inner = specs
+            .iter()
+            .map(|s| {
+                cron::Schedule::from_str(s).map_err(|e| ScheduleError::Field {
+                    field: "expression",
+                    value: super::shown(expr),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            expr: expr.to_owned(),
+            zone,
+            inner,
+        })
+    }
+
+    /// The expression as written.
+    pub fn expression(&self) -> &str {
+        &self.expr
+    }
+
+    /// The zone it is read in.
+    pub fn zone(&self) -> Tz {
+        self.zone
+    }
+
+    /// The first slot strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut from = t.with_timezone(&self.zone);
+        loop {
+            let next = self
+                .inner
+                .iter()
+                .filter_map(|s| s.after(&from).next())
+                .min()?;
+            if self.is_repeat(&next) {
+                from = next;
+                continue;
+            }
+            return Some(next.with_timezone(&Utc));
+        }
+    }
+
+    /// The latest slot at or before `t` (the one that is due at `t`).
+    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // `after(x).next_back()` walks backwards from x (exclusive); start just past t.
+        let mut from = (t + chrono::Duration::seconds(1)).with_timezone(&self.zone);
+        loop {
+            let prev = self
+                .inner
+                .iter()
+                .filter_map(|s| s.after(&from).next_back())
+                .max()?;
+            if self.is_repeat(&prev) {
+                from = prev;
+                continue;
+            }
+            return Some(prev.with_timezone(&Utc));
+        }
+    }
+
+    /// The coming `n` slots after `t`.
+    pub fn upcoming(&self, t: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::with_capacity(n);
+        let mut at = t;
+        while out.len() < n {
+            match self.next_after(at) {
+                Some(s) => {
+                    out.push(s);
+                    at = s;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// When the clocks go back, a wall-clock time happens twice; the second one is not a new
+    /// slot (an issue at 02:30 must not go out twice that night).
+    fn is_repeat(&self, t: &DateTime<Tz>) -> bool {
+        match self.zone.from_local_datetime(&t.naive_local()) {
+            LocalResult::Ambiguous(first, _) => first != *t,
+            _ => false,
+        }
+    }
+}
+
+fn list(values: &BTreeSet<u32>) -> String {
+    values
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Expands one crontab field (`*`, `5`, `1-5`, `*/15`, `1-30/2`, `MON,WED`, lists of these) into
+/// the set of values it allows.
+fn expand(field: &str, spec: &FieldSpec) -> Result<BTreeSet<u32>, ScheduleError> {
+    let err = |reason: String| ScheduleError::Field {
+        field: spec.name,
+        value: super::shown(field),
+        reason,
+    };
+    let value = |s: &str| -> Result<u32, ScheduleError> {
+        if let Some(i) = spec.names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
+            return Ok(i as u32 + if spec.min == 1 { 1 } else { 0 });
+        }
+        let v: u32 = s
+            .parse()
+            .map_err(|_| err(format!("'{s}' is not a number or name")))?;
+        if v < spec.min || v > spec.max {
+            return Err(err(format!(
+                "{v} is out of range ({} to {})",
+                spec.min, spec.max
+            )));
+        }
+        Ok(v)
+    };
+    let mut out = BTreeSet::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => {
+                let step: u32 = s
+                    .parse()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| err(format!("step '{s}' is not a positive number")))?;
+                (r, step)
+            }
+            None => (item, 1),
+        };
+        let (lo, hi) = if range == "*" {
+            (spec.min, spec.max)
+        } else if let Some((a, b)) = range.split_once('-') {
+            let (a, b) = (value(a)?, value(b)?);
+            if a > b {
+                return Err(err(format!("range {range} runs backwards")));
+            }
+            (a, b)
+        } else {
+            let v = value(range)?;
+            // `5/15` means "from 5 to the end, every 15" in Vixie cron.
+            (v, if item.contains('/') { spec.max } else { v })
+        };
+        out.extend((lo..=hi).step_by(step as usize));
+    }
+    if out.is_empty() {
+        return Err(err("allows no value".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn slots(expr: &str, zone: &str, from: &str, n: usize) -> Vec<String> {
+        Schedule::parse(expr, zone)
+            .unwrap()
+            .upcoming(utc(from), n)
+            .iter()
+            .map(|t| t.to_rfc3339())
+            .collect()
+    }
+
+    #[test]
+    fn numeric_and_named_monday_agree() {
+        let a = slots("0 9 * * 1", "Europe/Berlin", "2026-11-28T00:00:00Z", 3);
+        let b = slots("0 9 * * MON", "Europe/Berlin", "2026-11-28T00:00:00Z", 3);
+        assert_eq!(a, b);
+        assert_eq!(a[0], "2026-11-30T08:00:00+00:00");
+    }
+
+    #[test]
+    fn berlin_monday_morning_survives_both_dst_changes() {
+        // DST starts 2026-03-29, ends 2026-10-25: the slot stays 09:00 local.
+        let spring = slots("0 9 * * MON", "Europe/Berlin", "2026-03-20T00:00:00Z", 3);
+        assert_eq!(
+            spring,
+            [
+                "2026-03-23T08:00:00+00:00",
+                "2026-03-30T07:00:00+00:00",
+                "2026-04-06T07:00:00+00:00"
+            ]
+        );
+        let autumn = slots("0 9 * * MON", "Europe/Berlin", "2026-10-15T00:00:00Z", 3);
+        assert_eq!(
+            autumn,
+            [
+                "2026-10-19T07:00:00+00:00",
+                "2026-10-26T08:00:00+00:00",
+                "2026-11-02T08:00:00+00:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_repeated_wall_clock_hour_fires_once_and_a_skipped_one_not_at_all() {
+        // 02:30 daily: on 2026-10-25 Berlin passes 02:30 twice; on 2026-03-29 never.
+        let autumn = slots("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", 3);
+        assert_eq!(
+            autumn,
+            [
+                "2026-10-25T00:30:00+00:00",
+                "2026-10-26T01:30:00+00:00",
+                "2026-10-27T01:30:00+00:00"
+            ]
+        );
+        let spring = slots("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", 2);
+        assert_eq!(
+            spring,
+            ["2026-03-30T00:30:00+00:00", "2026-03-31T00:30:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn new_york_is_read_in_its_own_zone() {
+        let s = slots("0 9 * * MON", "America/New_York", "2026-11-28T00:00:00Z", 1);
+        assert_eq!(s, ["2026-11-30T14:00:00+00:00"]);
+    }
+
+    #[test]
+    fn day_of_month_or_day_of_week_when_both_are_restricted() {
+        // Vixie: the 1st of the month OR any Friday.
+        let s = slots("0 8 1 * FRI", "UTC", "2026-11-25T00:00:00Z", 3);
+        assert_eq!(
+            s,
+            [
+                "2026-11-27T08:00:00+00:00",
+                "2026-12-01T08:00:00+00:00",
+                "2026-12-04T08:00:00+00:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn shortcuts_and_sunday_numbering() {
+        let weekly = slots("@weekly", "UTC", "2026-11-25T00:00:00Z", 1);
+        assert_eq!(weekly, ["2026-11-29T00:00:00+00:00"]); // a Sunday
+        assert_eq!(
+            slots("0 0 * * 0", "UTC", "2026-11-25T00:00:00Z", 1),
+            slots("0 0 * * 7", "UTC", "2026-11-25T00:00:00Z", 1)
+        );
+        assert_eq!(
+            slots("0 0 * * 5-7", "UTC", "2026-11-26T00:00:00Z", 3),
+            [
+                "2026-11-27T00:00:00+00:00",
+                "2026-11-28T00:00:00+00:00",
+                "2026-11-29T00:00:00+00:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn latest_due_slot_is_found_backwards() {
+        let s = Schedule::parse("0 9 * * MON", "Europe/Berlin").unwrap();
+        let due = s.latest_at_or_before(utc("2026-12-01T12:00:00Z")).unwrap();
+        assert_eq!(due.to_rfc3339(), "2026-11-30T08:00:00+00:00");
+        let exact = s.latest_at_or_before(utc("2026-11-30T08:00:00Z")).unwrap();
+        assert_eq!(exact.to_rfc3339(), "2026-11-30T08:00:00+00:00");
+    }
+
+    #[test]
+    fn bad_expressions_name_the_field() {
+        let err = |e: &str| Schedule::parse(e, "UTC").unwrap_err().to_string();
+        assert_eq!(
+            err("0 25 * * *"),
+            "hour field '25': 25 is out of range (0 to 23)"
+        );
+        assert_eq!(
+            err("0 9 * * FUNDAY"),
+            "day-of-week field 'FUNDAY': 'FUNDAY' is not a number or name"
+        );
+        assert!(err("0 9 * *").contains("must have 5 fields"));
+        assert_eq!(
+            err("*/0 * * * *"),
+            "minute field '*/0': step '0' is not a positive number"
+        );
+        assert_eq!(
+            err("0 9 * 13 *"),
+            "month field '13': 13 is out of range (1 to 12)"
+        );
+        let zone = Schedule::parse("0 9 * * MON", "Mars/Base")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            zone,
+            "'Mars/Base' is not an IANA time zone (e.g. Europe/Berlin)"
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! Tip bodies from Markdown to email-safe HTML (raw HTML neutralised, only http(s) and mailto
+//! links, images turned into links) and to readable, wrapped plain text with numbered links.
+
+use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+
+/// Width of the plain-text part (RFC 3676 suggests under 80; 78 leaves room for quoting).
+pub const TEXT_WIDTH: usize = 78;
+
+fn parser(src: &str) -> Parser<'_> {
+    Parser::new_ext(src, Options::ENABLE_STRIKETHROUGH)
+}
+
+fn safe_link(dest: &str) -> bool {
+    let lower = dest.trim().to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://") || lower.starts_with("mailto:")
+}
+
+/// Markdown to HTML for the email and the web view. Raw HTML in the source is shown as text,
+/// links other than http(s)/mailto lose their `href`, images become links with their alt text
+/// (no remote images: they track readers and are blocked by most clients anyway).
+pub fn to_html(src: &str) -> String {
+    let mut skip_link_end = Vec::new();
+    let events = parser(src).filter_map(|event| match event {
+        Event::Html(raw) | Event::InlineHtml(raw) => Some(Event::Text(raw)),
+        Event::Start(Tag::Link {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) => {
+            let ok = safe_link(&dest_url);
+            skip_link_end.push(!ok);
+            ok.then_some(Event::Start(Tag::Link {
+                link_type,
+                dest_url,
+                title,
+                id,
+            }))
+        }
+        Event::End(TagEnd::Link) => {
+            if skip_link_end.pop().unwrap_or(false) {
+                None
+            } else {
+                Some(Event::End(TagEnd::Link))
+            }
+        }
+        Event::Start(Tag::Image {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) => {
+            let ok = safe_link(&dest_url);
+            skip_link_end.push(!ok);
+            ok.then_some(Event::Start(Tag::Link {
+                link_type,
+                dest_url,
+                title,
+                id,
+            }))
+        }
+        Event::End(TagEnd::Image) => {
+            if skip_link_end.pop().unwrap_or(false) {
+                None
+            } else {
+                Some(Event::End(TagEnd::Link))
+            }
+        }
+        other => Some(other),
+    });
+    let mut html = String::with_capacity(src.len() * 2);
+    pulldown_cmark::html::push_html(&mut html, events);
+    html
+}
+
+/// Collects links for the "Links" list at the end of the plain-text part.
+#[derive(Debug, Default)]
+pub struct LinkList {
+    urls: Vec<String>,
+}
+
+impl LinkList {
+    /// Registers a URL and returns its 1-based number (a URL seen before keeps its number).
+    pub fn add(&mut self, url: &str) -> usize {
+        if let Some(i) = self.urls.iter().position(|u| u == url) {
+            return i + 1;
+        }
+        self.urls.push(url.to_owned());
+        self.urls.len()
+    }
+
+    /// The links in order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (i + 1, u.as_str()))
+    }
+}
+
+struct Block {
+    first: String,
+    rest: String,
+    text: String,
+    preformatted: bool,
+    /// List items follow each other without a blank line.
+    is_item: bool,
+}
+
+/// Markdown to plain text wrapped at [`TEXT_WIDTH`]: paragraphs, `- ` and `1. ` lists, indented
+/// code, and `text [n]` for links, whose URLs are added to `links`.
+pub fn to_text(src: &str, links: &mut LinkList) -> String {
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut current = String::new();
+    let mut list_stack: Vec<Option<u64>> = Vec::new();
+    let mut item_prefix: Option<String> = None;
+    let mut link_dests: Vec<Option<String>> = Vec::new();
+    let mut in_code = false;
+    let mut quote_depth = 0usize;
+
+    let flush = |blocks: &mut Vec<Block>,
+                 current: &mut String,
+                 item_prefix: &mut Option<String>,
+                 depth: usize,
+                 quote: usize,
+                 preformatted: bool| {
+        if current.trim().is_empty() && item_prefix.is_none() {
+            current.clear();
+            return;
+        }
+        let quote_prefix = "> ".repeat(quote);
+        let indent = "  ".repeat(depth.saturating_sub(1));
+        let is_item = item_prefix.is_some();
+        let (first, rest) = match item_prefix.take() {
+            Some(p) => (
+                format!("{quote_prefix}{indent}{p}"),
+                format!("{quote_prefix}{indent}{}", " ".repeat(p.chars().count())),
+            ),
+            None => (
+                format!("{quote_prefix}{indent}"),
+                format!("{quote_prefix}{indent}"),
+            ),
+        };
+        blocks.push(Block {
+            first,
+            rest,
+            text: std::mem::take(current).trim_end().to_owned(),
+            preformatted,
+            is_item,
+        });
+    };
+
+    for event in parser(src) {
+        match event {
+            Event::Start(Tag::List(start)) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+                list_stack.push(start);
+            }
+            Event::End(TagEnd::List(_)) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+                list_stack.pop();
+            }
+            Event::Start(Tag::Item) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+                let prefix = match list_stack.last_mut() {
+                    Some(Some(n)) => {
+                        let p = format!("{n}. ");
+                        *n += 1;
+                        p
+                    }
+                    _ => "- ".to_owned(),
+                };
+                item_prefix = Some(prefix);
+            }
+            Event::End(TagEnd::Item) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+            }
+            Event::Start(Tag::BlockQuote(_)) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+                quote_depth += 1;
+            }
+            Event::End(TagEnd::BlockQuote(_)) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+                quote_depth = quote_depth.saturating_sub(1);
+            }
+            Event::Start(Tag::CodeBlock(_)) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+                in_code = true;
+            }
+            Event::End(TagEnd::CodeBlock) => {
+                let code: String = current
+                    .trim_end_matches('\n')
+                    .lines()
+                    .map(|l| format!("    {l}\n"))
+                    .collect();
+                current = code;
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    true,
+                );
+                in_code = false;
+            }
+            Event::End(TagEnd::Paragraph) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+            }
+            Event::Start(Tag::Heading { level, .. }) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+                if level <= HeadingLevel::H2 {
+                    current.push_str("## ");
+                }
+            }
+            Event::End(TagEnd::Heading(_)) => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+            }
+            Event::Start(Tag::Link { dest_url, .. } | Tag::Image { dest_url, .. }) => {
+                link_dests.push(safe_link(&dest_url).then(|| dest_url.to_string()));
+            }
+            Event::End(TagEnd::Link | TagEnd::Image) => {
+                if let Some(Some(url)) = link_dests.pop() {
+                    let n = links.add(&url);
+                    current.push_str(&format!(" [{n}]"));
+                }
+            }
+            Event::Start(Tag::Emphasis | Tag::Strong)
+            | Event::End(TagEnd::Emphasis | TagEnd::Strong) => {
+                current.push('*');
+            }
+            Event::Text(t) | Event::Html(t) | Event::InlineHtml(t) => current.push_str(&t),
+            Event::Code(c) => {
+                current.push('`');
+                current.push_str(&c);
+                current.push('`');
+            }
+            Event::SoftBreak => current.push(if in_code { '\n' } else { ' ' }),
+            Event::HardBreak => current.push('\n'),
+            Event::Rule => {
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+                current.push_str("----");
+                flush(
+                    &mut blocks,
+                    &mut current,
+                    &mut item_prefix,
+                    list_stack.len(),
+                    quote_depth,
+                    false,
+                );
+            }
+            _ => {}
+        }
+    }
+    flush(
+        &mut blocks,
+        &mut current,
+        &mut item_prefix,
+        list_stack.len(),
+        quote_depth,
+        false,
+    );
+
+    let mut out = String::new();
+    let mut previous_was_item = false;
+    for b in &blocks {
+        let tight = b.is_item && previous_was_item;
+        if !out.is_empty() && !tight {
+            out.push('\n');
+        }
+        previous_was_item = b.is_item;
+        if b.preformatted {
+            for line in b.text.lines() {
+                out.push_str(&b.first);
+                out.push_str(line);
+                out.push('\n');
+            }
+            continue;
+        }
+        out.push_str(&wrap(&b.text, &b.first, &b.rest));
+    }
+    out.trim_end().to_owned()
+}
+
+/// Wraps text at [`TEXT_WIDTH`] with the given first-line and hanging indents. Hard line breaks
+/// in the text are kept; words longer than a line (URLs) are never split.
+pub fn wrap(text: &str, first: &str, rest: &str) -> String {
+    let mut out = String::new();
+    for (i, line) in text.split('\n').enumerate() {
+        let opts = textwrap::Options::new(TEXT_WIDTH)
+            .initial_indent(if i == 0 { first } else { rest })
+            .subsequent_indent(rest)
+            .break_words(false)
+            .word_splitter(textwrap::WordSplitter::NoHyphenation);
+        for l in textwrap::wrap(line, opts) {
+            out.push_str(l.trim_end());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_html_is_shown_not_run() {
+        let html = to_html("Hi <script>alert(1)</script> and <img src=x onerror=alert(1)>");
+        assert!(!html.contains("<script"), "{html}");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+    }
+
+    #[test]
+    fn only_web_and_mail_links_keep_their_href() {
+        let html = to_html(
+            "[ok](https://example.com) [bad](javascript:alert(1)) ![pic](https://example.com/p.png)",
+        );
+        assert!(html.contains("href=\"https://example.com\""), "{html}");
+        assert!(!html.contains("javascript"), "{html}");
+        assert!(html.contains(">bad<") || html.contains(" bad "), "{html}");
+        assert!(!html.contains("<img"), "{html}");
+    }
+
+    #[test]
+    fn plain_text_numbers_links_and_wraps() {
+        let mut links = LinkList::default();
+        let src = "Read [the guide](https://example.com/guide) today. ".repeat(4)
+            + "\n\n- first item\n- second item with `code`\n\n1. one\n2. two";
+        let text = to_text(&src, &mut links);
+        assert!(
+            text.lines().all(|l| l.chars().count() <= TEXT_WIDTH),
+            "{text}"
+        );
+        assert!(text.contains("the guide [1]"), "{text}");
+        assert!(
+            text.contains("\n- first item\n- second item with `code`\n"),
+            "{text}"
+        );
+        assert!(text.contains("1. one\n2. two"), "{text}");
+        assert_eq!(links.iter().count(), 1);
+    }
+
+    #[test]
+    fn a_lone_dot_line_survives() {
+        let mut links = LinkList::default();
+        let text = to_text("before\n\n.\n\nafter", &mut links);
+        assert_eq!(text, "before\n\n.\n\nafter");
+    }
+}

@@ -1,0 +1,476 @@
+//! Rendering an issue: the askama templates are rendered and their CSS inlined once per issue;
+//! each subscriber's message only fills in their greeting and unsubscribe link, and is built
+//! with lettre's typed headers.
+
+pub mod markdown;
+
+use askama::Template;
+use chrono::{DateTime, Utc};
+use lettre::Message;
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+
+use crate::config::Newsletter;
+use crate::domain::{Purpose, TokenKeys};
+use markdown::{LinkList, TEXT_WIDTH};
+
+/// Why an issue or a message could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A template failed (a bug, not bad input: templates are compiled in).
+    #[error("template: {0}")]
+    Template(#[from] askama::Error),
+    /// The CSS inliner refused the HTML.
+    #[error("inlining CSS: {0}")]
+    Css(String),
+    /// A stored address that lettre will not put in a header.
+    #[error("subscriber {0}: the address cannot be used in a To header")]
+    Address(i64),
+    /// lettre refused the message.
+    #[error("building the message: {0}")]
+    Message(#[from] lettre::error::Error),
+}
+
+/// One piece of content as it appears in an issue (a snapshot, see `issue_item`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Item {
+    /// `tip` or `article`.
+    pub kind: String,
+    /// One-line title.
+    pub title: String,
+    /// Markdown body for tips, summary for articles.
+    pub body: String,
+    /// Source URL for tips, link for articles.
+    pub url: Option<String>,
+    /// Article author.
+    pub author: Option<String>,
+    /// Article publication time.
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+/// What an issue carries, ready to render.
+#[derive(Debug, Clone)]
+pub struct IssueContent {
+    /// Issue number (1, 2, …).
+    pub number: i32,
+    /// The slot it belongs to.
+    pub slot: DateTime<Utc>,
+    /// Tips first, then articles, in order.
+    pub items: Vec<Item>,
+}
+
+impl IssueContent {
+    /// The subject line: newsletter name, issue number and the lead item's title.
+    pub fn subject(&self, newsletter: &Newsletter) -> String {
+        match self.items.first() {
+            Some(lead) => format!("{} #{}: {}", newsletter.name, self.number, lead.title),
+            None => format!("{} #{}", newsletter.name, self.number),
+        }
+    }
+}
+
+/// A subscriber as the renderer needs them.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// Key; also part of the Message-ID.
+    pub subscriber_id: i64,
+    /// Address.
+    pub email: String,
+    /// Display name, if known.
+    pub name: Option<String>,
+}
+
+/// Markers left in the rendered issue where each message puts its own values. They are plain
+/// ASCII that neither HTML escaping nor the CSS inliner changes.
+const UNSUBSCRIBE_MARK: &str = "__DIGESTIF_UNSUBSCRIBE_URL__";
+const GREETING_MARK: &str = "__DIGESTIF_GREETING__";
+
+#[derive(Debug, Clone)]
+enum Segment {
+    Lit(String),
+    Unsubscribe,
+    Greeting,
+}
+
+fn segments(rendered: &str) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut rest = rendered;
+    loop {
+        let next = [
+            (
+                rest.find(UNSUBSCRIBE_MARK),
+                UNSUBSCRIBE_MARK,
+                Segment::Unsubscribe,
+            ),
+            (rest.find(GREETING_MARK), GREETING_MARK, Segment::Greeting),
+        ]
+        .into_iter()
+        .filter_map(|(at, mark, seg)| at.map(|i| (i, mark, seg)))
+        .min_by_key(|(i, _, _)| *i);
+        match next {
+            Some((i, mark, seg)) => {
+                out.push(Segment::Lit(rest[..i].to_owned()));
+                out.push(seg);
+                rest = &rest[i + mark.len()..];
+            }
+            None => {
+                out.push(Segment::Lit(rest.to_owned()));
+                return out;
+            }
+        }
+    }
+}
+
+fn fill(segments: &[Segment], unsubscribe: &str, greeting: &str, cap: usize) -> String {
+    let mut s = String::with_capacity(cap);
+    for seg in segments {
+        match seg {
+            Segment::Lit(t) => s.push_str(t),
+            Segment::Unsubscribe => s.push_str(unsubscribe),
+            Segment::Greeting => s.push_str(greeting),
+        }
+    }
+    s
+}
+
+struct TipView {
+    title: String,
+    heading: String,
+    body_html: String,
+    body_text: String,
+    source_url: Option<String>,
+}
+
+struct ArticleView {
+    title: String,
+    url: String,
+    summary: String,
+    author: Option<String>,
+    date: String,
+    text: String,
+}
+
+#[derive(Template)]
+#[template(path = "digest.html")]
+struct DigestHtml<'a> {
+    title: &'a str,
+    preheader: &'a str,
+    newsletter_name: &'a str,
+    number: i32,
+    date_line: &'a str,
+    web_url: &'a str,
+    greeting: &'a str,
+    tips: &'a [TipView],
+    articles: &'a [ArticleView],
+    unsubscribe_url: &'a str,
+    postal_address: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "digest.txt")]
+struct DigestText<'a> {
+    newsletter_name: &'a str,
+    number: i32,
+    date_line: &'a str,
+    web_url: &'a str,
+    greeting: &'a str,
+    tips: &'a [TipView],
+    articles: &'a [ArticleView],
+    links: &'a [(usize, String)],
+    unsubscribe_url: &'a str,
+    postal_address: &'a str,
+}
+
+/// An issue rendered once, from which every subscriber's message is cut.
+#[derive(Debug, Clone)]
+pub struct RenderedIssue {
+    number: i32,
+    subject: String,
+    html: Vec<Segment>,
+    text: Vec<Segment>,
+    html_len: usize,
+    text_len: usize,
+    from: Mailbox,
+    reply_to: Option<Mailbox>,
+    list_id: String,
+    unsubscribe_base: String,
+    domain: String,
+    keys: TokenKeys,
+}
+
+/// Renders `content` for `newsletter` in the schedule's zone `zone`.
+pub fn render_issue(
+    newsletter: &Newsletter,
+    keys: &TokenKeys,
+    zone: chrono_tz::Tz,
+    content: &IssueContent,
+) -> Result<RenderedIssue, RenderError> {
+    let mut links = LinkList::default();
+    let tips: Vec<TipView> = content
+        .items
+        .iter()
+        .filter(|i| i.kind == "tip")
+        .map(|i| {
+            let body_text = markdown::to_text(&i.body, &mut links);
+            let source = i.url.as_ref().map(|u| links.add(u));
+            let body_text = match source {
+                Some(n) => format!("{body_text}\n\nSource: [{n}]"),
+                None => body_text,
+            };
+            TipView {
+                title: i.title.clone(),
+                heading: markdown::wrap(&format!("* {}", i.title), "", "  ")
+                    .trim_end()
+                    .to_owned(),
+                body_html: markdown::to_html(&i.body),
+                body_text,
+                source_url: i.url.clone(),
+            }
+        })
+        .collect();
+    let articles: Vec<ArticleView> = content
+        .items
+        .iter()
+        .filter(|i| i.kind == "article")
+        .map(|i| {
+            let url = i.url.clone().unwrap_or_default();
+            let n = links.add(&url);
+            let date = i
+                .published_at
+                .map(|t| t.with_timezone(&zone).format("%-d %B %Y").to_string())
+                .unwrap_or_default();
+            let mut text = markdown::wrap(&format!("* {} [{n}]", i.title), "", "  ");
+            let byline = match &i.author {
+                Some(a) => format!("{a} · {date}"),
+                None => date.clone(),
+            };
+            text.push_str(&markdown::wrap(&byline, "  ", "  "));
+            if !i.body.is_empty() {
+                text.push_str(&markdown::wrap(&i.body, "  ", "  "));
+            }
+            ArticleView {
+                title: i.title.clone(),
+                url,
+                summary: i.body.clone(),
+                author: i.author.clone(),
+                date,
+                text,
+            }
+        })
+        .collect();
+    let links: Vec<(usize, String)> = links.iter().map(|(n, u)| (n, u.to_owned())).collect();
+
+    let subject = content.subject(newsletter);
+    let date_line = content
+        .slot
+        .with_timezone(&zone)
+        .format("%-d %B %Y")
+        .to_string();
+    let base = newsletter
+        .base_url
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
+    let web_url = format!("{base}/issues/{}", content.number);
+    let preheader: String = {
+        let titles: Vec<&str> = content.items.iter().map(|i| i.title.as_str()).collect();
+        let joined = titles.join(" · ");
+        if joined.chars().count() > 140 {
+            format!("{}…", joined.chars().take(139).collect::<String>())
+        } else {
+            joined
+        }
+    };
+
+    let html = DigestHtml {
+        title: &subject,
+        preheader: &preheader,
+        newsletter_name: &newsletter.name,
+        number: content.number,
+        date_line: &date_line,
+        web_url: &web_url,
+        greeting: GREETING_MARK,
+        tips: &tips,
+        articles: &articles,
+        unsubscribe_url: UNSUBSCRIBE_MARK,
+        postal_address: &newsletter.postal_address,
+    }
+    .render()?;
+    let html = css_inline::CSSInliner::options()
+        .load_remote_stylesheets(false)
+        .keep_at_rules(true)
+        .build()
+        .inline(&html)
+        .map_err(|e| RenderError::Css(e.to_string()))?;
+
+    let text = DigestText {
+        newsletter_name: &newsletter.name,
+        number: content.number,
+        date_line: &date_line,
+        web_url: &web_url,
+        greeting: GREETING_MARK,
+        tips: &tips,
+        articles: &articles,
+        links: &links,
+        unsubscribe_url: UNSUBSCRIBE_MARK,
+        postal_address: &newsletter.postal_address,
+    }
+    .render()?;
+    let text = tidy_text(&text);
+
+    let domain = newsletter.from.email.domain().to_owned();
+    Ok(RenderedIssue {
+        number: content.number,
+        subject,
+        html_len: html.len() + 256,
+        text_len: text.len() + 256,
+        html: segments(&html),
+        text: segments(&text),
+        from: newsletter.from.clone(),
+        reply_to: newsletter.reply_to.clone(),
+        list_id: list_id_header(&newsletter.name, &newsletter.list_id),
+        unsubscribe_base: format!("{base}/unsubscribe/"),
+        domain,
+        keys: keys.clone(),
+    })
+}
+
+/// Collapses the blank-line runs that template tags leave behind and trims trailing spaces.
+fn tidy_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut blank = 0;
+    for line in text.lines() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.trim_start_matches('\n').to_owned()
+}
+
+fn list_id_header(name: &str, id: &str) -> String {
+    let phrase: String = name.chars().filter(|c| !matches!(c, '"' | '\\')).collect();
+    format!("\"{phrase}\" <{id}>")
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl RenderedIssue {
+    /// The subject line.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The one-click unsubscribe URL for a subscriber.
+    pub fn unsubscribe_url(&self, subscriber_id: i64) -> String {
+        format!(
+            "{}{}",
+            self.unsubscribe_base,
+            self.keys.sign(Purpose::Unsubscribe, subscriber_id)
+        )
+    }
+
+    /// The deterministic Message-ID of this issue for a subscriber: a resend after a crash
+    /// carries the same one, so a duplicate is recognisable.
+    pub fn message_id(&self, subscriber_id: i64) -> String {
+        format!("<issue{}.s{}@{}>", self.number, subscriber_id, self.domain)
+    }
+
+    fn greeting(r: &Recipient) -> String {
+        match &r.name {
+            Some(n) => format!("Hi {n},"),
+            None => "Hi there,".to_owned(),
+        }
+    }
+
+    /// The HTML part for one subscriber.
+    pub fn html_for(&self, r: &Recipient) -> String {
+        let url = self.unsubscribe_url(r.subscriber_id);
+        fill(
+            &self.html,
+            &html_escape(&url),
+            &html_escape(&Self::greeting(r)),
+            self.html_len,
+        )
+    }
+
+    /// The plain-text part for one subscriber.
+    pub fn text_for(&self, r: &Recipient) -> String {
+        let url = self.unsubscribe_url(r.subscriber_id);
+        fill(&self.text, &url, &Self::greeting(r), self.text_len)
+    }
+
+    /// The complete message for one subscriber.
+    pub fn message(&self, r: &Recipient) -> Result<Message, RenderError> {
+        let address = r
+            .email
+            .parse()
+            .map_err(|_| RenderError::Address(r.subscriber_id))?;
+        // Names are validated on the way in, but a row written by other means must not be able
+        // to break a header (lettre panics on a line break in a display name).
+        let to = Mailbox::new(r.name.as_deref().map(one_line), address);
+        let token = self.keys.sign(Purpose::Unsubscribe, r.subscriber_id);
+        let list_unsubscribe = format!(
+            "<{}{}>, <mailto:{}?subject=unsubscribe%20{}>",
+            self.unsubscribe_base, token, self.from.email, token
+        );
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(one_line(&self.subject))
+            .message_id(Some(self.message_id(r.subscriber_id)))
+            .raw_header(raw("List-Id", self.list_id.clone()))
+            .raw_header(raw("List-Unsubscribe", list_unsubscribe))
+            .raw_header(raw(
+                "List-Unsubscribe-Post",
+                "List-Unsubscribe=One-Click".to_owned(),
+            ));
+        if let Some(reply_to) = &self.reply_to {
+            builder = builder.reply_to(reply_to.clone());
+        }
+        Ok(builder.multipart(MultiPart::alternative_plain_html(
+            self.text_for(r),
+            self.html_for(r),
+        ))?)
+    }
+}
+
+/// Control characters (CR, LF, NUL…) become spaces: what goes into a header stays one line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if crate::domain::is_forbidden_char(c) {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn raw(name: &'static str, value: String) -> HeaderValue {
+    HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
+}
+
+/// Lines of the text part are wrapped at this width (URLs excepted).
+pub const TEXT_PART_WIDTH: usize = TEXT_WIDTH;

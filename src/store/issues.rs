@@ -1,0 +1,239 @@
+//! SQL for `issue`, `issue_item` and `app_secret`: picking content for a slot, creating an issue
+//! with its snapshot, and reading issues back.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Postgres};
+
+use crate::render::Item;
+
+/// An issue as stored.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct IssueRow {
+    /// Key.
+    pub issue_id: i64,
+    /// 1, 2, …; `None` when the slot was skipped.
+    pub number: Option<i32>,
+    /// The slot it belongs to.
+    pub slot: DateTime<Utc>,
+    /// Subject line.
+    pub subject: String,
+    /// `sending`, `sent`, `paused` or `skipped`.
+    pub status: String,
+    /// Why it is paused or skipped.
+    pub status_reason: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its last delivery settled.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const ISSUE_COLUMNS: &str =
+    "issue_id, number, slot, subject, status, status_reason, created_at, finished_at";
+
+/// A candidate item with the id of its source row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Candidate {
+    /// `tip_id` or `article_id`.
+    pub source_id: i64,
+    /// The content.
+    #[sqlx(flatten)]
+    pub item: Item,
+}
+
+/// Tips by rotation: never sent first, then least recently sent; ties by id. Retired tips are
+/// never picked.
+pub async fn pick_tips(conn: &mut PgConnection, n: u32) -> sqlx::Result<Vec<Candidate>> {
+    sqlx::query_as(
+        "SELECT tip_id AS source_id, 'tip' AS kind, title, body, source_url AS url, \
+                NULL::text AS author, NULL::timestamptz AS published_at \
+         FROM tip WHERE active ORDER BY last_sent_at NULLS FIRST, tip_id LIMIT $1",
+    )
+    .bind(i64::from(n))
+    .fetch_all(conn)
+    .await
+}
+
+/// Articles published after `since` (all of them before the first issue) and at or before
+/// `until`, newest first.
+pub async fn pick_articles(
+    conn: &mut PgConnection,
+    since: Option<DateTime<Utc>>,
+    until: DateTime<Utc>,
+    n: u32,
+) -> sqlx::Result<Vec<Candidate>> {
+    sqlx::query_as(
+        "SELECT article_id AS source_id, 'article' AS kind, title, summary AS body, url, author, \
+                published_at \
+         FROM article WHERE ($1::timestamptz IS NULL OR published_at > $1) AND published_at <= $2 \
+         ORDER BY published_at DESC, article_id DESC LIMIT $3",
+    )
+    .bind(since)
+    .bind(until)
+    .bind(i64::from(n))
+    .fetch_all(conn)
+    .await
+}
+
+/// The slot of the latest issue before `slot` (skipped ones included: their articles were
+/// considered and found empty).
+pub async fn previous_slot(
+    conn: &mut PgConnection,
+    slot: DateTime<Utc>,
+) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT max(slot) FROM issue WHERE slot < $1")
+        .bind(slot)
+        .fetch_one(conn)
+        .await
+}
+
+/// The number the next issue gets.
+pub async fn next_number(conn: &mut PgConnection) -> sqlx::Result<i32> {
+    sqlx::query_scalar("SELECT COALESCE(max(number), 0) + 1 FROM issue")
+        .fetch_one(conn)
+        .await
+}
+
+/// The issue of a slot, if one was created.
+pub async fn find_by_slot<'e, E>(conn: E, slot: DateTime<Utc>) -> sqlx::Result<Option<IssueRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ISSUE_COLUMNS} FROM issue WHERE slot = $1"
+    )))
+    .bind(slot)
+    .fetch_optional(conn)
+    .await
+}
+
+/// An issue by number.
+pub async fn find_by_number<'e, E>(conn: E, number: i32) -> sqlx::Result<Option<IssueRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ISSUE_COLUMNS} FROM issue WHERE number = $1"
+    )))
+    .bind(number)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Every issue, newest slot first.
+pub async fn list<'e, E>(conn: E) -> sqlx::Result<Vec<IssueRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ISSUE_COLUMNS} FROM issue ORDER BY slot DESC"
+    )))
+    .fetch_all(conn)
+    .await
+}
+
+/// The snapshot an issue carries, in order.
+pub async fn items<'e, E>(conn: E, issue_id: i64) -> sqlx::Result<Vec<Item>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(
+        "SELECT kind, title, body, url, author, published_at FROM issue_item \
+         WHERE issue_id = $1 ORDER BY position",
+    )
+    .bind(issue_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// What to insert for a new issue.
+pub struct NewIssue<'a> {
+    /// The slot.
+    pub slot: DateTime<Utc>,
+    /// `None` for a skipped slot.
+    pub number: Option<i32>,
+    /// Subject line (a description for skipped slots).
+    pub subject: &'a str,
+    /// `sending` or `skipped`.
+    pub status: &'a str,
+    /// Why it was skipped.
+    pub reason: Option<&'a str>,
+    /// The snapshot.
+    pub items: &'a [Candidate],
+}
+
+/// Inserts an issue and its snapshot, and moves the picked tips to the back of the rotation.
+/// Returns `None` when another process created the slot's issue first.
+pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result<Option<IssueRow>> {
+    let row: Option<IssueRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO issue (number, slot, subject, status, status_reason, finished_at) \
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $4 = 'skipped' THEN now() END) \
+         ON CONFLICT (slot) DO NOTHING RETURNING {ISSUE_COLUMNS}"
+    )))
+    .bind(new.number)
+    .bind(new.slot)
+    .bind(new.subject)
+    .bind(new.status)
+    .bind(new.reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    for (position, c) in new.items.iter().enumerate() {
+        let (tip_id, article_id) = if c.item.kind == "tip" {
+            (Some(c.source_id), None)
+        } else {
+            (None, Some(c.source_id))
+        };
+        sqlx::query(
+            "INSERT INTO issue_item (issue_id, position, kind, tip_id, article_id, title, body, \
+             url, author, tags, published_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                     COALESCE((SELECT tags FROM tip WHERE tip_id = $4), '{}'), $10)",
+        )
+        .bind(row.issue_id)
+        .bind(position as i32)
+        .bind(&c.item.kind)
+        .bind(tip_id)
+        .bind(article_id)
+        .bind(&c.item.title)
+        .bind(&c.item.body)
+        .bind(&c.item.url)
+        .bind(&c.item.author)
+        .bind(c.item.published_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let tip_ids: Vec<i64> = new
+        .items
+        .iter()
+        .filter(|c| c.item.kind == "tip")
+        .map(|c| c.source_id)
+        .collect();
+    sqlx::query(
+        "UPDATE tip SET times_sent = times_sent + 1, last_sent_at = $2 WHERE tip_id = ANY($1)",
+    )
+    .bind(&tip_ids)
+    .bind(new.slot)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some(row))
+}
+
+/// Serialises issue creation across every process sharing the database, so issue numbers stay
+/// consecutive; released when the transaction ends.
+pub async fn lock_issue_creation(conn: &mut PgConnection) -> sqlx::Result<()> {
+    // An arbitrary constant that names this lock for all digestif processes.
+    sqlx::query("SELECT pg_advisory_xact_lock(7305626915)")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The token secret digestif generated for itself at migration time.
+pub async fn stored_token_secret<'e, E>(conn: E) -> sqlx::Result<Option<Vec<u8>>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_scalar("SELECT value FROM app_secret WHERE name = 'token'")
+        .fetch_optional(conn)
+        .await
+}
