@@ -138,6 +138,8 @@ pub struct DeliverySettings {
     pub lease: Duration,
     /// Hard bounces that suppress a subscriber.
     pub hard_bounce_threshold: u32,
+    /// How long an issue paused by the breaker waits before it resumes on its own.
+    pub breaker_cooldown: Duration,
 }
 
 /// `[smtp]`
@@ -241,6 +243,7 @@ struct RawDelivery {
     give_up_after: String,
     lease: String,
     hard_bounce_threshold: u32,
+    breaker_cooldown: String,
 }
 
 #[derive(Deserialize)]
@@ -423,6 +426,7 @@ impl Raw {
                 1,
                 100,
             )?,
+            breaker_cooldown: duration("delivery.breaker_cooldown", &d.breaker_cooldown)?,
         };
 
         let m = self.smtp;

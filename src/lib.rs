@@ -9,6 +9,9 @@ pub mod config;
 /// The Postgres store: every SQL statement, migrations, connection handling.
 pub mod store;
 
+/// Transports, reply classification and the shared rate ceiling.
+pub mod send;
+
 /// Rendering an issue and each subscriber's message.
 pub mod render;
 

@@ -6,6 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = digestif::cli::Cli::parse();
+    init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -22,6 +23,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr; RUST_LOG overrides the default level. Whatever it says, other crates
+/// never log below INFO: at DEBUG and TRACE lettre prints the SMTP AUTH exchange and the HTML
+/// parser prints message bodies, and neither may reach a log.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn};
+
+    let level =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,digestif=info"));
+    let ours = filter_fn(|meta| {
+        let target = meta.target();
+        *meta.level() <= tracing::Level::INFO
+            || target.starts_with("digestif")
+            || target.starts_with("sqlx")
+    });
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .with_filter(level)
+        .with_filter(ours);
+    tracing_subscriber::registry().with(layer).init();
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

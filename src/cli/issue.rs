@@ -1,12 +1,20 @@
-//! `digestif issue …`: preview and list issues.
+//! `digestif issue …`: preview, send, list, inspect, resume and test-send issues.
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{Format, Listing, Record, time_cell};
-use crate::config::Settings;
-use crate::digest;
-use crate::store::{self, issues};
+use crate::config::{Settings, TransportKind};
+use crate::digest::{self, deliver};
+use crate::domain::SubscriberEmail;
+use crate::render::Recipient;
+use crate::send::{Mailer, Outcome};
+use crate::store::{self, deliveries, issues};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -16,13 +24,55 @@ pub enum Command {
         #[arg(long, default_value = "preview")]
         out: PathBuf,
     },
-    /// List issues, newest first, with their status (skipped slots say why)
+    /// Create the due issue (or reuse it) and deliver until nothing is ready
+    ///
+    /// The due issue is the one for the latest scheduled slot, if it is within the grace
+    /// window. Deliveries of earlier issues whose retry time has come are sent too. Retries due
+    /// within two minutes are waited for; later ones are left to the next run.
+    Send {
+        /// Do not wait for the schedule: create and send the next slot's issue now
+        #[arg(long)]
+        now: bool,
+    },
+    /// List issues, newest first, with their status (skipped and paused ones say why)
     List {
         /// Output format
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Show one issue with its deliveries counted per status
+    Status {
+        /// The issue number
+        number: i32,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: StatusFormat,
+    },
+    /// Resume an issue paused by the breaker, then deliver it
+    Resume {
+        /// The issue number
+        number: i32,
+    },
+    /// Send the next issue's rendering to one address, outside the queue (nothing is stored)
+    TestSend {
+        /// Where to send it
+        #[arg(long)]
+        to: String,
+    },
 }
+
+/// Formats for `issue status`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StatusFormat {
+    /// Readable text.
+    Table,
+    /// One JSON object.
+    Json,
+}
+
+/// How long `issue send` waits for retries and other workers' leases before leaving the rest
+/// to the next run.
+const WAIT_WITHIN: Duration = Duration::from_secs(120);
 
 pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
     let pool = store::connect_current(&settings.database).await?;
@@ -47,6 +97,99 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Send { now } => {
+            let clock = chrono::Utc::now();
+            let slot = if now {
+                Some(digest::next_slot(&pool, settings, clock).await?)
+            } else {
+                digest::due_slot(settings, clock)
+            };
+            if let Some(slot) = slot {
+                let issue = digest::create_issue(&pool, settings, slot).await?;
+                match (issue.number, issue.status.as_str()) {
+                    (None, _) => println!(
+                        "the slot {slot} is skipped: {}",
+                        issue.status_reason.unwrap_or_default()
+                    ),
+                    (Some(n), status) => println!("issue #{n} ({status}): {}", issue.subject),
+                }
+            } else {
+                let next = settings.schedule.schedule.next_after(clock);
+                println!(
+                    "no issue is due (next slot: {}); delivering what is ready",
+                    next.map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "none".into())
+                );
+            }
+            deliver_and_report(pool, settings).await
+        }
+        Command::Status { number, format } => {
+            let Some(issue) = issues::find_by_number(&pool, number).await? else {
+                bail!("no issue #{number}");
+            };
+            let counts = deliveries::counts(&pool, issue.issue_id).await?;
+            match format {
+                StatusFormat::Json => {
+                    let mut v = serde_json::to_value(&issue)?;
+                    let map: serde_json::Map<String, serde_json::Value> = counts
+                        .iter()
+                        .map(|(k, n)| (k.clone(), serde_json::Value::from(*n)))
+                        .collect();
+                    v["deliveries"] = serde_json::Value::Object(map);
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                StatusFormat::Table => {
+                    println!("issue #{number}: {} ({})", issue.subject, issue.status);
+                    if let Some(reason) = &issue.status_reason {
+                        println!("reason: {reason}");
+                    }
+                    println!("slot: {}", time_cell(Some(issue.slot)));
+                    let total: i64 = counts.iter().map(|(_, n)| n).sum();
+                    println!("deliveries: {total}");
+                    for (status, n) in &counts {
+                        println!("  {status:<9} {n}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Resume { number } => {
+            let Some(issue) = issues::find_by_number(&pool, number).await? else {
+                bail!("no issue #{number}");
+            };
+            if !deliveries::resume(&pool, issue.issue_id).await? {
+                bail!("issue #{number} is not paused (it is {})", issue.status);
+            }
+            println!("issue #{number} resumed");
+            deliver_and_report(pool, settings).await
+        }
+        Command::TestSend { to } => {
+            let to = SubscriberEmail::parse(&to)?;
+            let (content, rendered) =
+                match digest::render_next(&pool, settings, chrono::Utc::now()).await? {
+                    Ok(next) => next,
+                    Err(reason) => bail!("the next slot would be skipped: {reason}"),
+                };
+            let recipient = Recipient {
+                subscriber_id: 0,
+                email: to.to_string(),
+                name: None,
+            };
+            let message = rendered.message(&recipient)?;
+            let mailer = Mailer::from_settings(settings)?;
+            match mailer
+                .send(&message, &format!("test-issue{}", content.number))
+                .await
+            {
+                Outcome::Sent => {
+                    println!("sent issue #{} to {to}", content.number);
+                    Ok(())
+                }
+                Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => {
+                    bail!("sending to {to} failed: {}", f.reason)
+                }
+            }
+        }
         Command::List { format } => {
             let mut listing = Listing::new(format, io::stdout().lock())?;
             for row in issues::list(&pool).await? {
@@ -56,6 +199,71 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Delivers what is ready with a progress bar on a terminal and a summary line when piped.
+async fn deliver_and_report(pool: sqlx::PgPool, settings: &Settings) -> anyhow::Result<()> {
+    let total = deliveries::open_count(&pool).await?;
+    let bar = if io::stderr().is_terminal() {
+        let bar = ProgressBar::new(total.max(0) as u64);
+        let style =
+            ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg} · {per_sec} · ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        bar.set_style(style);
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let deliverer = deliver::Deliverer::new(pool, Arc::new(settings.clone())).await?;
+    // Ctrl-C stops claiming and lets messages in flight finish.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop_tx.send(true);
+        }
+    });
+    let started = std::time::Instant::now();
+    let report = deliverer
+        .run_until_idle(
+            stop_rx,
+            deliver::Patience {
+                wait_within: WAIT_WITHIN,
+            },
+            &bar,
+        )
+        .await?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let attempts = report.sent + report.deferred + report.bounced + report.failed;
+    println!(
+        "sent {}, deferred {}, bounced {}, failed {}, skipped {} in {:.1} s ({:.0} msg/s)",
+        report.sent,
+        report.deferred,
+        report.bounced,
+        report.failed,
+        report.skipped,
+        secs,
+        attempts as f64 / secs.max(0.001)
+    );
+    for n in &report.finished {
+        println!("issue #{n} is complete");
+    }
+    for reason in &report.paused {
+        println!(
+            "paused: {reason} (resumes after delivery.breaker_cooldown, or `digestif issue resume N`)"
+        );
+    }
+    if let Some(t) = report.next_due {
+        println!(
+            "more deliveries are waiting; the next is due at {}",
+            t.to_rfc3339()
+        );
+    }
+    if settings.delivery.transport == TransportKind::File {
+        println!("messages are in {}/", settings.delivery.outbox.display());
+    }
+    Ok(())
 }
 
 impl Record for issues::IssueRow {

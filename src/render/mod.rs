@@ -376,6 +376,11 @@ fn html_escape(s: &str) -> String {
 }
 
 impl RenderedIssue {
+    /// The issue number.
+    pub fn number(&self) -> i32 {
+        self.number
+    }
+
     /// The subject line.
     pub fn subject(&self) -> &str {
         &self.subject
@@ -456,7 +461,7 @@ impl RenderedIssue {
 }
 
 /// Control characters (CR, LF, NUL…) become spaces: what goes into a header stays one line.
-fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| {
             if crate::domain::is_forbidden_char(c) {

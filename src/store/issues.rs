@@ -106,6 +106,19 @@ where
     .await
 }
 
+/// An issue by id.
+pub async fn find_by_id<'e, E>(conn: E, issue_id: i64) -> sqlx::Result<Option<IssueRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ISSUE_COLUMNS} FROM issue WHERE issue_id = $1"
+    )))
+    .bind(issue_id)
+    .fetch_optional(conn)
+    .await
+}
+
 /// An issue by number.
 pub async fn find_by_number<'e, E>(conn: E, number: i32) -> sqlx::Result<Option<IssueRow>>
 where

@@ -1,6 +1,7 @@
 //! The Postgres store: connecting, migrating, and every SQL statement, one file per table family.
 
 pub mod content;
+pub mod deliveries;
 pub mod issues;
 pub mod subscribers;
 

@@ -15,16 +15,8 @@ pub struct Digestif {
 impl Digestif {
     /// For the database behind `pool` (as created by `#[sqlx::test]`).
     pub fn new(pool: &PgPool) -> Self {
-        let o = pool.connect_options();
-        let url = format!(
-            "postgres://{}@{}:{}/{}",
-            o.get_username(),
-            o.get_host(),
-            o.get_port(),
-            o.get_database().unwrap_or("postgres")
-        );
         Self {
-            url,
+            url: db_url(pool),
             envs: Vec::new(),
         }
     }
@@ -82,6 +74,18 @@ impl Digestif {
         assert!(!stderr.contains("panicked"), "panic\n{run}");
         last
     }
+}
+
+/// The URL of the database behind `pool`, for a child process.
+pub fn db_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("postgres")
+    )
 }
 
 /// One finished run.

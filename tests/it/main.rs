@@ -6,4 +6,6 @@ mod cli_content;
 mod cli_import;
 mod cli_subscribers;
 mod compose;
+mod deliver;
 mod helpers;
+mod smtp_server;

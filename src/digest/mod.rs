@@ -1,5 +1,8 @@
 //! The use case, and the only place that knows the order of things: pick content for a slot,
-//! snapshot it as an issue, render it. The CLI, the scheduler and the tests all come through here.
+//! snapshot it as an issue and fan it out, render it, deliver it (`deliver`). The CLI, the
+//! scheduler and the tests all come through here.
+
+pub mod deliver;
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +14,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::config::{Settings, WhenEmpty};
 use crate::domain::{MIN_SECRET_LEN, TokenKey, TokenKeys};
 use crate::render::{self, IssueContent, Recipient, RenderedIssue};
+use crate::store::deliveries;
 use crate::store::issues::{self, Candidate, IssueRow, NewIssue};
 
 /// The keys that sign links: `http.token_secret` when configured, else the secret digestif
@@ -110,6 +114,11 @@ pub async fn create_issue(
     )
     .await?
     .ok_or_else(|| anyhow!("the issue for {slot} was created concurrently"))?;
+    if row.status == "sending" {
+        // In the same transaction: the issue never exists without its recipients.
+        let recipients = deliveries::fan_out(&mut tx, row.issue_id).await?;
+        tracing::info!(number = ?row.number, recipients, "issue created");
+    }
     tx.commit().await?;
     Ok(row)
 }
@@ -127,6 +136,13 @@ pub async fn stored_content(
         slot: issue.slot,
         items: issues::items(pool, issue.issue_id).await?,
     }))
+}
+
+/// The slot due at `now`: the latest scheduled one, if it is within the grace window.
+pub fn due_slot(settings: &Settings, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let due = settings.schedule.schedule.latest_at_or_before(now)?;
+    let grace = chrono::Duration::from_std(settings.schedule.grace).unwrap_or_default();
+    (now - due <= grace).then_some(due)
 }
 
 /// The slot the next issue belongs to at `now`: the due slot if it is within the grace window
@@ -167,14 +183,13 @@ pub fn sample_recipient() -> Recipient {
     }
 }
 
-/// Renders the next issue into `out` as `.html`, `.txt` and `.eml` without writing anything to
-/// the database. `Ok(Err(reason))` when the next slot would be skipped.
-pub async fn preview(
+/// The next issue (stored if its slot already has one, else as it would be composed now),
+/// rendered; nothing is written. `Ok(Err(reason))` when the next slot would be skipped.
+pub async fn render_next(
     pool: &PgPool,
     settings: &Settings,
     now: DateTime<Utc>,
-    out: &Path,
-) -> anyhow::Result<Result<Preview, String>> {
+) -> anyhow::Result<Result<(IssueContent, RenderedIssue), String>> {
     let slot = next_slot(pool, settings, now).await?;
     let content = match issues::find_by_slot(pool, slot).await? {
         Some(issue) => match stored_content(pool, &issue).await? {
@@ -200,6 +215,21 @@ pub async fn preview(
         settings.schedule.schedule.zone(),
         &content,
     )?;
+    Ok(Ok((content, rendered)))
+}
+
+/// Renders the next issue into `out` as `.html`, `.txt` and `.eml` without writing anything to
+/// the database. `Ok(Err(reason))` when the next slot would be skipped.
+pub async fn preview(
+    pool: &PgPool,
+    settings: &Settings,
+    now: DateTime<Utc>,
+    out: &Path,
+) -> anyhow::Result<Result<Preview, String>> {
+    let (content, rendered) = match render_next(pool, settings, now).await? {
+        Ok(next) => next,
+        Err(reason) => return Ok(Err(reason)),
+    };
     let who = sample_recipient();
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let stem = out.join(format!("issue-{}", content.number));

@@ -1,0 +1,482 @@
+//! Working the delivery queue (DESIGN.md §4): claim a batch, re-check each subscriber, send
+//! with bounded concurrency under the shared rate ceiling, classify replies, and write results
+//! in batches. A worker never starts a new message before its previous result is durable, so a
+//! crash re-sends at most `delivery.concurrency` messages.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use chrono::Utc;
+use futures_util::StreamExt;
+use indicatif::ProgressBar;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+
+use crate::config::Settings;
+use crate::domain::TokenKeys;
+use crate::render::{self, Recipient, RenderedIssue};
+use crate::send::{Failure, Mailer, Outcome, rate::Pacer};
+use crate::store::deliveries::{self, Claimed, Settled};
+use crate::store::issues;
+
+/// What a delivery run did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    /// Accepted by the server (or written to the outbox).
+    pub sent: u64,
+    /// Temporary failures, to be retried.
+    pub deferred: u64,
+    /// Hard bounces.
+    pub bounced: u64,
+    /// Refused for good.
+    pub failed: u64,
+    /// Not sent: the subscriber left after fan-out.
+    pub skipped: u64,
+    /// Issues paused by the breaker, with the reason.
+    pub paused: Vec<String>,
+    /// Issues whose every delivery is now settled.
+    pub finished: Vec<i32>,
+    /// When the next retry or lease expiry is due, if any is waiting.
+    pub next_due: Option<chrono::DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    deferred: AtomicU64,
+    bounced: AtomicU64,
+    failed: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl Counters {
+    fn line(&self) -> String {
+        format!(
+            "sent {} · deferred {} · bounced {} · failed {} · skipped {}",
+            self.sent.load(Ordering::Relaxed),
+            self.deferred.load(Ordering::Relaxed),
+            self.bounced.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// How long a run keeps going when nothing is claimable right now.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// Wait for retries and lease expiries due within this long; later ones are left to the
+    /// next run.
+    pub wait_within: Duration,
+}
+
+/// Sends what is ready; one per process, shared by its tasks.
+pub struct Deliverer {
+    pool: PgPool,
+    settings: Arc<Settings>,
+    mailer: Mailer,
+    keys: TokenKeys,
+    pacer: Pacer,
+    rendered: Mutex<HashMap<i64, Arc<RenderedIssue>>>,
+    breaker: std::sync::Mutex<Breaker>,
+}
+
+impl Deliverer {
+    /// A deliverer with the configured transport, keys and rate ceiling.
+    pub async fn new(pool: PgPool, settings: Arc<Settings>) -> anyhow::Result<Self> {
+        let mailer = Mailer::from_settings(&settings)?;
+        let keys = super::token_keys(&settings, &pool).await?;
+        Ok(Self {
+            pacer: Pacer::new(&settings.delivery),
+            pool,
+            mailer,
+            keys,
+            rendered: Mutex::new(HashMap::new()),
+            breaker: std::sync::Mutex::new(Breaker::default()),
+            settings,
+        })
+    }
+
+    /// Delivers until nothing is claimable (waiting for retries due within `patience`), or
+    /// until `stop` turns true: then it stops claiming, lets messages in flight finish, and
+    /// gives back what it had claimed but not started.
+    pub async fn run_until_idle(
+        &self,
+        mut stop: watch::Receiver<bool>,
+        patience: Patience,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Report> {
+        let counters = Counters::default();
+        let writer = Writer::spawn(
+            self.pool.clone(),
+            self.settings.delivery.hard_bounce_threshold,
+        );
+        let mut report = Report::default();
+        let result = async {
+            loop {
+                if *stop.borrow() {
+                    break;
+                }
+                deliveries::resume_cooled(&self.pool).await?;
+                let batch = deliveries::claim(
+                    &self.pool,
+                    self.settings.delivery.batch_size,
+                    self.settings.delivery.lease,
+                )
+                .await
+                .context("failed to claim deliveries")?;
+                if batch.is_empty() {
+                    report
+                        .finished
+                        .extend(deliveries::finish_issues(&self.pool).await?);
+                    let due = deliveries::next_due(&self.pool).await?;
+                    let wait = due
+                        .map(|t| (t - Utc::now()).to_std().unwrap_or_default())
+                        .filter(|w| *w <= patience.wait_within);
+                    match wait {
+                        // Poll at least every second: another worker may settle what it holds.
+                        Some(w) => {
+                            let nap = w.min(Duration::from_secs(1)) + Duration::from_millis(20);
+                            tokio::select! {
+                                _ = tokio::time::sleep(nap) => {}
+                                _ = stop.changed() => {}
+                            }
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+                self.process(batch, &writer, &counters, &stop, progress, &mut report)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        writer.close().await;
+        result?;
+        report
+            .finished
+            .extend(deliveries::finish_issues(&self.pool).await?);
+        report.next_due = deliveries::next_due(&self.pool).await?;
+        report.sent = counters.sent.load(Ordering::Relaxed);
+        report.deferred = counters.deferred.load(Ordering::Relaxed);
+        report.bounced = counters.bounced.load(Ordering::Relaxed);
+        report.failed = counters.failed.load(Ordering::Relaxed);
+        report.skipped = counters.skipped.load(Ordering::Relaxed);
+        Ok(report)
+    }
+
+    async fn process(
+        &self,
+        batch: Vec<Claimed>,
+        writer: &Writer,
+        counters: &Counters,
+        stop: &watch::Receiver<bool>,
+        progress: &ProgressBar,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let unsent: std::sync::Mutex<Vec<Claimed>> = std::sync::Mutex::new(Vec::new());
+        let fatal: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
+        let concurrency = self.settings.delivery.concurrency as usize;
+
+        futures_util::stream::iter(batch)
+            .for_each_concurrent(concurrency, |claimed| async {
+                let halted = *stop.borrow()
+                    || fatal.lock().map(|f| f.is_some()).unwrap_or(true)
+                    || self.breaker_open(claimed.issue_id);
+                if halted {
+                    if let Ok(mut u) = unsent.lock() {
+                        u.push(claimed);
+                    }
+                    return;
+                }
+                match self.attempt(&claimed).await {
+                    Ok(settled) => {
+                        let status = settled.status;
+                        if let Err(e) = writer.write(settled).await {
+                            if let Ok(mut f) = fatal.lock() {
+                                f.get_or_insert(e);
+                            }
+                            return;
+                        }
+                        let counter = match status {
+                            "sent" => &counters.sent,
+                            "deferred" => &counters.deferred,
+                            "bounced" => &counters.bounced,
+                            "skipped" => &counters.skipped,
+                            _ => &counters.failed,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        progress.inc(1);
+                        progress.set_message(counters.line());
+                    }
+                    Err(e) => {
+                        if let Ok(mut u) = unsent.lock() {
+                            u.push(claimed);
+                        }
+                        if let Ok(mut f) = fatal.lock() {
+                            f.get_or_insert(e);
+                        }
+                    }
+                }
+            })
+            .await;
+
+        let unsent = unsent.into_inner().unwrap_or_default();
+        deliveries::release(&self.pool, &unsent)
+            .await
+            .context("failed to release unsent deliveries")?;
+        let tripped = self
+            .breaker
+            .lock()
+            .map(|mut b| std::mem::take(&mut b.newly_tripped))
+            .unwrap_or_default();
+        for (issue_id, reason) in tripped {
+            let until = Utc::now()
+                + chrono::Duration::from_std(self.settings.delivery.breaker_cooldown)
+                    .unwrap_or_default();
+            deliveries::pause(&self.pool, issue_id, &reason, until).await?;
+            tracing::warn!(issue_id, "issue paused by the breaker: {reason}");
+            report.paused.push(reason);
+        }
+        match fatal.into_inner().ok().flatten() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn breaker_open(&self, issue_id: i64) -> bool {
+        self.breaker
+            .lock()
+            .map(|b| b.open.contains(&issue_id))
+            .unwrap_or(true)
+    }
+
+    /// One delivery: re-check, render, wait for the rate ceiling, send, classify.
+    async fn attempt(&self, c: &Claimed) -> anyhow::Result<Settled> {
+        let settled = |status, failure: Option<&Failure>| Settled {
+            issue_id: c.issue_id,
+            subscriber_id: c.subscriber_id,
+            status,
+            code: failure.and_then(|f| f.code).map(|c| c as i16),
+            error: failure.map(|f| f.reason.clone()),
+            next_attempt_at: None,
+            message_id: None,
+        };
+        if c.subscriber_status != "active" {
+            tracing::debug!(subscriber_id = c.subscriber_id, "skipped: no longer active");
+            let mut s = settled("skipped", None);
+            s.error = Some(format!(
+                "subscriber is {} at send time",
+                c.subscriber_status
+            ));
+            return Ok(s);
+        }
+        let rendered = self.rendered_issue(c.issue_id).await?;
+        let recipient = Recipient {
+            subscriber_id: c.subscriber_id,
+            email: c.email.clone(),
+            name: c.name.clone(),
+        };
+        let message = match rendered.message(&recipient) {
+            Ok(m) => m,
+            Err(e) => {
+                let f = Failure {
+                    code: None,
+                    enhanced: None,
+                    reason: e.to_string(),
+                    systemic: false,
+                };
+                return Ok(settled("failed", Some(&f)));
+            }
+        };
+        self.pacer
+            .wait(&self.pool)
+            .await
+            .context("failed to reserve send rate")?;
+        let name = format!("issue{}-s{}", rendered.number(), c.subscriber_id);
+        let outcome = self.mailer.send(&message, &name).await;
+        self.record_breaker(c.issue_id, &outcome);
+        let message_id = Some(rendered.message_id(c.subscriber_id));
+        let mut s = match &outcome {
+            Outcome::Sent => settled("sent", None),
+            Outcome::Bounced(f) => settled("bounced", Some(f)),
+            Outcome::Failed(f) => settled("failed", Some(f)),
+            Outcome::Transient(f) => {
+                let d = &self.settings.delivery;
+                let exp = 2f64.powi((c.attempts - 1).clamp(0, 20));
+                let jitter = 0.5 + fastrand::f64();
+                let delay = d
+                    .retry_base
+                    .mul_f64(exp * jitter)
+                    .min(Duration::from_secs(6 * 3600));
+                let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                let give_up =
+                    c.created_at + chrono::Duration::from_std(d.give_up_after).unwrap_or_default();
+                if next > give_up {
+                    let mut s = settled("failed", Some(f));
+                    s.error = Some(crate::send::classify::truncate(
+                        &format!("gave up after {} attempts: {}", c.attempts, f.reason),
+                        500,
+                    ));
+                    s
+                } else {
+                    let mut s = settled("deferred", Some(f));
+                    s.next_attempt_at = Some(next);
+                    s
+                }
+            }
+        };
+        if s.status == "sent" {
+            s.message_id = message_id;
+        }
+        tracing::debug!(
+            subscriber_id = c.subscriber_id,
+            issue_id = c.issue_id,
+            attempt = c.attempts,
+            status = s.status,
+            code = ?s.code,
+            "delivery attempt"
+        );
+        Ok(s)
+    }
+
+    fn record_breaker(&self, issue_id: i64, outcome: &Outcome) {
+        let failure = match outcome {
+            Outcome::Sent => None,
+            Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => Some(f),
+        };
+        if let Ok(mut b) = self.breaker.lock() {
+            b.record(issue_id, failure);
+        }
+    }
+
+    async fn rendered_issue(&self, issue_id: i64) -> anyhow::Result<Arc<RenderedIssue>> {
+        let mut cache = self.rendered.lock().await;
+        if let Some(r) = cache.get(&issue_id) {
+            return Ok(r.clone());
+        }
+        let row = issues::find_by_id(&self.pool, issue_id)
+            .await?
+            .ok_or_else(|| anyhow!("issue {issue_id} vanished"))?;
+        let content = super::stored_content(&self.pool, &row)
+            .await?
+            .ok_or_else(|| anyhow!("issue {issue_id} has no content"))?;
+        let rendered = Arc::new(render::render_issue(
+            &self.settings.newsletter,
+            &self.keys,
+            self.settings.schedule.schedule.zone(),
+            &content,
+        )?);
+        cache.insert(issue_id, rendered.clone());
+        Ok(rendered)
+    }
+}
+
+/// Recent attempts for the breaker: when most of them failed because of the connection or
+/// the server's policy, sending more only hurts the sender's reputation.
+#[derive(Default)]
+struct Breaker {
+    window: VecDeque<bool>,
+    open: Vec<i64>,
+    newly_tripped: Vec<(i64, String)>,
+}
+
+const BREAKER_WINDOW: usize = 20;
+const BREAKER_MIN: usize = 10;
+const BREAKER_RATIO: f64 = 0.8;
+
+impl Breaker {
+    fn record(&mut self, issue_id: i64, failure: Option<&Failure>) {
+        let systemic = failure.is_some_and(|f| f.systemic);
+        self.window.push_back(systemic);
+        if self.window.len() > BREAKER_WINDOW {
+            self.window.pop_front();
+        }
+        let bad = self.window.iter().filter(|b| **b).count();
+        let n = self.window.len();
+        if n >= BREAKER_MIN
+            && bad as f64 >= BREAKER_RATIO * n as f64
+            && !self.open.contains(&issue_id)
+        {
+            let last = failure
+                .map(|f| match (&f.code, &f.enhanced) {
+                    (Some(c), Some(e)) => format!("{c} {e}: {}", f.reason),
+                    _ => f.reason.clone(),
+                })
+                .unwrap_or_default();
+            self.open.push(issue_id);
+            self.newly_tripped.push((
+                issue_id,
+                render::one_line(&format!(
+                    "{bad} of the last {n} attempts failed for connection or policy reasons; last: {last}"
+                )),
+            ));
+            self.window.clear();
+        }
+    }
+}
+
+/// Writes results in batches: every result waiting when a write starts goes into the same
+/// transaction, and each sender hears back once its own result is durable.
+struct Writer {
+    tx: mpsc::Sender<(Settled, oneshot::Sender<bool>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn spawn(pool: PgPool, threshold: u32) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(Settled, oneshot::Sender<bool>)>(1024);
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 1000 {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let results: Vec<Settled> = batch.iter().map(|(s, _)| s.clone()).collect();
+                let mut ok = false;
+                for attempt in 0..5u32 {
+                    match deliveries::settle(&pool, &results, threshold).await {
+                        Ok(()) => {
+                            ok = true;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(attempt, "writing delivery results failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        }
+                    }
+                }
+                for (_, ack) in batch {
+                    let _ = ack.send(ok);
+                }
+            }
+        });
+        Self { tx, task }
+    }
+
+    async fn write(&self, settled: Settled) -> anyhow::Result<()> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((settled, ack))
+            .await
+            .map_err(|_| anyhow!("the result writer stopped"))?;
+        match done.await {
+            Ok(true) => Ok(()),
+            _ => Err(anyhow!(
+                "cannot write delivery results to the database; stopping (unwritten sends are retried after their lease)"
+            )),
+        }
+    }
+
+    async fn close(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}

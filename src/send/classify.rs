@@ -1,0 +1,146 @@
+//! What an SMTP reply (or its absence) means for a delivery: sent, retry later, bounced, or
+//! failed for good, by reply code and RFC 3463 enhanced status code.
+
+/// The fate of one send attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server took responsibility for the message (250 after the final dot).
+    Sent,
+    /// Try again later: a 4xx reply, a dropped connection, a timeout.
+    Transient(Failure),
+    /// The mailbox does not exist or is disabled (5.1.x, 5.2.1): counts toward suppression.
+    Bounced(Failure),
+    /// Refused for good for another reason, policy (5.7.x) among them: the subscriber is kept.
+    Failed(Failure),
+}
+
+/// Why an attempt did not succeed; kept on the delivery row, and fed to the breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The SMTP reply code, when there was a reply.
+    pub code: Option<u16>,
+    /// The enhanced status code (`5.1.1`), when the server gave one.
+    pub enhanced: Option<String>,
+    /// What went wrong, short; the server's text may name the recipient, so it goes to the
+    /// database row, never to the log.
+    pub reason: String,
+    /// The connection or the server's policy is the problem, not this recipient: the breaker
+    /// counts these.
+    pub systemic: bool,
+}
+
+/// Finds an RFC 3463 enhanced status code (`class.subject.detail`) in a reply text.
+pub fn enhanced_code(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || matches!(c, ':' | '(' | ')' | ',' | ';' | '[' | ']'))
+        .find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(str::to_owned)
+}
+
+/// Classifies a negative SMTP reply: `code` and the reply `text`.
+pub fn classify_reply(code: u16, text: &str) -> Outcome {
+    let enhanced = enhanced_code(text);
+    let reason = truncate(&format!("{code} {}", text.trim()), 400);
+    let failure = |systemic| Failure {
+        code: Some(code),
+        enhanced: enhanced.clone(),
+        reason: reason.clone(),
+        systemic,
+    };
+    if (400..500).contains(&code) {
+        return Outcome::Transient(failure(false));
+    }
+    match enhanced.as_deref() {
+        Some(e) if e.starts_with("4.") => Outcome::Transient(failure(false)),
+        Some(e) if e.starts_with("5.1.") || e == "5.2.1" => Outcome::Bounced(failure(false)),
+        Some(e) if e.starts_with("5.7.") => Outcome::Failed(failure(true)),
+        Some(_) => Outcome::Failed(failure(false)),
+        // Without an enhanced code, 550/551/553 are the classic "no such mailbox" replies.
+        None if matches!(code, 550 | 551 | 553) => Outcome::Bounced(failure(false)),
+        None => Outcome::Failed(failure(false)),
+    }
+}
+
+/// A failure with no SMTP reply: refused connection, reset, timeout, TLS trouble. Always
+/// worth retrying, and a sign of trouble for the breaker.
+pub fn connection_failure(reason: &str) -> Outcome {
+    Outcome::Transient(Failure {
+        code: None,
+        enhanced: None,
+        reason: truncate(reason, 400),
+        systemic: true,
+    })
+}
+
+/// Shortens `s` to at most `max` bytes on a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enhanced_codes_are_found_in_reply_text() {
+        assert_eq!(
+            enhanced_code("5.1.1 <bob@x>: user unknown").as_deref(),
+            Some("5.1.1")
+        );
+        assert_eq!(
+            enhanced_code("Requested action aborted (4.7.0)").as_deref(),
+            Some("4.7.0")
+        );
+        assert_eq!(enhanced_code("mailbox unavailable"), None);
+        assert_eq!(enhanced_code("version 1.2.3 of nothing"), None);
+    }
+
+    #[test]
+    fn replies_map_to_outcomes() {
+        assert!(matches!(
+            classify_reply(450, "4.2.0 try later"),
+            Outcome::Transient(_)
+        ));
+        assert!(matches!(
+            classify_reply(421, "service closing"),
+            Outcome::Transient(_)
+        ));
+        assert!(matches!(
+            classify_reply(550, "5.1.1 user unknown"),
+            Outcome::Bounced(_)
+        ));
+        assert!(matches!(
+            classify_reply(550, "5.2.1 mailbox disabled"),
+            Outcome::Bounced(_)
+        ));
+        assert!(matches!(
+            classify_reply(550, "no such user"),
+            Outcome::Bounced(_)
+        ));
+        assert!(matches!(
+            classify_reply(552, "5.2.2 mailbox full"),
+            Outcome::Failed(_)
+        ));
+        match classify_reply(550, "5.7.1 rejected by policy") {
+            Outcome::Failed(f) => assert!(f.systemic, "policy blocks trip the breaker"),
+            other => panic!("{other:?}"),
+        }
+        match connection_failure("connection reset") {
+            Outcome::Transient(f) => assert!(f.systemic && f.code.is_none()),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! SQL for the delivery queue: fan-out, claiming with `FOR UPDATE SKIP LOCKED` and a lease,
+//! settling results in batches, releasing claims, pausing and finishing issues.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+/// Creates one pending delivery per active subscriber, in the transaction that creates the
+/// issue: one statement, however long the list.
+pub async fn fan_out(conn: &mut PgConnection, issue_id: i64) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "INSERT INTO delivery (issue_id, subscriber_id) \
+         SELECT $1, subscriber_id FROM subscriber WHERE status = 'active'",
+    )
+    .bind(issue_id)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// A delivery this worker now holds, with what sending needs to know.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    /// The issue.
+    pub issue_id: i64,
+    /// The recipient.
+    pub subscriber_id: i64,
+    /// The delivery's status before the claim (`pending`, `deferred`, or `sending` when a
+    /// crashed worker's lease ran out), to put it back if it is released unsent.
+    pub was: String,
+    /// Attempts including this one.
+    pub attempts: i32,
+    /// When the delivery was created (the give-up age counts from here).
+    pub created_at: DateTime<Utc>,
+    /// The subscriber's address.
+    pub email: String,
+    /// The subscriber's name.
+    pub name: Option<String>,
+    /// The subscriber's status now: anything but `active` is skipped.
+    pub subscriber_status: String,
+}
+
+/// Claims up to `limit` ready deliveries of issues that are sending: new and deferred ones
+/// whose time has come, and ones whose lease ran out. The short transaction of this one
+/// statement is all the locking there is; nothing is held while SMTP talks.
+pub async fn claim(
+    pool: &PgPool,
+    limit: u32,
+    lease: std::time::Duration,
+) -> sqlx::Result<Vec<Claimed>> {
+    sqlx::query_as(
+        "WITH ready AS ( \
+             SELECT issue_id, subscriber_id, status AS was FROM delivery \
+             WHERE status IN ('pending', 'deferred') AND next_attempt_at <= now() \
+               AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
+             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         expired AS ( \
+             SELECT issue_id, subscriber_id, status AS was FROM delivery \
+             WHERE status = 'sending' AND lease_until < now() \
+               AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
+             LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         picked AS (SELECT * FROM ready UNION ALL SELECT * FROM expired LIMIT $1) \
+         UPDATE delivery d SET status = 'sending', attempts = d.attempts + 1, \
+                lease_until = now() + make_interval(secs => $2) \
+         FROM picked p, subscriber s \
+         WHERE d.issue_id = p.issue_id AND d.subscriber_id = p.subscriber_id \
+           AND s.subscriber_id = d.subscriber_id \
+         RETURNING d.issue_id, d.subscriber_id, p.was, d.attempts, d.created_at, s.email, s.name, \
+                   s.status AS subscriber_status",
+    )
+    .bind(i64::from(limit))
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// The result of one attempt, to be written.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The issue.
+    pub issue_id: i64,
+    /// The recipient.
+    pub subscriber_id: i64,
+    /// `sent`, `deferred`, `bounced`, `failed` or `skipped`.
+    pub status: &'static str,
+    /// SMTP reply code, if any.
+    pub code: Option<i16>,
+    /// Reply text or reason, truncated.
+    pub error: Option<String>,
+    /// When to try again (deferred only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The Message-ID sent.
+    pub message_id: Option<String>,
+}
+
+/// Writes many results in one transaction: delivery rows, and for hard bounces the
+/// subscriber's counter, suppression at `threshold`, and the event log.
+pub async fn settle(pool: &PgPool, results: &[Settled], threshold: u32) -> sqlx::Result<()> {
+    let mut issue_ids = Vec::with_capacity(results.len());
+    let mut subscriber_ids = Vec::with_capacity(results.len());
+    let mut statuses = Vec::with_capacity(results.len());
+    let mut codes = Vec::with_capacity(results.len());
+    let mut errors = Vec::with_capacity(results.len());
+    let mut next = Vec::with_capacity(results.len());
+    let mut message_ids = Vec::with_capacity(results.len());
+    for r in results {
+        issue_ids.push(r.issue_id);
+        subscriber_ids.push(r.subscriber_id);
+        statuses.push(r.status);
+        codes.push(r.code);
+        errors.push(r.error.clone());
+        next.push(r.next_attempt_at);
+        message_ids.push(r.message_id.clone());
+    }
+    sqlx::query(
+        "WITH v AS ( \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], \
+                                  $5::text[], $6::timestamptz[], $7::text[]) \
+             AS v(issue_id, subscriber_id, status, code, error, next_at, message_id)), \
+         upd AS ( \
+             UPDATE delivery d SET status = v.status, last_code = v.code, last_error = v.error, \
+                    next_attempt_at = COALESCE(v.next_at, d.next_attempt_at), lease_until = NULL, \
+                    message_id = COALESCE(v.message_id, d.message_id), \
+                    sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END \
+             FROM v WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
+               AND d.status = 'sending' \
+             RETURNING d.subscriber_id, d.status, d.last_error), \
+         bounced AS ( \
+             UPDATE subscriber s SET hard_bounces = s.hard_bounces + 1, \
+                    status = CASE WHEN s.status = 'active' AND s.hard_bounces + 1 >= $8 \
+                                  THEN 'bounced' ELSE s.status END \
+             FROM upd WHERE upd.status = 'bounced' AND s.subscriber_id = upd.subscriber_id \
+             RETURNING s.subscriber_id, s.status, s.hard_bounces, upd.last_error) \
+         INSERT INTO subscriber_event (subscriber_id, kind, method, detail) \
+         SELECT subscriber_id, 'bounced', 'smtp', \
+                left(CASE WHEN status = 'bounced' THEN 'suppressed after ' || hard_bounces \
+                          || ' hard bounce(s): ' ELSE 'hard bounce: ' END || coalesce(last_error, ''), 500) \
+         FROM bounced",
+    )
+    .bind(&issue_ids)
+    .bind(&subscriber_ids)
+    .bind(&statuses)
+    .bind(&codes)
+    .bind(&errors)
+    .bind(&next)
+    .bind(&message_ids)
+    .bind(i64::from(threshold))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Gives claimed deliveries back unsent (shutdown, breaker), as if never claimed.
+pub async fn release(pool: &PgPool, claimed: &[Claimed]) -> sqlx::Result<()> {
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let issue_ids: Vec<i64> = claimed.iter().map(|c| c.issue_id).collect();
+    let subscriber_ids: Vec<i64> = claimed.iter().map(|c| c.subscriber_id).collect();
+    let was: Vec<&str> = claimed.iter().map(|c| c.was.as_str()).collect();
+    sqlx::query(
+        "UPDATE delivery d SET \
+                status = CASE WHEN v.was = 'pending' THEN 'pending' ELSE 'deferred' END, \
+                attempts = greatest(d.attempts - 1, 0), lease_until = NULL \
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(issue_id, subscriber_id, was) \
+         WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id AND d.status = 'sending'",
+    )
+    .bind(&issue_ids)
+    .bind(&subscriber_ids)
+    .bind(&was)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks issues whose every delivery is settled as sent; returns their numbers.
+pub async fn finish_issues(pool: &PgPool) -> sqlx::Result<Vec<i32>> {
+    sqlx::query_scalar(
+        "UPDATE issue i SET status = 'sent', finished_at = now() \
+         WHERE i.status = 'sending' AND NOT EXISTS ( \
+             SELECT 1 FROM delivery d WHERE d.issue_id = i.issue_id \
+               AND d.status IN ('pending', 'sending', 'deferred')) \
+         RETURNING number",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Pauses an issue (the breaker tripped) until `until`, saying why.
+pub async fn pause(
+    pool: &PgPool,
+    issue_id: i64,
+    reason: &str,
+    until: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE issue SET status = 'paused', status_reason = $2, paused_until = $3 \
+         WHERE issue_id = $1 AND status = 'sending'",
+    )
+    .bind(issue_id)
+    .bind(reason)
+    .bind(until)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Resumes a paused issue now; false when it was not paused.
+pub async fn resume(pool: &PgPool, issue_id: i64) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE issue SET status = 'sending', status_reason = NULL, paused_until = NULL \
+         WHERE issue_id = $1 AND status = 'paused'",
+    )
+    .bind(issue_id)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Resumes paused issues whose cool-down is over; returns their numbers.
+pub async fn resume_cooled(pool: &PgPool) -> sqlx::Result<Vec<i32>> {
+    sqlx::query_scalar(
+        "UPDATE issue SET status = 'sending', status_reason = NULL, paused_until = NULL \
+         WHERE status = 'paused' AND paused_until <= now() RETURNING number",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// When the next delivery of a sending issue becomes claimable (a retry, or a lease running
+/// out), if any is waiting.
+pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "SELECT min(t) FROM ( \
+             SELECT min(next_attempt_at) AS t FROM delivery \
+             WHERE status IN ('pending', 'deferred') \
+               AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
+             UNION ALL \
+             SELECT min(lease_until) FROM delivery WHERE status = 'sending' \
+               AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending')) x",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Deliveries of an issue per status.
+pub async fn counts(pool: &PgPool, issue_id: i64) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT status, count(*) FROM delivery WHERE issue_id = $1 GROUP BY status ORDER BY status",
+    )
+    .bind(issue_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Deliveries still to do across sending issues (for the progress bar's length).
+pub async fn open_count(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM delivery WHERE status IN ('pending', 'sending', 'deferred') \
+           AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending')",
+    )
+    .fetch_one(pool)
+    .await
+}

@@ -1,0 +1,498 @@
+//! Delivering an issue against a real Postgres and a real SMTP server over TCP (smtp_server.rs):
+//! retries, bounces, the breaker, dropped and stalled connections, concurrent senders, a
+//! SIGKILL mid-send, dot lines, the rate ceiling, and secrets in logs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use digestif::config::Settings;
+use digestif::digest::{self, deliver};
+use indicatif::ProgressBar;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::helpers::{Digestif, db_url};
+use crate::smtp_server::{DataAction, Policy, SmtpServer};
+
+fn settings(server: &SmtpServer, extra: &str) -> Settings {
+    Settings::from_toml(&format!(
+        "[delivery]\ntransport = \"smtp\"\nconcurrency = 4\nbatch_size = 50\nretry_base = \"1s\"\n\
+         lease = \"5s\"\ngive_up_after = \"1h\"\n[smtp]\nurl = \"{}\"\ntimeout = \"2s\"\n{extra}",
+        server.url()
+    ))
+    .expect("test settings")
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("rfc3339")
+        .with_timezone(&Utc)
+}
+
+const SLOT: &str = "2026-11-30T08:00:00Z";
+
+async fn seed(pool: &PgPool, subscribers: i64) {
+    sqlx::query(
+        "INSERT INTO subscriber (email, name, status, consent_source) \
+         SELECT 'user' || i || '@example.com', 'User ' || i, 'active', 'test' \
+         FROM generate_series(1, $1) i",
+    )
+    .bind(subscribers)
+    .execute(pool)
+    .await
+    .expect("seed subscribers");
+    sqlx::query("INSERT INTO tip (title, body) VALUES ('A tip', 'Do the thing.')")
+        .execute(pool)
+        .await
+        .expect("seed tip");
+}
+
+async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
+    let d = deliver::Deliverer::new(pool.clone(), Arc::new(s.clone()))
+        .await
+        .expect("deliverer");
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    d.run_until_idle(
+        rx,
+        deliver::Patience {
+            wait_within: Duration::from_secs(30),
+        },
+        &ProgressBar::hidden(),
+    )
+    .await
+    .expect("delivery run")
+}
+
+fn copies(server: &SmtpServer) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for a in server.accepted() {
+        *m.entry(a.rcpt).or_default() += 1;
+    }
+    m
+}
+
+async fn statuses(pool: &PgPool) -> HashMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>("SELECT status, count(*) FROM delivery GROUP BY status")
+        .fetch_all(pool)
+        .await
+        .expect("statuses")
+        .into_iter()
+        .collect()
+}
+
+fn index(addr: &str) -> usize {
+    addr.trim_start_matches("user")
+        .split('@')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[sqlx::test]
+async fn transient_rcpt_failures_are_retried_until_everyone_has_exactly_one_copy(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().rcpt(|addr, nth| {
+        (index(addr).is_multiple_of(5) && nth == 1).then(|| "451 4.3.0 try again later".to_owned())
+    }))
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 50).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!(report.deferred, 10, "{report:?}");
+    let c = copies(&server);
+    assert_eq!(c.len(), 50);
+    assert!(c.values().all(|&n| n == 1), "{c:?}");
+    assert_eq!(statuses(&pool).await.get("sent"), Some(&50));
+    for i in (5..=50).step_by(5) {
+        let times = server.rcpt_times(&format!("user{i}@example.com"));
+        assert_eq!(times.len(), 2, "user{i}");
+        // retry_base 1 s with jitter 0.5–1.5: never before next_attempt_at.
+        assert!(
+            times[1] - times[0] >= Duration::from_millis(500),
+            "user{i} retried too early"
+        );
+    }
+    assert_eq!(report.finished, vec![1]);
+}
+
+#[sqlx::test]
+async fn hard_bounces_suppress_the_subscriber_and_leave_them_out_of_the_next_issue(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().rcpt(|addr, _| {
+        matches!(index(addr), 3 | 7).then(|| "550 5.1.1 no such user here".to_owned())
+    }))
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 20).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!((report.sent, report.bounced), (18, 2));
+    for i in [3, 7] {
+        let addr = format!("user{i}@example.com");
+        assert_eq!(server.rcpt_times(&addr).len(), 1, "{addr} tried once");
+        let (status, bounces): (String, i32) =
+            sqlx::query_as("SELECT status, hard_bounces FROM subscriber WHERE email = $1")
+                .bind(&addr)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!((status.as_str(), bounces), ("bounced", 1));
+    }
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM subscriber_event WHERE kind = 'bounced' AND detail LIKE '%5.1.1%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(events, 2);
+    let next = digest::create_issue(&pool, &s, at("2026-12-07T08:00:00Z"))
+        .await
+        .unwrap();
+    let fanned: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery WHERE issue_id = $1")
+        .bind(next.issue_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(fanned, 18);
+}
+
+#[sqlx::test]
+async fn policy_blocks_pause_the_issue_and_suppress_nobody(pool: PgPool) {
+    let server = SmtpServer::start(
+        Policy::default().rcpt(|_, _| Some("550 5.7.1 message refused by policy".to_owned())),
+    )
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 60).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!(report.paused.len(), 1, "{report:?}");
+    assert!(report.paused[0].contains("5.7.1"), "{report:?}");
+    let (status, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT status, status_reason FROM issue")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "paused");
+    assert!(reason.unwrap_or_default().contains("policy"));
+    let suppressed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM subscriber WHERE status <> 'active'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(suppressed, 0);
+    let st = statuses(&pool).await;
+    assert!(
+        st.get("failed").copied().unwrap_or(0) < 60,
+        "the breaker stopped early: {st:?}"
+    );
+    assert_eq!(st.get("sending"), None, "claims were released: {st:?}");
+
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "file")
+        .env(
+            "DIGESTIF_DELIVERY__OUTBOX",
+            tempfile::tempdir().unwrap().path().to_str().unwrap(),
+        );
+    let out = d.ok(&["issue", "status", "1"]).stdout();
+    assert!(out.contains("paused") && out.contains("5.7.1"), "{out}");
+    d.ok(&["issue", "resume", "1"]);
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM delivery WHERE status IN ('pending','deferred','sending')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(pending, 0, "resume delivered the rest");
+}
+
+#[sqlx::test]
+async fn a_dropped_connection_and_a_stalled_server_are_retried_without_doubles(pool: PgPool) {
+    let server = SmtpServer::start(
+        Policy::default().data(|addr, nth| match (index(addr), nth) {
+            (1, 1) => DataAction::DropMidData,
+            (2, 1) => DataAction::Stall,
+            _ => DataAction::Accept,
+        }),
+    )
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 10).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let started = Instant::now();
+    let report = deliver_all(&pool, &s).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a worker got stuck"
+    );
+    assert_eq!(report.deferred, 2, "{report:?}");
+    let c = copies(&server);
+    assert_eq!(c.len(), 10);
+    assert!(c.values().all(|&n| n == 1), "{c:?}");
+}
+
+#[sqlx::test]
+async fn a_subscriber_who_leaves_after_fan_out_is_skipped(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = settings(&server, "");
+    seed(&pool, 5).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    sqlx::query("UPDATE subscriber SET status = 'unsubscribed' WHERE email = 'user2@example.com'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!((report.sent, report.skipped), (4, 1));
+    assert!(!copies(&server).contains_key("user2@example.com"));
+    let st = statuses(&pool).await;
+    assert_eq!(st.get("skipped"), Some(&1));
+}
+
+#[sqlx::test]
+async fn two_senders_on_one_issue_never_send_a_copy_twice(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = settings(&server, "");
+    let s = Settings {
+        delivery: digestif::config::DeliverySettings {
+            batch_size: 20,
+            ..s.delivery
+        },
+        ..s
+    };
+    seed(&pool, 300).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let other = PgPoolOptions::new()
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("second pool");
+    let (a, b) = tokio::join!(deliver_all(&pool, &s), deliver_all(&other, &s));
+    assert_eq!(a.sent + b.sent, 300, "{a:?} {b:?}");
+    assert!(
+        a.sent > 0 && b.sent > 0,
+        "both took part: {} and {}",
+        a.sent,
+        b.sent
+    );
+    let c = copies(&server);
+    assert_eq!(c.len(), 300);
+    assert!(c.values().all(|&n| n == 1));
+}
+
+#[sqlx::test]
+async fn dot_lines_arrive_intact_in_one_message(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = settings(&server, "");
+    sqlx::query(
+        "INSERT INTO subscriber (email, status, consent_source) VALUES ('dot@example.com', 'active', 'test')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO tip (title, body) VALUES ('Dots', E'Before\\n\\n.\\n\\n..\\n\\nQUIT\\n\\nafter')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    deliver_all(&pool, &s).await;
+    let accepted = server.accepted();
+    assert_eq!(accepted.len(), 1);
+    let msg = mail_parser::MessageParser::default()
+        .parse(&accepted[0].data)
+        .expect("parses");
+    let text = msg.body_text(0).expect("text part");
+    assert!(text.lines().any(|l| l == "."), "{text}");
+    assert!(text.lines().any(|l| l == ".."), "{text}");
+    let commands = server.commands();
+    assert!(
+        commands.iter().all(|c| {
+            let u = c.to_ascii_uppercase();
+            [
+                "EHLO", "HELO", "MAIL", "RCPT", "DATA", "QUIT", "RSET", "NOOP",
+            ]
+            .iter()
+            .any(|k| u.starts_with(k))
+        }),
+        "the body leaked into the command stream: {commands:?}"
+    );
+    let data_commands = commands
+        .iter()
+        .filter(|c| c.eq_ignore_ascii_case("DATA"))
+        .count();
+    assert_eq!(data_commands, 1, "one message, one DATA: {commands:?}");
+}
+
+#[sqlx::test]
+async fn the_rate_ceiling_holds(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = settings(&server, "");
+    let s = Settings {
+        delivery: digestif::config::DeliverySettings {
+            rate_per_second: Some(50.0),
+            concurrency: 8,
+            batch_size: 100,
+            ..s.delivery
+        },
+        ..s
+    };
+    seed(&pool, 500).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let started = Instant::now();
+    let report = deliver_all(&pool, &s).await;
+    let took = started.elapsed();
+    assert_eq!(report.sent, 500);
+    assert!(
+        took >= Duration::from_millis(9_500),
+        "500 messages at 50/s took {took:?}"
+    );
+}
+
+/// `digestif issue send --now` as a child process against `server` and the test database.
+fn send_process(pool: &PgPool, server: &SmtpServer) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_digestif"));
+    cmd.args(["issue", "send", "--now"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DIGESTIF_CONFIG")
+        .env("DATABASE_URL", db_url(pool))
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", server.url())
+        .env("DIGESTIF_SMTP__TIMEOUT", "5s")
+        .env("DIGESTIF_DELIVERY__CONCURRENCY", "4")
+        .env("DIGESTIF_DELIVERY__LEASE", "3s")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[sqlx::test]
+async fn a_sigkill_mid_send_loses_nothing_and_repeats_at_most_the_concurrency(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 5000).await;
+    let mut child = send_process(&pool, &server)
+        .spawn()
+        .expect("start digestif");
+    let started = Instant::now();
+    while server.accepted().len() < 1000 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reap");
+    let before = server.accepted().len();
+    assert!(
+        before < 5000,
+        "killed too late to test anything ({before} sent)"
+    );
+
+    let out = send_process(&pool, &server)
+        .output()
+        .await
+        .expect("restart");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let accepted = server.accepted();
+    let mut by_rcpt: HashMap<String, Vec<String>> = HashMap::new();
+    for a in &accepted {
+        by_rcpt
+            .entry(a.rcpt.clone())
+            .or_default()
+            .push(a.message_id.clone());
+    }
+    assert_eq!(
+        by_rcpt.len(),
+        5000,
+        "every subscriber got at least one copy"
+    );
+    let duplicates = accepted.len() - by_rcpt.len();
+    assert!(
+        duplicates <= 4,
+        "{duplicates} duplicates with concurrency 4"
+    );
+    for (rcpt, ids) in &by_rcpt {
+        assert!(
+            ids.iter().all(|id| id == &ids[0]),
+            "{rcpt}: copies differ in Message-ID: {ids:?}"
+        );
+    }
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery WHERE status = 'sent'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sent, 5000);
+}
+
+#[sqlx::test]
+async fn smtp_passwords_never_reach_the_log_even_when_auth_fails(pool: PgPool) {
+    seed(&pool, 1).await;
+    // A server that offers AUTH and refuses it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut r = BufReader::new(r);
+                let _ = w.write_all(b"220 auth.example ESMTP\r\n").await;
+                let mut line = String::new();
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") {
+                        b"250-auth.example\r\n250 AUTH PLAIN LOGIN\r\n"
+                    } else if upper.starts_with("AUTH") {
+                        b"535 5.7.8 authentication credentials invalid\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        b"221 bye\r\n"
+                    } else {
+                        b"503 5.5.1 bad sequence\r\n"
+                    };
+                    let _ = w.write_all(reply).await;
+                    line.clear();
+                }
+            });
+        }
+    });
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_digestif"))
+        .args(["issue", "test-send", "--to", "someone@example.com"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DIGESTIF_CONFIG")
+        .env("RUST_LOG", "trace")
+        .env("DATABASE_URL", db_url(&pool))
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", format!("smtp://{addr}"))
+        .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__PASSWORD", "hunter2-very-secret")
+        .env(
+            "DIGESTIF_HTTP__TOKEN_SECRET",
+            "token-secret-that-is-long-enough-1234567890",
+        )
+        .output()
+        .await
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !output.status.success(),
+        "AUTH was refused, so test-send must fail: {all}"
+    );
+    assert!(all.contains("535"), "the failure is reported: {all}");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for secret in [
+        "hunter2-very-secret".to_owned(),
+        b64.encode("\0mailer\0hunter2-very-secret"),
+        b64.encode("hunter2-very-secret"),
+        "token-secret-that-is-long-enough".to_owned(),
+    ] {
+        assert!(!all.contains(&secret), "secret {secret:?} leaked:\n{all}");
+    }
+}

@@ -1,0 +1,260 @@
+//! A real SMTP server on 127.0.0.1:0 for the tests: it speaks the protocol over TCP, records
+//! every accepted message, and can be told to answer 4xx/5xx, drop the connection in the middle
+//! of DATA, or stall after the final dot.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the server does at the end of DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataAction {
+    /// 250: accepted and recorded.
+    Accept,
+    /// Close the connection half-way through the message.
+    DropMidData,
+    /// Read the whole message, then never answer.
+    Stall,
+}
+
+type RcptRule = dyn Fn(&str, usize) -> Option<String> + Send + Sync;
+type DataRule = dyn Fn(&str, usize) -> DataAction + Send + Sync;
+
+/// How the server answers; the `usize` is how many times it has seen that recipient at that
+/// stage, counting this one (1 for the first attempt).
+#[derive(Clone)]
+pub struct Policy {
+    rcpt: Arc<RcptRule>,
+    data: Arc<DataRule>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            rcpt: Arc::new(|_, _| None),
+            data: Arc::new(|_, _| DataAction::Accept),
+        }
+    }
+}
+
+impl Policy {
+    /// Answer RCPT with this reply (e.g. `"450 4.2.0 busy"`) instead of 250 when it says so.
+    pub fn rcpt(
+        mut self,
+        f: impl Fn(&str, usize) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.rcpt = Arc::new(f);
+        self
+    }
+
+    /// Decide what happens after DATA.
+    pub fn data(mut self, f: impl Fn(&str, usize) -> DataAction + Send + Sync + 'static) -> Self {
+        self.data = Arc::new(f);
+        self
+    }
+}
+
+/// A message the server accepted with 250.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The envelope recipient.
+    pub rcpt: String,
+    /// The message as received, dot-unstuffed.
+    pub data: Vec<u8>,
+    /// Its Message-ID header.
+    pub message_id: String,
+}
+
+#[derive(Default)]
+struct State {
+    accepted: Vec<Accepted>,
+    rcpt_seen: HashMap<String, usize>,
+    data_seen: HashMap<String, usize>,
+    rcpt_times: HashMap<String, Vec<Instant>>,
+    commands: Vec<String>,
+}
+
+/// A running test server; it stops when dropped.
+pub struct SmtpServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SmtpServer {
+    /// Starts a server with `policy` on a free loopback port.
+    pub async fn start(policy: Policy) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind test SMTP server");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (st, policy) = (st.clone(), policy.clone());
+                tokio::spawn(async move {
+                    let _ = session(sock, st, policy).await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// The URL for `smtp.url`.
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.addr)
+    }
+
+    /// Every accepted message so far.
+    pub fn accepted(&self) -> Vec<Accepted> {
+        self.state.lock().expect("state").accepted.clone()
+    }
+
+    /// When each RCPT for `rcpt` arrived.
+    pub fn rcpt_times(&self, rcpt: &str) -> Vec<Instant> {
+        self.state
+            .lock()
+            .expect("state")
+            .rcpt_times
+            .get(rcpt)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every command line received (outside DATA), in order.
+    pub fn commands(&self) -> Vec<String> {
+        self.state.lock().expect("state").commands.clone()
+    }
+}
+
+async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std::io::Result<()> {
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    w.write_all(b"220 test.example ESMTP ready\r\n").await?;
+    let mut rcpts: Vec<String> = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_owned();
+        st.lock().expect("state").commands.push(cmd.clone());
+        let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            w.write_all(b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                .await?;
+        } else if upper.starts_with("HELO") {
+            w.write_all(b"250 test.example\r\n").await?;
+        } else if upper.starts_with("MAIL FROM:") {
+            rcpts.clear();
+            w.write_all(b"250 2.1.0 ok\r\n").await?;
+        } else if upper.starts_with("RCPT TO:") {
+            let addr = cmd[8..]
+                .trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let nth = {
+                let mut s = st.lock().expect("state");
+                s.rcpt_times
+                    .entry(addr.clone())
+                    .or_default()
+                    .push(Instant::now());
+                let n = s.rcpt_seen.entry(addr.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            match (policy.rcpt)(&addr, nth) {
+                Some(reply) => w.write_all(format!("{reply}\r\n").as_bytes()).await?,
+                None => {
+                    rcpts.push(addr);
+                    w.write_all(b"250 2.1.5 ok\r\n").await?;
+                }
+            }
+        } else if upper == "DATA" {
+            if rcpts.is_empty() {
+                w.write_all(b"554 5.5.1 no valid recipients\r\n").await?;
+                continue;
+            }
+            w.write_all(b"354 go ahead\r\n").await?;
+            let rcpt = rcpts[0].clone();
+            let nth = {
+                let mut s = st.lock().expect("state");
+                let n = s.data_seen.entry(rcpt.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            let action = (policy.data)(&rcpt, nth);
+            let mut data = Vec::new();
+            let mut lines = 0usize;
+            loop {
+                let mut l = Vec::new();
+                if r.read_until(b'\n', &mut l).await? == 0 {
+                    return Ok(());
+                }
+                if l == b".\r\n" {
+                    break;
+                }
+                lines += 1;
+                if action == DataAction::DropMidData && lines == 10 {
+                    return Ok(()); // hang up mid-message
+                }
+                // RFC 5321 §4.5.2: a leading dot was doubled by the client.
+                let l = if l.starts_with(b"..") {
+                    l[1..].to_vec()
+                } else {
+                    l
+                };
+                data.extend_from_slice(&l);
+            }
+            match action {
+                DataAction::Stall => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return Ok(());
+                }
+                DataAction::DropMidData => return Ok(()),
+                DataAction::Accept => {}
+            }
+            let message_id = String::from_utf8_lossy(&data)
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+                .map(|l| l[11..].trim().to_owned())
+                .unwrap_or_default();
+            {
+                let mut s = st.lock().expect("state");
+                for rcpt in &rcpts {
+                    s.accepted.push(Accepted {
+                        rcpt: rcpt.clone(),
+                        data: data.clone(),
+                        message_id: message_id.clone(),
+                    });
+                }
+            }
+            w.write_all(b"250 2.0.0 queued\r\n").await?;
+        } else if upper == "RSET" {
+            rcpts.clear();
+            w.write_all(b"250 2.0.0 ok\r\n").await?;
+        } else if upper == "NOOP" {
+            w.write_all(b"250 2.0.0 ok\r\n").await?;
+        } else if upper == "QUIT" {
+            w.write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(());
+        } else {
+            w.write_all(b"502 5.5.2 not implemented\r\n").await?;
+        }
+    }
+}
