@@ -140,6 +140,8 @@ pub struct DeliverySettings {
     pub hard_bounce_threshold: u32,
     /// How long an issue paused by the breaker waits before it resumes on its own.
     pub breaker_cooldown: Duration,
+    /// How long messages in flight may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
 }
 
 /// `[smtp]`
@@ -244,6 +246,7 @@ struct RawDelivery {
     lease: String,
     hard_bounce_threshold: u32,
     breaker_cooldown: String,
+    shutdown_grace: String,
 }
 
 #[derive(Deserialize)]
@@ -427,6 +430,7 @@ impl Raw {
                 100,
             )?,
             breaker_cooldown: duration("delivery.breaker_cooldown", &d.breaker_cooldown)?,
+            shutdown_grace: duration("delivery.shutdown_grace", &d.shutdown_grace)?,
         };
 
         let m = self.smtp;

@@ -18,6 +18,12 @@ pub mod render;
 /// The use case: compose, snapshot, render (and, later, deliver).
 pub mod digest;
 
+/// Running on the schedule: one shot (`run`) and the long-running loop (`serve`).
+pub mod schedule;
+
+/// The HTTP server: health, metrics and the subscriber pages.
+pub mod http;
+
 /// The operator's command line.
 pub mod cli;
 

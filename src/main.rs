@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = digestif::cli::Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
 /// Logs go to stderr; RUST_LOG overrides the default level. Whatever it says, other crates
 /// never log below INFO: at DEBUG and TRACE lettre prints the SMTP AUTH exchange and the HTML
 /// parser prints message bodies, and neither may reach a log.
-fn init_logging() {
+fn init_logging(format: digestif::cli::LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn};
@@ -41,13 +41,17 @@ fn init_logging() {
             || target.starts_with("digestif")
             || target.starts_with("sqlx")
     });
-    let layer = tracing_subscriber::fmt::layer()
+    let base = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .with_filter(level)
-        .with_filter(ours);
-    tracing_subscriber::registry().with(layer).init();
+        .with_target(false);
+    let layer = match format {
+        digestif::cli::LogFormat::Text => base.boxed(),
+        digestif::cli::LogFormat::Json => base.json().with_ansi(false).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(level).with_filter(ours))
+        .init();
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -4,6 +4,7 @@
 mod articles;
 mod issue;
 pub mod output;
+mod run;
 mod subscribers;
 mod tips;
 
@@ -26,8 +27,21 @@ pub struct Cli {
     #[arg(long, global = true, env = "DIGESTIF_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Log format on stderr: human-readable text, or one JSON object per line
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,9 +57,38 @@ enum Command {
     /// Add, import and list articles
     #[command(subcommand)]
     Articles(articles::Command),
-    /// Preview and list issues of the digest
+    /// Preview, send, list, inspect and resume issues of the digest
     #[command(subcommand)]
     Issue(issue::Command),
+    /// Show the schedule
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// One shot for cron and systemd timers: create the due issue, deliver what is ready, exit
+    ///
+    /// Only a slot within schedule.grace is sent; an older missed slot is reported, not sent.
+    /// Running it again, or twice at once, does nothing more. SIGTERM stops claiming and lets
+    /// messages in flight finish within delivery.shutdown_grace.
+    Run,
+    /// Long-running: the schedule, delivery and the HTTP server (health, metrics, links)
+    ///
+    /// Sleeps until the next slot or the next retry is due. SIGTERM or SIGINT: stop claiming,
+    /// let messages in flight finish within delivery.shutdown_grace, give back unstarted
+    /// claims, exit 0. Several `serve` processes may share one database.
+    Serve {
+        /// Serve HTTP only (no schedule, no delivery)
+        #[arg(long)]
+        no_schedule: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCommand {
+    /// Print the coming slots in the configured time zone and in UTC
+    Next {
+        /// How many slots
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+    },
 }
 
 /// Runs one command to completion.
@@ -61,5 +104,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tips(cmd) => tips::run(cmd, &settings).await,
         Command::Articles(cmd) => articles::run(cmd, &settings).await,
         Command::Issue(cmd) => issue::run(cmd, &settings).await,
+        Command::Schedule(ScheduleCommand::Next { count }) => {
+            run::schedule_next(&settings, count);
+            Ok(())
+        }
+        Command::Run => run::run(&settings).await,
+        Command::Serve { no_schedule } => run::serve(&settings, no_schedule).await,
     }
 }

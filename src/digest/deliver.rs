@@ -43,16 +43,32 @@ pub struct Report {
     pub next_due: Option<chrono::DateTime<Utc>>,
 }
 
-#[derive(Default)]
-struct Counters {
-    sent: AtomicU64,
-    deferred: AtomicU64,
-    bounced: AtomicU64,
-    failed: AtomicU64,
-    skipped: AtomicU64,
+/// Attempts by outcome since the process started (for `/metrics` and progress lines).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Accepted.
+    pub sent: AtomicU64,
+    /// Temporary failures.
+    pub deferred: AtomicU64,
+    /// Hard bounces.
+    pub bounced: AtomicU64,
+    /// Permanent failures.
+    pub failed: AtomicU64,
+    /// Skipped at send time.
+    pub skipped: AtomicU64,
 }
 
 impl Counters {
+    fn snapshot(&self) -> [u64; 5] {
+        [
+            self.sent.load(Ordering::Relaxed),
+            self.deferred.load(Ordering::Relaxed),
+            self.bounced.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed),
+        ]
+    }
+
     fn line(&self) -> String {
         format!(
             "sent {} · deferred {} · bounced {} · failed {} · skipped {}",
@@ -82,6 +98,7 @@ pub struct Deliverer {
     pacer: Pacer,
     rendered: Mutex<HashMap<i64, Arc<RenderedIssue>>>,
     breaker: std::sync::Mutex<Breaker>,
+    counters: Arc<Counters>,
 }
 
 impl Deliverer {
@@ -96,8 +113,14 @@ impl Deliverer {
             keys,
             rendered: Mutex::new(HashMap::new()),
             breaker: std::sync::Mutex::new(Breaker::default()),
+            counters: Arc::new(Counters::default()),
             settings,
         })
+    }
+
+    /// The attempt counters of this deliverer, for `/metrics`.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 
     /// Delivers until nothing is claimable (waiting for retries due within `patience`), or
@@ -109,7 +132,8 @@ impl Deliverer {
         patience: Patience,
         progress: &ProgressBar,
     ) -> anyhow::Result<Report> {
-        let counters = Counters::default();
+        let counters = &*self.counters;
+        let before = counters.snapshot();
         let writer = Writer::spawn(
             self.pool.clone(),
             self.settings.delivery.hard_bounce_threshold,
@@ -149,7 +173,7 @@ impl Deliverer {
                         None => break,
                     }
                 }
-                self.process(batch, &writer, &counters, &stop, progress, &mut report)
+                self.process(batch, &writer, counters, &stop, progress, &mut report)
                     .await?;
             }
             anyhow::Ok(())
@@ -161,11 +185,13 @@ impl Deliverer {
             .finished
             .extend(deliveries::finish_issues(&self.pool).await?);
         report.next_due = deliveries::next_due(&self.pool).await?;
-        report.sent = counters.sent.load(Ordering::Relaxed);
-        report.deferred = counters.deferred.load(Ordering::Relaxed);
-        report.bounced = counters.bounced.load(Ordering::Relaxed);
-        report.failed = counters.failed.load(Ordering::Relaxed);
-        report.skipped = counters.skipped.load(Ordering::Relaxed);
+        let after = counters.snapshot();
+        let delta = |i: usize| after[i] - before[i];
+        report.sent = delta(0);
+        report.deferred = delta(1);
+        report.bounced = delta(2);
+        report.failed = delta(3);
+        report.skipped = delta(4);
         Ok(report)
     }
 

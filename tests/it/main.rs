@@ -8,4 +8,5 @@ mod cli_subscribers;
 mod compose;
 mod deliver;
 mod helpers;
+mod schedule;
 mod smtp_server;

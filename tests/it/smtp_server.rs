@@ -30,6 +30,7 @@ type DataRule = dyn Fn(&str, usize) -> DataAction + Send + Sync;
 pub struct Policy {
     rcpt: Arc<RcptRule>,
     data: Arc<DataRule>,
+    delay: Duration,
 }
 
 impl Default for Policy {
@@ -37,6 +38,7 @@ impl Default for Policy {
         Self {
             rcpt: Arc::new(|_, _| None),
             data: Arc::new(|_, _| DataAction::Accept),
+            delay: Duration::ZERO,
         }
     }
 }
@@ -48,6 +50,12 @@ impl Policy {
         f: impl Fn(&str, usize) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
         self.rcpt = Arc::new(f);
+        self
+    }
+
+    /// Wait this long before answering the final dot: a slow server.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
         self
     }
 
@@ -228,6 +236,9 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
                 }
                 DataAction::DropMidData => return Ok(()),
                 DataAction::Accept => {}
+            }
+            if !policy.delay.is_zero() {
+                tokio::time::sleep(policy.delay).await;
             }
             let message_id = String::from_utf8_lossy(&data)
                 .lines()

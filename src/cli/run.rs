@@ -1,0 +1,144 @@
+//! `digestif schedule next`, `digestif run` (one shot for cron and systemd timers) and
+//! `digestif serve` (long-running: schedule, delivery and HTTP).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::digest::deliver::{self, Deliverer};
+use crate::{http, schedule, store};
+
+/// Turns true on SIGTERM or SIGINT (Ctrl-C).
+pub fn stop_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing messages in flight, then stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing messages in flight, then stopping"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+/// Runs `work` to completion, unless `stop` turns true and `work` then takes longer than
+/// `grace` to drain: it is dropped then (its claims come back when their leases run out).
+pub async fn drain_within<T: Default>(
+    work: impl Future<Output = anyhow::Result<T>>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> anyhow::Result<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => return result,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    match tokio::time::timeout(grace, &mut work).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                "messages in flight did not finish within delivery.shutdown_grace; they are retried when their lease runs out"
+            );
+            Ok(T::default())
+        }
+    }
+}
+
+/// `digestif schedule next`.
+pub fn schedule_next(settings: &Settings, count: usize) {
+    let s = &settings.schedule.schedule;
+    println!("schedule: {} in {}", s.expression(), s.zone());
+    for slot in s.upcoming(Utc::now(), count) {
+        println!(
+            "{}   {}",
+            slot.with_timezone(&s.zone()).format("%a %Y-%m-%d %H:%M %Z"),
+            slot.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
+}
+
+/// `digestif run`.
+pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+    let pool = store::connect_current(&settings.database).await?;
+    let stop = stop_on_signals()?;
+    let deliverer = Deliverer::new(pool.clone(), Arc::new(settings.clone())).await?;
+    let work = schedule::run_once(
+        &pool,
+        settings,
+        &deliverer,
+        Utc::now(),
+        stop.clone(),
+        deliver::Patience {
+            wait_within: Duration::ZERO,
+        },
+    );
+    let pass = drain_within(work, stop, settings.delivery.shutdown_grace).await?;
+    match (&pass.issue, &pass.missed) {
+        (Some(issue), _) => println!("{issue}"),
+        (None, Some(missed)) => println!("{missed}"),
+        (None, None) => println!("no slot is due"),
+    }
+    let r = &pass.report;
+    println!(
+        "sent {}, deferred {}, bounced {}, failed {}, skipped {}",
+        r.sent, r.deferred, r.bounced, r.failed, r.skipped
+    );
+    for reason in &r.paused {
+        println!("paused: {reason}");
+    }
+    Ok(())
+}
+
+/// `digestif serve`.
+pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()> {
+    let pool = store::connect_current(&settings.database).await?;
+    let settings = Arc::new(settings.clone());
+    let stop = stop_on_signals()?;
+    let deliverer = Arc::new(Deliverer::new(pool.clone(), settings.clone()).await?);
+    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "http.listen: cannot listen on {}: {e}",
+                settings.http.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}");
+    let app = http::router(http::AppState {
+        pool: pool.clone(),
+        settings: settings.clone(),
+        counters: deliverer.counters(),
+    });
+    let mut http_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    if no_schedule {
+        tracing::info!("--no-schedule: serving HTTP only");
+    } else {
+        let work = schedule::run_until_stopped(pool, settings.clone(), deliverer, stop.clone());
+        drain_within(work, stop.clone(), settings.delivery.shutdown_grace).await?;
+    }
+    let mut stopped = stop.clone();
+    let _ = stopped.wait_for(|s| *s).await;
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(result)) => result.context("HTTP server")?,
+        Ok(Err(e)) => return Err(anyhow!("HTTP server task: {e}")),
+        Err(_) => tracing::warn!("HTTP connections still open after 5 s; closing"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Running on the schedule: `run_once` for cron and systemd timers (do what is due, then
+//! exit) and `run_until_stopped` for `digestif serve` (sleep until the next slot or retry,
+//! deliver, repeat; drain gracefully on a stop signal).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use indicatif::ProgressBar;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::digest::{self, deliver};
+use crate::store::{deliveries, issues};
+
+/// What one pass did, for the operator.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// The issue of the due slot: number (None when skipped), status, subject or reason.
+    pub issue: Option<String>,
+    /// A slot that was missed by more than the grace window and is not sent.
+    pub missed: Option<String>,
+    /// What delivery did.
+    pub report: deliver::Report,
+}
+
+/// Creates the issue of the slot due at `now` (if within `schedule.grace`; older missed slots
+/// are reported, not sent) and delivers whatever is ready. Running it again, or twice at once,
+/// does nothing more: one issue per slot, and claims are exclusive.
+pub async fn run_once(
+    pool: &PgPool,
+    settings: &Settings,
+    deliverer: &deliver::Deliverer,
+    now: DateTime<Utc>,
+    stop: watch::Receiver<bool>,
+    patience: deliver::Patience,
+) -> anyhow::Result<Pass> {
+    let mut pass = Pass::default();
+    match digest::due_slot(settings, now) {
+        Some(slot) => {
+            let issue = digest::create_issue(pool, settings, slot).await?;
+            pass.issue = Some(match issue.number {
+                Some(n) => format!("issue #{n} ({}): {}", issue.status, issue.subject),
+                None => format!(
+                    "slot {} skipped: {}",
+                    slot.to_rfc3339(),
+                    issue.status_reason.unwrap_or_default()
+                ),
+            });
+        }
+        None => {
+            if let Some(latest) = settings.schedule.schedule.latest_at_or_before(now)
+                && issues::find_by_slot(pool, latest).await?.is_none()
+            {
+                let late = humantime::format_duration(Duration::from_secs(
+                    (now - latest).num_seconds().max(0) as u64,
+                ));
+                let msg = format!(
+                    "missed the slot {} by {late}, more than schedule.grace ({}); not sent",
+                    latest.to_rfc3339(),
+                    humantime::format_duration(settings.schedule.grace)
+                );
+                pass.missed = Some(msg);
+            }
+        }
+    }
+    pass.report = deliverer
+        .run_until_idle(stop, patience, &ProgressBar::hidden())
+        .await?;
+    Ok(pass)
+}
+
+/// The longest `serve` sleeps without looking at the database again (issues created or
+/// resumed by hand, cool-downs ending).
+const MAX_NAP: Duration = Duration::from_secs(60);
+
+/// `digestif serve`'s loop: run a pass, then sleep until the next slot or the next retry is
+/// due (never a busy loop). Returns when `stop` turns true, after the pass in progress has
+/// drained (messages in flight finish, unstarted claims are released).
+pub async fn run_until_stopped(
+    pool: PgPool,
+    settings: Arc<Settings>,
+    deliverer: Arc<deliver::Deliverer>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut last_missed = None;
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        match run_once(
+            &pool,
+            &settings,
+            &deliverer,
+            now,
+            stop.clone(),
+            deliver::Patience {
+                wait_within: Duration::ZERO,
+            },
+        )
+        .await
+        {
+            Ok(pass) => {
+                if pass.missed.is_some() && pass.missed != last_missed {
+                    tracing::warn!("{}", pass.missed.as_deref().unwrap_or_default());
+                    last_missed = pass.missed.clone();
+                }
+                let r = &pass.report;
+                if r.sent + r.deferred + r.bounced + r.failed + r.skipped > 0 {
+                    tracing::info!(
+                        sent = r.sent,
+                        deferred = r.deferred,
+                        bounced = r.bounced,
+                        failed = r.failed,
+                        skipped = r.skipped,
+                        "delivery pass"
+                    );
+                }
+                for n in &r.finished {
+                    tracing::info!(number = n, "issue complete");
+                }
+            }
+            // A database hiccup must not end the service: log it and try again after a nap.
+            Err(e) => tracing::error!("delivery pass failed: {e:#}"),
+        }
+        let wake = next_wake(&pool, &settings, Utc::now()).await;
+        tracing::debug!(?wake, "sleeping");
+        tokio::select! {
+            _ = tokio::time::sleep(wake) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// How long to sleep: until the next slot or the next retry, whichever comes first, at most
+/// `MAX_NAP`.
+async fn next_wake(pool: &PgPool, settings: &Settings, now: DateTime<Utc>) -> Duration {
+    let slot = settings.schedule.schedule.next_after(now);
+    let retry = deliveries::next_due(pool).await.ok().flatten();
+    let at = [slot, retry].into_iter().flatten().min();
+    at.map(|t| (t - now).to_std().unwrap_or_default())
+        .unwrap_or(MAX_NAP)
+        .clamp(Duration::from_millis(200), MAX_NAP)
+}

@@ -1,0 +1,298 @@
+//! `digestif run` and `digestif serve` as real processes: idempotency, catch-up within the
+//! grace window, graceful shutdown on SIGTERM, and two `serve` processes sharing one issue.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::{Datelike, Timelike, Utc};
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::helpers::db_url;
+use crate::smtp_server::{Policy, SmtpServer};
+
+async fn seed(pool: &PgPool, subscribers: i64) {
+    sqlx::query(
+        "INSERT INTO subscriber (email, name, status, consent_source) \
+         SELECT 'user' || i || '@example.com', 'User ' || i, 'active', 'test' \
+         FROM generate_series(1, $1) i",
+    )
+    .bind(subscribers)
+    .execute(pool)
+    .await
+    .expect("seed subscribers");
+    sqlx::query("INSERT INTO tip (title, body) VALUES ('A tip', 'Do the thing.')")
+        .execute(pool)
+        .await
+        .expect("seed tip");
+}
+
+/// A crontab line for the minute `t` (UTC) that fires once a year.
+fn cron_at(t: chrono::DateTime<Utc>) -> String {
+    format!("{} {} {} {} *", t.minute(), t.hour(), t.day(), t.month())
+}
+
+fn digestif(
+    pool: &PgPool,
+    server: &SmtpServer,
+    cron: &str,
+    args: &[&str],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_digestif"));
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DIGESTIF_CONFIG")
+        .env("DATABASE_URL", db_url(pool))
+        .env("DIGESTIF_SCHEDULE__CRON", cron)
+        .env("DIGESTIF_SCHEDULE__TIMEZONE", "UTC")
+        .env("DIGESTIF_SCHEDULE__GRACE", "6h")
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_DELIVERY__CONCURRENCY", "2")
+        .env("DIGESTIF_DELIVERY__BATCH_SIZE", "20")
+        .env("DIGESTIF_DELIVERY__LEASE", "5s")
+        .env("DIGESTIF_DELIVERY__SHUTDOWN_GRACE", "5s")
+        .env("DIGESTIF_SMTP__URL", server.url())
+        .env("DIGESTIF_SMTP__TIMEOUT", "5s")
+        .env("DIGESTIF_HTTP__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn copies(server: &SmtpServer) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for a in server.accepted() {
+        *m.entry(a.rcpt).or_default() += 1;
+    }
+    m
+}
+
+async fn issue_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM issue")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running child").to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+#[sqlx::test]
+async fn two_runs_at_once_make_one_issue_and_one_copy_each(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 200).await;
+    let cron = cron_at(Utc::now() - chrono::Duration::hours(1));
+    let a = digestif(&pool, &server, &cron, &["run"]).output();
+    let b = digestif(&pool, &server, &cron, &["run"]).output();
+    let (a, b) = tokio::join!(a, b);
+    for out in [a.unwrap(), b.unwrap()] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(issue_count(&pool).await, 1);
+    let c = copies(&server);
+    assert_eq!(c.len(), 200);
+    assert!(c.values().all(|&n| n == 1), "a subscriber got two copies");
+    // And once more: nothing new.
+    let again = digestif(&pool, &server, &cron, &["run"])
+        .output()
+        .await
+        .unwrap();
+    assert!(again.status.success());
+    assert_eq!(server.accepted().len(), 200);
+    assert_eq!(issue_count(&pool).await, 1);
+}
+
+#[sqlx::test]
+async fn a_slot_two_hours_late_is_sent_and_one_three_days_late_is_reported(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 3).await;
+    let old = cron_at(Utc::now() - chrono::Duration::days(3));
+    let out = digestif(&pool, &server, &old, &["run"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("missed the slot") && stdout.contains("not sent"),
+        "{stdout}"
+    );
+    assert_eq!(issue_count(&pool).await, 0);
+    assert!(server.accepted().is_empty());
+
+    let recent = cron_at(Utc::now() - chrono::Duration::hours(2));
+    let out = digestif(&pool, &server, &recent, &["run"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(issue_count(&pool).await, 1);
+    assert_eq!(server.accepted().len(), 3);
+}
+
+#[sqlx::test]
+async fn sigterm_mid_send_exits_cleanly_and_a_restart_sends_the_rest_once(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(20))).await;
+    seed(&pool, 300).await;
+    let cron = cron_at(Utc::now() - chrono::Duration::hours(1));
+    let child = digestif(&pool, &server, &cron, &["run"]).spawn().unwrap();
+    let started = Instant::now();
+    while server.accepted().len() < 30 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sigterm(&child);
+    let signalled = Instant::now();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        signalled.elapsed()
+    );
+    let first = server.accepted().len();
+    assert!(first < 300, "SIGTERM came too late to test anything");
+    let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery WHERE status = 'sending'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(leased, 0, "unstarted claims were given back");
+
+    let out = digestif(&pool, &server, &cron, &["run"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let c = copies(&server);
+    assert_eq!(c.len(), 300);
+    assert!(
+        c.values().all(|&n| n == 1),
+        "a graceful stop must not cause a duplicate"
+    );
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to serve");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// Reads stderr until the "listening on" line and returns the address.
+async fn listening_addr(
+    child: &mut tokio::process::Child,
+) -> (String, tokio::task::JoinHandle<String>) {
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("serve starts")
+            .unwrap()
+            .expect("serve printed nothing");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    // Keep draining so the child never blocks on a full pipe.
+    let rest = tokio::spawn(async move {
+        let mut all = String::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    (addr, rest)
+}
+
+fn sent_by(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("digestif_attempts_total{outcome=\"sent\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[sqlx::test]
+async fn two_serve_processes_share_one_issue_when_the_slot_fires(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(2))).await;
+    seed(&pool, 1500).await;
+    // The next minute, or the one after if this one is nearly over.
+    let now = Utc::now();
+    let fire = now + chrono::Duration::seconds(if now.second() > 45 { 120 } else { 60 });
+    let cron = cron_at(fire);
+    let mut a = digestif(&pool, &server, &cron, &["serve"]).spawn().unwrap();
+    let mut b = digestif(&pool, &server, &cron, &["serve"]).spawn().unwrap();
+    let (addr_a, _log_a) = listening_addr(&mut a).await;
+    let (addr_b, _log_b) = listening_addr(&mut b).await;
+    assert!(
+        http_get(&addr_a, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(200);
+    while server.accepted().len() < 1500 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} sent",
+            server.accepted().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(issue_count(&pool).await, 1);
+    let c = copies(&server);
+    assert_eq!(c.len(), 1500);
+    assert!(c.values().all(|&n| n == 1), "a subscriber got two copies");
+
+    let (ma, mb) = (
+        http_get(&addr_a, "/metrics").await,
+        http_get(&addr_b, "/metrics").await,
+    );
+    let (sa, sb) = (sent_by(&ma), sent_by(&mb));
+    assert_eq!(sa + sb, 1500, "{ma}\n{mb}");
+    assert!(
+        sa > 0 && sb > 0,
+        "both processes delivered some: {sa} and {sb}"
+    );
+    assert!(ma.contains("digestif_last_issue_info{number=\"1\""), "{ma}");
+    assert!(ma.contains("digestif_queue_depth 0"), "{ma}");
+
+    sigterm(&a);
+    sigterm(&b);
+    for child in [a, b] {
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .expect("stops within the grace period")
+            .unwrap()
+            .status;
+        assert!(status.success(), "serve exits 0 on SIGTERM");
+    }
+}
