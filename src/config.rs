@@ -177,6 +177,10 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// Token secret; empty when not configured.
     pub token_secret: SecretString,
+    /// Whether the public sign-up form is on.
+    pub signup: bool,
+    /// Sign-up requests allowed per client address per hour.
+    pub signup_per_hour: u32,
 }
 
 /// `[database]`
@@ -272,6 +276,8 @@ struct RawDkim {
 struct RawHttp {
     listen: String,
     token_secret: SecretString,
+    signup: bool,
+    signup_per_hour: u32,
 }
 
 #[derive(Deserialize)]
@@ -470,9 +476,21 @@ impl Raw {
                 ),
             )
         })?;
+        let secret_len = h.token_secret.expose_secret().len();
+        if secret_len > 0 && secret_len < crate::domain::MIN_SECRET_LEN {
+            return Err(ConfigError::new(
+                "http.token_secret",
+                format!(
+                    "must be empty (use the generated one) or at least {} characters",
+                    crate::domain::MIN_SECRET_LEN
+                ),
+            ));
+        }
         let http = HttpSettings {
             listen,
             token_secret: h.token_secret,
+            signup: h.signup,
+            signup_per_hour: in_range("http.signup_per_hour", h.signup_per_hour, 1, 10_000)?,
         };
 
         let b = self.database;

@@ -113,14 +113,19 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
         })?;
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
-    let app = http::router(http::AppState {
-        pool: pool.clone(),
-        settings: settings.clone(),
-        counters: deliverer.counters(),
-    });
+    let keys = crate::digest::token_keys(&settings, &pool).await?;
+    let app = http::router(http::AppState::new(
+        pool.clone(),
+        settings.clone(),
+        deliverer.counters(),
+        keys,
+    ));
     let mut http_stop = stop.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
             })

@@ -10,12 +10,14 @@ use sqlx::PgPool;
 
 use super::output::{Format, Listing, Record, progress, time_cell};
 use crate::config::Settings;
+use crate::digest;
 use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus};
 use crate::store::{self, subscribers as db};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Add one subscriber as active (consent given to the operator)
+    /// Add one subscriber: active at once, or with --confirm pending until they click the link
+    /// in a confirmation email (double opt-in)
     Add {
         /// Their email address
         email: String,
@@ -25,6 +27,9 @@ pub enum Command {
         /// Allow an address that was erased on request (they asked to come back)
         #[arg(long)]
         allow_erased: bool,
+        /// Double opt-in: store them as pending and email a confirmation link
+        #[arg(long)]
+        confirm: bool,
     },
     /// Import subscribers from a CSV file with the header `email,name` (extra columns ignored)
     ///
@@ -103,6 +108,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             email,
             name,
             allow_erased,
+            confirm,
         } => {
             let email = SubscriberEmail::parse(&email)?;
             let name = name
@@ -111,6 +117,34 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 .transpose()?
                 .flatten();
             let pool = store::connect_current(&settings.database).await?;
+            if confirm {
+                let keys = digest::token_keys(settings, &pool).await?;
+                let outcome = digest::send_confirmation(
+                    &pool,
+                    settings,
+                    &keys,
+                    &email,
+                    name.as_ref(),
+                    "cli",
+                    allow_erased,
+                )
+                .await?;
+                match outcome {
+                    db::ConfirmRequest::Send { subscriber_id, .. } => println!(
+                        "{email} is pending (subscriber {subscriber_id}); a confirmation link was sent"
+                    ),
+                    db::ConfirmRequest::AlreadyActive => {
+                        bail!("'{email}' is already an active subscriber")
+                    }
+                    db::ConfirmRequest::Suppressed(status) => {
+                        bail!("'{email}' is suppressed ({status}); not mailing them")
+                    }
+                    db::ConfirmRequest::Erased => bail!(
+                        "'{email}' was erased on request; add --allow-erased if they asked to come back"
+                    ),
+                }
+                return Ok(());
+            }
             let id = db::add(
                 &pool,
                 &email,

@@ -12,7 +12,9 @@ use secrecy::ExposeSecret;
 use sqlx::{PgConnection, PgPool};
 
 use crate::config::{Settings, WhenEmpty};
-use crate::domain::{MIN_SECRET_LEN, TokenKey, TokenKeys};
+use crate::domain::{MIN_SECRET_LEN, SubscriberEmail, SubscriberName, TokenKey, TokenKeys};
+use crate::send::{Mailer, Outcome};
+use crate::store::subscribers::{self, ConfirmRequest};
 use crate::render::{self, IssueContent, Recipient, RenderedIssue};
 use crate::store::deliveries;
 use crate::store::issues::{self, Candidate, IssueRow, NewIssue};
@@ -162,6 +164,43 @@ pub async fn next_slot(
     schedule
         .next_after(now)
         .ok_or_else(|| anyhow!("config: schedule.cron: the schedule never fires again"))
+}
+
+/// Records a double opt-in request and mails the confirmation link at once (outside the
+/// queue: it is one message, and the person is waiting for it).
+pub async fn send_confirmation(
+    pool: &PgPool,
+    settings: &Settings,
+    keys: &TokenKeys,
+    email: &SubscriberEmail,
+    name: Option<&SubscriberName>,
+    method: &str,
+    allow_erased: bool,
+) -> anyhow::Result<ConfirmRequest> {
+    let request = subscribers::request_confirmation(pool, email, name, method, allow_erased).await?;
+    if let ConfirmRequest::Send {
+        subscriber_id,
+        nonce,
+    } = request
+    {
+        let recipient = Recipient {
+            subscriber_id,
+            email: email.to_string(),
+            name: name.map(|n| n.to_string()),
+        };
+        let message = render::confirmation_message(&settings.newsletter, keys, &recipient, nonce)?;
+        let mailer = Mailer::from_settings(settings)?;
+        match mailer
+            .send(&message, &format!("confirm-s{subscriber_id}-{nonce}"))
+            .await
+        {
+            Outcome::Sent => tracing::info!(subscriber_id, "confirmation sent"),
+            Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => {
+                anyhow::bail!("sending the confirmation failed: {}", f.reason)
+            }
+        }
+    }
+    Ok(request)
 }
 
 /// A rendered preview.

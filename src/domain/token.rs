@@ -53,12 +53,16 @@ impl TokenKey {
         })
     }
 
-    fn mac(&self, purpose: Purpose, subscriber_id: i64) -> Hmac<Sha256> {
+    fn mac(&self, purpose: Purpose, subscriber_id: i64, nonce: Option<i64>) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
             .expect("HMAC accepts keys of any length");
         mac.update(purpose.tag());
         mac.update(b":");
         mac.update(&subscriber_id.to_be_bytes());
+        if let Some(n) = nonce {
+            mac.update(b":");
+            mac.update(&n.to_be_bytes());
+        }
         mac
     }
 }
@@ -84,13 +88,23 @@ impl TokenKeys {
 
     /// A token for `subscriber_id`: `<key id>.<id>.<mac>`, URL-safe.
     pub fn sign(&self, purpose: Purpose, subscriber_id: i64) -> String {
+        self.sign_parts(purpose, subscriber_id, None)
+    }
+
+    /// A confirmation token bound to one request: `<key id>.<id>.<nonce>.<mac>`.
+    pub fn sign_confirm(&self, subscriber_id: i64, nonce: i64) -> String {
+        self.sign_parts(Purpose::Confirm, subscriber_id, Some(nonce))
+    }
+
+    fn sign_parts(&self, purpose: Purpose, subscriber_id: i64, nonce: Option<i64>) -> String {
         let tag = self
             .current
-            .mac(purpose, subscriber_id)
+            .mac(purpose, subscriber_id, nonce)
             .finalize()
             .into_bytes();
+        let nonce = nonce.map(|n| format!("{n}.")).unwrap_or_default();
         format!(
-            "{}.{}.{}",
+            "{}.{}.{nonce}{}",
             self.current.kid,
             subscriber_id,
             URL_SAFE_NO_PAD.encode(&tag[..MAC_LEN])
@@ -100,15 +114,32 @@ impl TokenKeys {
     /// The subscriber id a genuine token names; `None` for anything forged, altered,
     /// truncated or signed with an unknown key. The MAC comparison is constant-time.
     pub fn verify(&self, purpose: Purpose, token: &str) -> Option<i64> {
-        let mut parts = token.split('.');
-        let (kid, id, tag) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        let id: i64 = id.parse().ok().filter(|&i| i > 0)?;
-        if id.to_string() != token.split('.').nth(1)? {
-            return None; // "+5" or "05" would otherwise alias a valid id
-        }
+        self.verify_parts(purpose, token, false).map(|(id, _)| id)
+    }
+
+    /// The subscriber id and request nonce of a genuine confirmation token.
+    pub fn verify_confirm(&self, token: &str) -> Option<(i64, i64)> {
+        self.verify_parts(Purpose::Confirm, token, true)
+            .and_then(|(id, n)| Some((id, n?)))
+    }
+
+    fn verify_parts(&self, purpose: Purpose, token: &str, with_nonce: bool) -> Option<(i64, Option<i64>)> {
+        let parts: Vec<&str> = token.split('.').collect();
+        let (kid, id, nonce, tag) = match (with_nonce, parts.as_slice()) {
+            (false, [kid, id, tag]) => (*kid, *id, None, *tag),
+            (true, [kid, id, nonce, tag]) => (*kid, *id, Some(*nonce), *tag),
+            _ => return None,
+        };
+        let number = |s: &str| -> Option<i64> {
+            let n: i64 = s.parse().ok().filter(|&n| n > 0)?;
+            // "+5" or "05" would otherwise alias a valid number.
+            (n.to_string() == s).then_some(n)
+        };
+        let id = number(id)?;
+        let nonce = match nonce {
+            Some(n) => Some(number(n)?),
+            None => None,
+        };
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         if tag.len() != MAC_LEN {
             return None;
@@ -116,8 +147,8 @@ impl TokenKeys {
         let key = std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|k| k.kid == kid)?;
-        key.mac(purpose, id).verify_truncated_left(&tag).ok()?;
-        Some(id)
+        key.mac(purpose, id, nonce).verify_truncated_left(&tag).ok()?;
+        Some((id, nonce))
     }
 }
 
@@ -157,6 +188,16 @@ mod tests {
         }
         let other = TokenKeys::new(TokenKey::new(&[8u8; 32]).unwrap(), vec![]);
         assert_eq!(other.verify(Purpose::Unsubscribe, &t), None);
+    }
+
+    #[test]
+    fn confirmation_tokens_carry_their_nonce() {
+        let k = keys();
+        let t = k.sign_confirm(5, 77);
+        assert_eq!(k.verify_confirm(&t), Some((5, 77)));
+        assert_eq!(k.verify_confirm(&t.replace(".77.", ".78.")), None);
+        assert_eq!(k.verify(Purpose::Confirm, &t), None);
+        assert_eq!(k.verify_confirm(&k.sign(Purpose::Unsubscribe, 5)), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The HTTP server of `digestif serve` (axum): `/healthz` and `/metrics` for operators; the
-//! subscriber pages (unsubscribe, confirm, archive) are added beside them.
+//! The HTTP server of `digestif serve` (axum): the subscriber pages (`pages`), `/healthz` and
+//! `/metrics` for operators, and the security headers every response carries.
+
+pub mod pages;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -8,13 +10,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sqlx::PgPool;
 
 use crate::config::Settings;
 use crate::digest::deliver::Counters;
+use crate::domain::TokenKeys;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -25,14 +28,71 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Attempt counters of this process's deliverer.
     pub counters: Arc<Counters>,
+    /// Link token keys.
+    pub keys: TokenKeys,
+    /// Per-client limit on sign-ups.
+    pub signup_limiter: Arc<pages::SignupLimiter>,
 }
 
-/// The routes.
+impl AppState {
+    /// State for the router.
+    pub fn new(pool: PgPool, settings: Arc<Settings>, counters: Arc<Counters>, keys: TokenKeys) -> Self {
+        let limiter = Arc::new(pages::SignupLimiter::new(settings.http.signup_per_hour));
+        Self {
+            pool,
+            settings,
+            counters,
+            keys,
+            signup_limiter: limiter,
+        }
+    }
+}
+
+/// The routes. Serve them with `into_make_service_with_connect_info::<SocketAddr>()`: sign-up
+/// rate limits and consent evidence use the client address.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/unsubscribe", get(pages::unsubscribe_help))
+        .route("/unsubscribe/", get(pages::empty_token).post(pages::empty_token))
+        .route("/confirm/", get(pages::empty_token).post(pages::empty_token))
+        .route(
+            "/unsubscribe/{token}",
+            get(pages::unsubscribe_page).post(pages::unsubscribe),
+        )
+        .route("/confirm/{token}", get(pages::confirm_page).post(pages::confirm))
+        .route("/subscribe", get(pages::subscribe_page).post(pages::subscribe))
+        .route("/issues", get(pages::archive))
+        .route("/issues/{number}", get(pages::web_view))
+        .route("/feed.xml", get(pages::feed))
+        .fallback(fallback)
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+async fn fallback() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+/// Headers every response carries: no sniffing, no framing, no referrer leaking a token, no
+/// caching of personal pages, and a CSP that allows nothing but our inline styles and forms.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        ("cross-origin-opener-policy", "same-origin"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// 200 when the database answers within two seconds, 503 otherwise.

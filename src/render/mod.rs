@@ -401,7 +401,7 @@ impl RenderedIssue {
         format!("<issue{}.s{}@{}>", self.number, subscriber_id, self.domain)
     }
 
-    fn greeting(r: &Recipient) -> String {
+    pub(crate) fn greeting(r: &Recipient) -> String {
         match &r.name {
             Some(n) => format!("Hi {n},"),
             None => "Hi there,".to_owned(),
@@ -423,6 +423,13 @@ impl RenderedIssue {
     pub fn text_for(&self, r: &Recipient) -> String {
         let url = self.unsubscribe_url(r.subscriber_id);
         fill(&self.text, &url, &Self::greeting(r), self.text_len)
+    }
+
+    /// The issue as a web page: no greeting by name, no token; the footer link leads to a page
+    /// that explains how to unsubscribe.
+    pub fn web_html(&self) -> String {
+        let unsubscribe = self.unsubscribe_base.trim_end_matches('/');
+        fill(&self.html, unsubscribe, "Hi there,", self.html_len)
     }
 
     /// The complete message for one subscriber.
@@ -458,6 +465,70 @@ impl RenderedIssue {
             self.html_for(r),
         ))?)
     }
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+struct ConfirmHtml<'a> {
+    newsletter_name: &'a str,
+    greeting: &'a str,
+    confirm_url: &'a str,
+    postal_address: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "confirm.txt")]
+struct ConfirmText<'a> {
+    newsletter_name: &'a str,
+    greeting: &'a str,
+    confirm_url: &'a str,
+    postal_address: &'a str,
+}
+
+/// The double opt-in email: one link that confirms this request (and no other).
+pub fn confirmation_message(
+    newsletter: &Newsletter,
+    keys: &TokenKeys,
+    r: &Recipient,
+    nonce: i64,
+) -> Result<Message, RenderError> {
+    let base = newsletter.base_url.as_str().trim_end_matches('/');
+    let confirm_url = format!("{base}/confirm/{}", keys.sign_confirm(r.subscriber_id, nonce));
+    let greeting = RenderedIssue::greeting(r);
+    let html = ConfirmHtml {
+        newsletter_name: &newsletter.name,
+        greeting: &greeting,
+        confirm_url: &confirm_url,
+        postal_address: &newsletter.postal_address,
+    }
+    .render()?;
+    let html = css_inline::CSSInliner::options()
+        .load_remote_stylesheets(false)
+        .keep_at_rules(true)
+        .build()
+        .inline(&html)
+        .map_err(|e| RenderError::Css(e.to_string()))?;
+    let text = ConfirmText {
+        newsletter_name: &newsletter.name,
+        greeting: &greeting,
+        confirm_url: &confirm_url,
+        postal_address: &newsletter.postal_address,
+    }
+    .render()?;
+    let address = r
+        .email
+        .parse()
+        .map_err(|_| RenderError::Address(r.subscriber_id))?;
+    let domain = newsletter.from.email.domain();
+    let mut builder = Message::builder()
+        .from(newsletter.from.clone())
+        .to(Mailbox::new(r.name.as_deref().map(one_line), address))
+        .subject(one_line(&format!("Confirm your subscription to {}", newsletter.name)))
+        .message_id(Some(format!("<confirm.s{}.{nonce}@{domain}>", r.subscriber_id)));
+    if let Some(reply_to) = &newsletter.reply_to {
+        builder = builder.reply_to(reply_to.clone());
+    }
+    Ok(builder.multipart(MultiPart::alternative_plain_html(text, html))?)
 }
 
 /// Control characters (CR, LF, NUL…) become spaces: what goes into a header stays one line.

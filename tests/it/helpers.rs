@@ -52,6 +52,22 @@ impl Digestif {
         }
     }
 
+    /// Runs without blocking the test's runtime, so servers the test runs in-process (the SMTP
+    /// server) keep answering the child.
+    pub async fn ok_async(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command(args);
+        let output = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("join")
+            .expect("the digestif binary could not be started");
+        let run = Run {
+            args: args.iter().map(|a| a.escape_debug().to_string()).collect(),
+            output,
+        };
+        assert!(run.output.status.success(), "expected success\n{run}");
+        run
+    }
+
     /// Runs and insists on success.
     pub fn ok(&self, args: &[&str]) -> Run {
         let run = self.run(args);

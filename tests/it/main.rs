@@ -10,3 +10,4 @@ mod deliver;
 mod helpers;
 mod schedule;
 mod smtp_server;
+mod web;

@@ -1,0 +1,495 @@
+//! The subscriber pages: one-click unsubscribe (RFC 8058), double opt-in confirmation, the
+//! optional sign-up form, and the archive with its web views and Atom feed. GET never changes
+//! anything (link scanners and previews fetch GET); every bad token gets the same 404 page.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+
+use super::AppState;
+use crate::digest;
+use crate::domain::{Purpose, SubscriberEmail, SubscriberName};
+use crate::render;
+use crate::store::issues;
+use crate::store::subscribers::{self as db, Confirmation};
+
+struct Button {
+    action: String,
+    label: &'static str,
+    hidden: Option<(&'static str, &'static str)>,
+}
+
+#[derive(Template)]
+#[template(path = "page.html")]
+struct Page<'a> {
+    newsletter_name: &'a str,
+    postal_address: &'a str,
+    base: &'a str,
+    title: &'a str,
+    heading: &'a str,
+    paragraphs: Vec<String>,
+    error: Option<String>,
+    button: Option<Button>,
+    signup: bool,
+    links: Vec<(String, String)>,
+}
+
+impl AppState {
+    fn base(&self) -> String {
+        self.settings
+            .newsletter
+            .base_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    fn page(&self, status: StatusCode, heading: &str, paragraphs: Vec<String>) -> PageBuilder<'_> {
+        PageBuilder {
+            app: self,
+            status,
+            heading: heading.to_owned(),
+            paragraphs,
+            error: None,
+            button: None,
+            signup: false,
+            links: Vec::new(),
+        }
+    }
+}
+
+struct PageBuilder<'a> {
+    app: &'a AppState,
+    status: StatusCode,
+    heading: String,
+    paragraphs: Vec<String>,
+    error: Option<String>,
+    button: Option<Button>,
+    signup: bool,
+    links: Vec<(String, String)>,
+}
+
+impl PageBuilder<'_> {
+    fn button(mut self, b: Button) -> Self {
+        self.button = Some(b);
+        self
+    }
+
+    fn into_response(self) -> Response {
+        let n = &self.app.settings.newsletter;
+        let base = self.app.base();
+        let page = Page {
+            newsletter_name: &n.name,
+            postal_address: &n.postal_address,
+            base: &base,
+            title: &self.heading,
+            heading: &self.heading,
+            paragraphs: self.paragraphs,
+            error: self.error,
+            button: self.button,
+            signup: self.signup,
+            links: self.links,
+        };
+        match page.render() {
+            Ok(html) => (self.status, Html(html)).into_response(),
+            Err(e) => {
+                tracing::error!("rendering a page failed: {e}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+            }
+        }
+    }
+}
+
+/// The one answer for every unknown, malformed, forged, altered or stale token.
+fn not_found(app: &AppState) -> Response {
+    app.page(
+        StatusCode::NOT_FOUND,
+        "This link does not work",
+        vec![
+            "It may be incomplete (some mail programs cut long links), or it no longer exists."
+                .into(),
+            "To unsubscribe, use the link at the bottom of any issue you received.".into(),
+        ],
+    )
+    .into_response()
+}
+
+/// `/unsubscribe/` and `/confirm/` with no token at all: the same page as a bad token.
+pub async fn empty_token(State(app): State<AppState>) -> Response {
+    not_found(&app)
+}
+
+fn internal(app: &AppState, e: impl std::fmt::Display) -> Response {
+    // The full chain goes to the log; the visitor sees a short page.
+    tracing::error!("request failed: {e}");
+    app.page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Something went wrong",
+        vec!["Please try again in a few minutes.".into()],
+    )
+    .into_response()
+}
+
+// ---- unsubscribe ------------------------------------------------------------------------------
+
+/// GET /unsubscribe: how to unsubscribe (the footer link of the web view).
+pub async fn unsubscribe_help(State(app): State<AppState>) -> Response {
+    app.page(
+        StatusCode::OK,
+        "Unsubscribing",
+        vec![
+            "Every issue you receive ends with a link that unsubscribes you with one click.".into(),
+            "Your mail program may also show an Unsubscribe button next to the sender.".into(),
+        ],
+    )
+    .into_response()
+}
+
+/// GET /unsubscribe/{token}: a page with one button; changes nothing.
+pub async fn unsubscribe_page(State(app): State<AppState>, Path(token): Path<String>) -> Response {
+    if app.keys.verify(Purpose::Unsubscribe, &token).is_none() {
+        return not_found(&app);
+    }
+    let base = app.base();
+    app.page(
+        StatusCode::OK,
+        &format!("Unsubscribe from {}?", app.settings.newsletter.name),
+        vec!["You will not receive any more issues. You can subscribe again at any time.".into()],
+    )
+    .button(Button {
+        action: format!("{base}/unsubscribe/{token}"),
+        label: "Unsubscribe",
+        hidden: Some(("source", "page")),
+    })
+    .into_response()
+}
+
+/// POST /unsubscribe/{token}: RFC 8058 one-click (`List-Unsubscribe=One-Click`, no cookies, no
+/// redirect, 200) or the page's button. Repeating it is harmless. The body is read as raw
+/// bytes: mail providers differ in the content type they send, and the token alone decides.
+pub async fn unsubscribe(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(id) = app.keys.verify(Purpose::Unsubscribe, &token) else {
+        return not_found(&app);
+    };
+    let fields: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let method = if fields.get("List-Unsubscribe").map(String::as_str) == Some("One-Click") {
+        "one-click"
+    } else if fields.get("source").map(String::as_str) == Some("page") {
+        "page"
+    } else {
+        "link"
+    };
+    match db::unsubscribe_by_link(&app.pool, id, method).await {
+        Ok(true) => {
+            tracing::info!(subscriber_id = id, method, "unsubscribed");
+            app.page(
+                StatusCode::OK,
+                "You are unsubscribed",
+                vec![format!(
+                    "You will not receive {} any more. Sorry to see you go.",
+                    app.settings.newsletter.name
+                )],
+            )
+            .into_response()
+        }
+        Ok(false) => not_found(&app),
+        Err(e) => internal(&app, e),
+    }
+}
+
+// ---- confirmation -----------------------------------------------------------------------------
+
+/// GET /confirm/{token}: a page with one button; changes nothing.
+pub async fn confirm_page(State(app): State<AppState>, Path(token): Path<String>) -> Response {
+    if app.keys.verify_confirm(&token).is_none() {
+        return not_found(&app);
+    }
+    let base = app.base();
+    app.page(
+        StatusCode::OK,
+        &format!("Confirm your subscription to {}", app.settings.newsletter.name),
+        vec!["One click and the next issue is on its way to you.".into()],
+    )
+    .button(Button {
+        action: format!("{base}/confirm/{token}"),
+        label: "Yes, subscribe me",
+        hidden: None,
+    })
+    .into_response()
+}
+
+/// POST /confirm/{token}: confirms and records the consent evidence (time, method, client).
+pub async fn confirm(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+) -> Response {
+    let Some((id, nonce)) = app.keys.verify_confirm(&token) else {
+        return not_found(&app);
+    };
+    let detail = format!("confirmed from {}", peer.ip());
+    match db::confirm(&app.pool, id, nonce, "web", Some(&detail)).await {
+        Ok(Confirmation::Confirmed) => {
+            tracing::info!(subscriber_id = id, "subscription confirmed");
+            app.page(
+                StatusCode::OK,
+                "You are subscribed",
+                vec![format!(
+                    "Thank you. {} arrives with the next issue; every issue has a one-click unsubscribe link.",
+                    app.settings.newsletter.name
+                )],
+            )
+            .into_response()
+        }
+        Ok(Confirmation::Stale) => app
+            .page(
+                StatusCode::OK,
+                "Nothing to confirm",
+                vec!["This link was used already or has been replaced by a newer one. Nothing changed.".into()],
+            )
+            .into_response(),
+        Err(e) => internal(&app, e),
+    }
+}
+
+// ---- sign-up ----------------------------------------------------------------------------------
+
+/// Per-client-address limit on sign-up requests.
+#[derive(Debug)]
+pub struct SignupLimiter {
+    per_hour: u32,
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl SignupLimiter {
+    /// `per_hour` requests per client address per hour.
+    pub fn new(per_hour: u32) -> Self {
+        Self {
+            per_hour,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn allow(&self, ip: IpAddr) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if seen.len() > 100_000 {
+            seen.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(3600));
+        }
+        let entry = seen.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(3600) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.per_hour
+    }
+}
+
+/// GET /subscribe: the form (only with `http.signup = true`).
+pub async fn subscribe_page(State(app): State<AppState>) -> Response {
+    if !app.settings.http.signup {
+        return not_found(&app);
+    }
+    let mut page = app.page(
+        StatusCode::OK,
+        &format!("Subscribe to {}", app.settings.newsletter.name),
+        vec!["A weekly email of practical tips and new articles for backend engineers.".into()],
+    );
+    page.signup = true;
+    page.into_response()
+}
+
+#[derive(Deserialize)]
+pub struct SubscribeForm {
+    email: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// POST /subscribe: creates a pending subscriber and sends the confirmation. The answer is the
+/// same whether or not the address was known, and the mail goes out after the answer, so
+/// neither the page nor its timing tells anyone who subscribes.
+pub async fn subscribe(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(form): Form<SubscribeForm>,
+) -> Response {
+    if !app.settings.http.signup {
+        return not_found(&app);
+    }
+    if !app.signup_limiter.allow(peer.ip()) {
+        return app
+            .page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests",
+                vec!["Please try again later.".into()],
+            )
+            .into_response();
+    }
+    let parsed = SubscriberEmail::parse(&form.email)
+        .map_err(|e| e.to_string())
+        .and_then(|email| {
+            SubscriberName::parse_optional(&form.name)
+                .map(|name| (email, name))
+                .map_err(|e| e.to_string())
+        });
+    let (email, name) = match parsed {
+        Ok(v) => v,
+        Err(reason) => {
+            let mut page = app.page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("Subscribe to {}", app.settings.newsletter.name),
+                vec![],
+            );
+            page.error = Some(reason);
+            page.signup = true;
+            return page.into_response();
+        }
+    };
+    let worker = app.clone();
+    tokio::spawn(async move {
+        let sent = digest::send_confirmation(
+            &worker.pool,
+            &worker.settings,
+            &worker.keys,
+            &email,
+            name.as_ref(),
+            "web",
+            true,
+        )
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!("sign-up confirmation failed: {e:#}");
+        }
+    });
+    app.page(
+        StatusCode::OK,
+        "Check your inbox",
+        vec![
+            "If the address can receive our email, a message with a confirmation link is on its way."
+                .into(),
+            "Nothing is sent to you until you click it.".into(),
+        ],
+    )
+    .into_response()
+}
+
+// ---- archive ----------------------------------------------------------------------------------
+
+/// GET /issues: the archive.
+pub async fn archive(State(app): State<AppState>) -> Response {
+    let list = match issues::list(&app.pool).await {
+        Ok(l) => l,
+        Err(e) => return internal(&app, e),
+    };
+    let base = app.base();
+    let links: Vec<(String, String)> = list
+        .iter()
+        .filter(|i| i.number.is_some())
+        .map(|i| {
+            let n = i.number.unwrap_or_default();
+            (format!("{base}/issues/{n}"), i.subject.clone())
+        })
+        .collect();
+    let mut page = app.page(
+        StatusCode::OK,
+        &format!("{} archive", app.settings.newsletter.name),
+        if links.is_empty() {
+            vec!["No issues yet.".into()]
+        } else {
+            vec![]
+        },
+    );
+    page.links = links;
+    page.into_response()
+}
+
+/// GET /issues/{number}: the issue as the email shows it, without personal data or tokens.
+pub async fn web_view(State(app): State<AppState>, Path(number): Path<String>) -> Response {
+    let Some(number) = number.parse::<i32>().ok().filter(|n| *n > 0) else {
+        return not_found(&app);
+    };
+    let issue = match issues::find_by_number(&app.pool, number).await {
+        Ok(Some(i)) => i,
+        Ok(None) => return not_found(&app),
+        Err(e) => return internal(&app, e),
+    };
+    let content = match digest::stored_content(&app.pool, &issue).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return not_found(&app),
+        Err(e) => return internal(&app, e),
+    };
+    match render::render_issue(
+        &app.settings.newsletter,
+        &app.keys,
+        app.settings.schedule.schedule.zone(),
+        &content,
+    ) {
+        Ok(r) => Html(r.web_html()).into_response(),
+        Err(e) => internal(&app, e),
+    }
+}
+
+struct FeedEntry {
+    title: String,
+    number: i32,
+    updated: String,
+    summary: String,
+}
+
+#[derive(Template)]
+#[template(path = "feed.xml")]
+struct Feed<'a> {
+    newsletter_name: &'a str,
+    base: &'a str,
+    updated: String,
+    entries: Vec<FeedEntry>,
+}
+
+/// GET /feed.xml: an Atom feed of the archive.
+pub async fn feed(State(app): State<AppState>) -> Response {
+    let list = match issues::list(&app.pool).await {
+        Ok(l) => l,
+        Err(e) => return internal(&app, e),
+    };
+    let entries: Vec<FeedEntry> = list
+        .into_iter()
+        .filter_map(|i| {
+            Some(FeedEntry {
+                number: i.number?,
+                updated: i.created_at.to_rfc3339(),
+                summary: format!("Issue #{} of {}", i.number?, app.settings.newsletter.name),
+                title: i.subject,
+            })
+        })
+        .collect();
+    let updated = entries
+        .first()
+        .map(|e| e.updated.clone())
+        .unwrap_or_else(|| "1970-01-01T00:00:00+00:00".into());
+    let base = app.base();
+    let feed = Feed {
+        newsletter_name: &app.settings.newsletter.name,
+        base: &base,
+        updated,
+        entries,
+    };
+    match feed.render() {
+        Ok(xml) => ([(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")], xml).into_response(),
+        Err(e) => internal(&app, e),
+    }
+}
