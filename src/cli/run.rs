@@ -126,10 +126,10 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await
     });
     if no_schedule {
         tracing::info!("--no-schedule: serving HTTP only");

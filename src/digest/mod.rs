@@ -13,11 +13,11 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::config::{Settings, WhenEmpty};
 use crate::domain::{MIN_SECRET_LEN, SubscriberEmail, SubscriberName, TokenKey, TokenKeys};
-use crate::send::{Mailer, Outcome};
-use crate::store::subscribers::{self, ConfirmRequest};
 use crate::render::{self, IssueContent, Recipient, RenderedIssue};
+use crate::send::{Mailer, Outcome};
 use crate::store::deliveries;
 use crate::store::issues::{self, Candidate, IssueRow, NewIssue};
+use crate::store::subscribers::{self, ConfirmRequest};
 
 /// The keys that sign links: `http.token_secret` when configured, else the secret digestif
 /// generated in the database at migration time.
@@ -177,7 +177,8 @@ pub async fn send_confirmation(
     method: &str,
     allow_erased: bool,
 ) -> anyhow::Result<ConfirmRequest> {
-    let request = subscribers::request_confirmation(pool, email, name, method, allow_erased).await?;
+    let request =
+        subscribers::request_confirmation(pool, email, name, method, allow_erased).await?;
     if let ConfirmRequest::Send {
         subscriber_id,
         nonce,

@@ -123,7 +123,12 @@ impl TokenKeys {
             .and_then(|(id, n)| Some((id, n?)))
     }
 
-    fn verify_parts(&self, purpose: Purpose, token: &str, with_nonce: bool) -> Option<(i64, Option<i64>)> {
+    fn verify_parts(
+        &self,
+        purpose: Purpose,
+        token: &str,
+        with_nonce: bool,
+    ) -> Option<(i64, Option<i64>)> {
         let parts: Vec<&str> = token.split('.').collect();
         let (kid, id, nonce, tag) = match (with_nonce, parts.as_slice()) {
             (false, [kid, id, tag]) => (*kid, *id, None, *tag),
@@ -147,7 +152,9 @@ impl TokenKeys {
         let key = std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|k| k.kid == kid)?;
-        key.mac(purpose, id, nonce).verify_truncated_left(&tag).ok()?;
+        key.mac(purpose, id, nonce)
+            .verify_truncated_left(&tag)
+            .ok()?;
         Some((id, nonce))
     }
 }

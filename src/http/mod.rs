@@ -36,7 +36,12 @@ pub struct AppState {
 
 impl AppState {
     /// State for the router.
-    pub fn new(pool: PgPool, settings: Arc<Settings>, counters: Arc<Counters>, keys: TokenKeys) -> Self {
+    pub fn new(
+        pool: PgPool,
+        settings: Arc<Settings>,
+        counters: Arc<Counters>,
+        keys: TokenKeys,
+    ) -> Self {
         let limiter = Arc::new(pages::SignupLimiter::new(settings.http.signup_per_hour));
         Self {
             pool,
@@ -55,14 +60,26 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/unsubscribe", get(pages::unsubscribe_help))
-        .route("/unsubscribe/", get(pages::empty_token).post(pages::empty_token))
-        .route("/confirm/", get(pages::empty_token).post(pages::empty_token))
+        .route(
+            "/unsubscribe/",
+            get(pages::empty_token).post(pages::empty_token),
+        )
+        .route(
+            "/confirm/",
+            get(pages::empty_token).post(pages::empty_token),
+        )
         .route(
             "/unsubscribe/{token}",
             get(pages::unsubscribe_page).post(pages::unsubscribe),
         )
-        .route("/confirm/{token}", get(pages::confirm_page).post(pages::confirm))
-        .route("/subscribe", get(pages::subscribe_page).post(pages::subscribe))
+        .route(
+            "/confirm/{token}",
+            get(pages::confirm_page).post(pages::confirm),
+        )
+        .route(
+            "/subscribe",
+            get(pages::subscribe_page).post(pages::subscribe),
+        )
         .route("/issues", get(pages::archive))
         .route("/issues/{number}", get(pages::web_view))
         .route("/feed.xml", get(pages::feed))

@@ -219,7 +219,10 @@ pub async fn confirm_page(State(app): State<AppState>, Path(token): Path<String>
     let base = app.base();
     app.page(
         StatusCode::OK,
-        &format!("Confirm your subscription to {}", app.settings.newsletter.name),
+        &format!(
+            "Confirm your subscription to {}",
+            app.settings.newsletter.name
+        ),
         vec!["One click and the next issue is on its way to you.".into()],
     )
     .button(Button {
@@ -489,7 +492,11 @@ pub async fn feed(State(app): State<AppState>) -> Response {
         entries,
     };
     match feed.render() {
-        Ok(xml) => ([(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")], xml).into_response(),
+        Ok(xml) => (
+            [(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")],
+            xml,
+        )
+            .into_response(),
         Err(e) => internal(&app, e),
     }
 }

@@ -493,7 +493,10 @@ pub fn confirmation_message(
     nonce: i64,
 ) -> Result<Message, RenderError> {
     let base = newsletter.base_url.as_str().trim_end_matches('/');
-    let confirm_url = format!("{base}/confirm/{}", keys.sign_confirm(r.subscriber_id, nonce));
+    let confirm_url = format!(
+        "{base}/confirm/{}",
+        keys.sign_confirm(r.subscriber_id, nonce)
+    );
     let greeting = RenderedIssue::greeting(r);
     let html = ConfirmHtml {
         newsletter_name: &newsletter.name,
@@ -523,8 +526,14 @@ pub fn confirmation_message(
     let mut builder = Message::builder()
         .from(newsletter.from.clone())
         .to(Mailbox::new(r.name.as_deref().map(one_line), address))
-        .subject(one_line(&format!("Confirm your subscription to {}", newsletter.name)))
-        .message_id(Some(format!("<confirm.s{}.{nonce}@{domain}>", r.subscriber_id)));
+        .subject(one_line(&format!(
+            "Confirm your subscription to {}",
+            newsletter.name
+        )))
+        .message_id(Some(format!(
+            "<confirm.s{}.{nonce}@{domain}>",
+            r.subscriber_id
+        )));
     if let Some(reply_to) = &newsletter.reply_to {
         builder = builder.reply_to(reply_to.clone());
     }

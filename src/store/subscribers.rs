@@ -437,8 +437,14 @@ pub async fn request_confirmation(
             // A concurrent request for the same address won: treat it as pending.
             match id {
                 Some(id) => {
-                    record_event(&mut tx, id, "subscribed", method, Some("pending confirmation"))
-                        .await?;
+                    record_event(
+                        &mut tx,
+                        id,
+                        "subscribed",
+                        method,
+                        Some("pending confirmation"),
+                    )
+                    .await?;
                     id
                 }
                 None => return Ok(ConfirmRequest::AlreadyActive),
@@ -525,7 +531,11 @@ pub async fn by_id(pool: &PgPool, subscriber_id: i64) -> sqlx::Result<Option<Sub
 
 /// Unsubscribes through a link (`one-click` or `page`); repeating it changes nothing.
 /// Returns false when there is no such subscriber.
-pub async fn unsubscribe_by_link(pool: &PgPool, subscriber_id: i64, method: &str) -> sqlx::Result<bool> {
+pub async fn unsubscribe_by_link(
+    pool: &PgPool,
+    subscriber_id: i64,
+    method: &str,
+) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let exists: Option<String> =
         sqlx::query_scalar("SELECT status FROM subscriber WHERE subscriber_id = $1 FOR UPDATE")

@@ -49,11 +49,18 @@ impl App {
         let addr = listener.local_addr().unwrap();
         let app = router(state);
         tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .await
-                .ok();
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .ok();
         });
-        Self { addr, settings, keys }
+        Self {
+            addr,
+            settings,
+            keys,
+        }
     }
 
     async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
@@ -68,7 +75,11 @@ impl App {
         let mut raw = String::new();
         s.read_to_string(&mut raw).await.unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         Reply {
             status,
             headers: head.to_ascii_lowercase(),
@@ -117,7 +128,11 @@ async fn get_and_head_change_nothing(pool: PgPool) {
     )
     .await
     .unwrap();
-    let digestif::store::subscribers::ConfirmRequest::Send { subscriber_id, nonce } = pending else {
+    let digestif::store::subscribers::ConfirmRequest::Send {
+        subscriber_id,
+        nonce,
+    } = pending
+    else {
         panic!("expected a confirmation request");
     };
     let unsub = format!("/unsubscribe/{}", app.keys.sign(Purpose::Unsubscribe, id));
@@ -140,15 +155,23 @@ async fn one_click_post_unsubscribes_and_the_pending_delivery_is_skipped(pool: P
     for i in 1..=3 {
         subscriber(&pool, &format!("u{i}@example.com"), "active").await;
     }
-    sqlx::query("INSERT INTO tip (title, body) VALUES ('T', 'B')").execute(&pool).await.unwrap();
-    digest::create_issue(&pool, &app.settings, at("2026-11-30T08:00:00Z")).await.unwrap();
-    let id: i64 = sqlx::query_scalar("SELECT subscriber_id FROM subscriber WHERE email = 'u2@example.com'")
-        .fetch_one(&pool)
+    sqlx::query("INSERT INTO tip (title, body) VALUES ('T', 'B')")
+        .execute(&pool)
         .await
         .unwrap();
+    digest::create_issue(&pool, &app.settings, at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    let id: i64 =
+        sqlx::query_scalar("SELECT subscriber_id FROM subscriber WHERE email = 'u2@example.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let path = format!("/unsubscribe/{}", app.keys.sign(Purpose::Unsubscribe, id));
     for _ in 0..2 {
-        let r = app.request("POST", &path, Some("List-Unsubscribe=One-Click")).await;
+        let r = app
+            .request("POST", &path, Some("List-Unsubscribe=One-Click"))
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(!r.headers.contains("\r\nlocation:"), "no redirect");
         assert!(!r.headers.contains("set-cookie"), "no cookies");
@@ -162,22 +185,38 @@ async fn one_click_post_unsubscribes_and_the_pending_delivery_is_skipped(pool: P
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((status.as_str(), events), ("unsubscribed", 1), "repeating is harmless");
+    assert_eq!(
+        (status.as_str(), events),
+        ("unsubscribed", 1),
+        "repeating is harmless"
+    );
 
-    let d = deliver::Deliverer::new(pool.clone(), Arc::new(app.settings.clone())).await.unwrap();
+    let d = deliver::Deliverer::new(pool.clone(), Arc::new(app.settings.clone()))
+        .await
+        .unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let report = d
-        .run_until_idle(rx, deliver::Patience { wait_within: Duration::ZERO }, &ProgressBar::hidden())
+        .run_until_idle(
+            rx,
+            deliver::Patience {
+                wait_within: Duration::ZERO,
+            },
+            &ProgressBar::hidden(),
+        )
         .await
         .unwrap();
     assert_eq!((report.sent, report.skipped), (2, 1));
-    let next = digest::create_issue(&pool, &app.settings, at("2026-12-07T08:00:00Z")).await.unwrap();
-    let fanned: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery WHERE issue_id = $1 AND subscriber_id = $2")
-        .bind(next.issue_id)
-        .bind(id)
-        .fetch_one(&pool)
+    let next = digest::create_issue(&pool, &app.settings, at("2026-12-07T08:00:00Z"))
         .await
         .unwrap();
+    let fanned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM delivery WHERE issue_id = $1 AND subscriber_id = $2",
+    )
+    .bind(next.issue_id)
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(fanned, 0);
 }
 
@@ -192,11 +231,20 @@ async fn bad_tokens_all_get_the_same_answer_and_change_nothing(pool: PgPool) {
     let flipped: String = flipped.into_iter().collect();
     let before = snapshot(&pool).await;
     let mut answers = Vec::new();
-    for token in ["abc123.1.forgedforgedforgedforged", flipped.as_str(), &good[..good.len() - 4], ""] {
+    for token in [
+        "abc123.1.forgedforgedforgedforged",
+        flipped.as_str(),
+        &good[..good.len() - 4],
+        "",
+    ] {
         for method in ["GET", "POST"] {
             for prefix in ["/unsubscribe/", "/confirm/"] {
                 let r = app
-                    .request(method, &format!("{prefix}{token}"), Some("List-Unsubscribe=One-Click"))
+                    .request(
+                        method,
+                        &format!("{prefix}{token}"),
+                        Some("List-Unsubscribe=One-Click"),
+                    )
                     .await;
                 answers.push((r.status, r.body));
             }
@@ -215,26 +263,47 @@ async fn double_opt_in_end_to_end_through_the_real_smtp_server(pool: PgPool) {
         .env("DIGESTIF_SMTP__URL", &server.url())
         .env("DIGESTIF_NEWSLETTER__BASE_URL", "https://news.example.com");
     let out = cli
-        .ok_async(&["subscribers", "add", "new@example.org", "--name", "New Person", "--confirm"])
+        .ok_async(&[
+            "subscribers",
+            "add",
+            "new@example.org",
+            "--name",
+            "New Person",
+            "--confirm",
+        ])
         .await
         .stdout();
     assert!(out.contains("pending"), "{out}");
     let app = App::start(&pool, "").await;
     let mails = server.accepted();
     assert_eq!(mails.len(), 1);
-    let msg = mail_parser::MessageParser::default().parse(&mails[0].data).unwrap();
-    assert_eq!(msg.subject(), Some("Confirm your subscription to Backend Tips"));
+    let msg = mail_parser::MessageParser::default()
+        .parse(&mails[0].data)
+        .unwrap();
+    assert_eq!(
+        msg.subject(),
+        Some("Confirm your subscription to Backend Tips")
+    );
     let text = msg.body_text(0).unwrap();
-    let link = text.split_whitespace().find(|w| w.contains("/confirm/")).expect("a link").to_owned();
+    let link = text
+        .split_whitespace()
+        .find(|w| w.contains("/confirm/"))
+        .expect("a link")
+        .to_owned();
     let path = &link["https://news.example.com".len()..];
-    assert!(msg.body_html(0).unwrap().contains(&link), "the HTML part carries the same link");
+    assert!(
+        msg.body_html(0).unwrap().contains(&link),
+        "the HTML part carries the same link"
+    );
 
     assert_eq!(app.request("GET", path, None).await.status, 200);
     let status = || async {
-        sqlx::query_scalar::<_, String>("SELECT status FROM subscriber WHERE email = 'new@example.org'")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, String>(
+            "SELECT status FROM subscriber WHERE email = 'new@example.org'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
     };
     assert_eq!(status().await, "pending");
     let r = app.request("POST", path, Some("")).await;
@@ -246,14 +315,25 @@ async fn double_opt_in_end_to_end_through_the_real_smtp_server(pool: PgPool) {
     .fetch_optional(&pool)
     .await
     .unwrap();
-    assert!(consent.unwrap_or_default().contains("127.0.0.1"), "consent evidence names the client");
+    assert!(
+        consent.unwrap_or_default().contains("127.0.0.1"),
+        "consent evidence names the client"
+    );
 
     let replay = app.request("POST", path, Some("")).await;
-    assert!(replay.body.contains("Nothing to confirm"), "{}", replay.body);
+    assert!(
+        replay.body.contains("Nothing to confirm"),
+        "{}",
+        replay.body
+    );
     cli.ok(&["subscribers", "remove", "new@example.org"]);
     let replay = app.request("POST", path, Some("")).await;
     assert_eq!(replay.status, 200);
-    assert_eq!(status().await, "unsubscribed", "an old link never re-subscribes");
+    assert_eq!(
+        status().await,
+        "unsubscribed",
+        "an old link never re-subscribes"
+    );
 }
 
 #[sqlx::test]
@@ -263,20 +343,41 @@ async fn the_sign_up_form_answers_alike_and_is_rate_limited(pool: PgPool) {
     let form = app.request("GET", "/subscribe", None).await;
     assert_eq!(form.status, 200);
     assert!(form.body.contains("name=\"email\""));
-    let new = app.request("POST", "/subscribe", Some("email=fresh%40example.com&name=Fresh")).await;
-    let known = app.request("POST", "/subscribe", Some("email=known%40example.com&name=")).await;
-    assert_eq!((new.status, &new.body), (known.status, &known.body), "no membership leak");
+    let new = app
+        .request(
+            "POST",
+            "/subscribe",
+            Some("email=fresh%40example.com&name=Fresh"),
+        )
+        .await;
+    let known = app
+        .request(
+            "POST",
+            "/subscribe",
+            Some("email=known%40example.com&name="),
+        )
+        .await;
+    assert_eq!(
+        (new.status, &new.body),
+        (known.status, &known.body),
+        "no membership leak"
+    );
     assert_eq!(new.status, 200);
-    let bad = app.request("POST", "/subscribe", Some("email=bob%40")).await;
+    let bad = app
+        .request("POST", "/subscribe", Some("email=bob%40"))
+        .await;
     assert_eq!(bad.status, 422);
     assert!(bad.body.contains("is not a valid email address"));
-    let limited = app.request("POST", "/subscribe", Some("email=x%40example.com")).await;
+    let limited = app
+        .request("POST", "/subscribe", Some("email=x%40example.com"))
+        .await;
     assert_eq!(limited.status, 429);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pending: String = sqlx::query_scalar("SELECT status FROM subscriber WHERE email = 'fresh@example.com'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let pending: String =
+        sqlx::query_scalar("SELECT status FROM subscriber WHERE email = 'fresh@example.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(pending, "pending");
 }
 
@@ -284,36 +385,65 @@ async fn the_sign_up_form_answers_alike_and_is_rate_limited(pool: PgPool) {
 async fn the_sign_up_form_is_off_by_default(pool: PgPool) {
     let app = App::start(&pool, "").await;
     assert_eq!(app.request("GET", "/subscribe", None).await.status, 404);
-    assert_eq!(app.request("POST", "/subscribe", Some("email=a%40example.com")).await.status, 404);
+    assert_eq!(
+        app.request("POST", "/subscribe", Some("email=a%40example.com"))
+            .await
+            .status,
+        404
+    );
 }
 
 #[sqlx::test]
 async fn the_archive_and_web_view_show_the_snapshot_without_personal_data(pool: PgPool) {
     let app = App::start(&pool, "").await;
     subscriber(&pool, "secret.reader@example.com", "active").await;
-    sqlx::query("INSERT INTO tip (title, body) VALUES ('Archived <b>tip</b>', 'Body <script>x</script>')")
+    sqlx::query(
+        "INSERT INTO tip (title, body) VALUES ('Archived <b>tip</b>', 'Body <script>x</script>')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    digest::create_issue(&pool, &app.settings, at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tip SET title = 'Edited later'")
         .execute(&pool)
         .await
         .unwrap();
-    digest::create_issue(&pool, &app.settings, at("2026-11-30T08:00:00Z")).await.unwrap();
-    sqlx::query("UPDATE tip SET title = 'Edited later'").execute(&pool).await.unwrap();
 
     let list = app.request("GET", "/issues", None).await;
     assert!(list.body.contains("/issues/1"), "{}", list.body);
     let view = app.request("GET", "/issues/1", None).await;
     assert_eq!(view.status, 200);
-    assert!(view.body.contains("Archived &lt;b&gt;tip&lt;/b&gt;"), "the snapshot, escaped");
+    assert!(
+        view.body.contains("Archived &lt;b&gt;tip&lt;/b&gt;"),
+        "the snapshot, escaped"
+    );
     assert!(!view.body.contains("Edited later"));
     assert!(!view.body.contains("<script>"));
-    assert!(!view.body.contains("secret.reader"), "no subscriber address");
+    assert!(
+        !view.body.contains("secret.reader"),
+        "no subscriber address"
+    );
     assert!(!view.body.contains("/unsubscribe/"), "no token link");
     for path in ["/issues/2", "/issues/abc", "/issues/0"] {
         assert_eq!(app.request("GET", path, None).await.status, 404, "{path}");
     }
     let feed = app.request("GET", "/feed.xml", None).await;
     assert!(feed.headers.contains("application/atom+xml"));
-    assert!(feed.body.contains("<entry>") && feed.body.contains("https://news.example.com/issues/1"));
-    for header in ["x-content-type-options: nosniff", "x-frame-options: deny", "content-security-policy:", "referrer-policy: no-referrer"] {
-        assert!(view.headers.contains(header), "{header} missing: {}", view.headers);
+    assert!(
+        feed.body.contains("<entry>") && feed.body.contains("https://news.example.com/issues/1")
+    );
+    for header in [
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "content-security-policy:",
+        "referrer-policy: no-referrer",
+    ] {
+        assert!(
+            view.headers.contains(header),
+            "{header} missing: {}",
+            view.headers
+        );
     }
 }
