@@ -52,6 +52,8 @@ pub struct Settings {
     pub smtp: SmtpSettings,
     /// DKIM signing.
     pub dkim: DkimSettings,
+    /// Return path and bounce attribution.
+    pub bounces: BounceSettings,
     /// The HTTP server and link tokens.
     pub http: HttpSettings,
     /// The PostgreSQL database.
@@ -168,6 +170,19 @@ pub struct DkimSettings {
     pub selector: String,
     /// Where the private key is.
     pub key_file: PathBuf,
+    /// An Ed25519 seed for a second signature, if any.
+    pub ed25519_key_file: Option<PathBuf>,
+    /// The selector of the Ed25519 key.
+    pub ed25519_selector: String,
+}
+
+/// `[bounces]`
+#[derive(Debug, Clone)]
+pub struct BounceSettings {
+    /// Whether each message gets its own return path (VERP).
+    pub verp: bool,
+    /// The bounce mailbox; VERP inserts `+<id>` before the `@`.
+    pub address: lettre::Address,
 }
 
 /// `[http]`
@@ -205,6 +220,7 @@ struct Raw {
     delivery: RawDelivery,
     smtp: RawSmtp,
     dkim: RawDkim,
+    bounces: RawBounces,
     http: RawHttp,
     database: RawDatabase,
 }
@@ -269,6 +285,15 @@ struct RawDkim {
     domain: String,
     selector: String,
     key_file: PathBuf,
+    ed25519_key_file: String,
+    ed25519_selector: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBounces {
+    verp: bool,
+    address: String,
 }
 
 #[derive(Deserialize)]
@@ -464,6 +489,26 @@ impl Raw {
             domain: one_line("dkim.domain", &k.domain)?,
             selector: one_line("dkim.selector", &k.selector)?,
             key_file: k.key_file,
+            ed25519_key_file: Some(k.ed25519_key_file.trim())
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            ed25519_selector: one_line("dkim.ed25519_selector", &k.ed25519_selector)?,
+        };
+
+        let b = self.bounces;
+        let address = if b.address.trim().is_empty() {
+            format!("bounces@{}", newsletter.from.email.domain())
+        } else {
+            b.address.trim().to_owned()
+        };
+        let bounces = BounceSettings {
+            verp: b.verp,
+            address: address.parse().map_err(|_| {
+                ConfigError::new(
+                    "bounces.address",
+                    format!("'{}' is not an email address", shown(&address)),
+                )
+            })?,
         };
 
         let h = self.http;
@@ -512,6 +557,7 @@ impl Raw {
             delivery,
             smtp,
             dkim,
+            bounces,
             http,
             database,
         })

@@ -18,6 +18,9 @@ pub mod render;
 /// The use case: compose, snapshot, render (and, later, deliver).
 pub mod digest;
 
+/// Bounce, complaint and unsubscribe-by-mail intake.
+pub mod inbound;
+
 /// Running on the schedule: one shot (`run`) and the long-running loop (`serve`).
 pub mod schedule;
 

@@ -105,13 +105,26 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 digest::due_slot(settings, clock)
             };
             if let Some(slot) = slot {
+                let started = std::time::Instant::now();
                 let issue = digest::create_issue(&pool, settings, slot).await?;
+                let took = started.elapsed();
                 match (issue.number, issue.status.as_str()) {
                     (None, _) => println!(
                         "the slot {slot} is skipped: {}",
                         issue.status_reason.unwrap_or_default()
                     ),
-                    (Some(n), status) => println!("issue #{n} ({status}): {}", issue.subject),
+                    (Some(n), status) => {
+                        let total: i64 = deliveries::counts(&pool, issue.issue_id)
+                            .await?
+                            .iter()
+                            .map(|(_, n)| n)
+                            .sum();
+                        println!(
+                            "issue #{n} ({status}): {} ({total} deliveries; created in {:.2} s)",
+                            issue.subject,
+                            took.as_secs_f64()
+                        );
+                    }
                 }
             } else {
                 let next = settings.schedule.schedule.next_after(clock);
@@ -178,7 +191,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             let message = rendered.message(&recipient)?;
             let mailer = Mailer::from_settings(settings)?;
             match mailer
-                .send(&message, &format!("test-issue{}", content.number))
+                .send(message, None, &format!("test-issue{}", content.number))
                 .await
             {
                 Outcome::Sent => {

@@ -2,6 +2,7 @@
 //! group. Each clap variant's `///` comment is its `--help` text.
 
 mod articles;
+mod doctor;
 mod issue;
 pub mod output;
 mod run;
@@ -79,6 +80,21 @@ enum Command {
         #[arg(long)]
         no_schedule: bool,
     },
+    /// Read one message on stdin: a bounce (RFC 3464), a complaint (RFC 5965) or an
+    /// unsubscribe request by mail, and record what it says
+    ///
+    /// For an MTA to pipe the bounce address to, e.g. in Postfix's master.cf:
+    /// `digestif unix - n n - - pipe user=digestif argv=/usr/local/bin/digestif inbound --recipient ${recipient}`.
+    /// Exit code 0 when handled or deliberately ignored, 75 (temporary failure, the MTA retries)
+    /// when the database cannot be reached.
+    Inbound {
+        /// The envelope recipient the MTA delivered to (the VERP address)
+        #[arg(long)]
+        recipient: Option<String>,
+    },
+    /// Check the configuration, database, SMTP server and DKIM key; print the DNS records to
+    /// publish. Exit code 1 if any check fails
+    Doctor,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,7 +109,11 @@ enum ScheduleCommand {
 
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) if matches!(cli.command, Command::Doctor) => return Err(doctor::config_failed(&e)),
+        Err(e) => return Err(e.into()),
+    };
     match cli.command {
         Command::Migrate => {
             store::migrate(&settings.database).await?;
@@ -110,5 +130,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => run::run(&settings).await,
         Command::Serve { no_schedule } => run::serve(&settings, no_schedule).await,
+        Command::Inbound { recipient } => inbound(&settings, recipient.as_deref()).await,
+        Command::Doctor => doctor::run(&settings).await,
     }
+}
+
+/// The database could not be reached: the MTA should try again later (EX_TEMPFAIL).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct TempFail(anyhow::Error);
+
+/// Exit code for [`TempFail`] (sysexits.h EX_TEMPFAIL), which MTAs treat as "retry later".
+pub const EX_TEMPFAIL: u8 = 75;
+
+async fn inbound(settings: &Settings, recipient: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Read;
+    // A bounce carries at most the returned message; 10 MiB is far beyond a newsletter. The
+    // read happens before anything else, so blocking here stalls nothing.
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(10 << 20)
+        .read_to_end(&mut raw)
+        .map_err(|e| anyhow::anyhow!("cannot read the message on stdin: {e}"))?;
+    let pool = store::connect_current(&settings.database)
+        .await
+        .map_err(TempFail)?;
+    let keys = crate::digest::token_keys(settings, &pool)
+        .await
+        .map_err(TempFail)?;
+    let handled = crate::inbound::handle(&pool, settings, &keys, &raw, recipient)
+        .await
+        .map_err(TempFail)?;
+    tracing::info!("inbound: {handled}");
+    println!("{handled}");
+    Ok(())
 }

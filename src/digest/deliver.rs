@@ -324,7 +324,8 @@ impl Deliverer {
             .await
             .context("failed to reserve send rate")?;
         let name = format!("issue{}-s{}", rendered.number(), c.subscriber_id);
-        let outcome = self.mailer.send(&message, &name).await;
+        let return_path = self.return_path(c.issue_id, c.subscriber_id);
+        let outcome = self.mailer.send(message, return_path, &name).await;
         self.record_breaker(c.issue_id, &outcome);
         let message_id = Some(rendered.message_id(c.subscriber_id));
         let mut s = match &outcome {
@@ -368,6 +369,16 @@ impl Deliverer {
             "delivery attempt"
         );
         Ok(s)
+    }
+
+    /// `bounces+<tag>@domain` for this delivery, when VERP is on.
+    fn return_path(&self, issue_id: i64, subscriber_id: i64) -> Option<lettre::Address> {
+        let b = &self.settings.bounces;
+        if !b.verp {
+            return None;
+        }
+        let tag = self.keys.sign_bounce(issue_id, subscriber_id);
+        lettre::Address::new(format!("{}+{tag}", b.address.user()), b.address.domain()).ok()
     }
 
     fn record_breaker(&self, issue_id: i64, outcome: &Outcome) {

@@ -192,7 +192,7 @@ pub async fn send_confirmation(
         let message = render::confirmation_message(&settings.newsletter, keys, &recipient, nonce)?;
         let mailer = Mailer::from_settings(settings)?;
         match mailer
-            .send(&message, &format!("confirm-s{subscriber_id}-{nonce}"))
+            .send(message, None, &format!("confirm-s{subscriber_id}-{nonce}"))
             .await
         {
             Outcome::Sent => tracing::info!(subscriber_id, "confirmation sent"),

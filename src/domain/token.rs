@@ -15,6 +15,8 @@ pub enum Purpose {
     Unsubscribe,
     /// `/confirm/{token}` for double opt-in.
     Confirm,
+    /// The VERP return path of one delivery.
+    Bounce,
 }
 
 impl Purpose {
@@ -22,12 +24,15 @@ impl Purpose {
         match self {
             Self::Unsubscribe => b"unsubscribe",
             Self::Confirm => b"confirm",
+            Self::Bounce => b"bounce",
         }
     }
 }
 
 /// Bytes of MAC kept in a token: 128 bits, unguessable, and a short link.
 const MAC_LEN: usize = 16;
+/// Bytes of MAC in a VERP tag: 96 bits keeps the local part under 64 characters.
+const BOUNCE_MAC_LEN: usize = 12;
 /// Secrets shorter than this are refused.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -109,6 +114,49 @@ impl TokenKeys {
             subscriber_id,
             URL_SAFE_NO_PAD.encode(&tag[..MAC_LEN])
         )
+    }
+
+    /// The VERP tag of one delivery, `<key id>.<issue>.<subscriber>.<mac>`: lower-case hex, so
+    /// it survives mail systems that fold the case of local parts, and short enough for one.
+    pub fn sign_bounce(&self, issue_id: i64, subscriber_id: i64) -> String {
+        let tag = self
+            .current
+            .mac(Purpose::Bounce, subscriber_id, Some(issue_id))
+            .finalize()
+            .into_bytes();
+        let hex: String = tag[..BOUNCE_MAC_LEN]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}.{issue_id}.{subscriber_id}.{hex}", self.current.kid)
+    }
+
+    /// The (issue, subscriber) of a genuine VERP tag.
+    pub fn verify_bounce(&self, tag: &str) -> Option<(i64, i64)> {
+        let tag = tag.to_ascii_lowercase();
+        let parts: Vec<&str> = tag.split('.').collect();
+        let [kid, issue, sub, mac] = parts.as_slice() else {
+            return None;
+        };
+        let number = |s: &str| -> Option<i64> {
+            let n: i64 = s.parse().ok().filter(|&n| n > 0)?;
+            (n.to_string() == s).then_some(n)
+        };
+        let (issue, sub) = (number(issue)?, number(sub)?);
+        if mac.len() != BOUNCE_MAC_LEN * 2 {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..mac.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&mac[i..i + 2], 16).ok())
+            .collect();
+        let key = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.kid == *kid)?;
+        key.mac(Purpose::Bounce, sub, Some(issue))
+            .verify_truncated_left(&bytes?)
+            .ok()?;
+        Some((issue, sub))
     }
 
     /// The subscriber id a genuine token names; `None` for anything forged, altered,
@@ -205,6 +253,18 @@ mod tests {
         assert_eq!(k.verify_confirm(&t.replace(".77.", ".78.")), None);
         assert_eq!(k.verify(Purpose::Confirm, &t), None);
         assert_eq!(k.verify_confirm(&k.sign(Purpose::Unsubscribe, 5)), None);
+    }
+
+    #[test]
+    fn bounce_tags_verify_in_any_letter_case_and_reject_forgeries() {
+        let k = keys();
+        let t = k.sign_bounce(3, 41);
+        assert_eq!(k.verify_bounce(&t), Some((3, 41)));
+        assert_eq!(k.verify_bounce(&t.to_ascii_uppercase()), Some((3, 41)));
+        assert_eq!(k.verify_bounce(&t.replace(".41.", ".42.")), None);
+        let forged = format!("{}0", &t[..t.len() - 1]);
+        assert!(forged == t || k.verify_bounce(&forged).is_none());
+        assert!(format!("bounces+{t}").len() <= 64, "fits a local part");
     }
 
     #[test]

@@ -2,22 +2,27 @@
 //! outbox), what their replies mean (`classify`), and the shared rate ceiling (`rate`).
 
 pub mod classify;
+pub mod dkim;
 pub mod rate;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::anyhow;
+use lettre::address::Envelope;
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
 use crate::config::{Settings, SmtpSettings, TransportKind};
 pub use classify::{Failure, Outcome};
 
-/// Where messages go.
-pub struct Mailer(Inner);
+/// Where messages go, signed on the way when DKIM is on.
+pub struct Mailer {
+    inner: Inner,
+    signer: Option<dkim::Signer>,
+}
 
 enum Inner {
     Smtp(SmtpPool),
@@ -36,7 +41,7 @@ struct SmtpPool {
 impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The SMTP transport holds credentials: never print it.
-        match &self.0 {
+        match &self.inner {
             Inner::Smtp(_) => f.write_str("Mailer::Smtp"),
             Inner::File(p) => write!(f, "Mailer::File({})", p.display()),
         }
@@ -64,34 +69,62 @@ fn smtp_transport(
 }
 
 impl Mailer {
-    /// The transport the settings ask for.
+    /// The transport the settings ask for, with the DKIM keys loaded (a bad key fails here).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        match settings.delivery.transport {
-            TransportKind::File => Ok(Self(Inner::File(settings.delivery.outbox.clone()))),
+        let signer = dkim::Signer::load(&settings.dkim)?;
+        let inner = match settings.delivery.transport {
+            TransportKind::File => Inner::File(settings.delivery.outbox.clone()),
             TransportKind::Smtp => {
                 let concurrency = settings.delivery.concurrency;
                 let transport = smtp_transport(&settings.smtp, concurrency)?;
-                Ok(Self(Inner::Smtp(SmtpPool {
+                Inner::Smtp(SmtpPool {
                     settings: settings.smtp.clone(),
                     concurrency,
                     current: RwLock::new(Arc::new(transport)),
-                })))
+                })
             }
-        }
+        };
+        Ok(Self { inner, signer })
+    }
+
+    /// The DKIM signer, when DKIM is on.
+    pub fn signer(&self) -> Option<&dkim::Signer> {
+        self.signer.as_ref()
+    }
+
+    /// The message as it goes on the wire: DKIM-signed when configured, with `return_path`
+    /// (VERP) as the envelope sender when given.
+    pub fn prepare(&self, message: Message, return_path: Option<Address>) -> (Envelope, Vec<u8>) {
+        let envelope = message.envelope();
+        let envelope = match return_path {
+            Some(rp) => {
+                Envelope::new(Some(rp), envelope.to().to_vec()).unwrap_or_else(|_| envelope.clone())
+            }
+            None => envelope.clone(),
+        };
+        let bytes = match &self.signer {
+            Some(s) => s.sign(message),
+            None => message.formatted(),
+        };
+        (envelope, bytes)
     }
 
     /// Hands one message over. `name` is the file stem used by the file transport. An SMTP
     /// exchange that takes longer than `smtp.timeout` (lettre itself only bounds the connect)
     /// is abandoned and counts as a temporary failure.
-    pub async fn send(&self, message: &Message, name: &str) -> Outcome {
-        match &self.0 {
+    pub async fn send(
+        &self,
+        message: Message,
+        return_path: Option<Address>,
+        name: &str,
+    ) -> Outcome {
+        let (envelope, bytes) = self.prepare(message, return_path);
+        match &self.inner {
             Inner::Smtp(pool) => {
                 let transport = match pool.current.read() {
                     Ok(t) => t.clone(),
                     Err(_) => return classify::connection_failure("SMTP pool lock poisoned"),
                 };
-                let envelope = message.envelope().clone();
-                let bytes = message.formatted();
                 let exchange = transport.send_raw(&envelope, &bytes);
                 match tokio::time::timeout(pool.settings.timeout, exchange).await {
                     Ok(Ok(response)) if response.is_positive() => Outcome::Sent,
@@ -112,7 +145,7 @@ impl Mailer {
                     }
                 }
             }
-            Inner::File(dir) => match write_eml(dir, name, &message.formatted()).await {
+            Inner::File(dir) => match write_eml(dir, name, &envelope, &bytes).await {
                 Ok(()) => Outcome::Sent,
                 Err(e) => classify::connection_failure(&format!(
                     "writing {}: {e}",
@@ -125,7 +158,7 @@ impl Mailer {
     /// Opens a connection and says EHLO (and STARTTLS and AUTH when configured): for `doctor`
     /// and `test-send`. The file transport checks that its folder can be created.
     pub async fn check(&self) -> anyhow::Result<()> {
-        match &self.0 {
+        match &self.inner {
             Inner::Smtp(pool) => {
                 let transport = pool
                     .current
@@ -164,9 +197,20 @@ impl SmtpPool {
 
 /// Writes atomically (temporary file, then rename), so a crash never leaves half a message
 /// that looks delivered.
-async fn write_eml(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+/// The envelope sender goes first as a Return-Path header, as a delivering MTA would add it.
+async fn write_eml(
+    dir: &std::path::Path,
+    name: &str,
+    envelope: &Envelope,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     tokio::fs::create_dir_all(dir).await?;
     let tmp = dir.join(format!(".{name}.tmp"));
-    tokio::fs::write(&tmp, bytes).await?;
+    let mut data = match envelope.from() {
+        Some(from) => format!("Return-Path: <{from}>\r\n").into_bytes(),
+        None => Vec::new(),
+    };
+    data.extend_from_slice(bytes);
+    tokio::fs::write(&tmp, data).await?;
     tokio::fs::rename(&tmp, dir.join(format!("{name}.eml"))).await
 }

@@ -262,3 +262,48 @@ pub async fn open_count(pool: &PgPool) -> sqlx::Result<i64> {
     .fetch_one(pool)
     .await
 }
+
+/// Records a hard bounce that arrived later as a DSN: the delivery becomes `bounced` and the
+/// subscriber's counter goes up (suppressed at `threshold`), with an event. Returns false when
+/// this delivery's bounce was recorded before (the same DSN twice counts once) or there is no
+/// such delivery.
+pub async fn record_bounce(
+    pool: &PgPool,
+    issue_id: i64,
+    subscriber_id: i64,
+    detail: &str,
+    threshold: u32,
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let changed = sqlx::query(
+        "UPDATE delivery SET status = 'bounced', last_error = $3, lease_until = NULL \
+         WHERE issue_id = $1 AND subscriber_id = $2 AND status <> 'bounced'",
+    )
+    .bind(issue_id)
+    .bind(subscriber_id)
+    .bind(detail)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    let (status, bounces): (String, i32) = sqlx::query_as(
+        "UPDATE subscriber SET hard_bounces = hard_bounces + 1, \
+                status = CASE WHEN status = 'active' AND hard_bounces + 1 >= $2 \
+                              THEN 'bounced' ELSE status END \
+         WHERE subscriber_id = $1 RETURNING status, hard_bounces",
+    )
+    .bind(subscriber_id)
+    .bind(i64::from(threshold))
+    .fetch_one(&mut *tx)
+    .await?;
+    let note = if status == "bounced" {
+        format!("suppressed after {bounces} hard bounce(s): {detail}")
+    } else {
+        format!("hard bounce: {detail}")
+    };
+    super::subscribers::record_event(&mut tx, subscriber_id, "bounced", "dsn", Some(&note)).await?;
+    tx.commit().await?;
+    Ok(true)
+}

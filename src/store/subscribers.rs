@@ -558,3 +558,29 @@ pub async fn unsubscribe_by_link(
     tx.commit().await?;
     Ok(true)
 }
+
+/// Records a spam complaint (an ARF report): the subscriber is unsubscribed and suppressed
+/// (status `complained`), once.
+pub async fn record_complaint(pool: &PgPool, subscriber_id: i64, detail: &str) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let changed = sqlx::query(
+        "UPDATE subscriber SET status = 'complained', unsubscribed_at = coalesce(unsubscribed_at, now()) \
+         WHERE subscriber_id = $1 AND status <> 'complained'",
+    )
+    .bind(subscriber_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 1 {
+        record_event(
+            &mut tx,
+            subscriber_id,
+            "complained",
+            "complaint",
+            Some(detail),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

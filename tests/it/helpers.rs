@@ -54,18 +54,46 @@ impl Digestif {
 
     /// Runs without blocking the test's runtime, so servers the test runs in-process (the SMTP
     /// server) keep answering the child.
-    pub async fn ok_async(&self, args: &[&str]) -> Run {
+    pub async fn run_async(&self, args: &[&str]) -> Run {
         let mut cmd = self.command(args);
         let output = tokio::task::spawn_blocking(move || cmd.output())
             .await
             .expect("join")
             .expect("the digestif binary could not be started");
-        let run = Run {
+        Run {
             args: args.iter().map(|a| a.escape_debug().to_string()).collect(),
             output,
-        };
+        }
+    }
+
+    /// `run_async`, insisting on success.
+    pub async fn ok_async(&self, args: &[&str]) -> Run {
+        let run = self.run_async(args).await;
         assert!(run.output.status.success(), "expected success\n{run}");
         run
+    }
+
+    /// Runs with `input` on standard input.
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        use std::io::Write as _;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the digestif binary could not be started");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        let output = child.wait_with_output().expect("wait");
+        Run {
+            args: args.iter().map(|a| a.escape_debug().to_string()).collect(),
+            output,
+        }
     }
 
     /// Runs and insists on success.

@@ -7,6 +7,7 @@ mod cli_import;
 mod cli_subscribers;
 mod compose;
 mod deliver;
+mod deliverability;
 mod helpers;
 mod schedule;
 mod smtp_server;

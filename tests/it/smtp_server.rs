@@ -31,6 +31,7 @@ pub struct Policy {
     rcpt: Arc<RcptRule>,
     data: Arc<DataRule>,
     delay: Duration,
+    refuse_auth: bool,
 }
 
 impl Default for Policy {
@@ -39,6 +40,7 @@ impl Default for Policy {
             rcpt: Arc::new(|_, _| None),
             data: Arc::new(|_, _| DataAction::Accept),
             delay: Duration::ZERO,
+            refuse_auth: false,
         }
     }
 }
@@ -56,6 +58,12 @@ impl Policy {
     /// Wait this long before answering the final dot: a slow server.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Offer AUTH and refuse every attempt with 535.
+    pub fn refuse_auth(mut self) -> Self {
+        self.refuse_auth = true;
         self
     }
 
@@ -161,7 +169,17 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
         st.lock().expect("state").commands.push(cmd.clone());
         let upper = cmd.to_ascii_uppercase();
         if upper.starts_with("EHLO") {
-            w.write_all(b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+            if policy.refuse_auth {
+                w.write_all(b"250-test.example\r\n250 AUTH PLAIN LOGIN\r\n")
+                    .await?;
+            } else {
+                w.write_all(
+                    b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
+                )
+                .await?;
+            }
+        } else if upper.starts_with("AUTH") {
+            w.write_all(b"535 5.7.8 authentication credentials invalid\r\n")
                 .await?;
         } else if upper.starts_with("HELO") {
             w.write_all(b"250 test.example\r\n").await?;

@@ -1,0 +1,153 @@
+//! `digestif doctor`: one line per check (config, database, link secret, transport, DKIM), the
+//! DNS records to publish, and SPF/DMARC reminders. Exit code 1 when any check fails.
+
+use anyhow::bail;
+
+use crate::config::{Settings, TransportKind};
+use crate::send::Mailer;
+use crate::send::dkim::Signer;
+use crate::store;
+
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn ok(&self, what: &str) {
+        println!("ok    {what}");
+    }
+
+    fn fail(&mut self, what: &str, fix: &str) {
+        self.failed += 1;
+        println!("FAIL  {what}: {fix}");
+    }
+
+    fn note(&self, what: &str) {
+        println!("note  {what}");
+    }
+}
+
+/// Prints the configuration failure as a check line (doctor runs even when the config is bad).
+pub fn config_failed(e: &dyn std::fmt::Display) -> anyhow::Error {
+    println!("FAIL  config: {e}");
+    anyhow::anyhow!("1 check failed")
+}
+
+/// What to do about an SMTP failure, from lettre's error text.
+fn smtp_hint(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("refused") {
+        "nothing listens there: check the host and port in smtp.url"
+    } else if e.contains("starttls") || e.contains("tls") {
+        "TLS failed or STARTTLS is not offered: use smtps:// or a server that offers STARTTLS (?tls=opportunistic only on a trusted network)"
+    } else if e.contains("535") || e.contains("auth") || e.contains("credentials") {
+        "authentication failed: check smtp.username and smtp.password"
+    } else if e.contains("no answer") || e.contains("timed out") || e.contains("timeout") {
+        "no answer in time: check the host, the port and any firewall"
+    } else {
+        "check smtp.url"
+    }
+}
+
+/// Runs every check.
+pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+    let mut r = Report { failed: 0 };
+    r.ok("config: every value parses");
+
+    let pool = match store::connect_current(&settings.database).await {
+        Ok(pool) => {
+            r.ok("database: reachable, schema up to date");
+            Some(pool)
+        }
+        Err(e) => {
+            r.fail("database", &format!("{e:#}"));
+            None
+        }
+    };
+    if let Some(pool) = &pool {
+        match crate::digest::token_keys(settings, pool).await {
+            Ok(_) => r.ok("link tokens: a signing secret is available"),
+            Err(e) => r.fail("link tokens", &format!("{e:#}")),
+        }
+    }
+
+    let signer = match Signer::load(&settings.dkim) {
+        Ok(Some(s)) => {
+            r.ok(&format!(
+                "dkim: key {} loads",
+                settings.dkim.key_file.display()
+            ));
+            Some(s)
+        }
+        Ok(None) => {
+            r.note("dkim: disabled; Gmail and Yahoo reject or junk bulk mail without DKIM (set dkim.enabled)");
+            None
+        }
+        Err(e) => {
+            r.fail("dkim", &format!("{e:#}"));
+            None
+        }
+    };
+
+    // The transport is checked without DKIM, so a broken key (reported above) does not hide
+    // the state of the connection.
+    let mut bare = settings.clone();
+    bare.dkim.enabled = false;
+    let what = match settings.delivery.transport {
+        TransportKind::File => format!(
+            "transport: file, outbox {} is writable",
+            settings.delivery.outbox.display()
+        ),
+        TransportKind::Smtp => format!(
+            "smtp: connected, EHLO{}, TLS as configured",
+            if settings.smtp.username.is_some() {
+                ", AUTH"
+            } else {
+                ""
+            }
+        ),
+    };
+    match Mailer::from_settings(&bare) {
+        Ok(m) => match m.check().await {
+            Ok(()) => r.ok(&what),
+            Err(e) => {
+                let text = format!("{e:#}");
+                match settings.delivery.transport {
+                    TransportKind::Smtp => {
+                        r.fail("smtp", &format!("{text} ({})", smtp_hint(&text)))
+                    }
+                    TransportKind::File => r.fail("transport", &text),
+                }
+            }
+        },
+        Err(e) => r.fail("transport", &format!("{e:#}")),
+    }
+
+    if settings.newsletter.base_url.scheme() != "https" {
+        r.note(&format!(
+            "newsletter.base_url is {}: one-click unsubscribe needs an https URL in production",
+            settings.newsletter.base_url
+        ));
+    }
+    if let Some(s) = &signer {
+        for (name, value) in s.dns_records() {
+            println!("dns   {name}. IN TXT \"{value}\"");
+        }
+    }
+    let domain = settings.newsletter.from.email.domain();
+    r.note(&format!(
+        "SPF: {domain} needs a TXT record that allows your relay, e.g. \"v=spf1 include:<your relay> -all\""
+    ));
+    r.note(&format!(
+        "DMARC: publish _dmarc.{domain} TXT \"v=DMARC1; p=none; rua=mailto:dmarc@{domain}\", then tighten p= once reports are clean"
+    ));
+    if r.failed > 0 {
+        bail!(
+            "{} check{} failed",
+            r.failed,
+            if r.failed == 1 { "" } else { "s" }
+        );
+    }
+    println!("all checks passed");
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! DKIM verified by an independent implementation (dkimpy), VERP return paths, bounce and
+//! complaint intake through `digestif inbound`, and `digestif doctor`'s failure reports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use digestif::config::Settings;
+use digestif::digest::{self, deliver};
+use digestif::domain::Purpose;
+use digestif::send::dkim::Signer;
+use indicatif::ProgressBar;
+use sqlx::PgPool;
+
+use crate::helpers::Digestif;
+use crate::smtp_server::{Policy, SmtpServer};
+
+const RSA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/dkim-test-rsa.pem"
+);
+const ED25519: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/dkim-test-ed25519.seed"
+);
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+async fn seed(pool: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO subscriber (email, name, status, consent_source) \
+         SELECT 'user' || i || '@example.org', 'User ' || i, 'active', 'test' FROM generate_series(1, $1) i",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO tip (title, body) VALUES ('Signed tip', 'A body worth signing.')")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
+    let d = deliver::Deliverer::new(pool.clone(), Arc::new(s.clone()))
+        .await
+        .unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    d.run_until_idle(
+        rx,
+        deliver::Patience {
+            wait_within: Duration::ZERO,
+        },
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Runs dkimpy over `raw`; returns its exit status and output.
+fn dkimpy(raw: &[u8], records: &[(String, String)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.eml");
+    std::fs::write(&path, raw).unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_dkim.py"))
+        .arg(&path);
+    for (name, value) in records {
+        cmd.arg(format!("{name}={value}"));
+    }
+    let out = cmd
+        .output()
+        .expect("python3 (the test command installs dkimpy: pip install dkimpy pynacl)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[sqlx::test]
+async fn dkim_signatures_verify_independently_and_break_when_tampered(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = Settings::from_toml(&format!(
+        "[delivery]\ntransport = \"smtp\"\n[smtp]\nurl = \"{}\"\n\
+         [dkim]\nenabled = true\ndomain = \"example.com\"\nselector = \"digestif\"\n\
+         key_file = \"{RSA}\"\ned25519_key_file = \"{ED25519}\"\n",
+        server.url()
+    ))
+    .unwrap();
+    seed(&pool, 1).await;
+    digest::create_issue(&pool, &s, at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(deliver_all(&pool, &s).await.sent, 1);
+    let raw = server.accepted()[0].data.clone();
+    let records = Signer::load(&s.dkim)
+        .unwrap()
+        .unwrap()
+        .dns_records()
+        .to_vec();
+
+    let (ok, out) = dkimpy(&raw, &records);
+    assert!(ok, "{out}");
+    let rsa = out
+        .lines()
+        .find(|l| l.starts_with("rsa-sha256 True"))
+        .unwrap_or_else(|| panic!("{out}"));
+    for h in [
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "list-id",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "mime-version",
+        "content-type",
+    ] {
+        assert!(
+            rsa.split("h=").nth(1).unwrap().split(':').any(|x| x == h),
+            "{h} not signed: {rsa}"
+        );
+    }
+    assert!(out.contains("ed25519-sha256 True"), "{out}");
+
+    let text = String::from_utf8(raw.clone()).unwrap();
+    let subject = text
+        .lines()
+        .find(|l| l.starts_with("Subject:"))
+        .unwrap()
+        .to_owned();
+    let tampered_subject = text.replacen(&subject, "Subject: Backend Tips #1: something else", 1);
+    assert!(
+        !dkimpy(tampered_subject.as_bytes(), &records).0,
+        "a changed subject must fail"
+    );
+    let tampered_body = text.replacen("Hi User 1,", "Hi Mallory,", 1);
+    assert_ne!(tampered_body, text);
+    assert!(
+        !dkimpy(tampered_body.as_bytes(), &records).0,
+        "a changed body must fail"
+    );
+
+    // VERP: the envelope sender names this delivery.
+    let mail_from = server
+        .commands()
+        .into_iter()
+        .find(|c| c.starts_with("MAIL FROM:"))
+        .unwrap();
+    let keys = digest::token_keys(&s, &pool).await.unwrap();
+    let tag = mail_from
+        .split("bounces+")
+        .nth(1)
+        .and_then(|t| t.split('@').next())
+        .unwrap();
+    let issue_id: i64 = sqlx::query_scalar("SELECT issue_id FROM issue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let sub: i64 = sqlx::query_scalar("SELECT subscriber_id FROM subscriber")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.verify_bounce(tag),
+        Some((issue_id, sub)),
+        "{mail_from}"
+    );
+}
+
+fn dsn(to: &str, recipient: &str, action: &str, status: &str, message_id: &str) -> String {
+    format!(
+        "From: MAILER-DAEMON@mx.example.org (Mail Delivery System)\r\n\
+         To: {to}\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Message-ID: <20261130080501.ABC123@mx.example.org>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"B1\"\r\n\
+         \r\n\
+         --B1\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
+         This is the mail system at host mx.example.org.\r\n\r\n\
+         --B1\r\nContent-Type: message/delivery-status\r\n\r\n\
+         Reporting-MTA: dns; mx.example.org\r\n\
+         Arrival-Date: Mon, 30 Nov 2026 09:05:00 +0100 (CET)\r\n\r\n\
+         Final-Recipient: rfc822; {recipient}\r\n\
+         Original-Recipient: rfc822;{recipient}\r\n\
+         Action: {action}\r\n\
+         Status: {status}\r\n\
+         Diagnostic-Code: smtp; 550 {status} <{recipient}>: Recipient address rejected\r\n\r\n\
+         --B1\r\nContent-Type: text/rfc822-headers\r\n\r\n\
+         From: Backend Tips <tips@example.com>\r\n\
+         To: {recipient}\r\n\
+         Subject: Backend Tips #1: Signed tip\r\n\
+         Message-ID: {message_id}\r\n\r\n\
+         --B1--\r\n"
+    )
+}
+
+fn arf(recipient: &str, message_id: &str) -> String {
+    format!(
+        "From: fbl@isp.example.net\r\nTo: abuse@example.com\r\nSubject: FW: complaint\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"F1\"\r\n\r\n\
+         --F1\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n\r\n\
+         --F1\r\nContent-Type: message/feedback-report\r\n\r\n\
+         Feedback-Type: abuse\r\nUser-Agent: ExampleFBL/1.0\r\nVersion: 1\r\n\
+         Original-Rcpt-To: {recipient}\r\n\r\n\
+         --F1\r\nContent-Type: message/rfc822\r\n\r\n\
+         From: Backend Tips <tips@example.com>\r\nTo: {recipient}\r\n\
+         Subject: Backend Tips #1: Signed tip\r\nMessage-ID: {message_id}\r\n\r\nbody\r\n\r\n\
+         --F1--\r\n"
+    )
+}
+
+async fn status_of(pool: &PgPool, id: i64) -> (String, i64) {
+    sqlx::query_as(
+        "SELECT s.status, (SELECT count(*) FROM subscriber_event e WHERE e.subscriber_id = s.subscriber_id) \
+         FROM subscriber s WHERE subscriber_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn inbound_handles_each_kind_of_message_as_the_rules_say(pool: PgPool) {
+    let outbox = tempfile::tempdir().unwrap();
+    let s = Settings::from_toml(&format!(
+        "[delivery]\noutbox = \"{}\"\n",
+        outbox.path().display()
+    ))
+    .unwrap();
+    seed(&pool, 4).await;
+    digest::create_issue(&pool, &s, at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(deliver_all(&pool, &s).await.sent, 4);
+    let keys = digest::token_keys(&s, &pool).await.unwrap();
+    let issue_id: i64 = sqlx::query_scalar("SELECT issue_id FROM issue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let id = |n: i64| n; // subscriber ids are 1..=4 in a fresh database
+    let verp = |sub: i64| format!("bounces+{}@example.com", keys.sign_bounce(issue_id, sub));
+    let d = Digestif::new(&pool);
+    let inbound = |input: String, rcpt: Option<String>| {
+        let mut args = vec!["inbound".to_owned()];
+        if let Some(r) = rcpt {
+            args.push("--recipient".into());
+            args.push(r);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = d.run_with_stdin(&args, input.as_bytes());
+        assert!(run.output.status.success(), "{run}");
+        run.stdout()
+    };
+
+    // A Postfix-style 5.1.1 DSN to the VERP address: bounced and suppressed.
+    let before = status_of(&pool, id(1)).await;
+    let out = inbound(
+        dsn(
+            &verp(1),
+            "user1@example.org",
+            "failed",
+            "5.1.1",
+            "<issue1.s1@example.com>",
+        ),
+        Some(verp(1)),
+    );
+    assert!(out.contains("hard bounce 5.1.1"), "{out}");
+    let (status, events) = status_of(&pool, id(1)).await;
+    assert_eq!((status.as_str(), events), ("bounced", before.1 + 1));
+    let delivery: String =
+        sqlx::query_scalar("SELECT status FROM delivery WHERE subscriber_id = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(delivery, "bounced");
+    // The same DSN again counts once.
+    let out = inbound(
+        dsn(
+            &verp(1),
+            "user1@example.org",
+            "failed",
+            "5.1.1",
+            "<issue1.s1@example.com>",
+        ),
+        Some(verp(1)),
+    );
+    assert!(out.contains("already recorded"), "{out}");
+
+    // A delayed 4.4.7 notice changes nothing.
+    let before = status_of(&pool, id(2)).await;
+    let out = inbound(
+        dsn(
+            &verp(2),
+            "user2@example.org",
+            "delayed",
+            "4.4.7",
+            "<issue1.s2@example.com>",
+        ),
+        Some(verp(2)),
+    );
+    assert!(out.contains("delay notice 4.4.7"), "{out}");
+    assert_eq!(status_of(&pool, id(2)).await, before);
+
+    // A DSN whose VERP HMAC is forged is ignored.
+    let forged =
+        format!("bounces+{}@example.com", keys.sign_bounce(issue_id, 3)).replace(".3.", ".2.");
+    let out = inbound(
+        dsn(
+            &forged,
+            "user2@example.org",
+            "failed",
+            "5.1.1",
+            "<issue1.s2@example.com>",
+        ),
+        Some(forged.clone()),
+    );
+    assert!(out.contains("does not verify"), "{out}");
+    assert_eq!(status_of(&pool, id(2)).await, before);
+
+    // An ARF complaint: unsubscribed and suppressed.
+    let out = inbound(arf("user3@example.org", "<issue1.s3@example.com>"), None);
+    assert!(out.contains("complaint"), "{out}");
+    assert_eq!(status_of(&pool, id(3)).await.0, "complained");
+
+    // Mail to the List-Unsubscribe mailto.
+    let token = keys.sign(Purpose::Unsubscribe, 4);
+    let mail = format!(
+        "From: user4@example.org\r\nTo: tips@example.com\r\nSubject: unsubscribe {token}\r\n\r\n\r\n"
+    );
+    let out = inbound(mail, Some("tips@example.com".into()));
+    assert!(out.contains("unsubscribe by mail"), "{out}");
+    let (status, _) = status_of(&pool, id(4)).await;
+    assert_eq!(status, "unsubscribed");
+    let method: String = sqlx::query_scalar(
+        "SELECT method FROM subscriber_event WHERE subscriber_id = 4 AND kind = 'unsubscribed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(method, "mailto");
+
+    // Ordinary mail is left alone.
+    let before = status_of(&pool, id(2)).await;
+    let out = inbound("From: friend@example.net\r\nTo: tips@example.com\r\nSubject: hello\r\n\r\nNice newsletter!\r\n".into(), None);
+    assert!(out.starts_with("ignored"), "{out}");
+    assert_eq!(status_of(&pool, id(2)).await, before);
+}
+
+#[sqlx::test]
+async fn doctor_names_each_failure_mode(pool: PgPool) {
+    let d = |extra: &[(&str, &str)]| {
+        let mut d = Digestif::new(&pool).env("DIGESTIF_DELIVERY__TRANSPORT", "smtp");
+        for (k, v) in extra {
+            d = d.env(k, v);
+        }
+        d
+    };
+    let refused = d(&[("DIGESTIF_SMTP__URL", "smtp://127.0.0.1:1")])
+        .run_async(&["doctor"])
+        .await;
+    assert_eq!(refused.output.status.code(), Some(1), "{refused}");
+    assert!(
+        refused.stdout().contains("FAIL  smtp:")
+            && refused.stdout().contains("check the host and port"),
+        "{refused}"
+    );
+
+    let plain = SmtpServer::start(Policy::default()).await;
+    let port = plain.url().rsplit(':').next().unwrap().to_owned();
+    let no_tls = d(&[(
+        "DIGESTIF_SMTP__URL",
+        &format!("smtp://localhost:{port}?tls=required"),
+    )])
+    .run_async(&["doctor"])
+    .await;
+    assert_eq!(no_tls.output.status.code(), Some(1), "{no_tls}");
+    assert!(no_tls.stdout().contains("STARTTLS"), "{no_tls}");
+
+    let auth = SmtpServer::start(Policy::default().refuse_auth()).await;
+    let bad_auth = d(&[
+        ("DIGESTIF_SMTP__URL", &auth.url()),
+        ("DIGESTIF_SMTP__USERNAME", "mailer"),
+        ("DIGESTIF_SMTP__PASSWORD", "wrong-password"),
+    ])
+    .run_async(&["doctor"])
+    .await;
+    assert_eq!(bad_auth.output.status.code(), Some(1), "{bad_auth}");
+    assert!(
+        bad_auth.stdout().contains("authentication failed"),
+        "{bad_auth}"
+    );
+    assert!(!bad_auth.stdout().contains("wrong-password"));
+
+    let key = d(&[
+        ("DIGESTIF_SMTP__URL", &plain.url()),
+        ("DIGESTIF_DKIM__ENABLED", "true"),
+        ("DIGESTIF_DKIM__KEY_FILE", "/nonexistent/dkim.pem"),
+    ])
+    .run_async(&["doctor"])
+    .await;
+    assert_eq!(key.output.status.code(), Some(1), "{key}");
+    assert!(
+        key.stdout()
+            .contains("FAIL  dkim: dkim.key_file: /nonexistent/dkim.pem: cannot read the key"),
+        "{key}"
+    );
+    assert!(
+        key.stdout().contains("ok    smtp"),
+        "the SMTP check still runs: {key}"
+    );
+
+    let good = d(&[
+        ("DIGESTIF_SMTP__URL", &plain.url()),
+        ("DIGESTIF_DKIM__ENABLED", "true"),
+        ("DIGESTIF_DKIM__KEY_FILE", RSA),
+    ])
+    .run_async(&["doctor"])
+    .await;
+    assert!(good.output.status.success(), "{good}");
+    assert!(
+        good.stdout()
+            .contains("dns   digestif._domainkey.example.com. IN TXT \"v=DKIM1; k=rsa; p="),
+        "{good}"
+    );
+}
+
+#[sqlx::test]
+async fn a_bad_dkim_key_stops_sending_at_start_up_naming_the_file(pool: PgPool) {
+    let (_dir, bad) = crate::helpers::file_with(
+        "bad.pem",
+        b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+    );
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_DKIM__ENABLED", "true")
+        .env("DIGESTIF_DKIM__KEY_FILE", crate::helpers::arg(&bad));
+    seed(&pool, 1).await;
+    let line = d.fails(&["issue", "send", "--now"], "not a PKCS#1 RSA private key");
+    assert!(line.contains(crate::helpers::arg(&bad)), "{line}");
+    assert!(
+        !line.contains("not a key"),
+        "the key's contents never appear: {line}"
+    );
+}
