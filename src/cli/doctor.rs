@@ -36,12 +36,12 @@ pub fn config_failed(e: &dyn std::fmt::Display) -> anyhow::Error {
 /// What to do about an SMTP failure, from lettre's error text.
 fn smtp_hint(error: &str) -> &'static str {
     let e = error.to_ascii_lowercase();
-    if e.contains("refused") {
-        "nothing listens there: check the host and port in smtp.url"
+    if e.contains("auth") || e.contains("535") {
+        "authentication failed: check smtp.username and smtp.password"
     } else if e.contains("starttls") || e.contains("tls") {
         "TLS failed or STARTTLS is not offered: use smtps:// or a server that offers STARTTLS (?tls=opportunistic only on a trusted network)"
-    } else if e.contains("535") || e.contains("auth") || e.contains("credentials") {
-        "authentication failed: check smtp.username and smtp.password"
+    } else if e.contains("refused") {
+        "nothing listens there: check the host and port in smtp.url"
     } else if e.contains("no answer") || e.contains("timed out") || e.contains("timeout") {
         "no answer in time: check the host, the port and any firewall"
     } else {

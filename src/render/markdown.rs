@@ -22,34 +22,21 @@ pub fn to_html(src: &str) -> String {
     let mut skip_link_end = Vec::new();
     let events = parser(src).filter_map(|event| match event {
         Event::Html(raw) | Event::InlineHtml(raw) => Some(Event::Text(raw)),
-        Event::Start(Tag::Link {
-            link_type,
-            dest_url,
-            title,
-            id,
-        }) => {
-            let ok = safe_link(&dest_url);
-            skip_link_end.push(!ok);
-            ok.then_some(Event::Start(Tag::Link {
+        // An image becomes a link to it; a link with an unsafe target keeps only its text.
+        Event::Start(
+            Tag::Link {
                 link_type,
                 dest_url,
                 title,
                 id,
-            }))
-        }
-        Event::End(TagEnd::Link) => {
-            if skip_link_end.pop().unwrap_or(false) {
-                None
-            } else {
-                Some(Event::End(TagEnd::Link))
             }
-        }
-        Event::Start(Tag::Image {
-            link_type,
-            dest_url,
-            title,
-            id,
-        }) => {
+            | Tag::Image {
+                link_type,
+                dest_url,
+                title,
+                id,
+            },
+        ) => {
             let ok = safe_link(&dest_url);
             skip_link_end.push(!ok);
             ok.then_some(Event::Start(Tag::Link {
@@ -59,7 +46,7 @@ pub fn to_html(src: &str) -> String {
                 id,
             }))
         }
-        Event::End(TagEnd::Image) => {
+        Event::End(TagEnd::Link | TagEnd::Image) => {
             if skip_link_end.pop().unwrap_or(false) {
                 None
             } else {

@@ -296,12 +296,7 @@ pub fn render_issue(
         postal_address: &newsletter.postal_address,
     }
     .render()?;
-    let html = css_inline::CSSInliner::options()
-        .load_remote_stylesheets(false)
-        .keep_at_rules(true)
-        .build()
-        .inline(&html)
-        .map_err(|e| RenderError::Css(e.to_string()))?;
+    let html = inline_css(&html)?;
 
     let text = DigestText {
         newsletter_name: &newsletter.name,
@@ -333,6 +328,17 @@ pub fn render_issue(
         domain,
         keys: keys.clone(),
     })
+}
+
+/// Moves the `<style>` rules into `style` attributes, as mail clients that drop `<style>`
+/// (Gmail's older apps, Outlook) need; `@media` rules (dark mode, phones) stay in a `<style>`.
+fn inline_css(html: &str) -> Result<String, RenderError> {
+    css_inline::CSSInliner::options()
+        .load_remote_stylesheets(false)
+        .keep_at_rules(true)
+        .build()
+        .inline(html)
+        .map_err(|e| RenderError::Css(e.to_string()))
 }
 
 /// Collapses the blank-line runs that template tags leave behind and trims trailing spaces.
@@ -505,12 +511,7 @@ pub fn confirmation_message(
         postal_address: &newsletter.postal_address,
     }
     .render()?;
-    let html = css_inline::CSSInliner::options()
-        .load_remote_stylesheets(false)
-        .keep_at_rules(true)
-        .build()
-        .inline(&html)
-        .map_err(|e| RenderError::Css(e.to_string()))?;
+    let html = inline_css(&html)?;
     let text = ConfirmText {
         newsletter_name: &newsletter.name,
         greeting: &greeting,

@@ -13,7 +13,7 @@ use indicatif::ProgressBar;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::helpers::{Digestif, db_url};
+use crate::helpers::{Digestif, db_url, seed};
 use crate::smtp_server::{DataAction, Policy, SmtpServer};
 
 fn settings(server: &SmtpServer, extra: &str) -> Settings {
@@ -32,22 +32,6 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 const SLOT: &str = "2026-11-30T08:00:00Z";
-
-async fn seed(pool: &PgPool, subscribers: i64) {
-    sqlx::query(
-        "INSERT INTO subscriber (email, name, status, consent_source) \
-         SELECT 'user' || i || '@example.com', 'User ' || i, 'active', 'test' \
-         FROM generate_series(1, $1) i",
-    )
-    .bind(subscribers)
-    .execute(pool)
-    .await
-    .expect("seed subscribers");
-    sqlx::query("INSERT INTO tip (title, body) VALUES ('A tip', 'Do the thing.')")
-        .execute(pool)
-        .await
-        .expect("seed tip");
-}
 
 async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
     let d = deliver::Deliverer::new(pool.clone(), Arc::new(s.clone()))

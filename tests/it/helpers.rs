@@ -181,3 +181,20 @@ pub async fn subscriber_count(pool: &PgPool) -> i64 {
         .await
         .expect("count subscribers")
 }
+
+/// `n` active subscribers `user1@example.com`… named `User 1`…, and one tip to send.
+pub async fn seed(pool: &PgPool, n: i64) {
+    sqlx::query(
+        "INSERT INTO subscriber (email, name, status, consent_source) \
+         SELECT 'user' || i || '@example.com', 'User ' || i, 'active', 'test' \
+         FROM generate_series(1, $1) i",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .expect("seed subscribers");
+    sqlx::query("INSERT INTO tip (title, body) VALUES ('A tip', 'Do the thing.')")
+        .execute(pool)
+        .await
+        .expect("seed tip");
+}

@@ -9,24 +9,8 @@ use chrono::{Datelike, Timelike, Utc};
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::helpers::db_url;
+use crate::helpers::{db_url, seed};
 use crate::smtp_server::{Policy, SmtpServer};
-
-async fn seed(pool: &PgPool, subscribers: i64) {
-    sqlx::query(
-        "INSERT INTO subscriber (email, name, status, consent_source) \
-         SELECT 'user' || i || '@example.com', 'User ' || i, 'active', 'test' \
-         FROM generate_series(1, $1) i",
-    )
-    .bind(subscribers)
-    .execute(pool)
-    .await
-    .expect("seed subscribers");
-    sqlx::query("INSERT INTO tip (title, body) VALUES ('A tip', 'Do the thing.')")
-        .execute(pool)
-        .await
-        .expect("seed tip");
-}
 
 /// A crontab line for the minute `t` (UTC) that fires once a year.
 fn cron_at(t: chrono::DateTime<Utc>) -> String {

@@ -1,0 +1,227 @@
+//! The SMTP connection pool: lettre's client connections (EHLO, STARTTLS, AUTH, the SMTP
+//! dialogue and dot-stuffing are all lettre's), opened by us over sockets with TCP_NODELAY.
+//!
+//! Why not lettre's own pool: it opens sockets with Nagle's algorithm on, so the final
+//! `.\r\n` of every message waits for a delayed ACK (about 40 ms a message on Linux); and it
+//! puts a connection abandoned at a deadline back into the pool in the middle of a transaction.
+//! Here a connection is reused only after a clean 250, and dropped after anything else.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use secrecy::ExposeSecret;
+use tokio::sync::Mutex;
+
+use super::classify::{self, Outcome};
+use crate::config::SmtpSettings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    /// Plain SMTP (a relay on this machine or a trusted network).
+    None,
+    /// STARTTLS when the server offers it.
+    Opportunistic,
+    /// STARTTLS, or refuse to send.
+    Required,
+    /// Implicit TLS (`smtps://`).
+    Wrapper,
+}
+
+/// A pool of open SMTP connections to one relay.
+pub struct SmtpPool {
+    host: String,
+    port: u16,
+    tls: Tls,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+    hello: ClientId,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    max_idle: usize,
+}
+
+/// Connections idle longer than this are checked with NOOP before reuse: the server may have
+/// closed them, and a message must not be the thing that finds out.
+const STALE_AFTER: Duration = Duration::from_secs(5);
+
+impl SmtpPool {
+    /// A pool for `smtp.url` keeping up to `max_idle` connections open.
+    pub fn new(s: &SmtpSettings, max_idle: u32) -> anyhow::Result<Self> {
+        // The URL may hold a password, so errors do not repeat it.
+        let bad = || anyhow!("config: smtp.url: not a usable SMTP URL");
+        let url = url::Url::parse(s.url.expose_secret()).map_err(|_| bad())?;
+        let host = url.host_str().ok_or_else(bad)?.to_owned();
+        let query_tls = url
+            .query_pairs()
+            .find(|(k, _)| k == "tls")
+            .map(|(_, v)| v.into_owned());
+        let tls = match (url.scheme(), query_tls.as_deref()) {
+            ("smtps", _) => Tls::Wrapper,
+            ("smtp", Some("required")) => Tls::Required,
+            ("smtp", Some("opportunistic")) => Tls::Opportunistic,
+            ("smtp", None | Some("none")) => Tls::None,
+            _ => return Err(bad()),
+        };
+        let port = url
+            .port()
+            .unwrap_or(if tls == Tls::Wrapper { 465 } else { 25 });
+        let decode = |v: &str| {
+            percent_decode(v).ok_or_else(|| anyhow!("config: smtp.url: bad percent-encoding"))
+        };
+        let from_url = (!url.username().is_empty())
+            .then(|| -> anyhow::Result<Credentials> {
+                Ok(Credentials::new(
+                    decode(url.username())?,
+                    decode(url.password().unwrap_or(""))?,
+                ))
+            })
+            .transpose()?;
+        let credentials = match &s.username {
+            Some(user) => Some(Credentials::new(
+                user.clone(),
+                s.password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned())
+                    .unwrap_or_default(),
+            )),
+            None => from_url,
+        };
+        Ok(Self {
+            host,
+            port,
+            tls,
+            credentials,
+            timeout: s.timeout,
+            hello: ClientId::default(),
+            idle: Mutex::new(Vec::new()),
+            max_idle: max_idle as usize,
+        })
+    }
+
+    fn tls_parameters(&self) -> Result<TlsParameters, lettre::transport::smtp::Error> {
+        TlsParameters::new(self.host.clone())
+    }
+
+    /// Opens a connection: TCP with NODELAY, EHLO, STARTTLS and AUTH as configured.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
+        let mut conn = if self.tls == Tls::Wrapper {
+            let params = self.tls_parameters().map_err(|e| e.to_string())?;
+            AsyncSmtpConnection::connect_tokio1(
+                (self.host.as_str(), self.port),
+                Some(self.timeout),
+                &self.hello,
+                Some(params),
+                None,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+        } else {
+            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| format!("Connection error: {e}"))?;
+            // Without it the final ".\r\n" waits for a delayed ACK: about 40 ms a message.
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        match self.tls {
+            Tls::Required | Tls::Opportunistic if conn.can_starttls() => {
+                let params = self.tls_parameters().map_err(|e| e.to_string())?;
+                conn.starttls(params, &self.hello)
+                    .await
+                    .map_err(|e| format!("STARTTLS failed: {e}"))?;
+            }
+            Tls::Required => {
+                conn.abort().await;
+                return Err(
+                    "the server does not offer STARTTLS, and smtp.url requires it (tls=required)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if let Some(credentials) = &self.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await
+                .map_err(|e| format!("AUTH refused: {e}"))?;
+        }
+        Ok(conn)
+    }
+
+    /// A connection from the pool, checked if it sat idle a while, or a new one.
+    async fn take(&self) -> Result<AsyncSmtpConnection, String> {
+        loop {
+            let next = self.idle.lock().await.pop();
+            match next {
+                Some((mut conn, since)) => {
+                    if since.elapsed() < STALE_AFTER || conn.test_connected().await {
+                        return Ok(conn);
+                    }
+                }
+                None => return self.connect().await,
+            }
+        }
+    }
+
+    async fn give_back(&self, conn: AsyncSmtpConnection) {
+        let mut idle = self.idle.lock().await;
+        if idle.len() < self.max_idle {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Sends one message within `smtp.timeout`, from connecting to the reply to the final dot.
+    pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Outcome {
+        let exchange = async {
+            let mut conn = match self.take().await {
+                Ok(c) => c,
+                Err(e) => return classify::connection_failure(&e),
+            };
+            match conn.send(envelope, bytes).await {
+                Ok(response) if response.is_positive() => {
+                    self.give_back(conn).await;
+                    Outcome::Sent
+                }
+                Ok(response) => classify::classify_reply(
+                    u16::from(response.code()),
+                    &response.message().collect::<Vec<_>>().join(" "),
+                ),
+                // lettre closes the connection on any error; it is dropped here.
+                Err(e) => match e.status() {
+                    Some(code) => classify::classify_reply(u16::from(code), &e.to_string()),
+                    None => classify::connection_failure(&e.to_string()),
+                },
+            }
+        };
+        // A connection abandoned here is dropped with the future: never reused mid-transaction.
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(outcome) => outcome,
+            Err(_) => classify::connection_failure(&format!(
+                "no reply within smtp.timeout ({})",
+                humantime::format_duration(self.timeout)
+            )),
+        }
+    }
+
+    /// Connects, says EHLO, STARTTLS and AUTH as configured, and quits: for `doctor`.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        let attempt = async {
+            let mut conn = self.connect().await.map_err(|e| anyhow!(e))?;
+            let _ = conn.quit().await;
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| anyhow!("no answer within smtp.timeout"))?
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+}
