@@ -223,6 +223,14 @@ pub async fn unsubscribe_by_admin(pool: &PgPool, email: &SubscriberEmail) -> sql
 /// there was no such subscriber.
 pub async fn purge(pool: &PgPool, email: &SubscriberEmail) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
+    // delivery has no foreign key (fan-out speed, see migration 6): its rows go first.
+    sqlx::query(
+        "DELETE FROM delivery WHERE subscriber_id IN \
+         (SELECT subscriber_id FROM subscriber WHERE lower(email) = $1)",
+    )
+    .bind(email.key())
+    .execute(&mut *tx)
+    .await?;
     let deleted = sqlx::query("DELETE FROM subscriber WHERE lower(email) = $1")
         .bind(email.key())
         .execute(&mut *tx)

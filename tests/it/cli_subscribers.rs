@@ -204,3 +204,31 @@ async fn commands_refuse_a_database_without_the_schema(pool: PgPool) {
     // here it fails loudly instead of guessing.
     d.ok(&["--help"]);
 }
+
+#[sqlx::test]
+async fn purge_erases_pending_deliveries_and_the_issue_still_completes(pool: PgPool) {
+    let outbox = tempfile::tempdir().unwrap();
+    let d = Digestif::new(&pool).env("DIGESTIF_DELIVERY__OUTBOX", outbox.path().to_str().unwrap());
+    d.ok(&["subscribers", "add", "stays@example.com"]);
+    d.ok(&["subscribers", "add", "erased@example.com"]);
+    d.ok(&["tips", "add", "--title", "T", "--body", "B"]);
+    let settings = digestif::config::Settings::from_toml("").unwrap();
+    let slot = chrono::Utc::now() - chrono::Duration::hours(1);
+    digestif::digest::create_issue(&pool, &settings, slot)
+        .await
+        .unwrap();
+    d.ok(&["subscribers", "remove", "erased@example.com", "--purge"]);
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM delivery d WHERE NOT EXISTS \
+         (SELECT 1 FROM subscriber s WHERE s.subscriber_id = d.subscriber_id)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0, "no delivery outlives its subscriber");
+    let out = d.ok_async(&["issue", "send"]).await.stdout();
+    assert!(
+        out.contains("sent 1,") && out.contains("issue #1 is complete"),
+        "{out}"
+    );
+}
