@@ -132,6 +132,11 @@ impl Deliverer {
         patience: Patience,
         progress: &ProgressBar,
     ) -> anyhow::Result<Report> {
+        // The database says which issues are paused; an issue resumed since the last run (by
+        // `issue resume` or its cool-down) must not stay blocked in this long-lived deliverer.
+        if let Ok(mut b) = self.breaker.lock() {
+            b.open.clear();
+        }
         let counters = &*self.counters;
         let before = counters.snapshot();
         let writer = Writer::spawn(

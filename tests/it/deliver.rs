@@ -480,3 +480,44 @@ async fn smtp_passwords_never_reach_the_log_even_when_auth_fails(pool: PgPool) {
         assert!(!all.contains(&secret), "secret {secret:?} leaked:\n{all}");
     }
 }
+
+#[sqlx::test]
+async fn a_long_lived_deliverer_sends_an_issue_again_once_it_is_resumed(pool: PgPool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let blocked = Arc::new(AtomicBool::new(true));
+    let flag = blocked.clone();
+    let server = SmtpServer::start(Policy::default().rcpt(move |_, _| {
+        flag.load(Ordering::SeqCst)
+            .then(|| "550 5.7.1 message refused by policy".to_owned())
+    }))
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 40).await;
+    let issue = digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    // One deliverer for both runs, as `digestif serve` keeps one.
+    let d = deliver::Deliverer::new(pool.clone(), Arc::new(s.clone()))
+        .await
+        .unwrap();
+    let run = || async {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        d.run_until_idle(
+            rx,
+            deliver::Patience {
+                wait_within: Duration::ZERO,
+            },
+            &ProgressBar::hidden(),
+        )
+        .await
+        .unwrap()
+    };
+    assert_eq!(run().await.paused.len(), 1);
+    blocked.store(false, Ordering::SeqCst);
+    assert!(
+        digestif::store::deliveries::resume(&pool, issue.issue_id)
+            .await
+            .unwrap()
+    );
+    let second = run().await;
+    assert!(second.sent > 0, "the resumed issue is sent: {second:?}");
+    assert_eq!(second.finished, vec![1], "{second:?}");
+}
