@@ -94,31 +94,28 @@ struct Block {
     is_item: bool,
 }
 
-/// Markdown to plain text wrapped at [`TEXT_WIDTH`]: paragraphs, `- ` and `1. ` lists, indented
-/// code, and `text [n]` for links, whose URLs are added to `links`.
-pub fn to_text(src: &str, links: &mut LinkList) -> String {
-    let mut blocks: Vec<Block> = Vec::new();
-    let mut current = String::new();
-    let mut list_stack: Vec<Option<u64>> = Vec::new();
-    let mut item_prefix: Option<String> = None;
-    let mut link_dests: Vec<Option<String>> = Vec::new();
-    let mut in_code = false;
-    let mut quote_depth = 0usize;
+/// The blocks of the plain-text rendering being built, and where the parser is in lists and
+/// quotes.
+#[derive(Default)]
+struct TextBlocks {
+    blocks: Vec<Block>,
+    current: String,
+    list_stack: Vec<Option<u64>>,
+    item_prefix: Option<String>,
+    quote_depth: usize,
+}
 
-    let flush = |blocks: &mut Vec<Block>,
-                 current: &mut String,
-                 item_prefix: &mut Option<String>,
-                 depth: usize,
-                 quote: usize,
-                 preformatted: bool| {
-        if current.trim().is_empty() && item_prefix.is_none() {
-            current.clear();
+impl TextBlocks {
+    /// Ends the text gathered so far as a block, indented for the lists and quotes it is in.
+    fn flush(&mut self, preformatted: bool) {
+        if self.current.trim().is_empty() && self.item_prefix.is_none() {
+            self.current.clear();
             return;
         }
-        let quote_prefix = "> ".repeat(quote);
-        let indent = "  ".repeat(depth.saturating_sub(1));
-        let is_item = item_prefix.is_some();
-        let (first, rest) = match item_prefix.take() {
+        let quote_prefix = "> ".repeat(self.quote_depth);
+        let indent = "  ".repeat(self.list_stack.len().saturating_sub(1));
+        let is_item = self.item_prefix.is_some();
+        let (first, rest) = match self.item_prefix.take() {
             Some(p) => (
                 format!("{quote_prefix}{indent}{p}"),
                 format!("{quote_prefix}{indent}{}", " ".repeat(p.chars().count())),
@@ -128,49 +125,36 @@ pub fn to_text(src: &str, links: &mut LinkList) -> String {
                 format!("{quote_prefix}{indent}"),
             ),
         };
-        blocks.push(Block {
+        self.blocks.push(Block {
             first,
             rest,
-            text: std::mem::take(current).trim_end().to_owned(),
+            text: std::mem::take(&mut self.current).trim_end().to_owned(),
             preformatted,
             is_item,
         });
-    };
+    }
+}
+
+/// Markdown to plain text wrapped at [`TEXT_WIDTH`]: paragraphs, `- ` and `1. ` lists, indented
+/// code, and `text [n]` for links, whose URLs are added to `links`.
+pub fn to_text(src: &str, links: &mut LinkList) -> String {
+    let mut w = TextBlocks::default();
+    let mut link_dests: Vec<Option<String>> = Vec::new();
+    let mut in_code = false;
 
     for event in parser(src) {
         match event {
             Event::Start(Tag::List(start)) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
-                list_stack.push(start);
+                w.flush(false);
+                w.list_stack.push(start);
             }
             Event::End(TagEnd::List(_)) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
-                list_stack.pop();
+                w.flush(false);
+                w.list_stack.pop();
             }
             Event::Start(Tag::Item) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
-                let prefix = match list_stack.last_mut() {
+                w.flush(false);
+                let prefix = match w.list_stack.last_mut() {
                     Some(Some(n)) => {
                         let p = format!("{n}. ");
                         *n += 1;
@@ -178,100 +162,45 @@ pub fn to_text(src: &str, links: &mut LinkList) -> String {
                     }
                     _ => "- ".to_owned(),
                 };
-                item_prefix = Some(prefix);
+                w.item_prefix = Some(prefix);
             }
             Event::End(TagEnd::Item) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
+                w.flush(false);
             }
             Event::Start(Tag::BlockQuote(_)) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
-                quote_depth += 1;
+                w.flush(false);
+                w.quote_depth += 1;
             }
             Event::End(TagEnd::BlockQuote(_)) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
-                quote_depth = quote_depth.saturating_sub(1);
+                w.flush(false);
+                w.quote_depth = w.quote_depth.saturating_sub(1);
             }
             Event::Start(Tag::CodeBlock(_)) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
+                w.flush(false);
                 in_code = true;
             }
             Event::End(TagEnd::CodeBlock) => {
-                let code: String = current
+                let code: String = w
+                    .current
                     .trim_end_matches('\n')
                     .lines()
                     .map(|l| format!("    {l}\n"))
                     .collect();
-                current = code;
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    true,
-                );
+                w.current = code;
+                w.flush(true);
                 in_code = false;
             }
             Event::End(TagEnd::Paragraph) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
+                w.flush(false);
             }
             Event::Start(Tag::Heading { level, .. }) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
+                w.flush(false);
                 if level <= HeadingLevel::H2 {
-                    current.push_str("## ");
+                    w.current.push_str("## ");
                 }
             }
             Event::End(TagEnd::Heading(_)) => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
+                w.flush(false);
             }
             Event::Start(Tag::Link { dest_url, .. } | Tag::Image { dest_url, .. }) => {
                 link_dests.push(safe_link(&dest_url).then(|| dest_url.to_string()));
@@ -279,55 +208,34 @@ pub fn to_text(src: &str, links: &mut LinkList) -> String {
             Event::End(TagEnd::Link | TagEnd::Image) => {
                 if let Some(Some(url)) = link_dests.pop() {
                     let n = links.add(&url);
-                    current.push_str(&format!(" [{n}]"));
+                    w.current.push_str(&format!(" [{n}]"));
                 }
             }
             Event::Start(Tag::Emphasis | Tag::Strong)
             | Event::End(TagEnd::Emphasis | TagEnd::Strong) => {
-                current.push('*');
+                w.current.push('*');
             }
-            Event::Text(t) | Event::Html(t) | Event::InlineHtml(t) => current.push_str(&t),
+            Event::Text(t) | Event::Html(t) | Event::InlineHtml(t) => w.current.push_str(&t),
             Event::Code(c) => {
-                current.push('`');
-                current.push_str(&c);
-                current.push('`');
+                w.current.push('`');
+                w.current.push_str(&c);
+                w.current.push('`');
             }
-            Event::SoftBreak => current.push(if in_code { '\n' } else { ' ' }),
-            Event::HardBreak => current.push('\n'),
+            Event::SoftBreak => w.current.push(if in_code { '\n' } else { ' ' }),
+            Event::HardBreak => w.current.push('\n'),
             Event::Rule => {
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
-                current.push_str("----");
-                flush(
-                    &mut blocks,
-                    &mut current,
-                    &mut item_prefix,
-                    list_stack.len(),
-                    quote_depth,
-                    false,
-                );
+                w.flush(false);
+                w.current.push_str("----");
+                w.flush(false);
             }
             _ => {}
         }
     }
-    flush(
-        &mut blocks,
-        &mut current,
-        &mut item_prefix,
-        list_stack.len(),
-        quote_depth,
-        false,
-    );
+    w.flush(false);
 
     let mut out = String::new();
     let mut previous_was_item = false;
-    for b in &blocks {
+    for b in &w.blocks {
         let tight = b.is_item && previous_was_item;
         if !out.is_empty() && !tight {
             out.push('\n');
