@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use digestif::config::Settings;
 use digestif::digest::{self, deliver};
-use indicatif::ProgressBar;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -32,22 +31,6 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 const SLOT: &str = "2026-11-30T08:00:00Z";
-
-async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
-    let d = deliver::Deliverer::new(pool.clone(), Arc::new(s.clone()))
-        .await
-        .expect("deliverer");
-    let (_stop, rx) = tokio::sync::watch::channel(false);
-    d.run_until_idle(
-        rx,
-        deliver::Patience {
-            wait_within: Duration::from_secs(30),
-        },
-        &ProgressBar::hidden(),
-    )
-    .await
-    .expect("delivery run")
-}
 
 fn copies(server: &SmtpServer) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -498,18 +481,7 @@ async fn a_long_lived_deliverer_sends_an_issue_again_once_it_is_resumed(pool: Pg
     let d = deliver::Deliverer::new(pool.clone(), Arc::new(s.clone()))
         .await
         .unwrap();
-    let run = || async {
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        d.run_until_idle(
-            rx,
-            deliver::Patience {
-                wait_within: Duration::ZERO,
-            },
-            &ProgressBar::hidden(),
-        )
-        .await
-        .unwrap()
-    };
+    let run = || crate::helpers::drain(&d, Duration::ZERO);
     assert_eq!(run().await.paused.len(), 1);
     blocked.store(false, Ordering::SeqCst);
     assert!(
@@ -520,4 +492,8 @@ async fn a_long_lived_deliverer_sends_an_issue_again_once_it_is_resumed(pool: Pg
     let second = run().await;
     assert!(second.sent > 0, "the resumed issue is sent: {second:?}");
     assert_eq!(second.finished, vec![1], "{second:?}");
+}
+
+async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
+    crate::helpers::deliver_all(pool, s, Duration::from_secs(30)).await
 }

@@ -1,7 +1,6 @@
 //! DKIM verified by an independent implementation (dkimpy), VERP return paths, bounce and
 //! complaint intake through `digestif inbound`, and `digestif doctor`'s failure reports.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,7 +8,6 @@ use digestif::config::Settings;
 use digestif::digest::{self, deliver};
 use digestif::domain::Purpose;
 use digestif::send::dkim::Signer;
-use indicatif::ProgressBar;
 use sqlx::PgPool;
 
 use crate::helpers::Digestif;
@@ -41,22 +39,6 @@ async fn seed(pool: &PgPool, n: i64) {
         .execute(pool)
         .await
         .unwrap();
-}
-
-async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
-    let d = deliver::Deliverer::new(pool.clone(), Arc::new(s.clone()))
-        .await
-        .unwrap();
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    d.run_until_idle(
-        rx,
-        deliver::Patience {
-            wait_within: Duration::ZERO,
-        },
-        &ProgressBar::hidden(),
-    )
-    .await
-    .unwrap()
 }
 
 /// Runs dkimpy over `raw`; returns its exit status and output.
@@ -449,4 +431,8 @@ async fn a_bad_dkim_key_stops_sending_at_start_up_naming_the_file(pool: PgPool) 
         !line.contains("not a key"),
         "the key's contents never appear: {line}"
     );
+}
+
+async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
+    crate::helpers::deliver_all(pool, s, Duration::ZERO).await
 }

@@ -198,3 +198,33 @@ pub async fn seed(pool: &PgPool, n: i64) {
         .await
         .expect("seed tip");
 }
+
+/// Runs `d` until nothing is claimable (waiting for retries due within `wait`), never stopped.
+pub async fn drain(
+    d: &digestif::digest::deliver::Deliverer,
+    wait: std::time::Duration,
+) -> digestif::digest::deliver::Report {
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    d.run_until_idle(
+        rx,
+        digestif::digest::deliver::Patience { wait_within: wait },
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await
+    .expect("delivery run")
+}
+
+/// A fresh deliverer for `settings`, drained once.
+pub async fn deliver_all(
+    pool: &PgPool,
+    settings: &digestif::config::Settings,
+    wait: std::time::Duration,
+) -> digestif::digest::deliver::Report {
+    let d = digestif::digest::deliver::Deliverer::new(
+        pool.clone(),
+        std::sync::Arc::new(settings.clone()),
+    )
+    .await
+    .expect("deliverer");
+    drain(&d, wait).await
+}

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use digestif::config::Settings;
-use digestif::digest::{self, deliver};
+use digestif::digest;
 use digestif::domain::Purpose;
 use digestif::http::{AppState, router};
-use indicatif::ProgressBar;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -191,20 +190,7 @@ async fn one_click_post_unsubscribes_and_the_pending_delivery_is_skipped(pool: P
         "repeating is harmless"
     );
 
-    let d = deliver::Deliverer::new(pool.clone(), Arc::new(app.settings.clone()))
-        .await
-        .unwrap();
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let report = d
-        .run_until_idle(
-            rx,
-            deliver::Patience {
-                wait_within: Duration::ZERO,
-            },
-            &ProgressBar::hidden(),
-        )
-        .await
-        .unwrap();
+    let report = crate::helpers::deliver_all(&pool, &app.settings, Duration::ZERO).await;
     assert_eq!((report.sent, report.skipped), (2, 1));
     let next = digest::create_issue(&pool, &app.settings, at("2026-12-07T08:00:00Z"))
         .await
