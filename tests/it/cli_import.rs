@@ -73,13 +73,17 @@ async fn skip_invalid_imports_the_good_rows_once(pool: PgPool) {
             ("erin@example.com".into(), None),
         ]
     );
-    let consent: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM subscriber_event WHERE kind = 'subscribed' AND method = 'import'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(consent, 3);
+    // The consent evidence: the file, in each imported subscriber's history.
+    let shown = d.ok(&["subscribers", "show", "carol@example.org"]).stdout();
+    assert!(
+        shown.contains(&format!("subscribed via import ({})", path.display())),
+        "{shown}"
+    );
+    let added: Vec<(String, i64)> = sqlx::query_as("SELECT source, added FROM subscriber_import")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(added, vec![(path.display().to_string(), 3)]);
 
     // Importing again adds nobody and says why.
     let again = d.ok(&["subscribers", "import", arg(&path), "--skip-invalid"]);
@@ -183,4 +187,73 @@ async fn a_missing_file_or_header_is_one_line(pool: PgPool) {
         "line 1: the header has no 'email' column",
     );
     assert_eq!(subscriber_count(&pool).await, 0);
+}
+
+#[sqlx::test]
+async fn an_address_added_while_the_import_inserts_is_skipped_not_an_error(pool: PgPool) {
+    use digestif::domain::SubscriberEmail;
+    use digestif::store::subscribers::Import;
+
+    // Someone else adds ada@ and has not committed yet.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO subscriber (email, status, consent_source) \
+         VALUES ('Ada@example.com', 'active', 'cli')",
+    )
+    .execute(&mut *other)
+    .await
+    .unwrap();
+
+    let mut import = Import::begin(&pool).await.unwrap();
+    {
+        let mut buf = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        for (line, email) in [(2, "ada@example.com"), (3, "bob@example.com")] {
+            let email = SubscriberEmail::parse(email).unwrap();
+            Import::encode(&mut buf, line, &email, None).unwrap();
+        }
+        let mut copy = import.copy_in().await.unwrap();
+        copy.send(buf.into_inner().unwrap()).await.unwrap();
+        copy.finish().await.unwrap();
+    }
+    let inserting = tokio::spawn(async move {
+        let added = import.insert("race.csv", false).await?;
+        import.commit().await?;
+        Ok::<u64, sqlx::Error>(added)
+    });
+
+    // The import's INSERT now waits on the other transaction's row; let that one commit.
+    let mut waited = 0;
+    while waited < 200 {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            break;
+        }
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(waited < 200, "the import never waited for the other insert");
+    other.commit().await.unwrap();
+
+    let added = inserting.await.unwrap().expect("the import succeeds");
+    assert_eq!(added, 1, "bob is added, ada was taken meanwhile");
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT email, consent_source FROM subscriber ORDER BY email")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        vec![
+            ("Ada@example.com".into(), "cli".into()),
+            ("bob@example.com".into(), "import".into()),
+        ]
+    );
 }
