@@ -149,14 +149,7 @@ impl Deliverer {
                 if *stop.borrow() {
                     break;
                 }
-                deliveries::resume_cooled(&self.pool).await?;
-                let batch = deliveries::claim(
-                    &self.pool,
-                    self.settings.delivery.batch_size,
-                    self.settings.delivery.lease,
-                )
-                .await
-                .context("failed to claim deliveries")?;
+                let batch = self.claim().await?;
                 if batch.is_empty() {
                     report
                         .finished
@@ -277,6 +270,17 @@ impl Deliverer {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    async fn claim(&self) -> anyhow::Result<Vec<Claimed>> {
+        deliveries::resume_cooled(&self.pool).await?;
+        deliveries::claim(
+            &self.pool,
+            self.settings.delivery.batch_size,
+            self.settings.delivery.lease,
+        )
+        .await
+        .context("failed to claim deliveries")
     }
 
     fn breaker_open(&self, issue_id: i64) -> bool {
@@ -473,6 +477,8 @@ impl Writer {
     fn spawn(pool: PgPool, threshold: u32) -> Self {
         let (tx, mut rx) = mpsc::channel::<(Settled, oneshot::Sender<bool>)>(1024);
         let task = tokio::spawn(async move {
+            // Its own connection, opened again after any error (a restarted server, say).
+            let mut conn: Option<sqlx::PgConnection> = None;
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < 1000 {
@@ -484,13 +490,21 @@ impl Writer {
                 let results: Vec<Settled> = batch.iter().map(|(s, _)| s.clone()).collect();
                 let mut ok = false;
                 for attempt in 0..5u32 {
-                    match deliveries::settle(&pool, &results, threshold).await {
+                    let written = match conn.as_mut() {
+                        Some(c) => deliveries::settle(c, &results, threshold).await,
+                        None => match deliveries::settle_connection(&pool).await {
+                            Ok(c) => deliveries::settle(conn.insert(c), &results, threshold).await,
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match written {
                         Ok(()) => {
                             ok = true;
                             break;
                         }
                         Err(e) => {
                             tracing::warn!(attempt, "writing delivery results failed: {e}");
+                            conn = None;
                             tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                         }
                     }

@@ -497,3 +497,42 @@ async fn a_long_lived_deliverer_sends_an_issue_again_once_it_is_resumed(pool: Pg
 async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
     crate::helpers::deliver_all(pool, s, Duration::from_secs(30)).await
 }
+
+#[sqlx::test]
+async fn the_results_connection_dropping_mid_send_neither_loses_nor_doubles_a_message(
+    pool: PgPool,
+) {
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(5))).await;
+    let s = settings(&server, "");
+    seed(&pool, 400).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    // A server restart or a network blip, seen only by the connection that writes results.
+    let killer = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut killed = 0;
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name = 'digestif results'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                killed += n;
+            }
+            killed
+        })
+    };
+    let report = deliver_all(&pool, &s).await;
+    assert!(
+        killer.await.unwrap() >= 2,
+        "the results connection was cut at least twice"
+    );
+    assert_eq!(report.sent, 400, "{report:?}");
+    let c = copies(&server);
+    assert_eq!(c.len(), 400);
+    assert!(c.values().all(|&n| n == 1), "one copy each: {c:?}");
+    assert_eq!(statuses(&pool).await.get("sent"), Some(&400));
+}
