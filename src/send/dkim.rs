@@ -4,8 +4,9 @@
 //!
 //! Why not lettre's DKIM: it signs the message's header map before serialisation, where a
 //! multipart message has no Content-Type yet, so a signature over Content-Type never verifies.
-//! This module signs the serialised bytes, exactly what the receiver sees; the RSA and Ed25519
-//! primitives are the `rsa` and `ed25519-dalek` crates, and dkimpy checks the result in tests.
+//! This module signs the serialised bytes, exactly what the receiver sees. RSA signatures are
+//! ring's (twice as fast as the `rsa` crate's, which only reads the PEM file and derives
+//! the public key here), Ed25519 ones `ed25519-dalek`'s; dkimpy checks both in tests.
 
 use std::path::Path;
 
@@ -13,8 +14,7 @@ use anyhow::{Context, anyhow};
 use base64::Engine;
 use ed25519_dalek::Signer as _;
 use lettre::Message;
-use rsa::Pkcs1v15Sign;
-use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
 use rsa::pkcs8::EncodePublicKey;
 use sha2::{Digest, Sha256};
 
@@ -35,14 +35,8 @@ const SIGNED: [&str; 10] = [
     "Content-Type",
 ];
 
-/// DER prefix of a SHA-256 DigestInfo (RFC 8017 §9.2), for PKCS#1 v1.5 signatures.
-const SHA256_DIGEST_INFO: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
-    0x00, 0x04, 0x20,
-];
-
 enum Key {
-    Rsa(Box<rsa::RsaPrivateKey>),
+    Rsa(Box<ring::signature::RsaKeyPair>),
     Ed25519(Box<ed25519_dalek::SigningKey>),
 }
 
@@ -54,6 +48,8 @@ struct SigningKey {
 /// Signs messages; holds the private keys, so its Debug output shows nothing of them.
 pub struct Signer {
     domain: String,
+    /// ring asks for one; PKCS#1 v1.5 padding never draws from it.
+    rng: ring::rand::SystemRandom,
     keys: Vec<SigningKey>,
     /// The TXT records to publish, for `doctor`.
     records: Vec<(String, String)>,
@@ -92,6 +88,17 @@ impl Signer {
                 d.key_file.display()
             )
         })?;
+        // ring signs with the same key; it refuses keys under 2048 bits, as RFC 8301 advises.
+        let signing = rsa_key
+            .to_pkcs1_der()
+            .ok()
+            .and_then(|der| ring::signature::RsaKeyPair::from_der(der.as_bytes()).ok())
+            .ok_or_else(|| {
+                anyhow!(
+                    "dkim.key_file: {}: cannot sign with this key (use an RSA key of 2048 to 4096 bits)",
+                    d.key_file.display()
+                )
+            })?;
         let mut records = vec![(
             format!("{}._domainkey.{}", d.selector, d.domain),
             format!("v=DKIM1; k=rsa; p={}", b64.encode(public.as_bytes())),
@@ -124,10 +131,11 @@ impl Signer {
         }
         keys.push(SigningKey {
             selector: d.selector.clone(),
-            key: Key::Rsa(Box::new(rsa_key)),
+            key: Key::Rsa(Box::new(signing)),
         });
         Ok(Some(Self {
             domain: d.domain.clone(),
+            rng: ring::rand::SystemRandom::new(),
             keys,
             records,
         }))
@@ -175,17 +183,25 @@ impl Signer {
             );
             let mut hashed = canonical.clone();
             hashed.push_str(&relaxed_header("DKIM-Signature", &unsigned));
-            let digest = Sha256::digest(hashed.as_bytes());
             let signature = match &key.key {
                 Key::Rsa(k) => {
-                    let mut info = SHA256_DIGEST_INFO.to_vec();
-                    info.extend_from_slice(&digest);
-                    // Signing with a valid private key and a 51-byte input cannot fail for a
-                    // 1024-bit or larger key; an empty signature would just not verify.
-                    k.sign(Pkcs1v15Sign::new_unprefixed(), &info)
-                        .unwrap_or_default()
+                    let mut signature = vec![0; k.public().modulus_len()];
+                    // Cannot fail for a key ring accepted and a buffer of its modulus length;
+                    // an empty signature would just not verify.
+                    match k.sign(
+                        &ring::signature::RSA_PKCS1_SHA256,
+                        &self.rng,
+                        hashed.as_bytes(),
+                        &mut signature,
+                    ) {
+                        Ok(()) => signature,
+                        Err(_) => Vec::new(),
+                    }
                 }
-                Key::Ed25519(k) => k.sign(&digest).to_bytes().to_vec(),
+                Key::Ed25519(k) => k
+                    .sign(&Sha256::digest(hashed.as_bytes()))
+                    .to_bytes()
+                    .to_vec(),
             };
             let b = base64::engine::general_purpose::STANDARD.encode(signature);
             out.extend_from_slice(fold(&format!("DKIM-Signature: {unsigned}{b}")).as_bytes());

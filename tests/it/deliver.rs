@@ -502,17 +502,18 @@ async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
 async fn the_results_connection_dropping_mid_send_neither_loses_nor_doubles_a_message(
     pool: PgPool,
 ) {
-    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(5))).await;
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(10))).await;
     let s = settings(&server, "");
     seed(&pool, 400).await;
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
-    // A server restart or a network blip, seen only by the connection that writes results.
+    // A server restart or a network blip, seen only by the connection that writes results:
+    // cut it twice, some time apart, while the issue is being sent (about a second).
     let killer = {
         let pool = pool.clone();
         tokio::spawn(async move {
             let mut killed = 0;
-            for _ in 0..3 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(25)).await;
                 let n: i64 = sqlx::query_scalar(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                      WHERE datname = current_database() AND application_name = 'digestif results'",
@@ -521,6 +522,12 @@ async fn the_results_connection_dropping_mid_send_neither_loses_nor_doubles_a_me
                 .await
                 .unwrap();
                 killed += n;
+                if killed >= 2 {
+                    break;
+                }
+                if n > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
             killed
         })

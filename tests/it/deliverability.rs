@@ -433,6 +433,26 @@ async fn a_bad_dkim_key_stops_sending_at_start_up_naming_the_file(pool: PgPool) 
     );
 }
 
+#[sqlx::test]
+async fn an_rsa_key_under_2048_bits_is_refused_at_start_up(pool: PgPool) {
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_DKIM__ENABLED", "true")
+        .env(
+            "DIGESTIF_DKIM__KEY_FILE",
+            "tests/fixtures/dkim-test-rsa-1024.pem",
+        );
+    seed(&pool, 1).await;
+    d.fails(
+        &["issue", "send", "--now"],
+        "dkim.key_file: tests/fixtures/dkim-test-rsa-1024.pem: cannot sign with this key (use an RSA key of 2048 to 4096 bits)",
+    );
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery WHERE status = 'sent'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sent, 0);
+}
+
 async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
     crate::helpers::deliver_all(pool, s, Duration::ZERO).await
 }
