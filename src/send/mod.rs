@@ -8,6 +8,7 @@ pub mod rate;
 pub mod smtp;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::anyhow;
 use lettre::address::Envelope;
@@ -19,7 +20,7 @@ pub use classify::{Failure, Outcome};
 /// Where messages go, signed on the way when DKIM is on.
 pub struct Mailer {
     inner: Inner,
-    signer: Option<dkim::Signer>,
+    signer: Option<Arc<dkim::Signer>>,
 }
 
 enum Inner {
@@ -40,7 +41,7 @@ impl std::fmt::Debug for Mailer {
 impl Mailer {
     /// The transport the settings ask for, with the DKIM keys loaded (a bad key fails here).
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        let signer = dkim::Signer::load(&settings.dkim)?;
+        let signer = dkim::Signer::load(&settings.dkim)?.map(Arc::new);
         let inner = match settings.delivery.transport {
             TransportKind::File => Inner::File(settings.delivery.outbox.clone()),
             TransportKind::Smtp => Inner::Smtp(smtp::SmtpPool::new(
@@ -53,19 +54,13 @@ impl Mailer {
 
     /// The DKIM signer, when DKIM is on.
     pub fn signer(&self) -> Option<&dkim::Signer> {
-        self.signer.as_ref()
+        self.signer.as_deref()
     }
 
     /// The message as it goes on the wire: DKIM-signed when configured, with `return_path`
     /// (VERP) as the envelope sender when given.
     pub fn prepare(&self, message: Message, return_path: Option<Address>) -> (Envelope, Vec<u8>) {
-        let envelope = message.envelope();
-        let envelope = match return_path {
-            Some(rp) => {
-                Envelope::new(Some(rp), envelope.to().to_vec()).unwrap_or_else(|_| envelope.clone())
-            }
-            None => envelope.clone(),
-        };
+        let envelope = envelope_for(&message, return_path);
         let bytes = match &self.signer {
             Some(s) => s.sign(message),
             None => message.formatted(),
@@ -82,7 +77,26 @@ impl Mailer {
         return_path: Option<Address>,
         name: &str,
     ) -> Outcome {
-        let (envelope, bytes) = self.prepare(message, return_path);
+        let (envelope, bytes) = match &self.signer {
+            // An RSA signature is most of a message's CPU time: on the blocking pool it runs
+            // on every core, beside the connections this task keeps busy.
+            Some(signer) => {
+                let envelope = envelope_for(&message, return_path);
+                let signer = signer.clone();
+                match tokio::task::spawn_blocking(move || signer.sign(message)).await {
+                    Ok(bytes) => (envelope, bytes),
+                    Err(e) => {
+                        return Outcome::Transient(Failure {
+                            code: None,
+                            enhanced: None,
+                            reason: format!("DKIM signing did not finish: {e}"),
+                            systemic: false,
+                        });
+                    }
+                }
+            }
+            None => self.prepare(message, return_path),
+        };
         match &self.inner {
             Inner::Smtp(pool) => pool.send(&envelope, &bytes).await,
             Inner::File(dir) => match write_eml(dir, name, &envelope, &bytes).await {
@@ -108,6 +122,17 @@ impl Mailer {
 }
 
 /// The envelope sender goes first as a Return-Path header, as a delivering MTA would add it.
+/// The message's envelope, with the VERP return path when there is one.
+fn envelope_for(message: &Message, return_path: Option<Address>) -> Envelope {
+    let envelope = message.envelope();
+    match return_path {
+        Some(rp) => {
+            Envelope::new(Some(rp), envelope.to().to_vec()).unwrap_or_else(|_| envelope.clone())
+        }
+        None => envelope.clone(),
+    }
+}
+
 async fn write_eml(
     dir: &std::path::Path,
     name: &str,
