@@ -543,3 +543,30 @@ async fn the_results_connection_dropping_mid_send_neither_loses_nor_doubles_a_me
     assert!(c.values().all(|&n| n == 1), "one copy each: {c:?}");
     assert_eq!(statuses(&pool).await.get("sent"), Some(&400));
 }
+
+#[sqlx::test]
+async fn the_envelope_is_pipelined_only_when_the_server_offers_it(pool: PgPool) {
+    seed(&pool, 10).await;
+    let offers = SmtpServer::start(Policy::default()).await;
+    let s = settings(&offers, "");
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    assert_eq!(deliver_all(&pool, &s).await.sent, 10);
+    assert_eq!(
+        offers.pipelined(),
+        vec![true; 10],
+        "MAIL, RCPT, DATA in one write"
+    );
+
+    let refuses = SmtpServer::start(Policy::default().no_pipelining()).await;
+    let s = settings(&refuses, "");
+    digest::create_issue(&pool, &s, at("2026-12-07T08:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(deliver_all(&pool, &s).await.sent, 10);
+    assert_eq!(
+        refuses.pipelined(),
+        vec![false; 10],
+        "one command per reply"
+    );
+    assert_eq!(copies(&refuses).len(), 10);
+}

@@ -32,6 +32,7 @@ pub struct Policy {
     data: Arc<DataRule>,
     delay: Duration,
     refuse_auth: bool,
+    pipelining: bool,
 }
 
 impl Default for Policy {
@@ -41,6 +42,7 @@ impl Default for Policy {
             data: Arc::new(|_, _| DataAction::Accept),
             delay: Duration::ZERO,
             refuse_auth: false,
+            pipelining: true,
         }
     }
 }
@@ -58,6 +60,12 @@ impl Policy {
     /// Wait this long before answering the final dot: a slow server.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Do not offer PIPELINING (RFC 2920): the client must wait for each reply.
+    pub fn no_pipelining(mut self) -> Self {
+        self.pipelining = false;
         self
     }
 
@@ -92,6 +100,7 @@ struct State {
     data_seen: HashMap<String, usize>,
     rcpt_times: HashMap<String, Vec<Instant>>,
     commands: Vec<String>,
+    pipelined: Vec<bool>,
 }
 
 /// A running test server; it stops when dropped.
@@ -148,6 +157,11 @@ impl SmtpServer {
             .unwrap_or_default()
     }
 
+    /// For each MAIL FROM, whether the next command had arrived with it (pipelined).
+    pub fn pipelined(&self) -> Vec<bool> {
+        self.state.lock().expect("state").pipelined.clone()
+    }
+
     /// Every command line received (outside DATA), in order.
     pub fn commands(&self) -> Vec<String> {
         self.state.lock().expect("state").commands.clone()
@@ -172,11 +186,14 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
             if policy.refuse_auth {
                 w.write_all(b"250-test.example\r\n250 AUTH PLAIN LOGIN\r\n")
                     .await?;
-            } else {
+            } else if policy.pipelining {
                 w.write_all(
                     b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
                 )
                 .await?;
+            } else {
+                w.write_all(b"250-test.example\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                    .await?;
             }
         } else if upper.starts_with("AUTH") {
             w.write_all(b"535 5.7.8 authentication credentials invalid\r\n")
@@ -185,6 +202,8 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
             w.write_all(b"250 test.example\r\n").await?;
         } else if upper.starts_with("MAIL FROM:") {
             rcpts.clear();
+            let with_next = !r.buffer().is_empty();
+            st.lock().expect("state").pipelined.push(with_next);
             w.write_all(b"250 2.1.0 ok\r\n").await?;
         } else if upper.starts_with("RCPT TO:") {
             let addr = cmd[8..]
