@@ -1,7 +1,8 @@
 //! Working the delivery queue (DESIGN.md §4): claim a batch, re-check each subscriber, send
 //! with bounded concurrency under the shared rate ceiling, classify replies, and write results
-//! in batches. A worker never starts a new message before its previous result is durable, so a
-//! crash re-sends at most `delivery.concurrency` messages.
+//! in batches. A sender never hands a message over before its previous result is durable (it
+//! may render the next one and open its SMTP transaction meanwhile), so a crash re-sends at
+//! most `delivery.concurrency` messages.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use chrono::Utc;
-use futures_util::StreamExt;
 use indicatif::ProgressBar;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
@@ -206,8 +206,20 @@ impl Deliverer {
         let fatal: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
         let concurrency = self.settings.delivery.concurrency as usize;
 
-        futures_util::stream::iter(batch)
-            .for_each_concurrent(concurrency, |claimed| async {
+        let queue = std::sync::Mutex::new(VecDeque::from(batch));
+        let fail = |e: anyhow::Error| {
+            if let Ok(mut f) = fatal.lock() {
+                f.get_or_insert(e);
+            }
+        };
+        // `concurrency` senders, each with at most one result not yet durable: a sender may
+        // prepare its next message and open its SMTP transaction meanwhile, but hands it over
+        // only once the previous result is written (the gate), so a crash re-sends at most
+        // `concurrency` messages.
+        let sender = || async {
+            let mut pending: Option<Pending> = None;
+            // The guard is dropped inside the closure, never held across an await.
+            while let Some(claimed) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
                 let halted = *stop.borrow()
                     || fatal.lock().map(|f| f.is_some()).unwrap_or(true)
                     || self.breaker_open(claimed.issue_id);
@@ -215,39 +227,43 @@ impl Deliverer {
                     if let Ok(mut u) = unsent.lock() {
                         u.push(claimed);
                     }
-                    return;
+                    continue;
                 }
-                match self.attempt(&claimed).await {
-                    Ok(settled) => {
-                        let status = settled.status;
-                        if let Err(e) = writer.write(settled).await {
-                            if let Ok(mut f) = fatal.lock() {
-                                f.get_or_insert(e);
-                            }
-                            return;
-                        }
-                        let counter = match status {
-                            "sent" => &counters.sent,
-                            "deferred" => &counters.deferred,
-                            "bounced" => &counters.bounced,
-                            "skipped" => &counters.skipped,
-                            _ => &counters.failed,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        progress.inc(1);
-                        progress.set_message(counters.line());
+                let gate = async {
+                    settle_pending(&mut pending, counters, progress)
+                        .await
+                        .is_ok()
+                };
+                let attempt = self.attempt(&claimed, gate).await;
+                // The gate is not awaited when nothing was sent (a skipped subscriber, say).
+                if let Err(e) = settle_pending(&mut pending, counters, progress).await {
+                    if let Ok(mut u) = unsent.lock() {
+                        u.push(claimed);
                     }
+                    fail(e);
+                    break;
+                }
+                match attempt {
+                    Ok(settled) => match writer.submit(settled).await {
+                        Ok(p) => pending = Some(p),
+                        Err(e) => {
+                            fail(e);
+                            break;
+                        }
+                    },
                     Err(e) => {
                         if let Ok(mut u) = unsent.lock() {
                             u.push(claimed);
                         }
-                        if let Ok(mut f) = fatal.lock() {
-                            f.get_or_insert(e);
-                        }
+                        fail(e);
                     }
                 }
-            })
-            .await;
+            }
+            if let Err(e) = settle_pending(&mut pending, counters, progress).await {
+                fail(e);
+            }
+        };
+        futures_util::future::join_all((0..concurrency).map(|_| sender())).await;
 
         let unsent = unsent.into_inner().unwrap_or_default();
         deliveries::release(&self.pool, &unsent)
@@ -290,8 +306,13 @@ impl Deliverer {
             .unwrap_or(true)
     }
 
-    /// One delivery: re-check, render, wait for the rate ceiling, send, classify.
-    async fn attempt(&self, c: &Claimed) -> anyhow::Result<Settled> {
+    /// One delivery: re-check, render, wait for the rate ceiling, send once `gate` says the
+    /// previous result is durable, classify.
+    async fn attempt(
+        &self,
+        c: &Claimed,
+        gate: impl std::future::Future<Output = bool>,
+    ) -> anyhow::Result<Settled> {
         let settled = |status, failure: Option<&Failure>| Settled {
             issue_id: c.issue_id,
             subscriber_id: c.subscriber_id,
@@ -334,7 +355,13 @@ impl Deliverer {
             .context("failed to reserve send rate")?;
         let name = format!("issue{}-s{}", rendered.number(), c.subscriber_id);
         let return_path = self.return_path(c.issue_id, c.subscriber_id);
-        let outcome = self.mailer.send(message, return_path, &name).await;
+        let Some(outcome) = self
+            .mailer
+            .send_after(message, return_path, &name, gate)
+            .await
+        else {
+            return Err(anyhow!(WRITE_FAILED));
+        };
         self.record_breaker(c.issue_id, &outcome);
         let message_id = Some(rendered.message_id(c.subscriber_id));
         let mut s = match &outcome {
@@ -466,6 +493,47 @@ impl Breaker {
     }
 }
 
+const WRITE_FAILED: &str = "cannot write delivery results to the database; stopping (unwritten sends are retried after their lease)";
+
+/// A result on its way to the database.
+struct Pending {
+    done: oneshot::Receiver<bool>,
+    status: &'static str,
+}
+
+impl Pending {
+    /// Waits until the result is durable, then counts it.
+    async fn durable(self, counters: &Counters, progress: &ProgressBar) -> anyhow::Result<()> {
+        match self.done.await {
+            Ok(true) => {
+                let counter = match self.status {
+                    "sent" => &counters.sent,
+                    "deferred" => &counters.deferred,
+                    "bounced" => &counters.bounced,
+                    "skipped" => &counters.skipped,
+                    _ => &counters.failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                progress.inc(1);
+                progress.set_message(counters.line());
+                Ok(())
+            }
+            _ => Err(anyhow!(WRITE_FAILED)),
+        }
+    }
+}
+
+async fn settle_pending(
+    pending: &mut Option<Pending>,
+    counters: &Counters,
+    progress: &ProgressBar,
+) -> anyhow::Result<()> {
+    match pending.take() {
+        Some(p) => p.durable(counters, progress).await,
+        None => Ok(()),
+    }
+}
+
 /// Writes results in batches: every result waiting when a write starts goes into the same
 /// transaction, and each sender hears back once its own result is durable.
 struct Writer {
@@ -517,18 +585,15 @@ impl Writer {
         Self { tx, task }
     }
 
-    async fn write(&self, settled: Settled) -> anyhow::Result<()> {
+    /// Queues a result; the returned [`Pending`] resolves once it is durable.
+    async fn submit(&self, settled: Settled) -> anyhow::Result<Pending> {
+        let status = settled.status;
         let (ack, done) = oneshot::channel();
         self.tx
             .send((settled, ack))
             .await
             .map_err(|_| anyhow!("the result writer stopped"))?;
-        match done.await {
-            Ok(true) => Ok(()),
-            _ => Err(anyhow!(
-                "cannot write delivery results to the database; stopping (unwritten sends are retried after their lease)"
-            )),
-        }
+        Ok(Pending { done, status })
     }
 
     async fn close(self) {

@@ -68,15 +68,31 @@ impl Mailer {
         (envelope, bytes)
     }
 
-    /// Hands one message over. `name` is the file stem used by the file transport. An SMTP
-    /// exchange that takes longer than `smtp.timeout` is abandoned and counts as a temporary
-    /// failure.
+    /// Hands one message over, signed when DKIM is on. `name` is the file stem used by the
+    /// file transport. An SMTP exchange that takes longer than `smtp.timeout` is abandoned and
+    /// counts as a temporary failure.
     pub async fn send(
         &self,
         message: Message,
         return_path: Option<Address>,
         name: &str,
     ) -> Outcome {
+        self.send_after(message, return_path, name, std::future::ready(true))
+            .await
+            // An open gate never says no; should it, nothing was handed over.
+            .unwrap_or_else(|| classify::connection_failure("not handed over"))
+    }
+
+    /// Like [`Mailer::send`], but the message is handed over (for SMTP: its final dot sent)
+    /// only once `gate` says yes; everything before that may overlap the wait. `None`: the
+    /// gate said no and nothing was handed over.
+    pub async fn send_after(
+        &self,
+        message: Message,
+        return_path: Option<Address>,
+        name: &str,
+        gate: impl std::future::Future<Output = bool>,
+    ) -> Option<Outcome> {
         let (envelope, bytes) = match &self.signer {
             // An RSA signature is most of a message's CPU time: on the blocking pool it runs
             // on every core, beside the connections this task keeps busy.
@@ -86,26 +102,31 @@ impl Mailer {
                 match tokio::task::spawn_blocking(move || signer.sign(message)).await {
                     Ok(bytes) => (envelope, bytes),
                     Err(e) => {
-                        return Outcome::Transient(Failure {
+                        return Some(Outcome::Transient(Failure {
                             code: None,
                             enhanced: None,
                             reason: format!("DKIM signing did not finish: {e}"),
                             systemic: false,
-                        });
+                        }));
                     }
                 }
             }
             None => self.prepare(message, return_path),
         };
         match &self.inner {
-            Inner::Smtp(pool) => pool.send(&envelope, &bytes).await,
-            Inner::File(dir) => match write_eml(dir, name, &envelope, &bytes).await {
-                Ok(()) => Outcome::Sent,
-                Err(e) => classify::connection_failure(&format!(
-                    "writing {}: {e}",
-                    dir.join(name).display()
-                )),
-            },
+            Inner::Smtp(pool) => pool.send(&envelope, &bytes, gate).await,
+            Inner::File(dir) => {
+                if !gate.await {
+                    return None;
+                }
+                Some(match write_eml(dir, name, &envelope, &bytes).await {
+                    Ok(()) => Outcome::Sent,
+                    Err(e) => classify::connection_failure(&format!(
+                        "writing {}: {e}",
+                        dir.join(name).display()
+                    )),
+                })
+            }
         }
     }
 

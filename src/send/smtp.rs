@@ -7,6 +7,7 @@
 //! puts a connection abandoned at a deadline back into the pool in the middle of a transaction.
 //! Here a connection is reused only after a clean 250, and dropped after anything else.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
@@ -57,15 +58,18 @@ struct Conn {
 }
 
 impl Conn {
-    /// One mail transaction. With PIPELINING, MAIL, RCPT and DATA go out in one write and
-    /// their replies are read in order: two round trips a message instead of four. lettre
-    /// keeps no record of PIPELINING, so `connect` asks with a second EHLO; lettre's own
-    /// `send` does the rest (and anything pipelining would change, like SMTPUTF8).
+    /// One mail transaction; the message is handed over (its final dot sent) only once `gate`
+    /// says yes, and `None` means it said no. With PIPELINING, MAIL, RCPT and DATA go out in
+    /// one write and their replies are read in order: two round trips a message instead of
+    /// four, and the first of them overlaps the wait at the gate. lettre keeps no record of
+    /// PIPELINING, so `connect` asks with a second EHLO; lettre's own `send` does the rest
+    /// (and anything pipelining would change, like SMTPUTF8).
     async fn transaction(
         &mut self,
         envelope: &Envelope,
         bytes: &[u8],
-    ) -> Result<Response, lettre::transport::smtp::Error> {
+        gate: impl Future<Output = bool>,
+    ) -> Option<Result<Response, lettre::transport::smtp::Error>> {
         let ascii_addresses = envelope
             .from()
             .into_iter()
@@ -77,7 +81,10 @@ impl Conn {
             .server_info()
             .supports_feature(Extension::EightBitMime);
         if !self.pipelining || !ascii_addresses || (eight_bit && !can_8bit) {
-            return self.smtp.send(envelope, bytes).await;
+            if !gate.await {
+                return None;
+            }
+            return Some(self.smtp.send(envelope, bytes).await);
         }
         let parameters = if eight_bit {
             vec![MailParameter::Body(MailBodyParameter::EightBitMime)]
@@ -89,14 +96,25 @@ impl Conn {
             commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
         }
         commands.push_str(&Data.to_string());
-        // The first refusal is the answer; the replies after it are never read, and the
-        // caller drops the connection (it is reused only after a 250 to the final dot).
-        self.smtp.command(commands).await?;
-        for _ in envelope.to() {
-            self.smtp.read_response().await?;
+        let envelope_replies = async {
+            // The first refusal is the answer; the replies after it are never read, and the
+            // caller drops the connection (it is reused only after a 250 to the final dot).
+            self.smtp.command(commands).await?;
+            for _ in envelope.to() {
+                self.smtp.read_response().await?;
+            }
+            self.smtp.read_response().await
+        };
+        let (replies, open) = tokio::join!(envelope_replies, gate);
+        if let Err(e) = replies {
+            return Some(Err(e));
         }
-        self.smtp.read_response().await?;
-        self.smtp.message(bytes).await
+        // Said no: the connection is dropped in the middle of DATA, so the server discards
+        // the message.
+        if !open {
+            return None;
+        }
+        Some(self.smtp.message(bytes).await)
     }
 }
 
@@ -241,14 +259,20 @@ impl SmtpPool {
         }
     }
 
-    /// Sends one message within `smtp.timeout`, from connecting to the reply to the final dot.
-    pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Outcome {
+    /// Sends one message within `smtp.timeout`, from connecting to the reply to the final dot,
+    /// handing it over only once `gate` says yes (`None`: it said no, nothing was sent).
+    pub async fn send(
+        &self,
+        envelope: &Envelope,
+        bytes: &[u8],
+        gate: impl Future<Output = bool>,
+    ) -> Option<Outcome> {
         let exchange = async {
             let mut conn = match self.take().await {
                 Ok(c) => c,
-                Err(e) => return classify::connection_failure(&e),
+                Err(e) => return Some(classify::connection_failure(&e)),
             };
-            match conn.transaction(envelope, bytes).await {
+            Some(match conn.transaction(envelope, bytes, gate).await? {
                 Ok(response) if response.is_positive() => {
                     self.give_back(conn).await;
                     Outcome::Sent
@@ -262,15 +286,15 @@ impl SmtpPool {
                     Some(code) => classify::classify_reply(u16::from(code), &e.to_string()),
                     None => classify::connection_failure(&e.to_string()),
                 },
-            }
+            })
         };
         // A connection abandoned here is dropped with the future: never reused mid-transaction.
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(outcome) => outcome,
-            Err(_) => classify::connection_failure(&format!(
+            Err(_) => Some(classify::connection_failure(&format!(
                 "no reply within smtp.timeout ({})",
                 humantime::format_duration(self.timeout)
-            )),
+            ))),
         }
     }
 

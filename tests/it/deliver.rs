@@ -570,3 +570,47 @@ async fn the_envelope_is_pipelined_only_when_the_server_offers_it(pool: PgPool) 
     );
     assert_eq!(copies(&refuses).len(), 10);
 }
+
+#[sqlx::test]
+async fn no_message_is_handed_over_before_the_previous_result_of_its_sender_is_durable(
+    pool: PgPool,
+) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = settings(&server, "");
+    seed(&pool, 40).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    // Every write to delivery takes 50 ms: results pile up behind the database.
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$; \
+         CREATE TRIGGER slow_write BEFORE UPDATE ON delivery \
+         FOR EACH STATEMENT EXECUTE FUNCTION slow_write();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let sending = {
+        let (pool, s) = (pool.clone(), s.clone());
+        tokio::spawn(async move { deliver_all(&pool, &s).await })
+    };
+    let mut checks = 0;
+    while !sending.is_finished() {
+        // Accepted first, durable second: accepted can only have grown by the time durable
+        // is read, so this never under-counts what was sent without a durable record.
+        let accepted = server.accepted().len() as i64;
+        let durable: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM delivery WHERE status = 'sent'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(
+            accepted <= durable + 4,
+            "{accepted} accepted but only {durable} recorded, with concurrency 4"
+        );
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(checks > 20, "the run was watched ({checks} checks)");
+    assert_eq!(sending.await.unwrap().sent, 40);
+    assert_eq!(copies(&server).len(), 40);
+}
