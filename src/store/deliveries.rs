@@ -141,7 +141,7 @@ pub async fn settle(
                     message_id = COALESCE(v.message_id, d.message_id), \
                     sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END \
              FROM v WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
-               AND d.status = 'sending' \
+               AND d.status = $9 \
              RETURNING d.subscriber_id, d.status, d.last_error), \
          bounced AS ( \
              UPDATE subscriber s SET hard_bounces = s.hard_bounces + 1, \
@@ -163,6 +163,12 @@ pub async fn settle(
     .bind(&next)
     .bind(&message_ids)
     .bind(i64::from(threshold))
+    // 'sending' as a parameter, not a literal: with the literal, the generic plan this
+    // statement runs with (see settle_connection) scanned the whole partial index of leased
+    // rows, dead entries included, for every group of results: 52 µs a call at 30,000
+    // deliveries, 430 µs at 400,000. A parameter cannot prove that index's predicate, so the
+    // plan looks each row up by its keys.
+    .bind("sending")
     .execute(&mut *conn)
     .await?;
     Ok(())
