@@ -264,6 +264,10 @@ impl Deliverer {
             }
         };
         futures_util::future::join_all((0..concurrency).map(|_| sender())).await;
+        // Senders stop early on a fatal error; what they left in the queue goes back too.
+        if let (Ok(mut u), Ok(mut q)) = (unsent.lock(), queue.lock()) {
+            u.extend(q.drain(..));
+        }
 
         let unsent = unsent.into_inner().unwrap_or_default();
         deliveries::release(&self.pool, &unsent)
@@ -501,37 +505,34 @@ struct Pending {
     status: &'static str,
 }
 
-impl Pending {
-    /// Waits until the result is durable, then counts it.
-    async fn durable(self, counters: &Counters, progress: &ProgressBar) -> anyhow::Result<()> {
-        match self.done.await {
-            Ok(true) => {
-                let counter = match self.status {
-                    "sent" => &counters.sent,
-                    "deferred" => &counters.deferred,
-                    "bounced" => &counters.bounced,
-                    "skipped" => &counters.skipped,
-                    _ => &counters.failed,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                progress.inc(1);
-                progress.set_message(counters.line());
-                Ok(())
-            }
-            _ => Err(anyhow!(WRITE_FAILED)),
-        }
-    }
-}
-
+/// Waits until the sender's previous result is durable, then counts it. `pending` is cleared
+/// only once the answer is in: should the wait be abandoned half-way, the next call waits
+/// again instead of losing the result.
 async fn settle_pending(
     pending: &mut Option<Pending>,
     counters: &Counters,
     progress: &ProgressBar,
 ) -> anyhow::Result<()> {
-    match pending.take() {
-        Some(p) => p.durable(counters, progress).await,
-        None => Ok(()),
+    let Some(p) = pending.as_mut() else {
+        return Ok(());
+    };
+    let durable = matches!((&mut p.done).await, Ok(true));
+    let status = p.status;
+    *pending = None;
+    if !durable {
+        return Err(anyhow!(WRITE_FAILED));
     }
+    let counter = match status {
+        "sent" => &counters.sent,
+        "deferred" => &counters.deferred,
+        "bounced" => &counters.bounced,
+        "skipped" => &counters.skipped,
+        _ => &counters.failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    progress.inc(1);
+    progress.set_message(counters.line());
+    Ok(())
 }
 
 /// Writes results in batches: every result waiting when a write starts goes into the same
@@ -580,6 +581,10 @@ impl Writer {
                 for (_, ack) in batch {
                     let _ = ack.send(ok);
                 }
+            }
+            // Said goodbye properly, or Postgres logs an unexpected EOF for every run.
+            if let Some(c) = conn {
+                let _ = sqlx::Connection::close(c).await;
             }
         });
         Self { tx, task }

@@ -59,17 +59,19 @@ struct Conn {
 
 impl Conn {
     /// One mail transaction; the message is handed over (its final dot sent) only once `gate`
-    /// says yes, and `None` means it said no. With PIPELINING, MAIL, RCPT and DATA go out in
-    /// one write and their replies are read in order: two round trips a message instead of
-    /// four, and the first of them overlaps the wait at the gate. lettre keeps no record of
-    /// PIPELINING, so `connect` asks with a second EHLO; lettre's own `send` does the rest
-    /// (and anything pipelining would change, like SMTPUTF8).
+    /// says yes. With PIPELINING, MAIL, RCPT and DATA go out in one write and their replies
+    /// are read in order: two round trips a message instead of four, and the first of them
+    /// overlaps the wait at the gate. lettre keeps no record of PIPELINING, so `connect` asks
+    /// with a second EHLO; lettre's own `send` does the rest (and anything pipelining would
+    /// change, like SMTPUTF8). Each exchange with the server gets `limit`; the wait at the
+    /// gate (for our own database) does not count against it.
     async fn transaction(
         &mut self,
         envelope: &Envelope,
         bytes: &[u8],
         gate: impl Future<Output = bool>,
-    ) -> Option<Result<Response, lettre::transport::smtp::Error>> {
+        limit: Duration,
+    ) -> Done {
         let ascii_addresses = envelope
             .from()
             .into_iter()
@@ -82,9 +84,12 @@ impl Conn {
             .supports_feature(Extension::EightBitMime);
         if !self.pipelining || !ascii_addresses || (eight_bit && !can_8bit) {
             if !gate.await {
-                return None;
+                return Done::Held;
             }
-            return Some(self.smtp.send(envelope, bytes).await);
+            return match tokio::time::timeout(limit, self.smtp.send(envelope, bytes)).await {
+                Ok(reply) => Done::Reply(reply),
+                Err(_) => Done::Silent,
+            };
         }
         let parameters = if eight_bit {
             vec![MailParameter::Body(MailBodyParameter::EightBitMime)]
@@ -96,26 +101,42 @@ impl Conn {
             commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
         }
         commands.push_str(&Data.to_string());
-        let envelope_replies = async {
+        let smtp = &mut self.smtp;
+        let envelope_replies = tokio::time::timeout(limit, async {
             // The first refusal is the answer; the replies after it are never read, and the
             // caller drops the connection (it is reused only after a 250 to the final dot).
-            self.smtp.command(commands).await?;
+            smtp.command(commands).await?;
             for _ in envelope.to() {
-                self.smtp.read_response().await?;
+                smtp.read_response().await?;
             }
-            self.smtp.read_response().await
-        };
+            smtp.read_response().await
+        });
         let (replies, open) = tokio::join!(envelope_replies, gate);
-        if let Err(e) = replies {
-            return Some(Err(e));
-        }
-        // Said no: the connection is dropped in the middle of DATA, so the server discards
-        // the message.
+        // Said no: whatever the server answered, the connection is dropped in the middle of
+        // the transaction, so the server discards the message.
         if !open {
-            return None;
+            return Done::Held;
         }
-        Some(self.smtp.message(bytes).await)
+        match replies {
+            Err(_) => return Done::Silent,
+            Ok(Err(e)) => return Done::Reply(Err(e)),
+            Ok(Ok(_)) => {}
+        }
+        match tokio::time::timeout(limit, self.smtp.message(bytes)).await {
+            Ok(reply) => Done::Reply(reply),
+            Err(_) => Done::Silent,
+        }
     }
+}
+
+/// How a transaction ended.
+enum Done {
+    /// The server's last reply (or lettre's error).
+    Reply(Result<Response, lettre::transport::smtp::Error>),
+    /// The server said nothing within `smtp.timeout`.
+    Silent,
+    /// The gate said no: nothing was handed over.
+    Held,
 }
 
 impl SmtpPool {
@@ -259,43 +280,45 @@ impl SmtpPool {
         }
     }
 
-    /// Sends one message within `smtp.timeout`, from connecting to the reply to the final dot,
-    /// handing it over only once `gate` says yes (`None`: it said no, nothing was sent).
+    /// Sends one message, handing it over only once `gate` says yes (`None`: it said no,
+    /// nothing was sent). Connecting, the envelope and the message each get `smtp.timeout`.
     pub async fn send(
         &self,
         envelope: &Envelope,
         bytes: &[u8],
         gate: impl Future<Output = bool>,
     ) -> Option<Outcome> {
-        let exchange = async {
-            let mut conn = match self.take().await {
-                Ok(c) => c,
-                Err(e) => return Some(classify::connection_failure(&e)),
-            };
-            Some(match conn.transaction(envelope, bytes, gate).await? {
-                Ok(response) if response.is_positive() => {
+        let silent = || {
+            classify::connection_failure(&format!(
+                "no reply within smtp.timeout ({})",
+                humantime::format_duration(self.timeout)
+            ))
+        };
+        // A connection abandoned at a deadline is dropped: never reused mid-transaction.
+        let mut conn = match tokio::time::timeout(self.timeout, self.take()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Some(classify::connection_failure(&e)),
+            Err(_) => return Some(silent()),
+        };
+        Some(
+            match conn.transaction(envelope, bytes, gate, self.timeout).await {
+                Done::Held => return None,
+                Done::Silent => silent(),
+                Done::Reply(Ok(response)) if response.is_positive() => {
                     self.give_back(conn).await;
                     Outcome::Sent
                 }
-                Ok(response) => classify::classify_reply(
+                Done::Reply(Ok(response)) => classify::classify_reply(
                     u16::from(response.code()),
                     &response.message().collect::<Vec<_>>().join(" "),
                 ),
                 // lettre closes the connection on any error; it is dropped here.
-                Err(e) => match e.status() {
+                Done::Reply(Err(e)) => match e.status() {
                     Some(code) => classify::classify_reply(u16::from(code), &e.to_string()),
                     None => classify::connection_failure(&e.to_string()),
                 },
-            })
-        };
-        // A connection abandoned here is dropped with the future: never reused mid-transaction.
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(outcome) => outcome,
-            Err(_) => Some(classify::connection_failure(&format!(
-                "no reply within smtp.timeout ({})",
-                humantime::format_duration(self.timeout)
-            ))),
-        }
+            },
+        )
     }
 
     /// Connects, says EHLO, STARTTLS and AUTH as configured, and quits: for `doctor`.

@@ -614,3 +614,55 @@ async fn no_message_is_handed_over_before_the_previous_result_of_its_sender_is_d
     assert_eq!(sending.await.unwrap().sent, 40);
     assert_eq!(copies(&server).len(), 40);
 }
+
+#[sqlx::test]
+async fn when_results_cannot_be_written_each_sender_stops_after_one_more_attempt(pool: PgPool) {
+    // Every recipient is refused, so each result is a bounce to write; and no result can be
+    // written (claims and releases still work).
+    let server = SmtpServer::start(
+        Policy::default().rcpt(|_, _| Some("550 5.1.1 no such user here".to_owned())),
+    )
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 40).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_results() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'results refused by the test'; END $$; \
+         CREATE TRIGGER refuse_results BEFORE UPDATE ON delivery FOR EACH ROW \
+         WHEN (NEW.status IN ('sent', 'bounced', 'failed', 'deferred', 'skipped')) \
+         EXECUTE FUNCTION refuse_results();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let d = deliver::Deliverer::new(pool.clone(), Arc::new(s))
+        .await
+        .unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let run = d
+        .run_until_idle(
+            rx,
+            deliver::Patience {
+                wait_within: Duration::ZERO,
+            },
+            &indicatif::ProgressBar::hidden(),
+        )
+        .await;
+    let err = format!("{:#}", run.expect_err("the run stops"));
+    assert!(err.contains("cannot write delivery results"), "{err}");
+
+    // Each of the 4 senders tried its first recipient, and at most one more while that
+    // result was being written; none went on past the failed write.
+    let rcpts = server
+        .commands()
+        .iter()
+        .filter(|c| c.starts_with("RCPT"))
+        .count();
+    assert!((4..=8).contains(&rcpts), "{rcpts} recipients tried");
+    // Everything not attempted went back to the queue; only the attempted stay leased.
+    let s = statuses(&pool).await;
+    assert!(s.get("sending").copied().unwrap_or(0) <= 8, "{s:?}");
+    assert!(s.get("pending").copied().unwrap_or(0) >= 32, "{s:?}");
+}
