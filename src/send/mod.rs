@@ -57,17 +57,6 @@ impl Mailer {
         self.signer.as_deref()
     }
 
-    /// The message as it goes on the wire: DKIM-signed when configured, with `return_path`
-    /// (VERP) as the envelope sender when given.
-    pub fn prepare(&self, message: Message, return_path: Option<Address>) -> (Envelope, Vec<u8>) {
-        let envelope = envelope_for(&message, return_path);
-        let bytes = match &self.signer {
-            Some(s) => s.sign(message),
-            None => message.formatted(),
-        };
-        (envelope, bytes)
-    }
-
     /// Hands one message over, signed when DKIM is on. `name` is the file stem used by the
     /// file transport. An SMTP exchange that takes longer than `smtp.timeout` is abandoned and
     /// counts as a temporary failure.
@@ -93,14 +82,14 @@ impl Mailer {
         name: &str,
         gate: impl std::future::Future<Output = bool>,
     ) -> Option<Outcome> {
-        let (envelope, bytes) = match &self.signer {
+        let envelope = envelope_for(&message, return_path);
+        let bytes = match &self.signer {
             // An RSA signature is most of a message's CPU time: on the blocking pool it runs
             // on every core, beside the connections this task keeps busy.
             Some(signer) => {
-                let envelope = envelope_for(&message, return_path);
                 let signer = signer.clone();
                 match tokio::task::spawn_blocking(move || signer.sign(message)).await {
-                    Ok(bytes) => (envelope, bytes),
+                    Ok(bytes) => bytes,
                     Err(e) => {
                         return Some(Outcome::Transient(Failure {
                             code: None,
@@ -111,7 +100,7 @@ impl Mailer {
                     }
                 }
             }
-            None => self.prepare(message, return_path),
+            None => message.formatted(),
         };
         match &self.inner {
             Inner::Smtp(pool) => pool.send(&envelope, &bytes, gate).await,
@@ -142,7 +131,6 @@ impl Mailer {
     }
 }
 
-/// The envelope sender goes first as a Return-Path header, as a delivering MTA would add it.
 /// The message's envelope, with the VERP return path when there is one.
 fn envelope_for(message: &Message, return_path: Option<Address>) -> Envelope {
     let envelope = message.envelope();
@@ -154,6 +142,7 @@ fn envelope_for(message: &Message, return_path: Option<Address>) -> Envelope {
     }
 }
 
+/// The envelope sender goes first as a Return-Path header, as a delivering MTA would add it.
 async fn write_eml(
     dir: &std::path::Path,
     name: &str,

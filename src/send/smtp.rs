@@ -86,10 +86,7 @@ impl Conn {
             if !gate.await {
                 return Done::Held;
             }
-            return match tokio::time::timeout(limit, self.smtp.send(envelope, bytes)).await {
-                Ok(reply) => Done::Reply(reply),
-                Err(_) => Done::Silent,
-            };
+            return within(limit, self.smtp.send(envelope, bytes)).await;
         }
         let parameters = if eight_bit {
             vec![MailParameter::Body(MailBodyParameter::EightBitMime)]
@@ -122,10 +119,18 @@ impl Conn {
             Ok(Err(e)) => return Done::Reply(Err(e)),
             Ok(Ok(_)) => {}
         }
-        match tokio::time::timeout(limit, self.smtp.message(bytes)).await {
-            Ok(reply) => Done::Reply(reply),
-            Err(_) => Done::Silent,
-        }
+        within(limit, self.smtp.message(bytes)).await
+    }
+}
+
+/// The server's reply to `exchange`, or `Silent` past `limit`.
+async fn within(
+    limit: Duration,
+    exchange: impl Future<Output = Result<Response, lettre::transport::smtp::Error>>,
+) -> Done {
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(reply) => Done::Reply(reply),
+        Err(_) => Done::Silent,
     }
 }
 

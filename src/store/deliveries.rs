@@ -95,7 +95,7 @@ pub struct Settled {
 /// Opens the connection [`settle`] runs on. It is the hot path of sending (one call per few
 /// messages), so it skips two costs the pool would add to every call: the liveness ping before
 /// each use, and planning the statement anew for its array parameters (a generic plan fits
-/// every batch: all lookups are by primary key).
+/// every batch: all lookups are by key).
 pub async fn settle_connection(pool: &PgPool) -> sqlx::Result<PgConnection> {
     let mut conn = pool.acquire().await?.detach();
     // Named, so an operator can tell it apart in pg_stat_activity.

@@ -640,16 +640,7 @@ async fn when_results_cannot_be_written_each_sender_stops_after_one_more_attempt
     let d = deliver::Deliverer::new(pool.clone(), Arc::new(s))
         .await
         .unwrap();
-    let (_stop, rx) = tokio::sync::watch::channel(false);
-    let run = d
-        .run_until_idle(
-            rx,
-            deliver::Patience {
-                wait_within: Duration::ZERO,
-            },
-            &indicatif::ProgressBar::hidden(),
-        )
-        .await;
+    let run = crate::helpers::try_drain(&d, Duration::ZERO).await;
     let err = format!("{:#}", run.expect_err("the run stops"));
     assert!(err.contains("cannot write delivery results"), "{err}");
 

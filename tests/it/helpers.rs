@@ -204,6 +204,14 @@ pub async fn drain(
     d: &digestif::digest::deliver::Deliverer,
     wait: std::time::Duration,
 ) -> digestif::digest::deliver::Report {
+    try_drain(d, wait).await.expect("delivery run")
+}
+
+/// [`drain`], for a run that is expected to fail.
+pub async fn try_drain(
+    d: &digestif::digest::deliver::Deliverer,
+    wait: std::time::Duration,
+) -> anyhow::Result<digestif::digest::deliver::Report> {
     let (_stop, rx) = tokio::sync::watch::channel(false);
     d.run_until_idle(
         rx,
@@ -211,7 +219,6 @@ pub async fn drain(
         &indicatif::ProgressBar::hidden(),
     )
     .await
-    .expect("delivery run")
 }
 
 /// A fresh deliverer for `settings`, drained once.
