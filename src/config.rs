@@ -343,7 +343,7 @@ impl Settings {
             None => {}
         }
         figment = figment
-            .merge(prefixed.ignore(&["config"]).split("__"))
+            .merge(prefixed.ignore(&["config", "now"]).split("__"))
             .merge(
                 raw_env
                     .only(&["DATABASE_URL"])

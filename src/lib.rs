@@ -3,6 +3,9 @@
 /// Validated domain types: the only door for outside data.
 pub mod domain;
 
+/// The clock scheduling reads (settable in test builds).
+pub mod clock;
+
 /// Settings: the TOML file and `DIGESTIF_*` environment, parsed into domain types.
 pub mod config;
 

@@ -10,6 +10,7 @@ use indicatif::ProgressBar;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::clock;
 use crate::config::Settings;
 use crate::digest::{self, deliver};
 use crate::store::{deliveries, issues};
@@ -89,7 +90,7 @@ pub async fn run_until_stopped(
         if *stop.borrow() {
             return Ok(());
         }
-        let now = Utc::now();
+        let now = clock::now();
         match run_once(
             &pool,
             &settings,
@@ -125,7 +126,7 @@ pub async fn run_until_stopped(
             // A database hiccup must not end the service: log it and try again after a nap.
             Err(e) => tracing::error!("delivery pass failed: {e:#}"),
         }
-        let wake = next_wake(&pool, &settings, Utc::now()).await;
+        let wake = next_wake(&pool, &settings, clock::now()).await;
         tracing::debug!(?wake, "sleeping");
         tokio::select! {
             _ = tokio::time::sleep(wake) => {}

@@ -66,7 +66,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             author,
             published_at,
         } => {
-            let published_at = published_at.unwrap_or_else(|| chrono::Utc::now().to_rfc3339());
+            let published_at = published_at.unwrap_or_else(|| crate::clock::now().to_rfc3339());
             let article = NewArticle::parse(&title, &url, &summary, &author, &published_at)?;
             let pool = store::connect_current(&settings.database).await?;
             match db::insert_article(&pool, &article).await? {

@@ -9,6 +9,7 @@ use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{Format, Listing, Record, time_cell};
+use crate::clock;
 use crate::config::{Settings, TransportKind};
 use crate::digest::{self, deliver};
 use crate::domain::SubscriberEmail;
@@ -26,13 +27,23 @@ pub enum Command {
     },
     /// Create the due issue (or reuse it) and deliver until nothing is ready
     ///
-    /// The due issue is the one for the latest scheduled slot, if it is within the grace
-    /// window. Deliveries of earlier issues whose retry time has come are sent too. Retries due
-    /// within two minutes are waited for; later ones are left to the next run.
+    /// Without a flag, as `digestif run` does: the issue of the latest scheduled slot, if it is
+    /// within schedule.grace. Deliveries of earlier issues whose retry time has come are sent
+    /// too. Retries due within two minutes are waited for; later ones are left to the next run.
+    /// Running any form of it again, after a crash or not, finishes what is open and never
+    /// creates a second issue for the same period.
     Send {
-        /// Do not wait for the schedule: create and send the next slot's issue now
-        #[arg(long)]
+        /// Do not wait for the schedule: send this period's issue (the latest slot, however
+        /// late) if it was not sent yet. While an issue is unfinished it only finishes that one
+        #[arg(long, conflicts_with = "next_slot")]
         now: bool,
+        /// Send the next slot's issue ahead of its time; refused while an issue is unfinished
+        /// or this period's issue was sent, unless --force
+        #[arg(long)]
+        next_slot: bool,
+        /// With --next-slot: send it even if that makes two issues in one period
+        #[arg(long, requires = "next_slot")]
+        force: bool,
     },
     /// List issues, newest first, with their status (skipped and paused ones say why)
     List {
@@ -61,6 +72,16 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether this command may send mail.
+    pub fn sends_mail(&self) -> bool {
+        matches!(
+            self,
+            Command::Send { .. } | Command::Resume { .. } | Command::TestSend { .. }
+        )
+    }
+}
+
 /// Formats for `issue status`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum StatusFormat {
@@ -78,7 +99,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
     let pool = store::connect_current(&settings.database).await?;
     match cmd {
         Command::Preview { out } => {
-            match digest::preview(&pool, settings, chrono::Utc::now(), &out).await? {
+            match digest::preview(&pool, settings, clock::now(), &out).await? {
                 Ok(p) => {
                     println!(
                         "issue #{} for {} ({}):",
@@ -97,42 +118,44 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Send { now } => {
-            let clock = chrono::Utc::now();
-            let slot = if now {
-                Some(digest::next_slot(&pool, settings, clock).await?)
-            } else {
-                digest::due_slot(settings, clock)
+        Command::Send {
+            now,
+            next_slot,
+            force,
+        } => {
+            let request = match (now, next_slot) {
+                (true, _) => digest::SendRequest::Now,
+                (_, true) => digest::SendRequest::NextSlot { force },
+                _ => digest::SendRequest::Due,
             };
-            if let Some(slot) = slot {
-                let started = std::time::Instant::now();
-                let issue = digest::create_issue(&pool, settings, slot).await?;
-                let took = started.elapsed();
-                match (issue.number, issue.status.as_str()) {
-                    (None, _) => println!(
-                        "the slot {slot} is skipped: {}",
-                        issue.status_reason.unwrap_or_default()
-                    ),
-                    (Some(n), status) => {
-                        let total: i64 = deliveries::counts(&pool, issue.issue_id)
-                            .await?
-                            .iter()
-                            .map(|(_, n)| n)
-                            .sum();
-                        println!(
-                            "issue #{n} ({status}): {} ({total} deliveries; created in {:.2} s)",
-                            issue.subject,
-                            took.as_secs_f64()
-                        );
+            match digest::plan_send(&pool, settings, clock::now(), request).await? {
+                digest::SendPlan::Create(slot) => {
+                    let started = std::time::Instant::now();
+                    let issue = digest::create_issue(&pool, settings, slot).await?;
+                    let took = started.elapsed();
+                    let local = slot
+                        .with_timezone(&settings.schedule.schedule.zone())
+                        .format("%a %Y-%m-%d %H:%M %Z");
+                    match (issue.number, issue.status.as_str()) {
+                        (None, _) => println!(
+                            "the slot {local} is skipped: {}",
+                            issue.status_reason.unwrap_or_default()
+                        ),
+                        (Some(n), status) => {
+                            let total: i64 = deliveries::counts(&pool, issue.issue_id)
+                                .await?
+                                .iter()
+                                .map(|(_, n)| n)
+                                .sum();
+                            println!(
+                                "issue #{n} ({status}) for the slot {local}: {} ({total} deliveries; created in {:.2} s)",
+                                issue.subject,
+                                took.as_secs_f64()
+                            );
+                        }
                     }
                 }
-            } else {
-                let next = settings.schedule.schedule.next_after(clock);
-                println!(
-                    "no issue is due (next slot: {}); delivering what is ready",
-                    next.map(|t| t.to_rfc3339())
-                        .unwrap_or_else(|| "none".into())
-                );
+                digest::SendPlan::Nothing(why) => println!("{why}; delivering what is ready"),
             }
             deliver_and_report(pool, settings).await
         }
@@ -179,7 +202,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::TestSend { to } => {
             let to = SubscriberEmail::parse(&to)?;
             let (content, rendered) =
-                match digest::render_next(&pool, settings, chrono::Utc::now()).await? {
+                match digest::render_next(&pool, settings, clock::now()).await? {
                     Ok(next) => next,
                     Err(reason) => bail!("the next slot would be skipped: {reason}"),
                 };

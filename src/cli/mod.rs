@@ -97,6 +97,18 @@ enum Command {
     Doctor,
 }
 
+impl Command {
+    /// Commands that may send mail, and so need the transport and the DKIM keys.
+    fn sends_mail(&self) -> bool {
+        match self {
+            Command::Issue(cmd) => cmd.sends_mail(),
+            Command::Run => true,
+            Command::Serve { no_schedule } => !no_schedule,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum ScheduleCommand {
     /// Print the coming slots in the configured time zone and in UTC
@@ -109,11 +121,17 @@ enum ScheduleCommand {
 
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::clock::init()?;
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) if matches!(cli.command, Command::Doctor) => return Err(doctor::config_failed(&e)),
         Err(e) => return Err(e.into()),
     };
+    if cli.command.sends_mail() {
+        // Every key is read and checked before the database is touched, so a bad key never
+        // leaves an issue created and fanned out with nobody able to send it.
+        crate::send::Mailer::from_settings(&settings)?;
+    }
     match cli.command {
         Command::Migrate => {
             store::migrate(&settings.database).await?;

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::digest::deliver::{self, Deliverer};
-use crate::{http, schedule, store};
+use crate::{clock, http, schedule, store};
 
 /// Turns true on SIGTERM or SIGINT (Ctrl-C).
 pub fn stop_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
@@ -56,7 +55,7 @@ pub async fn drain_within<T: Default>(
 pub fn schedule_next(settings: &Settings, count: usize) {
     let s = &settings.schedule.schedule;
     println!("schedule: {} in {}", s.expression(), s.zone());
-    for slot in s.upcoming(Utc::now(), count) {
+    for slot in s.upcoming(clock::now(), count) {
         println!(
             "{}   {}",
             slot.with_timezone(&s.zone()).format("%a %Y-%m-%d %H:%M %Z"),
@@ -74,7 +73,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         &pool,
         settings,
         &deliverer,
-        Utc::now(),
+        clock::now(),
         stop.clone(),
         deliver::Patience {
             wait_within: Duration::ZERO,

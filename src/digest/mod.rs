@@ -6,7 +6,7 @@ pub mod deliver;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use sqlx::{PgConnection, PgPool};
@@ -147,21 +147,134 @@ pub fn due_slot(settings: &Settings, now: DateTime<Utc>) -> Option<DateTime<Utc>
     (now - due <= grace).then_some(due)
 }
 
-/// The slot the next issue belongs to at `now`: the due slot if it is within the grace window
-/// and has no issue yet, else the next one to come.
+/// Which issue a send command may create (DESIGN.md §6; README "Sending by hand").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRequest {
+    /// `issue send`: the slot due within `schedule.grace`, as `run` does.
+    Due,
+    /// `issue send --now`: this period's issue (the latest slot at or before now, however
+    /// late) unless it, or a later one, exists or another issue is unfinished. Running it again,
+    /// after a crash or not, finishes what is open and never creates a second issue.
+    Now,
+    /// `issue send --next-slot`: the next slot's issue ahead of its time; refused while an
+    /// issue is unfinished or this period's issue was sent, unless `force`.
+    NextSlot {
+        /// Send it anyway.
+        force: bool,
+    },
+}
+
+/// What a send command does before delivering what is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendPlan {
+    /// Create the issue of this slot (or reuse it: one issue per slot, whoever asks).
+    Create(DateTime<Utc>),
+    /// Create nothing, for this reason; deliveries that are ready still go out.
+    Nothing(String),
+}
+
+/// Decides which issue, if any, a send command creates at `now`. Refusals are errors.
+pub async fn plan_send(
+    pool: &PgPool,
+    settings: &Settings,
+    now: DateTime<Utc>,
+    request: SendRequest,
+) -> anyhow::Result<SendPlan> {
+    let schedule = &settings.schedule.schedule;
+    let zone = schedule.zone();
+    let local = |t: DateTime<Utc>| t.with_timezone(&zone).format("%a %Y-%m-%d %H:%M %Z");
+    match request {
+        SendRequest::Due => Ok(match due_slot(settings, now) {
+            Some(slot) => SendPlan::Create(slot),
+            None => SendPlan::Nothing(format!(
+                "no issue is due (next slot: {})",
+                schedule
+                    .next_after(now)
+                    .map(|t| local(t).to_string())
+                    .unwrap_or_else(|| "none".into())
+            )),
+        }),
+        SendRequest::Now => {
+            if let Some(open) = issues::oldest_incomplete(pool).await? {
+                return Ok(SendPlan::Nothing(format!(
+                    "issue #{} ({}) is not finished: finishing it, no new issue is created",
+                    open.number.unwrap_or_default(),
+                    open.status
+                )));
+            }
+            let Some(current) = schedule.latest_at_or_before(now) else {
+                bail!(
+                    "schedule.cron has no slot before now, so there is no issue to send now; \
+                     `issue send --next-slot` sends the next slot's issue ahead of its time"
+                );
+            };
+            match issues::latest(pool, false).await? {
+                Some(last) if last.slot >= current => Ok(SendPlan::Nothing(format!(
+                    "{} already covers this period; nothing new is created \
+                     (`issue send --next-slot` sends the next slot's issue ahead of its time)",
+                    describe(&last, &local(last.slot).to_string())
+                ))),
+                _ => Ok(SendPlan::Create(current)),
+            }
+        }
+        SendRequest::NextSlot { force } => {
+            let next = schedule
+                .next_after(now)
+                .ok_or_else(|| anyhow!("config: schedule.cron: the schedule never fires again"))?;
+            if issues::find_by_slot(pool, next).await?.is_some() || force {
+                return Ok(SendPlan::Create(next));
+            }
+            if let Some(open) = issues::oldest_incomplete(pool).await? {
+                bail!(
+                    "issue #{} is still {}: finish it first (`issue send --now`), or pass --force",
+                    open.number.unwrap_or_default(),
+                    open.status
+                );
+            }
+            if let (Some(current), Some(last)) = (
+                schedule.latest_at_or_before(now),
+                issues::latest(pool, true).await?,
+            ) && last.slot >= current
+            {
+                bail!(
+                    "{} was already sent this period; sending the next slot's issue ({}) \
+                     now would mean two issues in one period: pass --force to do it anyway",
+                    describe(&last, &local(last.slot).to_string()),
+                    local(next)
+                );
+            }
+            Ok(SendPlan::Create(next))
+        }
+    }
+}
+
+/// "issue #3 (sent, slot Mon 2026-11-30 09:00 CET)", or the skipped slot.
+fn describe(issue: &IssueRow, slot: &str) -> String {
+    match issue.number {
+        Some(n) => format!("issue #{n} ({}, slot {slot})", issue.status),
+        None => format!("the slot {slot} (skipped)"),
+    }
+}
+
+/// The slot the next issue belongs to at `now`: the one `issue send --now` would create, else
+/// the next one to come. What `issue preview` and `issue test-send` render.
 pub async fn next_slot(
     pool: &PgPool,
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> anyhow::Result<DateTime<Utc>> {
-    let schedule = &settings.schedule.schedule;
-    if let Some(due) = schedule.latest_at_or_before(now) {
-        let grace = chrono::Duration::from_std(settings.schedule.grace).unwrap_or_default();
-        if now - due <= grace && issues::find_by_slot(pool, due).await?.is_none() {
-            return Ok(due);
-        }
+    if settings
+        .schedule
+        .schedule
+        .latest_at_or_before(now)
+        .is_some()
+        && let SendPlan::Create(slot) = plan_send(pool, settings, now, SendRequest::Now).await?
+    {
+        return Ok(slot);
     }
-    schedule
+    settings
+        .schedule
+        .schedule
         .next_after(now)
         .ok_or_else(|| anyhow!("config: schedule.cron: the schedule never fires again"))
 }

@@ -60,10 +60,10 @@ pub fn classify_reply(code: u16, text: &str) -> Outcome {
         Some(e) if e.starts_with("4.") => Outcome::Transient(failure(false)),
         Some(e) if e.starts_with("5.1.") || e == "5.2.1" => Outcome::Bounced(failure(false)),
         Some(e) if e.starts_with("5.7.") => Outcome::Failed(failure(true)),
-        Some(_) => Outcome::Failed(failure(false)),
-        // Without an enhanced code, 550/551/553 are the classic "no such mailbox" replies.
-        None if matches!(code, 550 | 551 | 553) => Outcome::Bounced(failure(false)),
-        None => Outcome::Failed(failure(false)),
+        // Without an enhanced code a 5xx does not say whether the mailbox is gone or the
+        // message was refused (a bare "550" is also what many spam filters answer), and
+        // suppressing a real reader is the costlier mistake: it fails, the subscriber stays.
+        Some(_) | None => Outcome::Failed(failure(false)),
     }
 }
 
@@ -126,10 +126,10 @@ mod tests {
             classify_reply(550, "5.2.1 mailbox disabled"),
             Outcome::Bounced(_)
         ));
-        assert!(matches!(
-            classify_reply(550, "no such user"),
-            Outcome::Bounced(_)
-        ));
+        assert!(
+            matches!(classify_reply(550, "no such user"), Outcome::Failed(_)),
+            "without an enhanced code nobody is suppressed"
+        );
         assert!(matches!(
             classify_reply(552, "5.2.2 mailbox full"),
             Outcome::Failed(_)

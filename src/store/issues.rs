@@ -132,6 +132,33 @@ where
     .await
 }
 
+/// The issue with the latest slot; with `numbered`, skipped slots do not count.
+pub async fn latest<'e, E>(conn: E, numbered: bool) -> sqlx::Result<Option<IssueRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ISSUE_COLUMNS} FROM issue WHERE NOT $1 OR number IS NOT NULL \
+         ORDER BY slot DESC LIMIT 1"
+    )))
+    .bind(numbered)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The oldest issue whose delivery is not finished (still sending, or paused by the breaker).
+pub async fn oldest_incomplete<'e, E>(conn: E) -> sqlx::Result<Option<IssueRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ISSUE_COLUMNS} FROM issue WHERE status IN ('sending', 'paused') \
+         ORDER BY slot LIMIT 1"
+    )))
+    .fetch_optional(conn)
+    .await
+}
+
 /// Every issue, newest slot first.
 pub async fn list<'e, E>(conn: E) -> sqlx::Result<Vec<IssueRow>>
 where

@@ -208,12 +208,17 @@ async fn commands_refuse_a_database_without_the_schema(pool: PgPool) {
 #[sqlx::test]
 async fn purge_erases_pending_deliveries_and_the_issue_still_completes(pool: PgPool) {
     let outbox = tempfile::tempdir().unwrap();
-    let d = Digestif::new(&pool).env("DIGESTIF_DELIVERY__OUTBOX", outbox.path().to_str().unwrap());
+    // Midweek, so the plain `issue send` below has no slot of its own to create.
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_DELIVERY__OUTBOX", outbox.path().to_str().unwrap())
+        .env("DIGESTIF_NOW", "2026-12-02T12:00:00Z");
     d.ok(&["subscribers", "add", "stays@example.com"]);
     d.ok(&["subscribers", "add", "erased@example.com"]);
     d.ok(&["tips", "add", "--title", "T", "--body", "B"]);
     let settings = digestif::config::Settings::from_toml("").unwrap();
-    let slot = chrono::Utc::now() - chrono::Duration::hours(1);
+    let slot = chrono::DateTime::parse_from_rfc3339("2026-12-02T11:00:00Z")
+        .unwrap()
+        .to_utc();
     digestif::digest::create_issue(&pool, &settings, slot)
         .await
         .unwrap();

@@ -326,6 +326,9 @@ fn send_process(pool: &PgPool, server: &SmtpServer) -> tokio::process::Command {
         .env("DIGESTIF_SMTP__TIMEOUT", "5s")
         .env("DIGESTIF_DELIVERY__CONCURRENCY", "4")
         .env("DIGESTIF_DELIVERY__LEASE", "3s")
+        // The default schedule, in the hour its slot is due: a restarted send must finish
+        // this issue and never start next week's.
+        .env("DIGESTIF_NOW", crate::helpers::MONDAY_MORNING)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -392,6 +395,14 @@ async fn a_sigkill_mid_send_loses_nothing_and_repeats_at_most_the_concurrency(po
         .await
         .unwrap();
     assert_eq!(sent, 5000);
+    let issues: i64 = sqlx::query_scalar("SELECT count(*) FROM issue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        issues, 1,
+        "the restart finished the issue and started no other"
+    );
 }
 
 #[sqlx::test]

@@ -431,6 +431,16 @@ async fn a_bad_dkim_key_stops_sending_at_start_up_naming_the_file(pool: PgPool) 
         !line.contains("not a key"),
         "the key's contents never appear: {line}"
     );
+    let (issues, deliveries): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM issue), (SELECT count(*) FROM delivery)")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (issues, deliveries),
+        (0, 0),
+        "the key is checked before the database is touched"
+    );
 }
 
 #[sqlx::test]

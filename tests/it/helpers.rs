@@ -6,6 +6,10 @@ use std::process::{Command, Output, Stdio};
 
 use sqlx::PgPool;
 
+/// Monday 30 November 2026, 10:00 in Berlin: inside the grace window of the default slot
+/// (Mondays 09:00 Europe/Berlin), the hour in which "send now" used to mean next week.
+pub const MONDAY_MORNING: &str = "2026-11-30T09:00:00Z";
+
 /// The `digestif` binary pointed at one test database.
 pub struct Digestif {
     url: String,

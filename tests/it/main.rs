@@ -10,5 +10,6 @@ mod deliver;
 mod deliverability;
 mod helpers;
 mod schedule;
+mod send_now;
 mod smtp_server;
 mod web;

@@ -74,7 +74,7 @@ fn sigterm(child: &tokio::process::Child) {
 async fn two_runs_at_once_make_one_issue_and_one_copy_each(pool: PgPool) {
     let server = SmtpServer::start(Policy::default()).await;
     seed(&pool, 200).await;
-    let cron = cron_at(Utc::now() - chrono::Duration::hours(1));
+    let cron = cron_at(digestif::clock::now() - chrono::Duration::hours(1));
     let a = digestif(&pool, &server, &cron, &["run"]).output();
     let b = digestif(&pool, &server, &cron, &["run"]).output();
     let (a, b) = tokio::join!(a, b);
@@ -103,7 +103,7 @@ async fn two_runs_at_once_make_one_issue_and_one_copy_each(pool: PgPool) {
 async fn a_slot_two_hours_late_is_sent_and_one_three_days_late_is_reported(pool: PgPool) {
     let server = SmtpServer::start(Policy::default()).await;
     seed(&pool, 3).await;
-    let old = cron_at(Utc::now() - chrono::Duration::days(3));
+    let old = cron_at(digestif::clock::now() - chrono::Duration::days(3));
     let out = digestif(&pool, &server, &old, &["run"])
         .output()
         .await
@@ -117,7 +117,7 @@ async fn a_slot_two_hours_late_is_sent_and_one_three_days_late_is_reported(pool:
     assert_eq!(issue_count(&pool).await, 0);
     assert!(server.accepted().is_empty());
 
-    let recent = cron_at(Utc::now() - chrono::Duration::hours(2));
+    let recent = cron_at(digestif::clock::now() - chrono::Duration::hours(2));
     let out = digestif(&pool, &server, &recent, &["run"])
         .output()
         .await
@@ -131,7 +131,7 @@ async fn a_slot_two_hours_late_is_sent_and_one_three_days_late_is_reported(pool:
 async fn sigterm_mid_send_exits_cleanly_and_a_restart_sends_the_rest_once(pool: PgPool) {
     let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(20))).await;
     seed(&pool, 300).await;
-    let cron = cron_at(Utc::now() - chrono::Duration::hours(1));
+    let cron = cron_at(digestif::clock::now() - chrono::Duration::hours(1));
     let child = digestif(&pool, &server, &cron, &["run"]).spawn().unwrap();
     let started = Instant::now();
     while server.accepted().len() < 30 {
@@ -228,7 +228,7 @@ async fn two_serve_processes_share_one_issue_when_the_slot_fires(pool: PgPool) {
     let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(2))).await;
     seed(&pool, 1500).await;
     // The next minute, or the one after if this one is nearly over.
-    let now = Utc::now();
+    let now = digestif::clock::now();
     let fire = now + chrono::Duration::seconds(if now.second() > 45 { 120 } else { 60 });
     let cron = cron_at(fire);
     let mut a = digestif(&pool, &server, &cron, &["serve"]).spawn().unwrap();
