@@ -141,7 +141,16 @@ async fn next_wake(pool: &PgPool, settings: &Settings, now: DateTime<Utc>) -> Du
     let slot = settings.schedule.schedule.next_after(now);
     let retry = deliveries::next_due(pool).await.ok().flatten();
     let at = [slot, retry].into_iter().flatten().min();
+    // While another worker holds claims, look again soon: should it die, its claims are
+    // claimable at once, and someone has to notice.
+    let longest = match deliveries::any_claimed(pool).await {
+        Ok(true) => WATCH_NAP,
+        _ => MAX_NAP,
+    };
     at.map(|t| (t - now).to_std().unwrap_or_default())
         .unwrap_or(MAX_NAP)
-        .clamp(Duration::from_millis(200), MAX_NAP)
+        .clamp(Duration::from_millis(200), longest)
 }
+
+/// How often `serve` looks for dead workers' claims while others are sending.
+const WATCH_NAP: Duration = Duration::from_secs(5);

@@ -185,6 +185,12 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     for (status, n) in &counts {
                         println!("  {status:<9} {n}");
                     }
+                    if issue.reclaimed > 0 {
+                        println!(
+                            "reclaimed from workers that died or ran out their lease: {}",
+                            issue.reclaimed
+                        );
+                    }
                 }
             }
             Ok(())

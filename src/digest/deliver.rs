@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -56,6 +56,10 @@ pub struct Counters {
     pub failed: AtomicU64,
     /// Skipped at send time.
     pub skipped: AtomicU64,
+    /// Claims taken over from workers that died (or ran out their lease).
+    pub reclaimed: AtomicU64,
+    /// Claims this process found taken over before it handed the message over (not sent).
+    pub lost: AtomicU64,
 }
 
 impl Counters {
@@ -89,9 +93,11 @@ pub struct Patience {
     pub wait_within: Duration,
 }
 
-/// Sends what is ready; one per process, shared by its tasks.
+/// Sends what is ready; one per process, shared by its tasks. It is one worker: its claims
+/// carry its id, and it holds its worker lock for as long as it lives.
 pub struct Deliverer {
     pool: PgPool,
+    worker: Worker,
     settings: Arc<Settings>,
     mailer: Mailer,
     keys: TokenKeys,
@@ -106,7 +112,9 @@ impl Deliverer {
     pub async fn new(pool: PgPool, settings: Arc<Settings>) -> anyhow::Result<Self> {
         let mailer = Mailer::from_settings(&settings)?;
         let keys = super::token_keys(&settings, &pool).await?;
+        let worker = Worker::start(&pool, settings.delivery.lease).await?;
         Ok(Self {
+            worker,
             pacer: Pacer::new(&settings.delivery),
             pool,
             mailer,
@@ -116,6 +124,11 @@ impl Deliverer {
             counters: Arc::new(Counters::default()),
             settings,
         })
+    }
+
+    /// This worker's id, as its claims and `pg_stat_activity` show it.
+    pub fn worker_id(&self) -> i32 {
+        self.worker.id
     }
 
     /// The attempt counters of this deliverer, for `/metrics`.
@@ -141,7 +154,9 @@ impl Deliverer {
         let before = counters.snapshot();
         let writer = Writer::spawn(
             self.pool.clone(),
+            self.worker.id,
             self.settings.delivery.hard_bounce_threshold,
+            self.settings.delivery.lease,
         );
         let mut report = Report::default();
         let result = async {
@@ -229,10 +244,18 @@ impl Deliverer {
                     }
                     continue;
                 }
+                // Before the final dot: the previous result is durable, and this claim is still
+                // this worker's (checked, and its lease renewed, by the writer's next statement).
+                let lost = AtomicBool::new(false);
                 let gate = async {
-                    settle_pending(&mut pending, counters, progress)
+                    let key = (claimed.issue_id, claimed.subscriber_id);
+                    let held = writer.confirm(key).await;
+                    let durable = settle_pending(&mut pending, counters, progress)
                         .await
-                        .is_ok()
+                        .is_ok();
+                    let held = durable && matches!(held.await, Ok(true));
+                    lost.store(durable && !held, Ordering::Relaxed);
+                    held
                 };
                 let attempt = self.attempt(&claimed, gate).await;
                 // The gate is not awaited when nothing was sent (a skipped subscriber, say).
@@ -242,6 +265,15 @@ impl Deliverer {
                     }
                     fail(e);
                     break;
+                }
+                if lost.load(Ordering::Relaxed) {
+                    tracing::warn!(
+                        issue_id = claimed.issue_id,
+                        subscriber_id = claimed.subscriber_id,
+                        "claim lost before the message was handed over (this worker's lease ran out or its database session was lost): not sent here, its new owner sends it"
+                    );
+                    counters.lost.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
                 match attempt {
                     Ok(settled) => match writer.submit(settled).await {
@@ -270,7 +302,7 @@ impl Deliverer {
         }
 
         let unsent = unsent.into_inner().unwrap_or_default();
-        deliveries::release(&self.pool, &unsent)
+        deliveries::release(&self.pool, self.worker.id, &unsent)
             .await
             .context("failed to release unsent deliveries")?;
         let tripped = self
@@ -294,13 +326,33 @@ impl Deliverer {
 
     async fn claim(&self) -> anyhow::Result<Vec<Claimed>> {
         deliveries::resume_cooled(&self.pool).await?;
-        deliveries::claim(
-            &self.pool,
-            self.settings.delivery.batch_size,
-            self.settings.delivery.lease,
-        )
-        .await
-        .context("failed to claim deliveries")
+        let d = &self.settings.delivery;
+        // No more than the rate ceiling lets out in a minute (or half a lease): a claim is a
+        // promise to send soon, not a reservation of the queue.
+        let within = (d.lease / 2).min(Duration::from_secs(60));
+        let limit = self
+            .pacer
+            .capacity(within)
+            .map_or(d.batch_size, |n| n.clamp(1, d.batch_size));
+        let claimed = deliveries::claim(&self.pool, self.worker.id, limit, d.lease)
+            .await
+            .context("failed to claim deliveries")?;
+        let mut reclaimed: HashMap<i64, i32> = HashMap::new();
+        for c in claimed.iter().filter(|c| c.was == "sending") {
+            *reclaimed.entry(c.issue_id).or_default() += 1;
+        }
+        for (issue_id, n) in reclaimed {
+            tracing::warn!(
+                issue_id,
+                n,
+                "took over deliveries whose worker is gone (its database session ended) or whose lease ran out"
+            );
+            self.counters
+                .reclaimed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            deliveries::count_reclaimed(&self.pool, issue_id, n).await?;
+        }
+        Ok(claimed)
     }
 
     fn breaker_open(&self, issue_id: i64) -> bool {
@@ -535,16 +587,24 @@ async fn settle_pending(
     Ok(())
 }
 
-/// Writes results in batches: every result waiting when a write starts goes into the same
-/// transaction, and each sender hears back once its own result is durable.
+/// What senders ask the writer.
+enum Job {
+    /// Write this result; answer once it is durable.
+    Result(Settled, oneshot::Sender<bool>),
+    /// Is this claim still ours (renewing its lease)? Asked just before a final dot.
+    Confirm((i64, i64), oneshot::Sender<bool>),
+}
+
+/// Writes results in batches: every result and claim check waiting when a write starts goes
+/// into the same statement, and each sender hears back once its own is done.
 struct Writer {
-    tx: mpsc::Sender<(Settled, oneshot::Sender<bool>)>,
+    tx: mpsc::Sender<Job>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
-    fn spawn(pool: PgPool, threshold: u32) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(Settled, oneshot::Sender<bool>)>(1024);
+    fn spawn(pool: PgPool, worker: i32, threshold: u32, lease: Duration) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let task = tokio::spawn(async move {
             // Its own connection, opened again after any error (a restarted server, say).
             let mut conn: Option<sqlx::PgConnection> = None;
@@ -556,19 +616,33 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                let results: Vec<Settled> = batch.iter().map(|(s, _)| s.clone()).collect();
-                let mut ok = false;
+                let mut results = Vec::new();
+                let mut confirm = Vec::new();
+                for job in &batch {
+                    match job {
+                        Job::Result(s, _) => results.push(s.clone()),
+                        Job::Confirm(key, _) => confirm.push(*key),
+                    }
+                }
+                let mut outcome = None;
                 for attempt in 0..5u32 {
                     let written = match conn.as_mut() {
-                        Some(c) => deliveries::settle(c, &results, threshold).await,
+                        Some(c) => {
+                            deliveries::settle(c, worker, &results, &confirm, threshold, lease)
+                                .await
+                        }
                         None => match deliveries::settle_connection(&pool).await {
-                            Ok(c) => deliveries::settle(conn.insert(c), &results, threshold).await,
+                            Ok(c) => {
+                                let c = conn.insert(c);
+                                deliveries::settle(c, worker, &results, &confirm, threshold, lease)
+                                    .await
+                            }
                             Err(e) => Err(e),
                         },
                     };
                     match written {
-                        Ok(()) => {
-                            ok = true;
+                        Ok(o) => {
+                            outcome = Some(o);
                             break;
                         }
                         Err(e) => {
@@ -578,8 +652,22 @@ impl Writer {
                         }
                     }
                 }
-                for (_, ack) in batch {
-                    let _ = ack.send(ok);
+                if let Some(o) = &outcome
+                    && o.written < results.len() as u64
+                {
+                    tracing::warn!(
+                        worker,
+                        lost = results.len() as u64 - o.written,
+                        "results not written: their claims were taken over (this worker's lease ran out or its database session was lost); the new owner sends again"
+                    );
+                }
+                for job in batch {
+                    let _ = match job {
+                        Job::Result(_, ack) => ack.send(outcome.is_some()),
+                        Job::Confirm(key, ack) => {
+                            ack.send(outcome.as_ref().is_some_and(|o| o.held.contains(&key)))
+                        }
+                    };
                 }
             }
             // Said goodbye properly, or Postgres logs an unexpected EOF for every run.
@@ -595,14 +683,83 @@ impl Writer {
         let status = settled.status;
         let (ack, done) = oneshot::channel();
         self.tx
-            .send((settled, ack))
+            .send(Job::Result(settled, ack))
             .await
             .map_err(|_| anyhow!("the result writer stopped"))?;
         Ok(Pending { done, status })
     }
 
+    /// Asks whether a claim is still this worker's; the answer is `Ok(true)` if it is.
+    async fn confirm(&self, key: (i64, i64)) -> oneshot::Receiver<bool> {
+        let (ack, answer) = oneshot::channel();
+        // A stopped writer drops `ack`, and the receiver then says no.
+        let _ = self.tx.send(Job::Confirm(key, ack)).await;
+        answer
+    }
+
     async fn close(self) {
         drop(self.tx);
         let _ = self.task.await;
+    }
+}
+
+/// This process as a worker: an id its claims carry, and the advisory lock it holds on a
+/// connection of its own while it lives, so others can tell at once when it is gone. Every
+/// third of a lease it renews the leases of what it holds, so no one takes over a slow batch.
+struct Worker {
+    id: i32,
+    /// Dropped with the worker: the heartbeat then closes its connection, releasing the lock.
+    _stop: oneshot::Sender<()>,
+}
+
+impl Worker {
+    async fn start(pool: &PgPool, lease: Duration) -> anyhow::Result<Self> {
+        let mut conn = pool
+            .acquire()
+            .await
+            .context("failed to open the worker connection")?
+            .detach();
+        let id = deliveries::register_worker(&mut conn)
+            .await
+            .context("failed to register as a worker")?;
+        tracing::debug!(worker = id, "registered");
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let pool = pool.clone();
+        let every = (lease / 3).max(Duration::from_millis(200));
+        tokio::spawn(async move {
+            let mut conn = Some(conn);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if conn.is_none() {
+                    // Same id, same lock: claims nobody took over meanwhile are still ours.
+                    match pool.acquire().await {
+                        Ok(c) => {
+                            let mut c = c.detach();
+                            if deliveries::lock_worker(&mut c, id).await.is_ok() {
+                                tracing::info!(worker = id, "worker connection restored");
+                                conn = Some(c);
+                            }
+                        }
+                        Err(e) => tracing::warn!(worker = id, "cannot reconnect: {e}"),
+                    }
+                }
+                if let Some(c) = conn.as_mut()
+                    && let Err(e) = deliveries::renew(c, id, lease).await
+                {
+                    tracing::warn!(
+                        worker = id,
+                        "lost the worker connection ({e}): other workers may take over this worker's claims; reconnecting"
+                    );
+                    conn = None;
+                }
+            }
+            if let Some(c) = conn {
+                let _ = sqlx::Connection::close(c).await;
+            }
+        });
+        Ok(Self { id, _stop: stop })
     }
 }

@@ -165,6 +165,26 @@ async fn render_metrics(app: &AppState) -> anyhow::Result<String> {
             n.load(Ordering::Relaxed)
         )?;
     }
+    writeln!(
+        out,
+        "# HELP digestif_claims_reclaimed_total Claims this process took over from workers that died or ran out their lease."
+    )?;
+    writeln!(out, "# TYPE digestif_claims_reclaimed_total counter")?;
+    writeln!(
+        out,
+        "digestif_claims_reclaimed_total {}",
+        c.reclaimed.load(Ordering::Relaxed)
+    )?;
+    writeln!(
+        out,
+        "# HELP digestif_claims_lost_total Claims this process found taken over before the final dot (not sent by it)."
+    )?;
+    writeln!(out, "# TYPE digestif_claims_lost_total counter")?;
+    writeln!(
+        out,
+        "digestif_claims_lost_total {}",
+        c.lost.load(Ordering::Relaxed)
+    )?;
     let depth = crate::store::deliveries::open_count(&app.pool).await?;
     writeln!(
         out,

@@ -50,6 +50,15 @@ impl Pacer {
         }
     }
 
+    /// How many messages the ceiling lets out `within` this long (`None`: no ceiling).
+    pub fn capacity(&self, within: Duration) -> Option<u32> {
+        self.interval.map(|i| {
+            (within.as_secs_f64() / i.as_secs_f64())
+                .floor()
+                .clamp(0.0, f64::from(u32::MAX)) as u32
+        })
+    }
+
     /// Waits until the next message may go out.
     pub async fn wait(&self, pool: &PgPool) -> sqlx::Result<()> {
         let Some(interval) = self.interval else {

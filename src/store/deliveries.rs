@@ -39,11 +39,56 @@ pub struct Claimed {
     pub subscriber_status: String,
 }
 
-/// Claims up to `limit` ready deliveries of issues that are sending: new and deferred ones
-/// whose time has come, and ones whose lease ran out. The short transaction of this one
-/// statement is all the locking there is; nothing is held while SMTP talks.
+/// The advisory-lock namespace of worker locks (`'dgif'`): a worker holds
+/// `pg_advisory_lock(WORKER_LOCK_CLASS, worker_id)` for as long as it lives.
+pub const WORKER_LOCK_CLASS: i32 = 0x6467_6966;
+
+/// Registers a delivering process on `conn`, a connection it keeps to itself: a new worker id,
+/// and that id's advisory lock, held until the session ends. Returns the id.
+pub async fn register_worker(conn: &mut PgConnection) -> sqlx::Result<i32> {
+    let id: i32 = sqlx::query_scalar("SELECT nextval('worker_id_seq')::int")
+        .fetch_one(&mut *conn)
+        .await?;
+    lock_worker(conn, id).await?;
+    Ok(id)
+}
+
+/// Takes worker `id`'s lock on `conn` (again, after its connection was lost), and names the
+/// session so `pg_stat_activity` shows which worker it is.
+pub async fn lock_worker(conn: &mut PgConnection, id: i32) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_lock($1, $2), set_config('application_name', $3, false)")
+        .bind(WORKER_LOCK_CLASS)
+        .bind(id)
+        .bind(format!("digestif worker {id}"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Renews the leases of every claim `worker` holds; returns how many it holds.
+pub async fn renew(
+    conn: &mut PgConnection,
+    worker: i32,
+    lease: std::time::Duration,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE delivery SET lease_until = now() + make_interval(secs => $2) \
+         WHERE status = 'sending' AND claimed_by = $1",
+    )
+    .bind(worker)
+    .bind(lease.as_secs_f64())
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Claims up to `limit` ready deliveries of issues that are sending for `worker`: new and
+/// deferred ones whose time has come, ones whose worker is gone (its lock went with its
+/// session), and, as a last resort, ones whose lease ran out. The short transaction of this
+/// one statement is all the locking there is; nothing is held while SMTP talks.
 pub async fn claim(
     pool: &PgPool,
+    worker: i32,
     limit: u32,
     lease: std::time::Duration,
 ) -> sqlx::Result<Vec<Claimed>> {
@@ -53,14 +98,19 @@ pub async fn claim(
              WHERE status IN ('pending', 'deferred') AND next_attempt_at <= now() \
                AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
-         expired AS ( \
+         live AS ( \
+             SELECT objid::bigint AS worker FROM pg_locks \
+             WHERE locktype = 'advisory' AND classid = $4::int::oid AND objsubid = 2 AND granted), \
+         orphaned AS ( \
              SELECT issue_id, subscriber_id, status AS was FROM delivery \
-             WHERE status = 'sending' AND lease_until < now() \
+             WHERE status = 'sending' \
+               AND (lease_until < now() \
+                    OR (claimed_by IS NOT NULL AND claimed_by NOT IN (SELECT worker FROM live))) \
                AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
              LIMIT $1 FOR UPDATE SKIP LOCKED), \
-         picked AS (SELECT * FROM ready UNION ALL SELECT * FROM expired LIMIT $1) \
+         picked AS (SELECT * FROM ready UNION ALL SELECT * FROM orphaned LIMIT $1) \
          UPDATE delivery d SET status = 'sending', attempts = d.attempts + 1, \
-                lease_until = now() + make_interval(secs => $2) \
+                lease_until = now() + make_interval(secs => $2), claimed_by = $3 \
          FROM picked p, subscriber s \
          WHERE d.issue_id = p.issue_id AND d.subscriber_id = p.subscriber_id \
            AND s.subscriber_id = d.subscriber_id \
@@ -69,8 +119,20 @@ pub async fn claim(
     )
     .bind(i64::from(limit))
     .bind(lease.as_secs_f64())
+    .bind(worker)
+    .bind(WORKER_LOCK_CLASS)
     .fetch_all(pool)
     .await
+}
+
+/// Counts claims taken back from dead workers against their issue.
+pub async fn count_reclaimed(pool: &PgPool, issue_id: i64, n: i32) -> sqlx::Result<()> {
+    sqlx::query("UPDATE issue SET reclaimed = reclaimed + $2 WHERE issue_id = $1")
+        .bind(issue_id)
+        .bind(n)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// The result of one attempt, to be written.
@@ -107,13 +169,27 @@ pub async fn settle_connection(pool: &PgPool) -> sqlx::Result<PgConnection> {
     Ok(conn)
 }
 
-/// Writes many results in one transaction: delivery rows, and for hard bounces the
-/// subscriber's counter, suppression at `threshold`, and the event log.
+/// What [`settle`] did.
+#[derive(Debug, Default)]
+pub struct SettleOutcome {
+    /// Results written; fewer than given when claims were taken over meanwhile.
+    pub written: u64,
+    /// The claims asked about that are still this worker's (their leases renewed).
+    pub held: Vec<(i64, i64)>,
+}
+
+/// Writes many results in one statement: delivery rows, and for hard bounces the subscriber's
+/// counter, suppression at `threshold`, and the event log. In the same statement it checks
+/// that the claims in `confirm` (messages about to be handed over) are still `worker`'s, and
+/// renews their leases. Every row is touched only while `worker` holds its claim.
 pub async fn settle(
     conn: &mut PgConnection,
+    worker: i32,
     results: &[Settled],
+    confirm: &[(i64, i64)],
     threshold: u32,
-) -> sqlx::Result<()> {
+    lease: std::time::Duration,
+) -> sqlx::Result<SettleOutcome> {
     let mut issue_ids = Vec::with_capacity(results.len());
     let mut subscriber_ids = Vec::with_capacity(results.len());
     let mut statuses = Vec::with_capacity(results.len());
@@ -130,7 +206,9 @@ pub async fn settle(
         next.push(r.next_attempt_at);
         message_ids.push(r.message_id.clone());
     }
-    sqlx::query(
+    let (confirm_issues, confirm_subscribers): (Vec<i64>, Vec<i64>) =
+        confirm.iter().copied().unzip();
+    let (written, held_issues, held_subscribers): (i64, Vec<i64>, Vec<i64>) = sqlx::query_as(
         "WITH v AS ( \
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], \
                                   $5::text[], $6::timestamptz[], $7::text[]) \
@@ -138,22 +216,32 @@ pub async fn settle(
          upd AS ( \
              UPDATE delivery d SET status = v.status, last_code = v.code, last_error = v.error, \
                     next_attempt_at = COALESCE(v.next_at, d.next_attempt_at), lease_until = NULL, \
-                    message_id = COALESCE(v.message_id, d.message_id), \
+                    claimed_by = NULL, message_id = COALESCE(v.message_id, d.message_id), \
                     sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END \
              FROM v WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
-               AND d.status = $9 \
+               AND d.status = $9 AND d.claimed_by = $10 \
              RETURNING d.subscriber_id, d.status, d.last_error), \
          bounced AS ( \
              UPDATE subscriber s SET hard_bounces = s.hard_bounces + 1, \
                     status = CASE WHEN s.status = 'active' AND s.hard_bounces + 1 >= $8 \
                                   THEN 'bounced' ELSE s.status END \
              FROM upd WHERE upd.status = 'bounced' AND s.subscriber_id = upd.subscriber_id \
-             RETURNING s.subscriber_id, s.status, s.hard_bounces, upd.last_error) \
-         INSERT INTO subscriber_event (subscriber_id, kind, method, detail) \
-         SELECT subscriber_id, 'bounced', 'smtp', \
-                left(CASE WHEN status = 'bounced' THEN 'suppressed after ' || hard_bounces \
-                          || ' hard bounce(s): ' ELSE 'hard bounce: ' END || coalesce(last_error, ''), 500) \
-         FROM bounced",
+             RETURNING s.subscriber_id, s.status, s.hard_bounces, upd.last_error), \
+         events AS ( \
+             INSERT INTO subscriber_event (subscriber_id, kind, method, detail) \
+             SELECT subscriber_id, 'bounced', 'smtp', \
+                    left(CASE WHEN status = 'bounced' THEN 'suppressed after ' || hard_bounces \
+                              || ' hard bounce(s): ' ELSE 'hard bounce: ' END \
+                         || coalesce(last_error, ''), 500) \
+             FROM bounced), \
+         held AS ( \
+             UPDATE delivery d SET lease_until = now() + make_interval(secs => $13) \
+             FROM unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
+             WHERE d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
+               AND d.status = $9 AND d.claimed_by = $10 \
+             RETURNING d.issue_id, d.subscriber_id) \
+         SELECT (SELECT count(*) FROM upd), \
+                ARRAY(SELECT issue_id FROM held), ARRAY(SELECT subscriber_id FROM held)",
     )
     .bind(&issue_ids)
     .bind(&subscriber_ids)
@@ -169,13 +257,21 @@ pub async fn settle(
     // deliveries, 430 µs at 400,000. A parameter cannot prove that index's predicate, so the
     // plan looks each row up by its keys.
     .bind("sending")
-    .execute(&mut *conn)
+    .bind(worker)
+    .bind(&confirm_issues)
+    .bind(&confirm_subscribers)
+    .bind(lease.as_secs_f64())
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    Ok(SettleOutcome {
+        written: written as u64,
+        held: held_issues.into_iter().zip(held_subscribers).collect(),
+    })
 }
 
-/// Gives claimed deliveries back unsent (shutdown, breaker), as if never claimed.
-pub async fn release(pool: &PgPool, claimed: &[Claimed]) -> sqlx::Result<()> {
+/// Gives `worker`'s claimed deliveries back unsent (shutdown, breaker), as if never claimed;
+/// claims it no longer holds are left to their new owner.
+pub async fn release(pool: &PgPool, worker: i32, claimed: &[Claimed]) -> sqlx::Result<()> {
     if claimed.is_empty() {
         return Ok(());
     }
@@ -185,13 +281,15 @@ pub async fn release(pool: &PgPool, claimed: &[Claimed]) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE delivery d SET \
                 status = CASE WHEN v.was = 'pending' THEN 'pending' ELSE 'deferred' END, \
-                attempts = greatest(d.attempts - 1, 0), lease_until = NULL \
+                attempts = greatest(d.attempts - 1, 0), lease_until = NULL, claimed_by = NULL \
          FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(issue_id, subscriber_id, was) \
-         WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id AND d.status = 'sending'",
+         WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
+           AND d.status = 'sending' AND d.claimed_by = $4",
     )
     .bind(&issue_ids)
     .bind(&subscriber_ids)
     .bind(&was)
+    .bind(worker)
     .execute(pool)
     .await?;
     Ok(())
@@ -252,20 +350,34 @@ pub async fn resume_cooled(pool: &PgPool) -> sqlx::Result<Vec<i32>> {
     .await
 }
 
-/// When the next delivery of a sending issue becomes claimable (a retry, or a lease running
-/// out), if any is waiting.
+/// When the next delivery of a sending issue becomes claimable (a retry, a lease running out,
+/// or at once for a claim whose worker is gone), if any is waiting.
 pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(
-        "SELECT min(t) FROM ( \
+        "WITH live AS ( \
+             SELECT objid::bigint AS worker FROM pg_locks \
+             WHERE locktype = 'advisory' AND classid = $1::int::oid AND objsubid = 2 AND granted) \
+         SELECT min(t) FROM ( \
              SELECT min(next_attempt_at) AS t FROM delivery \
              WHERE status IN ('pending', 'deferred') \
                AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
              UNION ALL \
-             SELECT min(lease_until) FROM delivery WHERE status = 'sending' \
+             SELECT min(CASE WHEN claimed_by IS NOT NULL \
+                                  AND claimed_by NOT IN (SELECT worker FROM live) \
+                             THEN now() ELSE lease_until END) \
+             FROM delivery WHERE status = 'sending' \
                AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending')) x",
     )
+    .bind(WORKER_LOCK_CLASS)
     .fetch_one(pool)
     .await
+}
+
+/// Whether any delivery is claimed right now (by any worker).
+pub async fn any_claimed(pool: &PgPool) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM delivery WHERE status = 'sending')")
+        .fetch_one(pool)
+        .await
 }
 
 /// Deliveries of an issue per status.

@@ -25,10 +25,12 @@ pub struct IssueRow {
     pub created_at: DateTime<Utc>,
     /// When its last delivery settled.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Claims taken back from workers that died (or ran out their lease).
+    pub reclaimed: i32,
 }
 
 const ISSUE_COLUMNS: &str =
-    "issue_id, number, slot, subject, status, status_reason, created_at, finished_at";
+    "issue_id, number, slot, subject, status, status_reason, created_at, finished_at, reclaimed";
 
 /// A candidate item with the id of its source row.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -172,7 +172,7 @@ async fn sigterm_mid_send_exits_cleanly_and_a_restart_sends_the_rest_once(pool: 
     );
 }
 
-async fn http_get(addr: &str, path: &str) -> String {
+pub(crate) async fn http_get(addr: &str, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to serve");
@@ -187,7 +187,7 @@ async fn http_get(addr: &str, path: &str) -> String {
 }
 
 /// Reads stderr until the "listening on" line and returns the address.
-async fn listening_addr(
+pub(crate) async fn listening_addr(
     child: &mut tokio::process::Child,
 ) -> (String, tokio::task::JoinHandle<String>) {
     let stderr = child.stderr.take().expect("stderr");

@@ -1,0 +1,270 @@
+//! Claims have an owner (DESIGN.md §4.7): a live worker's claims are never taken over however
+//! slow its batch, and a dead worker's come back at once, as real processes against a real
+//! Postgres and a real SMTP server.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::helpers::{MONDAY_MORNING, db_url, seed};
+use crate::schedule::{http_get, listening_addr};
+use crate::smtp_server::{Policy, SmtpServer};
+
+/// `digestif ARGS` against `server` on the default schedule at its Monday slot, with `envs`.
+fn digestif(
+    pool: &PgPool,
+    server: &SmtpServer,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_digestif"));
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DIGESTIF_CONFIG")
+        .env("DATABASE_URL", db_url(pool))
+        .env("DIGESTIF_NOW", MONDAY_MORNING)
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", server.url())
+        .env("DIGESTIF_SMTP__TIMEOUT", "10s")
+        .env("DIGESTIF_HTTP__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Copies per recipient, and whether every copy of one recipient has the same Message-ID.
+fn copies(server: &SmtpServer) -> HashMap<String, Vec<String>> {
+    let mut m: HashMap<String, Vec<String>> = HashMap::new();
+    for a in server.accepted() {
+        m.entry(a.rcpt).or_default().push(a.message_id);
+    }
+    m
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The "sent N," a run printed.
+fn reported_sent(out: &std::process::Output) -> u64 {
+    String::from_utf8_lossy(&out.stdout)
+        .split("sent ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'sent N,' in {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+async fn wait_for(server: &SmtpServer, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while server.accepted().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} accepted",
+            server.accepted().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_one_copy_each(server: &SmtpServer, n: usize) {
+    let c = copies(server);
+    assert_eq!(c.len(), n, "every subscriber got the issue");
+    let doubled: Vec<_> = c.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(doubled.is_empty(), "sent twice: {doubled:?}");
+}
+
+#[sqlx::test]
+async fn a_slow_batch_outliving_its_lease_is_never_taken_over_by_a_second_sender(pool: PgPool) {
+    // One message a second, one connection, a lease of two seconds: the first sender's claim of
+    // ten deliveries takes five leases to send.
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(1000))).await;
+    seed(&pool, 10).await;
+    let envs = [
+        ("DIGESTIF_DELIVERY__LEASE", "2s"),
+        ("DIGESTIF_DELIVERY__CONCURRENCY", "1"),
+        ("DIGESTIF_DELIVERY__BATCH_SIZE", "10"),
+    ];
+    let first = digestif(&pool, &server, &["issue", "send", "--now"], &envs)
+        .spawn()
+        .unwrap();
+    wait_for(&server, 3, Duration::from_secs(30)).await;
+    let second = digestif(&pool, &server, &["issue", "send", "--now"], &envs)
+        .output()
+        .await
+        .unwrap();
+    let first = first.wait_with_output().await.unwrap();
+    for out in [&first, &second] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_one_copy_each(&server, 10);
+    assert_eq!(reported_sent(&first) + reported_sent(&second), 10);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM delivery WHERE status = 'sent'").await,
+        10
+    );
+}
+
+#[sqlx::test]
+async fn a_rate_limited_send_and_a_second_one_started_mid_way_send_each_copy_once(pool: PgPool) {
+    // The field report: two messages a second, a five-second lease, a second `issue send --now`
+    // seven seconds in.
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 30).await;
+    let envs = [
+        ("DIGESTIF_DELIVERY__RATE_PER_SECOND", "2"),
+        ("DIGESTIF_DELIVERY__LEASE", "5s"),
+    ];
+    let first = digestif(&pool, &server, &["issue", "send", "--now"], &envs)
+        .spawn()
+        .unwrap();
+    wait_for(&server, 12, Duration::from_secs(30)).await;
+    let second = digestif(&pool, &server, &["issue", "send", "--now"], &envs)
+        .output()
+        .await
+        .unwrap();
+    let first = first.wait_with_output().await.unwrap();
+    assert!(first.status.success() && second.status.success());
+    assert_one_copy_each(&server, 30);
+    assert_eq!(reported_sent(&first) + reported_sent(&second), 30);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM delivery WHERE status = 'sent'").await,
+        30
+    );
+}
+
+#[sqlx::test]
+async fn overlapping_timer_runs_on_a_slow_rate_limited_issue_send_each_copy_once(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 30).await;
+    let envs = [
+        ("DIGESTIF_DELIVERY__RATE_PER_SECOND", "5"),
+        ("DIGESTIF_DELIVERY__LEASE", "2s"),
+    ];
+    // A timer firing `digestif run` while the previous run is still sending.
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(digestif(&pool, &server, &["run"], &envs).spawn().unwrap());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    for run in runs {
+        let out = run.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A last run after all of them picks up anything left.
+    let last = digestif(&pool, &server, &["run"], &envs)
+        .output()
+        .await
+        .unwrap();
+    assert!(last.status.success());
+    assert_one_copy_each(&server, 30);
+    assert_eq!(count(&pool, "SELECT count(*) FROM issue").await, 1);
+}
+
+#[sqlx::test]
+async fn after_a_kill_9_with_the_default_lease_a_restart_sends_the_rest_within_30_s(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(2))).await;
+    seed(&pool, 1000).await;
+    let envs = [("DIGESTIF_DELIVERY__CONCURRENCY", "4")];
+    let mut child = digestif(&pool, &server, &["issue", "send", "--now"], &envs)
+        .spawn()
+        .unwrap();
+    wait_for(&server, 300, Duration::from_secs(120)).await;
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reap");
+    let claimed = count(
+        &pool,
+        "SELECT count(*) FROM delivery WHERE status = 'sending'",
+    )
+    .await;
+    assert!(claimed > 0, "the killed worker held claims");
+
+    let restarted = Instant::now();
+    let out = digestif(&pool, &server, &["issue", "send", "--now"], &envs)
+        .output()
+        .await
+        .unwrap();
+    let took = restarted.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = copies(&server);
+    assert_eq!(c.len(), 1000, "nobody lost");
+    assert!(
+        took < Duration::from_secs(30),
+        "the rest took {took:?} after the restart"
+    );
+    let extra: usize = c.values().map(|ids| ids.len() - 1).sum();
+    assert!(extra <= 4, "{extra} extra copies with concurrency 4");
+    for (rcpt, ids) in &c {
+        assert!(ids.iter().all(|id| id == &ids[0]), "{rcpt}: {ids:?}");
+    }
+    let status = digestif(&pool, &server, &["issue", "status", "1"], &envs)
+        .output()
+        .await
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!(
+            "reclaimed from workers that died or ran out their lease: {claimed}"
+        )),
+        "{status}"
+    );
+}
+
+#[sqlx::test]
+async fn when_one_of_two_serve_processes_is_killed_the_other_finishes_within_30_s(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(2))).await;
+    seed(&pool, 600).await;
+    let envs = [
+        ("DIGESTIF_DELIVERY__CONCURRENCY", "2"),
+        ("DIGESTIF_DELIVERY__BATCH_SIZE", "50"),
+    ];
+    let mut a = digestif(&pool, &server, &["serve"], &envs).spawn().unwrap();
+    let mut b = digestif(&pool, &server, &["serve"], &envs).spawn().unwrap();
+    let (_addr_a, _log_a) = listening_addr(&mut a).await;
+    let (addr_b, _log_b) = listening_addr(&mut b).await;
+    wait_for(&server, 150, Duration::from_secs(60)).await;
+    a.start_kill().expect("SIGKILL");
+    a.wait().await.expect("reap");
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    while copies(&server).len() < 600 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 600",
+            copies(&server).len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let extra: usize = copies(&server).values().map(|ids| ids.len() - 1).sum();
+    assert!(extra <= 2, "{extra} extra copies with concurrency 2");
+    let metrics = http_get(&addr_b, "/metrics").await;
+    let reclaimed: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("digestif_claims_reclaimed_total "))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(reclaimed > 0, "{metrics}");
+}
