@@ -10,11 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, watch};
 
+use super::breaker::Breaker;
+use super::worker::Worker;
+use super::writer::{Pending, WRITE_FAILED, Writer, settle_pending};
 use crate::config::Settings;
 use crate::domain::TokenKeys;
 use crate::render::{self, Recipient, RenderedIssue};
@@ -73,7 +76,7 @@ impl Counters {
         ]
     }
 
-    fn line(&self) -> String {
+    pub(super) fn line(&self) -> String {
         format!(
             "sent {} · deferred {} · bounced {} · failed {} · skipped {}",
             self.sent.load(Ordering::Relaxed),
@@ -426,26 +429,21 @@ impl Deliverer {
             Outcome::Failed(f) => settled("failed", Some(f)),
             Outcome::Transient(f) => {
                 let d = &self.settings.delivery;
-                let exp = 2f64.powi((c.attempts - 1).clamp(0, 20));
                 let jitter = 0.5 + fastrand::f64();
-                let delay = d
-                    .retry_base
-                    .mul_f64(exp * jitter)
-                    .min(Duration::from_secs(6 * 3600));
-                let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                let give_up =
-                    c.created_at + chrono::Duration::from_std(d.give_up_after).unwrap_or_default();
-                if next > give_up {
-                    let mut s = settled("failed", Some(f));
-                    s.error = Some(crate::send::classify::truncate(
-                        &format!("gave up after {} attempts: {}", c.attempts, f.reason),
-                        500,
-                    ));
-                    s
-                } else {
-                    let mut s = settled("deferred", Some(f));
-                    s.next_attempt_at = Some(next);
-                    s
+                match retry_at(c, d.retry_base, d.give_up_after, Utc::now(), jitter) {
+                    Some(next) => {
+                        let mut s = settled("deferred", Some(f));
+                        s.next_attempt_at = Some(next);
+                        s
+                    }
+                    None => {
+                        let mut s = settled("failed", Some(f));
+                        s.error = Some(crate::send::classify::truncate(
+                            &format!("gave up after {} attempts: {}", c.attempts, f.reason),
+                            500,
+                        ));
+                        s
+                    }
                 }
             }
         };
@@ -505,261 +503,63 @@ impl Deliverer {
     }
 }
 
-/// Recent attempts for the breaker: when most of them failed because of the connection or
-/// the server's policy, sending more only hurts the sender's reputation.
-#[derive(Default)]
-struct Breaker {
-    window: VecDeque<bool>,
-    open: Vec<i64>,
-    newly_tripped: Vec<(i64, String)>,
+/// When to try a temporarily failed delivery again: `retry_base` doubling with each attempt
+/// (at most 6 hours), times `jitter` (0.5 to 1.5, so retries of one batch spread out), or
+/// `None` once that would be past `give_up_after` from the delivery's creation.
+pub fn retry_at(
+    c: &Claimed,
+    retry_base: Duration,
+    give_up_after: Duration,
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> Option<DateTime<Utc>> {
+    let exp = 2f64.powi((c.attempts - 1).clamp(0, 20));
+    let delay = retry_base
+        .mul_f64(exp * jitter)
+        .min(Duration::from_secs(6 * 3600));
+    let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
+    let give_up = c.created_at + chrono::Duration::from_std(give_up_after).unwrap_or_default();
+    (next <= give_up).then_some(next)
 }
 
-const BREAKER_WINDOW: usize = 20;
-const BREAKER_MIN: usize = 10;
-const BREAKER_RATIO: f64 = 0.8;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Breaker {
-    fn record(&mut self, issue_id: i64, failure: Option<&Failure>) {
-        let systemic = failure.is_some_and(|f| f.systemic);
-        self.window.push_back(systemic);
-        if self.window.len() > BREAKER_WINDOW {
-            self.window.pop_front();
-        }
-        let bad = self.window.iter().filter(|b| **b).count();
-        let n = self.window.len();
-        if n >= BREAKER_MIN
-            && bad as f64 >= BREAKER_RATIO * n as f64
-            && !self.open.contains(&issue_id)
-        {
-            let last = failure
-                .map(|f| match (&f.code, &f.enhanced) {
-                    (Some(c), Some(e)) => format!("{c} {e}: {}", f.reason),
-                    _ => f.reason.clone(),
-                })
-                .unwrap_or_default();
-            self.open.push(issue_id);
-            self.newly_tripped.push((
-                issue_id,
-                render::one_line(&format!(
-                    "{bad} of the last {n} attempts failed for connection or policy reasons; last: {last}"
-                )),
-            ));
-            self.window.clear();
+    fn claimed(attempts: i32, created_at: DateTime<Utc>) -> Claimed {
+        Claimed {
+            issue_id: 1,
+            subscriber_id: 1,
+            was: "pending".into(),
+            attempts,
+            created_at,
+            email: "a@example.com".into(),
+            name: None,
+            subscriber_status: "active".into(),
         }
     }
-}
 
-const WRITE_FAILED: &str = "cannot write delivery results to the database; stopping (unwritten sends are retried after their lease)";
-
-/// A result on its way to the database.
-struct Pending {
-    done: oneshot::Receiver<bool>,
-    status: &'static str,
-}
-
-/// Waits until the sender's previous result is durable, then counts it. `pending` is cleared
-/// only once the answer is in: should the wait be abandoned half-way, the next call waits
-/// again instead of losing the result.
-async fn settle_pending(
-    pending: &mut Option<Pending>,
-    counters: &Counters,
-    progress: &ProgressBar,
-) -> anyhow::Result<()> {
-    let Some(p) = pending.as_mut() else {
-        return Ok(());
-    };
-    let durable = matches!((&mut p.done).await, Ok(true));
-    let status = p.status;
-    *pending = None;
-    if !durable {
-        return Err(anyhow!(WRITE_FAILED));
-    }
-    let counter = match status {
-        "sent" => &counters.sent,
-        "deferred" => &counters.deferred,
-        "bounced" => &counters.bounced,
-        "skipped" => &counters.skipped,
-        _ => &counters.failed,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-    progress.inc(1);
-    progress.set_message(counters.line());
-    Ok(())
-}
-
-/// What senders ask the writer.
-enum Job {
-    /// Write this result; answer once it is durable.
-    Result(Settled, oneshot::Sender<bool>),
-    /// Is this claim still ours (renewing its lease)? Asked just before a final dot.
-    Confirm((i64, i64), oneshot::Sender<bool>),
-}
-
-/// Writes results in batches: every result and claim check waiting when a write starts goes
-/// into the same statement, and each sender hears back once its own is done.
-struct Writer {
-    tx: mpsc::Sender<Job>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn spawn(pool: PgPool, worker: i32, threshold: u32, lease: Duration) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Job>(1024);
-        let task = tokio::spawn(async move {
-            // Its own connection, opened again after any error (a restarted server, say).
-            let mut conn: Option<sqlx::PgConnection> = None;
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < 1000 {
-                    match rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-                let mut results = Vec::new();
-                let mut confirm = Vec::new();
-                for job in &batch {
-                    match job {
-                        Job::Result(s, _) => results.push(s.clone()),
-                        Job::Confirm(key, _) => confirm.push(*key),
-                    }
-                }
-                let mut outcome = None;
-                for attempt in 0..5u32 {
-                    let written = match conn.as_mut() {
-                        Some(c) => {
-                            deliveries::settle(c, worker, &results, &confirm, threshold, lease)
-                                .await
-                        }
-                        None => match deliveries::settle_connection(&pool).await {
-                            Ok(c) => {
-                                let c = conn.insert(c);
-                                deliveries::settle(c, worker, &results, &confirm, threshold, lease)
-                                    .await
-                            }
-                            Err(e) => Err(e),
-                        },
-                    };
-                    match written {
-                        Ok(o) => {
-                            outcome = Some(o);
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(attempt, "writing delivery results failed: {e}");
-                            conn = None;
-                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                        }
-                    }
-                }
-                if let Some(o) = &outcome
-                    && o.written < results.len() as u64
-                {
-                    tracing::warn!(
-                        worker,
-                        lost = results.len() as u64 - o.written,
-                        "results not written: their claims were taken over (this worker's lease ran out or its database session was lost); the new owner sends again"
-                    );
-                }
-                for job in batch {
-                    let _ = match job {
-                        Job::Result(_, ack) => ack.send(outcome.is_some()),
-                        Job::Confirm(key, ack) => {
-                            ack.send(outcome.as_ref().is_some_and(|o| o.held.contains(&key)))
-                        }
-                    };
-                }
-            }
-            // Said goodbye properly, or Postgres logs an unexpected EOF for every run.
-            if let Some(c) = conn {
-                let _ = sqlx::Connection::close(c).await;
-            }
-        });
-        Self { tx, task }
-    }
-
-    /// Queues a result; the returned [`Pending`] resolves once it is durable.
-    async fn submit(&self, settled: Settled) -> anyhow::Result<Pending> {
-        let status = settled.status;
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Job::Result(settled, ack))
-            .await
-            .map_err(|_| anyhow!("the result writer stopped"))?;
-        Ok(Pending { done, status })
-    }
-
-    /// Asks whether a claim is still this worker's; the answer is `Ok(true)` if it is.
-    async fn confirm(&self, key: (i64, i64)) -> oneshot::Receiver<bool> {
-        let (ack, answer) = oneshot::channel();
-        // A stopped writer drops `ack`, and the receiver then says no.
-        let _ = self.tx.send(Job::Confirm(key, ack)).await;
-        answer
-    }
-
-    async fn close(self) {
-        drop(self.tx);
-        let _ = self.task.await;
-    }
-}
-
-/// This process as a worker: an id its claims carry, and the advisory lock it holds on a
-/// connection of its own while it lives, so others can tell at once when it is gone. Every
-/// third of a lease it renews the leases of what it holds, so no one takes over a slow batch.
-struct Worker {
-    id: i32,
-    /// Dropped with the worker: the heartbeat then closes its connection, releasing the lock.
-    _stop: oneshot::Sender<()>,
-}
-
-impl Worker {
-    async fn start(pool: &PgPool, lease: Duration) -> anyhow::Result<Self> {
-        let mut conn = pool
-            .acquire()
-            .await
-            .context("failed to open the worker connection")?
-            .detach();
-        let id = deliveries::register_worker(&mut conn)
-            .await
-            .context("failed to register as a worker")?;
-        tracing::debug!(worker = id, "registered");
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let pool = pool.clone();
-        let every = (lease / 3).max(Duration::from_millis(200));
-        tokio::spawn(async move {
-            let mut conn = Some(conn);
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                if conn.is_none() {
-                    // Same id, same lock: claims nobody took over meanwhile are still ours.
-                    match pool.acquire().await {
-                        Ok(c) => {
-                            let mut c = c.detach();
-                            if deliveries::lock_worker(&mut c, id).await.is_ok() {
-                                tracing::info!(worker = id, "worker connection restored");
-                                conn = Some(c);
-                            }
-                        }
-                        Err(e) => tracing::warn!(worker = id, "cannot reconnect: {e}"),
-                    }
-                }
-                if let Some(c) = conn.as_mut()
-                    && let Err(e) = deliveries::renew(c, id, lease).await
-                {
-                    tracing::warn!(
-                        worker = id,
-                        "lost the worker connection ({e}): other workers may take over this worker's claims; reconnecting"
-                    );
-                    conn = None;
-                }
-            }
-            if let Some(c) = conn {
-                let _ = sqlx::Connection::close(c).await;
-            }
-        });
-        Ok(Self { id, _stop: stop })
+    #[test]
+    fn retries_back_off_exponentially_then_give_up() {
+        let t0 = DateTime::parse_from_rfc3339("2026-11-30T09:00:00Z")
+            .unwrap()
+            .to_utc();
+        let base = Duration::from_secs(300);
+        let day = Duration::from_secs(86_400);
+        let after = |attempts| {
+            retry_at(&claimed(attempts, t0), base, day, t0, 1.0).map(|t| (t - t0).num_seconds())
+        };
+        assert_eq!(after(1), Some(300));
+        assert_eq!(after(2), Some(600));
+        assert_eq!(after(4), Some(2_400));
+        assert_eq!(after(12), Some(6 * 3600), "capped at six hours");
+        let jittered = retry_at(&claimed(1, t0), base, day, t0, 0.5).unwrap();
+        assert_eq!((jittered - t0).num_seconds(), 150);
+        let late = t0 + chrono::Duration::hours(23);
+        assert_eq!(
+            retry_at(&claimed(3, t0), base, day, late, 1.0),
+            None,
+            "a retry past give_up_after gives up"
+        );
     }
 }

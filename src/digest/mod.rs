@@ -2,7 +2,10 @@
 //! snapshot it as an issue and fan it out, render it, deliver it (`deliver`). The CLI, the
 //! scheduler and the tests all come through here.
 
+mod breaker;
 pub mod deliver;
+mod worker;
+mod writer;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,168 @@
+//! The results writer: one connection, one statement per batch of results and claim checks,
+//! and the gate a sender waits at before its final dot.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use indicatif::ProgressBar;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::deliver::Counters;
+use crate::store::deliveries::{self, Settled};
+
+/// Why a sender stops when its results cannot be written.
+pub(super) const WRITE_FAILED: &str = "cannot write delivery results to the database; stopping (unwritten sends are retried after their lease)";
+
+/// A result on its way to the database.
+pub(super) struct Pending {
+    done: oneshot::Receiver<bool>,
+    status: &'static str,
+}
+
+/// Waits until the sender's previous result is durable, then counts it. `pending` is cleared
+/// only once the answer is in: should the wait be abandoned half-way, the next call waits
+/// again instead of losing the result.
+pub(super) async fn settle_pending(
+    pending: &mut Option<Pending>,
+    counters: &Counters,
+    progress: &ProgressBar,
+) -> anyhow::Result<()> {
+    let Some(p) = pending.as_mut() else {
+        return Ok(());
+    };
+    let durable = matches!((&mut p.done).await, Ok(true));
+    let status = p.status;
+    *pending = None;
+    if !durable {
+        return Err(anyhow!(WRITE_FAILED));
+    }
+    let counter = match status {
+        "sent" => &counters.sent,
+        "deferred" => &counters.deferred,
+        "bounced" => &counters.bounced,
+        "skipped" => &counters.skipped,
+        _ => &counters.failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    progress.inc(1);
+    progress.set_message(counters.line());
+    Ok(())
+}
+
+/// What senders ask the writer.
+enum Job {
+    /// Write this result; answer once it is durable.
+    Result(Settled, oneshot::Sender<bool>),
+    /// Is this claim still ours (renewing its lease)? Asked just before a final dot.
+    Confirm((i64, i64), oneshot::Sender<bool>),
+}
+
+/// Writes results in batches: every result and claim check waiting when a write starts goes
+/// into the same statement, and each sender hears back once its own is done.
+pub(super) struct Writer {
+    tx: mpsc::Sender<Job>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub(super) fn spawn(pool: PgPool, worker: i32, threshold: u32, lease: Duration) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Job>(1024);
+        let task = tokio::spawn(async move {
+            // Its own connection, opened again after any error (a restarted server, say).
+            let mut conn: Option<sqlx::PgConnection> = None;
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 1000 {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let mut results = Vec::new();
+                let mut confirm = Vec::new();
+                for job in &batch {
+                    match job {
+                        Job::Result(s, _) => results.push(s.clone()),
+                        Job::Confirm(key, _) => confirm.push(*key),
+                    }
+                }
+                let mut outcome = None;
+                for attempt in 0..5u32 {
+                    let written = match conn.as_mut() {
+                        Some(c) => {
+                            deliveries::settle(c, worker, &results, &confirm, threshold, lease)
+                                .await
+                        }
+                        None => match deliveries::settle_connection(&pool).await {
+                            Ok(c) => {
+                                let c = conn.insert(c);
+                                deliveries::settle(c, worker, &results, &confirm, threshold, lease)
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        },
+                    };
+                    match written {
+                        Ok(o) => {
+                            outcome = Some(o);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(attempt, "writing delivery results failed: {e}");
+                            conn = None;
+                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        }
+                    }
+                }
+                if let Some(o) = &outcome
+                    && o.written < results.len() as u64
+                {
+                    tracing::warn!(
+                        worker,
+                        lost = results.len() as u64 - o.written,
+                        "results not written: their claims were taken over (this worker's lease ran out or its database session was lost); the new owner sends again"
+                    );
+                }
+                for job in batch {
+                    let _ = match job {
+                        Job::Result(_, ack) => ack.send(outcome.is_some()),
+                        Job::Confirm(key, ack) => {
+                            ack.send(outcome.as_ref().is_some_and(|o| o.held.contains(&key)))
+                        }
+                    };
+                }
+            }
+            // Said goodbye properly, or Postgres logs an unexpected EOF for every run.
+            if let Some(c) = conn {
+                let _ = sqlx::Connection::close(c).await;
+            }
+        });
+        Self { tx, task }
+    }
+
+    /// Queues a result; the returned [`Pending`] resolves once it is durable.
+    pub(super) async fn submit(&self, settled: Settled) -> anyhow::Result<Pending> {
+        let status = settled.status;
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Job::Result(settled, ack))
+            .await
+            .map_err(|_| anyhow!("the result writer stopped"))?;
+        Ok(Pending { done, status })
+    }
+
+    /// Asks whether a claim is still this worker's; the answer is `Ok(true)` if it is.
+    pub(super) async fn confirm(&self, key: (i64, i64)) -> oneshot::Receiver<bool> {
+        let (ack, answer) = oneshot::channel();
+        // A stopped writer drops `ack`, and the receiver then says no.
+        let _ = self.tx.send(Job::Confirm(key, ack)).await;
+        answer
+    }
+
+    pub(super) async fn close(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
