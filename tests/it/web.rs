@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use digestif::config::Settings;
 use digestif::digest;
 use digestif::domain::Purpose;
-use digestif::http::{AppState, router};
+use digestif::http::Server;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -27,38 +27,36 @@ struct App {
     addr: SocketAddr,
     settings: Settings,
     keys: digestif::domain::TokenKeys,
+    /// Dropping the app stops its server.
+    _stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
+    /// `serve`'s own HTTP server ([`Server::build`]) on 127.0.0.1:0, with the file transport.
     async fn start(pool: &PgPool, extra: &str) -> Self {
-        let settings = Settings::from_toml(&format!(
+        let mut settings = Settings::from_toml(&format!(
             "[newsletter]\nbase_url = \"https://news.example.com\"\n\
              [delivery]\ntransport = \"file\"\noutbox = \"{}\"\n{extra}",
             tempfile::tempdir().unwrap().keep().display()
         ))
         .expect("settings");
-        let keys = digest::token_keys(&settings, pool).await.expect("keys");
-        let state = AppState::new(
-            pool.clone(),
+        settings.http.listen = "127.0.0.1:0".parse().unwrap();
+        let server = Server::build(
             Arc::new(settings.clone()),
+            pool.clone(),
             Arc::new(Default::default()),
-            keys.clone(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = router(state);
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .ok();
-        });
+        )
+        .await
+        .expect("the server starts");
+        let addr = server.local_addr().unwrap();
+        let keys = server.keys().clone();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(server.run_until_stopped(stopped));
         Self {
             addr,
             settings,
             keys,
+            _stop: stop,
         }
     }
 
@@ -358,7 +356,23 @@ async fn the_sign_up_form_answers_alike_and_is_rate_limited(pool: PgPool) {
         .request("POST", "/subscribe", Some("email=x%40example.com"))
         .await;
     assert_eq!(limited.status, 429);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The confirmation goes out after the answer, from a background task: wait for its mail.
+    let outbox = app.settings.delivery.outbox.clone();
+    let mail = crate::helpers::wait_for("the confirmation mail", Duration::from_secs(20), || {
+        let outbox = outbox.clone();
+        async move {
+            let files: Vec<_> = std::fs::read_dir(&outbox).ok()?.flatten().collect();
+            match files.as_slice() {
+                [one] => std::fs::read_to_string(one.path()).ok(),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        mail.contains("fresh@example.com") && mail.contains("https://news.example.com/confirm/"),
+        "{mail}"
+    );
     let pending: String =
         sqlx::query_scalar("SELECT status FROM subscriber WHERE email = 'fresh@example.com'")
             .fetch_one(&pool)
