@@ -218,32 +218,58 @@ async fn a_subscriber_who_leaves_after_fan_out_is_skipped(pool: PgPool) {
 
 #[sqlx::test]
 async fn two_senders_on_one_issue_never_send_a_copy_twice(pool: PgPool) {
-    let server = SmtpServer::start(Policy::default()).await;
-    let s = settings(&server, "");
-    let s = Settings {
-        delivery: digestif::config::DeliverySettings {
-            batch_size: 20,
-            ..s.delivery
-        },
-        ..s
+    // Each sender talks to its own server, so the servers tell who sent what; the first
+    // sender's server holds its replies until the second has delivered one, so both take
+    // part however the two are scheduled.
+    let second = SmtpServer::start(Policy::default()).await;
+    let first = SmtpServer::start(Policy::default().hold_until({
+        let sent_by_second = second.accepted_count();
+        move || sent_by_second() > 0
+    }))
+    .await;
+    let with = |server: &SmtpServer| {
+        let s = settings(server, "");
+        Settings {
+            delivery: digestif::config::DeliverySettings {
+                batch_size: 20,
+                ..s.delivery
+            },
+            // Above the server's longest hold: a held reply is slow, not lost.
+            smtp: digestif::config::SmtpSettings {
+                timeout: Duration::from_secs(30),
+                ..s.smtp
+            },
+            ..s
+        }
     };
+    let (s1, s2) = (with(&first), with(&second));
     seed(&pool, 300).await;
-    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    digest::create_issue(&pool, &s1, at(SLOT)).await.unwrap();
     let other = PgPoolOptions::new()
         .connect_with((*pool.connect_options()).clone())
         .await
         .expect("second pool");
-    let (a, b) = tokio::join!(deliver_all(&pool, &s), deliver_all(&other, &s));
+    let (a, b) = tokio::join!(deliver_all(&pool, &s1), deliver_all(&other, &s2));
     assert_eq!(a.sent + b.sent, 300, "{a:?} {b:?}");
+    assert_eq!(
+        (a.sent, b.sent),
+        (
+            first.accepted().len() as u64,
+            second.accepted().len() as u64
+        )
+    );
     assert!(
         a.sent > 0 && b.sent > 0,
         "both took part: {} and {}",
         a.sent,
         b.sent
     );
-    let c = copies(&server);
+    let mut c = copies(&first);
+    for (rcpt, n) in copies(&second) {
+        *c.entry(rcpt).or_default() += n;
+    }
     assert_eq!(c.len(), 300);
-    assert!(c.values().all(|&n| n == 1));
+    assert!(c.values().all(|&n| n == 1), "{c:?}");
 }
 
 #[sqlx::test]

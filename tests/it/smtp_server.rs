@@ -23,6 +23,7 @@ pub enum DataAction {
 
 type RcptRule = dyn Fn(&str, usize) -> Option<String> + Send + Sync;
 type DataRule = dyn Fn(&str, usize) -> DataAction + Send + Sync;
+type HoldRule = dyn Fn() -> bool + Send + Sync;
 
 /// How the server answers; the `usize` is how many times it has seen that recipient at that
 /// stage, counting this one (1 for the first attempt).
@@ -31,9 +32,13 @@ pub struct Policy {
     rcpt: Arc<RcptRule>,
     data: Arc<DataRule>,
     delay: Duration,
+    hold: Option<Arc<HoldRule>>,
     refuse_auth: bool,
     pipelining: bool,
 }
+
+/// How long [`Policy::hold_until`] holds a reply at most, below every test's `smtp.timeout`.
+const HOLD_AT_MOST: Duration = Duration::from_secs(20);
 
 impl Default for Policy {
     fn default() -> Self {
@@ -41,6 +46,7 @@ impl Default for Policy {
             rcpt: Arc::new(|_, _| None),
             data: Arc::new(|_, _| DataAction::Accept),
             delay: Duration::ZERO,
+            hold: None,
             refuse_auth: false,
             pipelining: true,
         }
@@ -60,6 +66,13 @@ impl Policy {
     /// Wait this long before answering the final dot: a slow server.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Hold every reply to a final dot until `ready()` is true (checked every 5 ms, for at most
+    /// 20 s, then answered anyway): makes sure another sender gets its turn meanwhile.
+    pub fn hold_until(mut self, ready: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.hold = Some(Arc::new(ready));
         self
     }
 
@@ -144,6 +157,13 @@ impl SmtpServer {
     /// Every accepted message so far.
     pub fn accepted(&self) -> Vec<Accepted> {
         self.state.lock().expect("state").accepted.clone()
+    }
+
+    /// How many messages have been accepted, readable from elsewhere (another server's
+    /// [`Policy::hold_until`]).
+    pub fn accepted_count(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let state = self.state.clone();
+        move || state.lock().expect("state").accepted.len()
     }
 
     /// When each RCPT for `rcpt` arrived.
@@ -273,6 +293,12 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
                 }
                 DataAction::DropMidData => return Ok(()),
                 DataAction::Accept => {}
+            }
+            if let Some(ready) = &policy.hold {
+                let until = Instant::now() + HOLD_AT_MOST;
+                while !ready() && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
             if !policy.delay.is_zero() {
                 tokio::time::sleep(policy.delay).await;
