@@ -19,6 +19,9 @@ pub enum DataAction {
     DropMidData,
     /// Read the whole message, then never answer.
     Stall,
+    /// Read the whole message, then answer the final dot with this reply (e.g.
+    /// `"451 4.3.0 try later"`) and record nothing.
+    Reply(&'static str),
 }
 
 type RcptRule = dyn Fn(&str, usize) -> Option<String> + Send + Sync;
@@ -292,6 +295,10 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
                     return Ok(());
                 }
                 DataAction::DropMidData => return Ok(()),
+                DataAction::Reply(reply) => {
+                    w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+                    continue;
+                }
                 DataAction::Accept => {}
             }
             if let Some(ready) = &policy.hold {
