@@ -9,6 +9,7 @@ mod compose;
 mod deliver;
 mod deliverability;
 mod helpers;
+mod readme;
 mod schedule;
 mod send_now;
 mod smtp_server;
