@@ -256,3 +256,51 @@ async fn inbound_exits_75_when_the_database_cannot_be_reached(pool: PgPool) {
         "{run}"
     );
 }
+
+#[sqlx::test]
+async fn doctor_reports_a_successful_auth(pool: PgPool) {
+    let server =
+        SmtpServer::start(Policy::default().require_auth("mailer", "s3cret pass", "PLAIN LOGIN"))
+            .await;
+    let run = Digestif::new(&pool)
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", &server.url())
+        .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__PASSWORD", "s3cret pass")
+        .run_async(&["doctor"])
+        .await;
+    assert!(run.output.status.success(), "{run}");
+    let out = run.stdout();
+    assert!(out.contains("ok    smtp: connected, EHLO, AUTH"), "{run}");
+    assert!(
+        !out.contains("s3cret") && !run.stderr().contains("s3cret"),
+        "{run}"
+    );
+    assert_eq!(server.logins(), ["PLAIN mailer"], "{run}");
+}
+
+#[sqlx::test]
+async fn a_send_through_a_server_that_requires_auth_login_arrives(pool: PgPool) {
+    let server =
+        SmtpServer::start(Policy::default().require_auth("mailer", "s3cret pass", "LOGIN")).await;
+    seed(&pool, 2).await;
+    let out = serve(&pool, &server, &["issue", "send", "--now"])
+        .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__PASSWORD", "s3cret pass")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rcpts: Vec<String> = server.accepted().into_iter().map(|a| a.rcpt).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["user1@example.com", "user2@example.com"]);
+    let logins = server.logins();
+    assert!(
+        !logins.is_empty() && logins.iter().all(|l| l == "LOGIN mailer"),
+        "{logins:?}"
+    );
+}
