@@ -102,34 +102,9 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
     let settings = Arc::new(settings.clone());
     let stop = stop_on_signals()?;
     let deliverer = Arc::new(Deliverer::new(pool.clone(), settings.clone()).await?);
-    let listener = tokio::net::TcpListener::bind(settings.http.listen)
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "http.listen: cannot listen on {}: {e}",
-                settings.http.listen
-            )
-        })?;
-    let addr = listener.local_addr()?;
-    tracing::info!("listening on http://{addr}");
-    let keys = crate::digest::token_keys(&settings, &pool).await?;
-    let app = http::router(http::AppState::new(
-        pool.clone(),
-        settings.clone(),
-        deliverer.counters(),
-        keys,
-    ));
-    let mut http_stop = stop.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        })
-        .await
-    });
+    let server = http::Server::build(settings.clone(), pool.clone(), deliverer.counters()).await?;
+    tracing::info!("listening on http://{}", server.local_addr()?);
+    let server = tokio::spawn(server.run_until_stopped(stop.clone()));
     if no_schedule {
         tracing::info!("--no-schedule: serving HTTP only");
     } else {

@@ -556,8 +556,9 @@ mod tests {
         let jittered = retry_at(&claimed(1, t0), base, day, t0, 0.5).unwrap();
         assert_eq!((jittered - t0).num_seconds(), 150);
         let late = t0 + chrono::Duration::hours(23);
+        assert!(retry_at(&claimed(3, t0), base, day, late, 1.0).is_some());
         assert_eq!(
-            retry_at(&claimed(3, t0), base, day, late, 1.0),
+            retry_at(&claimed(5, t0), base, day, late, 1.0),
             None,
             "a retry past give_up_after gives up"
         );

@@ -4,6 +4,7 @@
 pub mod pages;
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::digest::deliver::Counters;
@@ -50,6 +52,58 @@ impl AppState {
             keys,
             signup_limiter: limiter,
         }
+    }
+}
+
+/// The HTTP server of `digestif serve`, bound and wired: the one way it is built, by the CLI and
+/// by the tests alike, so the tests exercise the production wiring.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    app: Router,
+    keys: TokenKeys,
+}
+
+impl Server {
+    /// Binds `http.listen` (port 0 picks a free port), reads the link token keys and builds the
+    /// routes. `counters` are the attempt counters `/metrics` reports.
+    pub async fn build(
+        settings: Arc<Settings>,
+        pool: PgPool,
+        counters: Arc<Counters>,
+    ) -> anyhow::Result<Self> {
+        let listen = settings.http.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("http.listen: cannot listen on {listen}: {e}"))?;
+        let keys = crate::digest::token_keys(&settings, &pool).await?;
+        let app = router(AppState::new(pool, settings, counters, keys.clone()));
+        Ok(Self {
+            listener,
+            app,
+            keys,
+        })
+    }
+
+    /// The address actually bound (the port chosen when `http.listen` says port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The keys the links this server accepts are signed with.
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    /// Serves until `stop` turns true, then finishes the requests in progress.
+    pub async fn run_until_stopped(self, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+        axum::serve(
+            self.listener,
+            self.app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
     }
 }
 

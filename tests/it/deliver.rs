@@ -218,32 +218,58 @@ async fn a_subscriber_who_leaves_after_fan_out_is_skipped(pool: PgPool) {
 
 #[sqlx::test]
 async fn two_senders_on_one_issue_never_send_a_copy_twice(pool: PgPool) {
-    let server = SmtpServer::start(Policy::default()).await;
-    let s = settings(&server, "");
-    let s = Settings {
-        delivery: digestif::config::DeliverySettings {
-            batch_size: 20,
-            ..s.delivery
-        },
-        ..s
+    // Each sender talks to its own server, so the servers tell who sent what; the first
+    // sender's server holds its replies until the second has delivered one, so both take
+    // part however the two are scheduled.
+    let second = SmtpServer::start(Policy::default()).await;
+    let first = SmtpServer::start(Policy::default().hold_until({
+        let sent_by_second = second.accepted_count();
+        move || sent_by_second() > 0
+    }))
+    .await;
+    let with = |server: &SmtpServer| {
+        let s = settings(server, "");
+        Settings {
+            delivery: digestif::config::DeliverySettings {
+                batch_size: 20,
+                ..s.delivery
+            },
+            // Above the server's longest hold: a held reply is slow, not lost.
+            smtp: digestif::config::SmtpSettings {
+                timeout: Duration::from_secs(30),
+                ..s.smtp
+            },
+            ..s
+        }
     };
+    let (s1, s2) = (with(&first), with(&second));
     seed(&pool, 300).await;
-    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    digest::create_issue(&pool, &s1, at(SLOT)).await.unwrap();
     let other = PgPoolOptions::new()
         .connect_with((*pool.connect_options()).clone())
         .await
         .expect("second pool");
-    let (a, b) = tokio::join!(deliver_all(&pool, &s), deliver_all(&other, &s));
+    let (a, b) = tokio::join!(deliver_all(&pool, &s1), deliver_all(&other, &s2));
     assert_eq!(a.sent + b.sent, 300, "{a:?} {b:?}");
+    assert_eq!(
+        (a.sent, b.sent),
+        (
+            first.accepted().len() as u64,
+            second.accepted().len() as u64
+        )
+    );
     assert!(
         a.sent > 0 && b.sent > 0,
         "both took part: {} and {}",
         a.sent,
         b.sent
     );
-    let c = copies(&server);
+    let mut c = copies(&first);
+    for (rcpt, n) in copies(&second) {
+        *c.entry(rcpt).or_default() += n;
+    }
     assert_eq!(c.len(), 300);
-    assert!(c.values().all(|&n| n == 1));
+    assert!(c.values().all(|&n| n == 1), "{c:?}");
 }
 
 #[sqlx::test]
@@ -667,4 +693,231 @@ async fn when_results_cannot_be_written_each_sender_stops_after_one_more_attempt
     let s = statuses(&pool).await;
     assert!(s.get("sending").copied().unwrap_or(0) <= 8, "{s:?}");
     assert!(s.get("pending").copied().unwrap_or(0) >= 32, "{s:?}");
+}
+
+/// `settings` with a different hard-bounce threshold, retry base and give-up time.
+fn with_delivery(s: Settings, threshold: u32, retry_base: Duration, give_up: Duration) -> Settings {
+    Settings {
+        delivery: digestif::config::DeliverySettings {
+            hard_bounce_threshold: threshold,
+            retry_base,
+            give_up_after: give_up,
+            ..s.delivery
+        },
+        ..s
+    }
+}
+
+async fn subscriber_state(pool: &PgPool, email: &str) -> (String, i32) {
+    sqlx::query_as("SELECT status, hard_bounces FROM subscriber WHERE email = $1")
+        .bind(email)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn at_a_hard_bounce_threshold_of_two_the_second_bounce_suppresses(pool: PgPool) {
+    let server = SmtpServer::start(
+        Policy::default()
+            .rcpt(|addr, _| (index(addr) == 3).then(|| "550 5.1.1 no such user here".to_owned())),
+    )
+    .await;
+    let s = with_delivery(
+        settings(&server, ""),
+        2,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
+    seed(&pool, 5).await;
+    let issue_count_for = |issue_id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM delivery WHERE issue_id = $1")
+                .bind(issue_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let first = deliver_all(&pool, &s).await;
+    assert_eq!((first.sent, first.bounced), (4, 1), "{first:?}");
+    assert_eq!(
+        subscriber_state(&pool, "user3@example.com").await,
+        ("active".to_owned(), 1),
+        "one bounce is below the threshold"
+    );
+
+    let second = digest::create_issue(&pool, &s, at("2026-12-07T08:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(
+        issue_count_for(second.issue_id).await,
+        5,
+        "still fanned out"
+    );
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!((report.sent, report.bounced), (4, 1), "{report:?}");
+    assert_eq!(
+        subscriber_state(&pool, "user3@example.com").await,
+        ("bounced".to_owned(), 2),
+        "the second bounce reaches the threshold"
+    );
+    assert_eq!(server.rcpt_times("user3@example.com").len(), 2);
+
+    let third = digest::create_issue(&pool, &s, at("2026-12-14T08:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(issue_count_for(third.issue_id).await, 4, "suppressed");
+}
+
+#[sqlx::test]
+async fn temporary_failures_back_off_exponentially_and_fail_after_give_up_after(pool: PgPool) {
+    let server = SmtpServer::start(
+        Policy::default()
+            .rcpt(|addr, _| (index(addr) == 2).then(|| "451 4.3.0 try again later".to_owned())),
+    )
+    .await;
+    let base = Duration::from_millis(200);
+    let give_up = Duration::from_secs(3);
+    let s = with_delivery(settings(&server, ""), 1, base, give_up);
+    // Enough others that the breaker never sees mostly failures.
+    seed(&pool, 20).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!((report.sent, report.failed), (19, 1), "{report:?}");
+
+    let times = server.rcpt_times("user2@example.com");
+    // Attempt k waits base · 2^(k-1) · jitter (0.5 to 1.5) after the one before: with these
+    // numbers at least 4 attempts fit into give_up_after, and never one too early.
+    assert!(times.len() >= 4, "{} attempts", times.len());
+    for (k, pair) in times.windows(2).enumerate() {
+        let least = base.mul_f64(2f64.powi(k as i32) * 0.5);
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= least,
+            "retry {} after {gap:?}, before {least:?}",
+            k + 1
+        );
+    }
+    let span = *times.last().unwrap() - times[0];
+    assert!(span <= give_up, "tried for {span:?}, past give_up_after");
+
+    let (status, attempts, error): (String, i32, String) = sqlx::query_as(
+        "SELECT d.status, d.attempts, d.last_error FROM delivery d \
+         JOIN subscriber s USING (subscriber_id) WHERE s.email = 'user2@example.com'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("failed", times.len() as i32));
+    assert!(
+        error.starts_with(&format!("gave up after {} attempts", times.len()))
+            && error.contains("451"),
+        "{error}"
+    );
+    assert_eq!(
+        subscriber_state(&pool, "user2@example.com").await,
+        ("active".to_owned(), 0),
+        "a temporary failure suppresses nobody"
+    );
+}
+
+#[sqlx::test]
+async fn a_4xx_to_the_final_dot_is_retried_once_and_a_5xx_fails_for_good(pool: PgPool) {
+    let server = SmtpServer::start(
+        Policy::default().data(|addr, nth| match (index(addr), nth) {
+            (2, 1) => DataAction::Reply("451 4.3.0 queue full, try later"),
+            (4, _) => DataAction::Reply("554 5.7.1 message content rejected"),
+            _ => DataAction::Accept,
+        }),
+    )
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 10).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!(
+        (report.sent, report.deferred, report.failed, report.bounced),
+        (9, 1, 1, 0),
+        "{report:?}"
+    );
+    let c = copies(&server);
+    assert_eq!(c.len(), 9);
+    assert!(c.values().all(|&n| n == 1), "{c:?}");
+    assert_eq!(
+        c.get("user2@example.com"),
+        Some(&1),
+        "sent once, after a retry"
+    );
+    assert!(!c.contains_key("user4@example.com"));
+    let rows: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT s.email, d.status, d.attempts FROM delivery d JOIN subscriber s USING (subscriber_id) \
+         WHERE s.email IN ('user2@example.com', 'user4@example.com') ORDER BY s.email",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("user2@example.com".into(), "sent".into(), 2),
+            ("user4@example.com".into(), "failed".into(), 1),
+        ]
+    );
+    assert_eq!(
+        subscriber_state(&pool, "user4@example.com").await,
+        ("active".to_owned(), 0),
+        "a refused message is not a missing mailbox: the subscriber is kept"
+    );
+}
+
+#[sqlx::test]
+async fn sigint_stops_issue_send_cleanly_and_a_second_run_sends_the_rest_once(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(20))).await;
+    seed(&pool, 300).await;
+    let child = send_process(&pool, &server)
+        .spawn()
+        .expect("start digestif");
+    crate::helpers::wait_for("30 messages sent", Duration::from_secs(60), || async {
+        (server.accepted().len() >= 30).then_some(())
+    })
+    .await;
+    let pid = child.id().expect("running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("issue send stops after SIGINT")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = server.accepted().len();
+    assert!(first < 300, "SIGINT came too late to test anything");
+    let st = statuses(&pool).await;
+    assert_eq!(
+        st.get("sending"),
+        None,
+        "unstarted claims were given back: {st:?}"
+    );
+    assert_eq!(st.get("sent").copied().unwrap_or(0), first as i64, "{st:?}");
+
+    let again = send_process(&pool, &server).output().await.unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let c = copies(&server);
+    assert_eq!(c.len(), 300);
+    assert!(c.values().all(|&n| n == 1), "nothing lost, nothing doubled");
 }

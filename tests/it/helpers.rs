@@ -239,3 +239,24 @@ pub async fn deliver_all(
     .expect("deliverer");
     drain(&d, wait).await
 }
+
+/// Checks `check` every 10 ms until it returns `Some`, and returns that; panics naming `what`
+/// (and the last value seen, via `check`'s own message) once `within` has passed. For the
+/// tests that wait for something another task or process does: never a fixed sleep.
+pub async fn wait_for<T, F, Fut>(what: &str, within: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -10,6 +10,7 @@ mod deliver;
 mod deliverability;
 mod helpers;
 mod ownership;
+mod readme;
 mod schedule;
 mod send_now;
 mod smtp_server;

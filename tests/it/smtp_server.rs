@@ -19,10 +19,14 @@ pub enum DataAction {
     DropMidData,
     /// Read the whole message, then never answer.
     Stall,
+    /// Read the whole message, then answer the final dot with this reply (e.g.
+    /// `"451 4.3.0 try later"`) and record nothing.
+    Reply(&'static str),
 }
 
 type RcptRule = dyn Fn(&str, usize) -> Option<String> + Send + Sync;
 type DataRule = dyn Fn(&str, usize) -> DataAction + Send + Sync;
+type HoldRule = dyn Fn() -> bool + Send + Sync;
 
 /// How the server answers; the `usize` is how many times it has seen that recipient at that
 /// stage, counting this one (1 for the first attempt).
@@ -31,9 +35,22 @@ pub struct Policy {
     rcpt: Arc<RcptRule>,
     data: Arc<DataRule>,
     delay: Duration,
+    hold: Option<Arc<HoldRule>>,
     refuse_auth: bool,
+    auth: Option<Auth>,
     pipelining: bool,
 }
+
+/// The one account [`Policy::require_auth`] accepts, and the mechanisms it offers.
+#[derive(Clone)]
+struct Auth {
+    user: String,
+    password: String,
+    mechanisms: &'static str,
+}
+
+/// How long [`Policy::hold_until`] holds a reply at most, below every test's `smtp.timeout`.
+const HOLD_AT_MOST: Duration = Duration::from_secs(20);
 
 impl Default for Policy {
     fn default() -> Self {
@@ -41,7 +58,9 @@ impl Default for Policy {
             rcpt: Arc::new(|_, _| None),
             data: Arc::new(|_, _| DataAction::Accept),
             delay: Duration::ZERO,
+            hold: None,
             refuse_auth: false,
+            auth: None,
             pipelining: true,
         }
     }
@@ -63,6 +82,13 @@ impl Policy {
         self
     }
 
+    /// Hold every reply to a final dot until `ready()` is true (checked every 5 ms, for at most
+    /// 20 s, then answered anyway): makes sure another sender gets its turn meanwhile.
+    pub fn hold_until(mut self, ready: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.hold = Some(Arc::new(ready));
+        self
+    }
+
     /// Do not offer PIPELINING (RFC 2920): the client must wait for each reply.
     pub fn no_pipelining(mut self) -> Self {
         self.pipelining = false;
@@ -72,6 +98,17 @@ impl Policy {
     /// Offer AUTH and refuse every attempt with 535.
     pub fn refuse_auth(mut self) -> Self {
         self.refuse_auth = true;
+        self
+    }
+
+    /// Offer AUTH with `mechanisms` (`"PLAIN LOGIN"`, `"LOGIN"`…), accept only `user` with
+    /// `password`, and refuse MAIL (530) on a connection that has not authenticated.
+    pub fn require_auth(mut self, user: &str, password: &str, mechanisms: &'static str) -> Self {
+        self.auth = Some(Auth {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            mechanisms,
+        });
         self
     }
 
@@ -101,6 +138,7 @@ struct State {
     rcpt_times: HashMap<String, Vec<Instant>>,
     commands: Vec<String>,
     pipelined: Vec<bool>,
+    logins: Vec<String>,
 }
 
 /// A running test server; it stops when dropped.
@@ -146,6 +184,13 @@ impl SmtpServer {
         self.state.lock().expect("state").accepted.clone()
     }
 
+    /// How many messages have been accepted, readable from elsewhere (another server's
+    /// [`Policy::hold_until`]).
+    pub fn accepted_count(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let state = self.state.clone();
+        move || state.lock().expect("state").accepted.len()
+    }
+
     /// When each RCPT for `rcpt` arrived.
     pub fn rcpt_times(&self, rcpt: &str) -> Vec<Instant> {
         self.state
@@ -162,6 +207,11 @@ impl SmtpServer {
         self.state.lock().expect("state").pipelined.clone()
     }
 
+    /// Each successful AUTH, as `"MECHANISM user"`.
+    pub fn logins(&self) -> Vec<String> {
+        self.state.lock().expect("state").logins.clone()
+    }
+
     /// Every command line received (outside DATA), in order.
     pub fn commands(&self) -> Vec<String> {
         self.state.lock().expect("state").commands.clone()
@@ -173,6 +223,7 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
     let mut r = BufReader::new(r);
     w.write_all(b"220 test.example ESMTP ready\r\n").await?;
     let mut rcpts: Vec<String> = Vec::new();
+    let mut authenticated = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -183,23 +234,84 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
         st.lock().expect("state").commands.push(cmd.clone());
         let upper = cmd.to_ascii_uppercase();
         if upper.starts_with("EHLO") {
+            let mut lines = vec!["test.example".to_owned()];
             if policy.refuse_auth {
-                w.write_all(b"250-test.example\r\n250 AUTH PLAIN LOGIN\r\n")
-                    .await?;
-            } else if policy.pipelining {
-                w.write_all(
-                    b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
-                )
-                .await?;
+                lines.push("AUTH PLAIN LOGIN".into());
             } else {
-                w.write_all(b"250-test.example\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
-                    .await?;
+                if policy.pipelining {
+                    lines.push("PIPELINING".into());
+                }
+                lines.extend(["8BITMIME".into(), "SMTPUTF8".into()]);
+                if let Some(auth) = &policy.auth {
+                    lines.push(format!("AUTH {}", auth.mechanisms));
+                }
+            }
+            let last = lines.len() - 1;
+            let reply: String = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }))
+                .collect();
+            w.write_all(reply.as_bytes()).await?;
+        } else if upper.starts_with("AUTH") && policy.auth.is_some() {
+            let auth = policy.auth.as_ref().expect("checked");
+            let mut words = cmd.split_whitespace().skip(1);
+            let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
+            let initial = words.next().map(str::to_owned);
+            let given = match mechanism.as_str() {
+                "PLAIN" => {
+                    let response = match initial {
+                        Some(r) => r,
+                        None => challenge(&mut r, &mut w, "").await?,
+                    };
+                    // authzid NUL authcid NUL password
+                    let decoded = unbase64(&response);
+                    let mut parts = decoded.split('\0').skip(1);
+                    Some((
+                        parts.next().unwrap_or_default().to_owned(),
+                        parts.next().unwrap_or_default().to_owned(),
+                    ))
+                }
+                "LOGIN" => {
+                    let user = match initial {
+                        Some(u) => u,
+                        None => challenge(&mut r, &mut w, "VXNlcm5hbWU6").await?,
+                    };
+                    let password = challenge(&mut r, &mut w, "UGFzc3dvcmQ6").await?;
+                    Some((unbase64(&user), unbase64(&password)))
+                }
+                _ => None,
+            };
+            let offered = auth.mechanisms.split_whitespace().any(|m| m == mechanism);
+            match given {
+                Some((user, password))
+                    if offered && user == auth.user && password == auth.password =>
+                {
+                    authenticated = true;
+                    st.lock()
+                        .expect("state")
+                        .logins
+                        .push(format!("{mechanism} {user}"));
+                    w.write_all(b"235 2.7.0 authentication successful\r\n")
+                        .await?;
+                }
+                Some(_) => {
+                    w.write_all(b"535 5.7.8 authentication credentials invalid\r\n")
+                        .await?
+                }
+                None => {
+                    w.write_all(b"504 5.5.4 unrecognized authentication type\r\n")
+                        .await?
+                }
             }
         } else if upper.starts_with("AUTH") {
             w.write_all(b"535 5.7.8 authentication credentials invalid\r\n")
                 .await?;
         } else if upper.starts_with("HELO") {
             w.write_all(b"250 test.example\r\n").await?;
+        } else if upper.starts_with("MAIL FROM:") && policy.auth.is_some() && !authenticated {
+            w.write_all(b"530 5.7.0 authentication required\r\n")
+                .await?;
         } else if upper.starts_with("MAIL FROM:") {
             rcpts.clear();
             let with_next = !r.buffer().is_empty();
@@ -272,7 +384,17 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
                     return Ok(());
                 }
                 DataAction::DropMidData => return Ok(()),
+                DataAction::Reply(reply) => {
+                    w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+                    continue;
+                }
                 DataAction::Accept => {}
+            }
+            if let Some(ready) = &policy.hold {
+                let until = Instant::now() + HOLD_AT_MOST;
+                while !ready() && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
             if !policy.delay.is_zero() {
                 tokio::time::sleep(policy.delay).await;
@@ -305,4 +427,24 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
             w.write_all(b"502 5.5.2 not implemented\r\n").await?;
         }
     }
+}
+
+/// Sends a 334 challenge and returns the client's answer line.
+async fn challenge(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    prompt: &str,
+) -> std::io::Result<String> {
+    w.write_all(format!("334 {prompt}\r\n").as_bytes()).await?;
+    let mut answer = String::new();
+    r.read_line(&mut answer).await?;
+    Ok(answer.trim_end().to_owned())
+}
+
+fn unbase64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use digestif::config::Settings;
 use digestif::digest;
 use digestif::domain::Purpose;
-use digestif::http::{AppState, router};
+use digestif::http::Server;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,42 +23,49 @@ struct Reply {
     body: String,
 }
 
+/// Test settings: the file transport into a fresh folder, and `extra` TOML.
+fn settings(extra: &str) -> Settings {
+    Settings::from_toml(&format!(
+        "[newsletter]\nbase_url = \"https://news.example.com\"\n\
+         [delivery]\ntransport = \"file\"\noutbox = \"{}\"\n{extra}",
+        tempfile::tempdir().unwrap().keep().display()
+    ))
+    .expect("settings")
+}
+
 struct App {
     addr: SocketAddr,
     settings: Settings,
     keys: digestif::domain::TokenKeys,
+    /// Dropping the app stops its server.
+    _stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
+    /// `serve`'s own HTTP server ([`Server::build`]) on 127.0.0.1:0, with the file transport.
     async fn start(pool: &PgPool, extra: &str) -> Self {
-        let settings = Settings::from_toml(&format!(
-            "[newsletter]\nbase_url = \"https://news.example.com\"\n\
-             [delivery]\ntransport = \"file\"\noutbox = \"{}\"\n{extra}",
-            tempfile::tempdir().unwrap().keep().display()
-        ))
-        .expect("settings");
-        let keys = digest::token_keys(&settings, pool).await.expect("keys");
-        let state = AppState::new(
-            pool.clone(),
+        Self::start_with(pool.clone(), settings(extra)).await
+    }
+
+    /// [`App::start`] with these settings and this pool (which may not answer).
+    async fn start_with(pool: PgPool, mut settings: Settings) -> Self {
+        settings.http.listen = "127.0.0.1:0".parse().unwrap();
+        let server = Server::build(
             Arc::new(settings.clone()),
+            pool,
             Arc::new(Default::default()),
-            keys.clone(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = router(state);
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .ok();
-        });
+        )
+        .await
+        .expect("the server starts");
+        let addr = server.local_addr().unwrap();
+        let keys = server.keys().clone();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(server.run_until_stopped(stopped));
         Self {
             addr,
             settings,
             keys,
+            _stop: stop,
         }
     }
 
@@ -81,6 +88,48 @@ impl App {
             .unwrap_or(0);
         Reply {
             status,
+            headers: head.to_ascii_lowercase(),
+            body: body.to_owned(),
+        }
+    }
+}
+
+impl App {
+    /// A POST with a body of `len` bytes, written while the answer is read: the server may
+    /// answer (413) and close before the body is all written.
+    async fn big_post(&self, path: &str, len: usize) -> Reply {
+        let s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: news.example.com\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let writer = tokio::spawn(async move {
+            w.write_all(head.as_bytes()).await?;
+            let chunk = vec![b'a'; 64 * 1024];
+            for _ in 0..len.div_ceil(chunk.len()) {
+                w.write_all(&chunk).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        // Read until the server closes, or resets the connection after answering.
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        writer.abort();
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        Reply {
+            status: head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
             headers: head.to_ascii_lowercase(),
             body: body.to_owned(),
         }
@@ -358,7 +407,23 @@ async fn the_sign_up_form_answers_alike_and_is_rate_limited(pool: PgPool) {
         .request("POST", "/subscribe", Some("email=x%40example.com"))
         .await;
     assert_eq!(limited.status, 429);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The confirmation goes out after the answer, from a background task: wait for its mail.
+    let outbox = app.settings.delivery.outbox.clone();
+    let mail = crate::helpers::wait_for("the confirmation mail", Duration::from_secs(20), || {
+        let outbox = outbox.clone();
+        async move {
+            let files: Vec<_> = std::fs::read_dir(&outbox).ok()?.flatten().collect();
+            match files.as_slice() {
+                [one] => std::fs::read_to_string(one.path()).ok(),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        mail.contains("fresh@example.com") && mail.contains("https://news.example.com/confirm/"),
+        "{mail}"
+    );
     let pending: String =
         sqlx::query_scalar("SELECT status FROM subscriber WHERE email = 'fresh@example.com'")
             .fetch_one(&pool)
@@ -432,4 +497,128 @@ async fn the_archive_and_web_view_show_the_snapshot_without_personal_data(pool: 
             view.headers
         );
     }
+}
+
+#[sqlx::test]
+async fn every_answer_says_no_store_and_none_redirects(pool: PgPool) {
+    let app = App::start(&pool, "[http]\nsignup = true\nsignup_per_hour = 1\n").await;
+    let id = subscriber(&pool, "ann@example.com", "active").await;
+    let unsub = format!("/unsubscribe/{}", app.keys.sign(Purpose::Unsubscribe, id));
+    let answers = vec![
+        (404, app.request("GET", "/no-such-page", None).await),
+        (405, app.request("PUT", "/healthz", Some("")).await),
+        (413, app.big_post(&unsub, 3 << 20).await),
+        (
+            422,
+            app.request("POST", "/subscribe", Some("email=bob%40"))
+                .await,
+        ),
+        (
+            429,
+            app.request("POST", "/subscribe", Some("email=x%40example.com"))
+                .await,
+        ),
+        (
+            200,
+            app.request("POST", &unsub, Some("List-Unsubscribe=One-Click"))
+                .await,
+        ),
+        (200, app.request("GET", "/issues", None).await),
+    ];
+    for (want, r) in &answers {
+        assert_eq!(r.status, *want, "{}", r.headers);
+        assert!(
+            r.headers.contains("\r\ncache-control: no-store"),
+            "{want} lacks Cache-Control: no-store: {}",
+            r.headers
+        );
+        assert!(!r.headers.contains("\r\nlocation:"), "{want} redirects");
+    }
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM subscriber WHERE subscriber_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        status, "unsubscribed",
+        "the POST after the 413 did its work"
+    );
+}
+
+#[sqlx::test]
+async fn healthz_answers_503_when_the_database_does_not_answer(pool: PgPool) {
+    let up = App::start(&pool, "").await;
+    let ok = up.request("GET", "/healthz", None).await;
+    assert_eq!(
+        (ok.status, ok.body.as_str()),
+        (200, "ok: database reachable\n")
+    );
+
+    // A "database" that accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let dead = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy(&format!("postgres://postgres@{silent_addr}/digestif"))
+        .unwrap();
+    // With a configured token secret the server starts without reading the database.
+    let s = settings("[http]\ntoken_secret = \"a-test-secret-long-enough-for-the-token-keys\"\n");
+    let down = App::start_with(dead, s).await;
+    let r = down.request("GET", "/healthz", None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.starts_with("database "), "{}", r.body);
+    assert!(r.headers.contains("cache-control: no-store"));
+}
+
+#[sqlx::test]
+async fn a_newer_confirmation_request_voids_the_older_link(pool: PgPool) {
+    let app = App::start(&pool, "").await;
+    let email = digestif::domain::SubscriberEmail::parse("pia@example.com").unwrap();
+    let mut links = Vec::new();
+    for _ in 0..2 {
+        let request =
+            digestif::store::subscribers::request_confirmation(&pool, &email, None, "web", false)
+                .await
+                .unwrap();
+        let digestif::store::subscribers::ConfirmRequest::Send {
+            subscriber_id,
+            nonce,
+        } = request
+        else {
+            panic!("expected a confirmation request");
+        };
+        links.push(format!(
+            "/confirm/{}",
+            app.keys.sign_confirm(subscriber_id, nonce)
+        ));
+    }
+    let status = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT status FROM subscriber WHERE email = 'pia@example.com'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = snapshot(&pool).await;
+    let old = app.request("POST", &links[0], Some("")).await;
+    assert_eq!(old.status, 200);
+    assert!(old.body.contains("Nothing to confirm"), "{}", old.body);
+    assert_eq!(status().await, "pending");
+    assert_eq!(
+        snapshot(&pool).await,
+        before,
+        "the old link changed nothing"
+    );
+
+    let new = app.request("POST", &links[1], Some("")).await;
+    assert!(new.body.contains("You are subscribed"), "{}", new.body);
+    assert_eq!(status().await, "active");
 }

@@ -1,0 +1,306 @@
+//! README statements that no other module tests, one test each, against the real binary and a
+//! real Postgres: usage errors, a CSV with a BOM, links in tips, `schedule next`,
+//! `serve --no-schedule`, JSON logs, and `inbound` with the database down.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::helpers::{Digestif, MONDAY_MORNING, arg, db_url, file_with, seed, wait_for};
+use crate::smtp_server::{Policy, SmtpServer};
+
+#[sqlx::test]
+async fn usage_errors_exit_2(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    for (args, needle) in [
+        (
+            &["--no-such-flag", "schedule", "next"][..],
+            "--no-such-flag",
+        ),
+        (&["issue", "send", "--force"][..], "--next-slot"),
+        (&["subscribers", "add"][..], "EMAIL"),
+        (&["no-such-command"][..], "no-such-command"),
+    ] {
+        let run = d.run(args);
+        assert_eq!(run.output.status.code(), Some(2), "{run}");
+        assert!(run.stderr().contains(needle), "{run}");
+        assert!(run.stdout().is_empty(), "{run}");
+    }
+    let issues: i64 = sqlx::query_scalar("SELECT count(*) FROM issue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(issues, 0, "a usage error touches nothing");
+}
+
+#[sqlx::test]
+async fn a_utf8_bom_at_the_start_of_an_import_is_accepted(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let (_dir, path) = file_with(
+        "excel.csv",
+        "\u{feff}email,name\r\nann@example.com,Ann\r\nbob@example.org,Bob\r\n".as_bytes(),
+    );
+    d.ok(&["subscribers", "import", arg(&path)]);
+    let stored: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT email, name FROM subscriber ORDER BY email")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        vec![
+            ("ann@example.com".into(), Some("Ann".into())),
+            ("bob@example.org".into(), Some("Bob".into())),
+        ]
+    );
+}
+
+#[sqlx::test]
+async fn tip_markdown_keeps_mailto_and_https_links_and_drops_javascript(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    sqlx::query(
+        "INSERT INTO tip (title, body) VALUES ('Links', \
+         'Write [to us](mailto:help@example.com), read [the docs](https://example.com/docs), \
+         do not [click](javascript:alert(1)).')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    d.ok(&["issue", "preview", "--out", arg(dir.path())]);
+    let html = std::fs::read_to_string(dir.path().join("issue-1.html")).expect("the preview");
+    assert!(html.contains("href=\"mailto:help@example.com\""), "{html}");
+    assert!(html.contains("href=\"https://example.com/docs\""), "{html}");
+    assert!(!html.to_ascii_lowercase().contains("javascript:"), "{html}");
+    assert!(html.contains("click"), "the link text stays: {html}");
+}
+
+#[sqlx::test]
+async fn schedule_next_prints_the_coming_slots_in_local_time_and_utc(pool: PgPool) {
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_SCHEDULE__CRON", "0 9 * * MON")
+        .env("DIGESTIF_SCHEDULE__TIMEZONE", "Europe/Berlin")
+        // The Friday before summer time starts in Berlin (Sunday 29 March 2026).
+        .env("DIGESTIF_NOW", "2026-03-20T12:00:00Z");
+    let out = d.ok(&["schedule", "next", "--count", "3"]).stdout();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "schedule: 0 9 * * MON in Europe/Berlin",
+            "Mon 2026-03-23 09:00 CET   2026-03-23 08:00 UTC",
+            "Mon 2026-03-30 09:00 CEST   2026-03-30 07:00 UTC",
+            "Mon 2026-04-06 09:00 CEST   2026-04-06 07:00 UTC",
+        ]
+    );
+}
+
+/// `digestif serve` (with `extra` arguments) at the default slot's Monday morning, so a slot
+/// is due, sending over SMTP to `server`.
+fn serve(pool: &PgPool, server: &SmtpServer, extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_digestif"));
+    cmd.args(extra)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DIGESTIF_CONFIG")
+        .env("DATABASE_URL", db_url(pool))
+        .env("DIGESTIF_NOW", MONDAY_MORNING)
+        .env("DIGESTIF_SCHEDULE__CRON", "0 9 * * MON")
+        .env("DIGESTIF_SCHEDULE__TIMEZONE", "Europe/Berlin")
+        .env("DIGESTIF_SCHEDULE__GRACE", "6h")
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", server.url())
+        .env("DIGESTIF_SMTP__TIMEOUT", "5s")
+        .env("DIGESTIF_HTTP__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Everything the child writes on stderr, collected as it comes.
+fn collect_stderr(child: &mut tokio::process::Child) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&l);
+            s.push('\n');
+        }
+    });
+    log
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    reply
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running child").to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+#[sqlx::test]
+async fn serve_no_schedule_serves_http_and_sends_nothing_even_with_a_slot_due(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 3).await;
+    let mut child = serve(&pool, &server, &["serve", "--no-schedule"])
+        .spawn()
+        .unwrap();
+    let log = collect_stderr(&mut child);
+    let addr = wait_for("serve to listen", Duration::from_secs(30), || async {
+        let log = log.lock().unwrap();
+        log.split("listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.lines().next())
+            .map(|a| a.trim().to_owned())
+    })
+    .await;
+    // Logged where the scheduler would otherwise start: that branch was not taken.
+    wait_for(
+        "the --no-schedule notice",
+        Duration::from_secs(30),
+        || async {
+            log.lock()
+                .unwrap()
+                .contains("--no-schedule: serving HTTP only")
+                .then_some(())
+        },
+    )
+    .await;
+    let health = http_get(&addr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let archive = http_get(&addr, "/issues").await;
+    assert!(archive.contains("No issues yet."), "{archive}");
+
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("serve stops on SIGTERM")
+        .unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "{log}");
+    let issues: i64 = sqlx::query_scalar("SELECT count(*) FROM issue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(issues, 0, "{log}");
+    assert!(server.accepted().is_empty(), "{log}");
+
+    // The slot was due: the same setup without --no-schedule sends it.
+    let out = serve(&pool, &server, &["run"]).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.accepted().len(), 3);
+}
+
+#[sqlx::test]
+async fn log_format_json_writes_one_json_object_per_line(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 2).await;
+    let out = serve(
+        &pool,
+        &server,
+        &["--log-format", "json", "issue", "send", "--now"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(server.accepted().len(), 2);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "nothing was logged");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.is_object(), "{line}");
+        for key in ["timestamp", "level", "fields"] {
+            assert!(v.get(key).is_some(), "no {key}: {line}");
+        }
+    }
+}
+
+#[sqlx::test]
+async fn inbound_exits_75_when_the_database_cannot_be_reached(pool: PgPool) {
+    // Port 1 on loopback: nothing listens there, the connection is refused.
+    let d = Digestif::new(&pool)
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/digestif")
+        .env("DIGESTIF_DATABASE__CONNECT_TIMEOUT", "5s");
+    let run = d.run_with_stdin(
+        &["inbound", "--recipient", "bounces@example.com"],
+        b"From: mailer-daemon@example.net\r\nTo: bounces@example.com\r\nSubject: hello\r\n\r\nhi\r\n",
+    );
+    assert_eq!(run.output.status.code(), Some(75), "{run}");
+    let stderr = run.stderr();
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("digestif: cannot connect to the database at 127.0.0.1:1/digestif"),
+        "{run}"
+    );
+}
+
+#[sqlx::test]
+async fn doctor_reports_a_successful_auth(pool: PgPool) {
+    let server =
+        SmtpServer::start(Policy::default().require_auth("mailer", "s3cret pass", "PLAIN LOGIN"))
+            .await;
+    let run = Digestif::new(&pool)
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", &server.url())
+        .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__PASSWORD", "s3cret pass")
+        .run_async(&["doctor"])
+        .await;
+    assert!(run.output.status.success(), "{run}");
+    let out = run.stdout();
+    assert!(out.contains("ok    smtp: connected, EHLO, AUTH"), "{run}");
+    assert!(
+        !out.contains("s3cret") && !run.stderr().contains("s3cret"),
+        "{run}"
+    );
+    assert_eq!(server.logins(), ["PLAIN mailer"], "{run}");
+}
+
+#[sqlx::test]
+async fn a_send_through_a_server_that_requires_auth_login_arrives(pool: PgPool) {
+    let server =
+        SmtpServer::start(Policy::default().require_auth("mailer", "s3cret pass", "LOGIN")).await;
+    seed(&pool, 2).await;
+    let out = serve(&pool, &server, &["issue", "send", "--now"])
+        .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__PASSWORD", "s3cret pass")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rcpts: Vec<String> = server.accepted().into_iter().map(|a| a.rcpt).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["user1@example.com", "user2@example.com"]);
+    let logins = server.logins();
+    assert!(
+        !logins.is_empty() && logins.iter().all(|l| l == "LOGIN mailer"),
+        "{logins:?}"
+    );
+}
