@@ -162,6 +162,7 @@ impl Deliverer {
             self.settings.delivery.lease,
         );
         let mut report = Report::default();
+        let mut idle_since = None;
         let result = async {
             loop {
                 if *stop.borrow() {
@@ -173,9 +174,19 @@ impl Deliverer {
                         .finished
                         .extend(deliveries::finish_issues(&self.pool).await?);
                     let due = deliveries::next_due(&self.pool).await?;
-                    let wait = due
+                    let mut wait = due
                         .map(|t| (t - Utc::now()).to_std().unwrap_or_default())
                         .filter(|w| *w <= patience.wait_within);
+                    // Claims other workers hold: such a worker may finish soon, or be dying
+                    // (its session takes a moment to end after a kill -9), so watch them for as
+                    // long as patience lasts rather than leave on the first look.
+                    let idle = idle_since.get_or_insert_with(std::time::Instant::now);
+                    if wait.is_none()
+                        && idle.elapsed() < patience.wait_within
+                        && deliveries::any_claimed(&self.pool).await?
+                    {
+                        wait = Some(Duration::from_secs(1));
+                    }
                     match wait {
                         // Poll at least every second: another worker may settle what it holds.
                         Some(w) => {
@@ -189,6 +200,7 @@ impl Deliverer {
                         None => break,
                     }
                 }
+                idle_since = None;
                 self.process(batch, &writer, counters, &stop, progress, &mut report)
                     .await?;
             }
