@@ -159,7 +159,6 @@ impl Deliverer {
             self.pool.clone(),
             self.worker.id,
             self.settings.delivery.hard_bounce_threshold,
-            self.settings.delivery.lease,
         );
         let mut report = Report::default();
         let mut idle_since = None;
@@ -260,7 +259,7 @@ impl Deliverer {
                     continue;
                 }
                 // Before the final dot: the previous result is durable, and this claim is still
-                // this worker's (checked, and its lease renewed, by the writer's next statement).
+                // this worker's (checked by the writer's next statement).
                 let lost = AtomicBool::new(false);
                 let gate = async {
                     let key = (claimed.issue_id, claimed.subscriber_id);

@@ -50,6 +50,20 @@ pub async fn register_worker(conn: &mut PgConnection) -> sqlx::Result<i32> {
         .fetch_one(&mut *conn)
         .await?;
     lock_worker(conn, id).await?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    sqlx::query(
+        "WITH gone AS ( \
+             DELETE FROM worker w WHERE w.worker_id NOT IN (SELECT worker FROM live_workers($3)) \
+               AND NOT EXISTS (SELECT 1 FROM delivery d \
+                               WHERE d.status = 'sending' AND d.claimed_by = w.worker_id)) \
+         INSERT INTO worker (worker_id, host, pid) VALUES ($1, $2, $4)",
+    )
+    .bind(id)
+    .bind(host.map(|h| h.trim().to_owned()))
+    .bind(WORKER_LOCK_CLASS)
+    .bind(std::process::id() as i32)
+    .execute(&mut *conn)
+    .await?;
     Ok(id)
 }
 
@@ -98,17 +112,21 @@ pub async fn claim(
              WHERE status IN ('pending', 'deferred') AND next_attempt_at <= now() \
                AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
-         live AS ( \
-             SELECT objid::bigint AS worker FROM pg_locks \
-             WHERE locktype = 'advisory' AND classid = $4::int::oid AND objsubid = 2 AND granted), \
          orphaned AS ( \
              SELECT issue_id, subscriber_id, status AS was FROM delivery \
-             WHERE status = 'sending' \
-               AND (lease_until < now() \
-                    OR (claimed_by IS NOT NULL AND claimed_by NOT IN (SELECT worker FROM live))) \
+             WHERE status = 'sending' AND claimed_by IN ( \
+                     SELECT worker_id FROM worker \
+                     WHERE worker_id NOT IN (SELECT worker FROM live_workers($4))) \
                AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
              LIMIT $1 FOR UPDATE SKIP LOCKED), \
-         picked AS (SELECT * FROM ready UNION ALL SELECT * FROM orphaned LIMIT $1) \
+         expired AS ( \
+             SELECT issue_id, subscriber_id, status AS was FROM delivery \
+             WHERE status = 'sending' AND lease_until < now() \
+               AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
+             LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         picked AS ( \
+             SELECT * FROM ready UNION SELECT * FROM orphaned UNION SELECT * FROM expired \
+             LIMIT $1) \
          UPDATE delivery d SET status = 'sending', attempts = d.attempts + 1, \
                 lease_until = now() + make_interval(secs => $2), claimed_by = $3 \
          FROM picked p, subscriber s \
@@ -174,21 +192,21 @@ pub async fn settle_connection(pool: &PgPool) -> sqlx::Result<PgConnection> {
 pub struct SettleOutcome {
     /// Results written; fewer than given when claims were taken over meanwhile.
     pub written: u64,
-    /// The claims asked about that are still this worker's (their leases renewed).
+    /// The claims asked about that are still this worker's.
     pub held: Vec<(i64, i64)>,
 }
 
 /// Writes many results in one statement: delivery rows, and for hard bounces the subscriber's
 /// counter, suppression at `threshold`, and the event log. In the same statement it checks
-/// that the claims in `confirm` (messages about to be handed over) are still `worker`'s, and
-/// renews their leases. Every row is touched only while `worker` holds its claim.
+/// that the claims in `confirm` (messages about to be handed over) are still `worker`'s (a
+/// read: the worker's heartbeat keeps their leases fresh). Every row is written only while
+/// `worker` holds its claim.
 pub async fn settle(
     conn: &mut PgConnection,
     worker: i32,
     results: &[Settled],
     confirm: &[(i64, i64)],
     threshold: u32,
-    lease: std::time::Duration,
 ) -> sqlx::Result<SettleOutcome> {
     let mut issue_ids = Vec::with_capacity(results.len());
     let mut subscriber_ids = Vec::with_capacity(results.len());
@@ -235,11 +253,10 @@ pub async fn settle(
                          || coalesce(last_error, ''), 500) \
              FROM bounced), \
          held AS ( \
-             UPDATE delivery d SET lease_until = now() + make_interval(secs => $13) \
-             FROM unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
-             WHERE d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
-               AND d.status = $9 AND d.claimed_by = $10 \
-             RETURNING d.issue_id, d.subscriber_id) \
+             SELECT d.issue_id, d.subscriber_id FROM delivery d \
+             JOIN unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
+               ON d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
+             WHERE d.status = $9 AND d.claimed_by = $10) \
          SELECT (SELECT count(*) FROM upd), \
                 ARRAY(SELECT issue_id FROM held), ARRAY(SELECT subscriber_id FROM held)",
     )
@@ -260,7 +277,6 @@ pub async fn settle(
     .bind(worker)
     .bind(&confirm_issues)
     .bind(&confirm_subscribers)
-    .bind(lease.as_secs_f64())
     .fetch_one(&mut *conn)
     .await?;
     Ok(SettleOutcome {
@@ -354,18 +370,17 @@ pub async fn resume_cooled(pool: &PgPool) -> sqlx::Result<Vec<i32>> {
 /// or at once for a claim whose worker is gone), if any is waiting.
 pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(
-        "WITH live AS ( \
-             SELECT objid::bigint AS worker FROM pg_locks \
-             WHERE locktype = 'advisory' AND classid = $1::int::oid AND objsubid = 2 AND granted) \
-         SELECT min(t) FROM ( \
+        "SELECT min(t) FROM ( \
              SELECT min(next_attempt_at) AS t FROM delivery \
              WHERE status IN ('pending', 'deferred') \
                AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
              UNION ALL \
-             SELECT min(CASE WHEN claimed_by IS NOT NULL \
-                                  AND claimed_by NOT IN (SELECT worker FROM live) \
-                             THEN now() ELSE lease_until END) \
-             FROM delivery WHERE status = 'sending' \
+             SELECT min(lease_until) FROM delivery WHERE status = 'sending' \
+               AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
+             UNION ALL \
+             SELECT now() FROM delivery WHERE status = 'sending' AND claimed_by IN ( \
+                     SELECT worker_id FROM worker \
+                     WHERE worker_id NOT IN (SELECT worker FROM live_workers($1))) \
                AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending')) x",
     )
     .bind(WORKER_LOCK_CLASS)

@@ -246,7 +246,25 @@ async fn when_one_of_two_serve_processes_is_killed_the_other_finishes_within_30_
     let mut b = digestif(&pool, &server, &["serve"], &envs).spawn().unwrap();
     let (_addr_a, _log_a) = listening_addr(&mut a).await;
     let (addr_b, _log_b) = listening_addr(&mut b).await;
-    wait_for(&server, 100, Duration::from_secs(60)).await;
+    // Killed while it holds claims (the first to start may have sent a hundred before the
+    // other claimed anything).
+    let pid = a.id().expect("running") as i32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM delivery d JOIN worker w ON w.worker_id = d.claimed_by \
+             WHERE d.status = 'sending' AND w.pid = $1",
+        )
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if held > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first process never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     a.start_kill().expect("SIGKILL");
     a.wait().await.expect("reap");
     let killed = Instant::now();
