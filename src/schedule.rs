@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use indicatif::ProgressBar;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -67,7 +66,7 @@ pub async fn run_once(
         }
     }
     pass.report = deliverer
-        .run_until_idle(stop, patience, &ProgressBar::hidden())
+        .run_until_idle(stop, patience, &deliver::no_progress)
         .await?;
     Ok(pass)
 }

@@ -272,7 +272,10 @@ async fn deliver_and_report(pool: sqlx::PgPool, settings: &Settings) -> anyhow::
             deliver::Patience {
                 wait_within: WAIT_WITHIN,
             },
-            &bar,
+            &|line: &str| {
+                bar.inc(1);
+                bar.set_message(line.to_owned());
+            },
         )
         .await?;
     bar.finish_and_clear();

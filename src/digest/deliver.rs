@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Utc};
-use indicatif::ProgressBar;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, watch};
 
@@ -88,6 +87,13 @@ impl Counters {
     }
 }
 
+/// Told after each settled attempt, with the counters as one line: how the CLI draws its
+/// progress bar (the use case knows nothing of terminals).
+pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
+
+/// A [`Progress`] that ignores everything (runs nobody watches: timers, `serve`, tests).
+pub fn no_progress(_: &str) {}
+
 /// How long a run keeps going when nothing is claimable right now.
 #[derive(Debug, Clone, Copy)]
 pub struct Patience {
@@ -146,7 +152,7 @@ impl Deliverer {
         &self,
         mut stop: watch::Receiver<bool>,
         patience: Patience,
-        progress: &ProgressBar,
+        progress: Progress<'_>,
     ) -> anyhow::Result<Report> {
         // The database says which issues are paused; an issue resumed since the last run (by
         // `issue resume` or its cool-down) must not stay blocked in this long-lived deliverer.
@@ -228,7 +234,7 @@ impl Deliverer {
         writer: &Writer,
         counters: &Counters,
         stop: &watch::Receiver<bool>,
-        progress: &ProgressBar,
+        progress: Progress<'_>,
         report: &mut Report,
     ) -> anyhow::Result<()> {
         let unsent: std::sync::Mutex<Vec<Claimed>> = std::sync::Mutex::new(Vec::new());

@@ -5,11 +5,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use indicatif::ProgressBar;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::deliver::Counters;
+use super::deliver::{Counters, Progress};
 use crate::store::deliveries::{self, Settled};
 
 /// Why a sender stops when its results cannot be written.
@@ -27,7 +26,7 @@ pub(super) struct Pending {
 pub(super) async fn settle_pending(
     pending: &mut Option<Pending>,
     counters: &Counters,
-    progress: &ProgressBar,
+    progress: Progress<'_>,
 ) -> anyhow::Result<()> {
     let Some(p) = pending.as_mut() else {
         return Ok(());
@@ -46,8 +45,7 @@ pub(super) async fn settle_pending(
         _ => &counters.failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    progress.inc(1);
-    progress.set_message(counters.line());
+    progress(&counters.line());
     Ok(())
 }
 

@@ -220,7 +220,7 @@ pub async fn try_drain(
     d.run_until_idle(
         rx,
         digestif::digest::deliver::Patience { wait_within: wait },
-        &indicatif::ProgressBar::hidden(),
+        &digestif::digest::deliver::no_progress,
     )
     .await
 }

@@ -288,3 +288,37 @@ async fn when_one_of_two_serve_processes_is_killed_the_other_finishes_within_30_
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(reclaimed > 0, "{metrics}");
 }
+
+#[sqlx::test]
+async fn a_worker_claims_no_more_than_its_rate_ceiling_lets_out_in_a_minute(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 300).await;
+    // Ten a minute, and the default batch of 200.
+    let envs = [("DIGESTIF_DELIVERY__RATE_PER_HOUR", "600")];
+    let mut child = digestif(&pool, &server, &["issue", "send", "--now"], &envs)
+        .spawn()
+        .unwrap();
+    let claimed = || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM delivery WHERE status = 'sending'",
+        )
+        .await
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while claimed().await == 0 {
+        assert!(Instant::now() < deadline, "nothing was claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(claimed().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reap");
+    assert!(
+        (1..=10).contains(&most),
+        "{most} deliveries claimed at once under a ceiling of 10 a minute"
+    );
+}
