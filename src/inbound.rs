@@ -8,6 +8,8 @@ use sqlx::PgPool;
 
 use crate::config::Settings;
 use crate::domain::{Purpose, TokenKeys};
+use crate::send::Outcome;
+use crate::send::classify::classify_dsn;
 use crate::store::{deliveries, issues, subscribers};
 
 /// What was done with one inbound message; `Display` is the one line `digestif inbound` prints.
@@ -20,7 +22,16 @@ pub enum Handled {
         /// The DSN status code.
         status: String,
     },
-    /// A hard bounce for a delivery already marked bounced: nothing counted twice.
+    /// A permanent failure reported later (a relayed policy block, say): the delivery failed,
+    /// the subscriber is kept.
+    Failed {
+        /// The subscriber.
+        subscriber_id: i64,
+        /// The DSN status code.
+        status: String,
+    },
+    /// A DSN for a delivery that is not `sent` (already recorded, or never handed over):
+    /// nothing counted twice, nothing made up.
     AlreadyBounced(i64),
     /// A delay notice (4.x.x): nothing changes.
     Delayed(String),
@@ -44,9 +55,17 @@ impl std::fmt::Display for Handled {
                     "hard bounce {status} recorded for subscriber {subscriber_id}"
                 )
             }
-            Self::AlreadyBounced(id) => {
-                write!(f, "bounce for subscriber {id} was already recorded")
-            }
+            Self::Failed {
+                subscriber_id,
+                status,
+            } => write!(
+                f,
+                "permanent failure {status} recorded for subscriber {subscriber_id} (not suppressed)"
+            ),
+            Self::AlreadyBounced(id) => write!(
+                f,
+                "DSN for subscriber {id} changes nothing: already recorded, or never sent"
+            ),
             Self::Delayed(status) => write!(f, "delay notice {status}: nothing changes"),
             Self::Complaint(id) => {
                 write!(f, "complaint: subscriber {id} unsubscribed and suppressed")
@@ -62,7 +81,6 @@ impl std::fmt::Display for Handled {
 struct Dsn {
     action: Option<String>,
     status: Option<String>,
-    final_recipient: Option<String>,
     diagnostic: Option<String>,
 }
 
@@ -117,27 +135,54 @@ pub async fn handle(
                     "the VERP address does not verify (forged or altered)".into(),
                 ));
             }
-            Verp::Absent => {
-                attribute_by_message_id(pool, body, dsn.final_recipient.as_deref()).await?
+            // Anyone can mail the plain bounce address; with VERP on, every genuine bounce
+            // comes back to a tagged one.
+            Verp::Absent if settings.bounces.verp => {
+                return Ok(Handled::Ignored(
+                    "a bounce without our VERP tag (with bounces.verp on, only tagged bounces count)"
+                        .into(),
+                ));
             }
+            Verp::Absent => attribute_by_message_id(pool, keys, body).await?,
         };
         let Some((issue_id, subscriber_id)) = target else {
             return Ok(Handled::Ignored(
                 "bounce that names no delivery of ours".into(),
             ));
         };
-        let detail = format!(
-            "DSN {status}{}",
-            dsn.diagnostic.map(|d| format!(": {d}")).unwrap_or_default()
-        );
-        let recorded = deliveries::record_bounce(
-            pool,
-            issue_id,
-            subscriber_id,
-            &crate::send::classify::truncate(&detail, 400),
-            settings.delivery.hard_bounce_threshold,
-        )
-        .await?;
+        let outcome = classify_dsn(&status, dsn.diagnostic.as_deref());
+        let detail = match &outcome {
+            Outcome::Sent => String::new(),
+            Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => f.reason.clone(),
+        };
+        let detail = crate::send::classify::truncate(&one_line(&detail), 400);
+        let recorded = match outcome {
+            Outcome::Bounced(_) => {
+                deliveries::record_bounce(
+                    pool,
+                    issue_id,
+                    subscriber_id,
+                    &detail,
+                    settings.delivery.hard_bounce_threshold,
+                )
+                .await?
+            }
+            Outcome::Transient(_) => return Ok(Handled::Delayed(status)),
+            Outcome::Failed(_) | Outcome::Sent => {
+                return Ok(
+                    if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail)
+                        .await?
+                    {
+                        Handled::Failed {
+                            subscriber_id,
+                            status,
+                        }
+                    } else {
+                        Handled::AlreadyBounced(subscriber_id)
+                    },
+                );
+            }
+        };
         return Ok(if recorded {
             Handled::Bounced {
                 subscriber_id,
@@ -149,18 +194,26 @@ pub async fn handle(
     }
 
     if is_report && report_type.as_deref() == Some("feedback-report") {
-        let recipient = original_recipient(body);
-        return Ok(
-            match attribute_by_message_id(pool, body, recipient.as_deref()).await? {
-                Some((_, subscriber_id)) => {
-                    let feedback = field(body, "Feedback-Type").unwrap_or_else(|| "abuse".into());
-                    subscribers::record_complaint(pool, subscriber_id, &format!("ARF {feedback}"))
-                        .await?;
-                    Handled::Complaint(subscriber_id)
-                }
-                None => Handled::Ignored("complaint about a message that is not ours".into()),
-            },
-        );
+        // A complaint must name one of our messages by something only we can make: the VERP
+        // return path or the signed Message-ID of the returned copy. An address alone, or a
+        // guessable id, would let anyone unsubscribe anyone.
+        let named = match verp_in(settings, keys, body) {
+            Some((_, subscriber_id)) => Some(subscriber_id),
+            None => message_id_in(keys, body).map(|(_, subscriber_id)| subscriber_id),
+        };
+        return Ok(match named {
+            Some(subscriber_id) if subscribers::by_id(pool, subscriber_id).await?.is_some() => {
+                let feedback = field(body, "Feedback-Type").unwrap_or_else(|| "abuse".into());
+                let feedback = crate::send::classify::truncate(&one_line(&feedback), 100);
+                subscribers::record_complaint(pool, subscriber_id, &format!("ARF {feedback}"))
+                    .await?;
+                Handled::Complaint(subscriber_id)
+            }
+            _ => Handled::Ignored(
+                "complaint that names no message of ours by its VERP tag or signed Message-ID"
+                    .into(),
+            ),
+        });
     }
 
     // The List-Unsubscribe mailto: "unsubscribe <token>" in the subject.
@@ -224,42 +277,50 @@ fn attribute_verp(
     Verp::Absent
 }
 
-/// Without VERP: our Message-ID (`<issue{n}.s{id}@…>`) in the returned headers, and the
-/// subscriber's address as the failed recipient, both required.
+/// Without VERP: the signed Message-ID of the returned message names the delivery.
 async fn attribute_by_message_id(
     pool: &PgPool,
+    keys: &TokenKeys,
     body: &str,
-    recipient: Option<&str>,
 ) -> anyhow::Result<Option<(i64, i64)>> {
-    let Some(recipient) = recipient else {
+    let Some((number, subscriber_id)) = message_id_in(keys, body) else {
         return Ok(None);
     };
-    let Some(id) = field(body, "Message-ID") else {
-        return Ok(None);
-    };
-    let id = id.trim().trim_start_matches('<');
-    let Some(rest) = id.strip_prefix("issue") else {
-        return Ok(None);
-    };
-    let Some((number, rest)) = rest.split_once(".s") else {
-        return Ok(None);
-    };
-    let Some((sub, _)) = rest.split_once('@') else {
-        return Ok(None);
-    };
-    let (Ok(number), Ok(sub)) = (number.parse::<i32>(), sub.parse::<i64>()) else {
-        return Ok(None);
-    };
-    let Some(issue) = issues::find_by_number(pool, number).await? else {
-        return Ok(None);
-    };
-    let Some(row) = subscribers::by_id(pool, sub).await? else {
-        return Ok(None);
-    };
-    if !row.email.eq_ignore_ascii_case(recipient.trim()) {
-        return Ok(None);
-    }
-    Ok(Some((issue.issue_id, sub)))
+    Ok(issues::find_by_number(pool, number)
+        .await?
+        .map(|issue| (issue.issue_id, subscriber_id)))
+}
+
+/// A genuine Message-ID of ours (`<issue<n>.s<id>.<mac>@…>`) in `text`: (number, subscriber).
+fn message_id_in(keys: &TokenKeys, text: &str) -> Option<(i32, i64)> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case("Message-ID"))
+        .find_map(|(_, v)| {
+            let local = v.trim().trim_start_matches('<').split('@').next()?;
+            keys.verify_message_id(local)
+        })
+}
+
+/// A genuine VERP address of ours anywhere in `text` (the returned message's Return-Path).
+fn verp_in(settings: &Settings, keys: &TokenKeys, text: &str) -> Option<(i64, i64)> {
+    let b = &settings.bounces;
+    let prefix = format!("{}+", b.address.user().to_ascii_lowercase());
+    let domain = b.address.domain().to_ascii_lowercase();
+    text.split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | ',' | ';' | ':'))
+        .filter_map(|w| {
+            let w = w.to_ascii_lowercase();
+            let (local, dom) = w.rsplit_once('@')?;
+            (dom == domain).then(|| local.strip_prefix(&prefix).map(str::to_owned))?
+        })
+        .find_map(|tag| keys.verify_bounce(&tag))
+}
+
+/// Text from outside made safe for one line of a log or a terminal: no control characters.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The first `Name: value` field in `text` (case-insensitive name).
@@ -274,36 +335,10 @@ fn field(text: &str, name: &str) -> Option<String> {
 
 fn parse_dsn(body: &str) -> Dsn {
     // The per-recipient block follows the per-message block; fields we need appear once.
-    let addr = |v: String| {
-        v.split_once(';')
-            .map_or(v.clone(), |(_, a)| a.trim().to_owned())
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .to_owned()
-    };
     Dsn {
         action: field(body, "Action"),
         status: field(body, "Status").map(|s| s.split_whitespace().next().unwrap_or("").to_owned()),
-        final_recipient: field(body, "Final-Recipient")
-            .or_else(|| field(body, "Original-Recipient"))
-            .map(addr),
         diagnostic: field(body, "Diagnostic-Code")
             .map(|d| crate::send::classify::truncate(&d, 300)),
     }
-}
-
-/// The address the reported message was sent to: the ARF `Original-Rcpt-To`, else the `To`
-/// of the returned message.
-fn original_recipient(body: &str) -> Option<String> {
-    field(body, "Original-Rcpt-To").or_else(|| {
-        body.lines()
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(n, _)| n.trim().eq_ignore_ascii_case("To"))
-            .map(|(_, v)| v.trim().to_owned())
-            .next()
-            .map(|v| match v.rsplit_once('<') {
-                Some((_, a)) => a.trim_end_matches('>').to_owned(),
-                None => v,
-            })
-    })
 }

@@ -17,6 +17,8 @@ pub enum Purpose {
     Confirm,
     /// The VERP return path of one delivery.
     Bounce,
+    /// The Message-ID of one subscriber's copy of an issue.
+    MessageId,
 }
 
 impl Purpose {
@@ -25,6 +27,7 @@ impl Purpose {
             Self::Unsubscribe => b"unsubscribe",
             Self::Confirm => b"confirm",
             Self::Bounce => b"bounce",
+            Self::MessageId => b"message-id",
         }
     }
 }
@@ -78,6 +81,28 @@ impl fmt::Debug for TokenKey {
     }
 }
 
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hex digits; `None` for anything else (multi-byte characters included).
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// A positive number written the one way we write it (no sign, no leading zeros).
+fn canonical(s: &str) -> Option<i64> {
+    let n: i64 = s.parse().ok().filter(|&n| n > 0)?;
+    (n.to_string() == s).then_some(n)
+}
+
 /// The current signing key and older ones still accepted.
 #[derive(Debug, Clone)]
 pub struct TokenKeys {
@@ -124,11 +149,45 @@ impl TokenKeys {
             .mac(Purpose::Bounce, subscriber_id, Some(issue_id))
             .finalize()
             .into_bytes();
-        let hex: String = tag[..BOUNCE_MAC_LEN]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{}.{issue_id}.{subscriber_id}.{hex}", self.current.kid)
+        format!(
+            "{}.{issue_id}.{subscriber_id}.{}",
+            self.current.kid,
+            hex(&tag[..BOUNCE_MAC_LEN])
+        )
+    }
+
+    /// The local part of the Message-ID of issue `number` as sent to `subscriber_id`:
+    /// `issue<n>.s<id>.<mac>`. The same for every copy of that message (a re-send after a crash
+    /// is recognisable), and unguessable, so a forged complaint cannot name someone else's.
+    pub fn sign_message_id(&self, number: i32, subscriber_id: i64) -> String {
+        let tag = self
+            .current
+            .mac(Purpose::MessageId, subscriber_id, Some(i64::from(number)))
+            .finalize()
+            .into_bytes();
+        format!(
+            "issue{number}.s{subscriber_id}.{}",
+            hex(&tag[..BOUNCE_MAC_LEN])
+        )
+    }
+
+    /// The (issue number, subscriber) of a genuine Message-ID local part, signed by any key.
+    pub fn verify_message_id(&self, local: &str) -> Option<(i32, i64)> {
+        let rest = local.to_ascii_lowercase();
+        let rest = rest.strip_prefix("issue")?;
+        let (number, rest) = rest.split_once(".s")?;
+        let (sub, mac) = rest.split_once('.')?;
+        let number: i32 = canonical(number)?.try_into().ok()?;
+        let sub = canonical(sub)?;
+        let bytes = unhex(mac).filter(|b| b.len() == BOUNCE_MAC_LEN)?;
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| {
+                k.mac(Purpose::MessageId, sub, Some(i64::from(number)))
+                    .verify_truncated_left(&bytes)
+                    .is_ok()
+            })
+            .map(|_| (number, sub))
     }
 
     /// The (issue, subscriber) of a genuine VERP tag.
@@ -138,23 +197,13 @@ impl TokenKeys {
         let [kid, issue, sub, mac] = parts.as_slice() else {
             return None;
         };
-        let number = |s: &str| -> Option<i64> {
-            let n: i64 = s.parse().ok().filter(|&n| n > 0)?;
-            (n.to_string() == s).then_some(n)
-        };
-        let (issue, sub) = (number(issue)?, number(sub)?);
-        if mac.len() != BOUNCE_MAC_LEN * 2 {
-            return None;
-        }
-        let bytes: Option<Vec<u8>> = (0..mac.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&mac[i..i + 2], 16).ok())
-            .collect();
+        let (issue, sub) = (canonical(issue)?, canonical(sub)?);
+        let bytes = unhex(mac).filter(|b| b.len() == BOUNCE_MAC_LEN)?;
         let key = std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|k| k.kid == *kid)?;
         key.mac(Purpose::Bounce, sub, Some(issue))
-            .verify_truncated_left(&bytes?)
+            .verify_truncated_left(&bytes)
             .ok()?;
         Some((issue, sub))
     }
@@ -220,6 +269,28 @@ mod tests {
         let k = keys();
         let t = k.sign(Purpose::Unsubscribe, 42);
         assert_eq!(k.verify(Purpose::Unsubscribe, &t), Some(42));
+        let id = k.sign_message_id(3, 42);
+        assert!(
+            id.starts_with("issue3.s42.") && id.len() == "issue3.s42.".len() + 24,
+            "{id}"
+        );
+        assert_eq!(k.verify_message_id(&id), Some((3, 42)));
+        assert_eq!(k.verify_message_id(&id.replace(".s42.", ".s43.")), None);
+        assert_eq!(
+            k.verify_message_id("issue3.s42"),
+            None,
+            "the guessable old form"
+        );
+        // Multi-byte characters where hex digits belong are refused, never sliced.
+        let tag = k.sign_bounce(3, 42);
+        let (head, mac) = tag.rsplit_once('.').unwrap();
+        let multibyte = format!("{head}.é{}", &mac[2..]);
+        assert_eq!(multibyte.len(), tag.len());
+        assert_eq!(k.verify_bounce(&multibyte), None);
+        assert_eq!(
+            k.verify_message_id(&format!("issue3.s42.é{}", &mac[2..])),
+            None
+        );
         assert_eq!(k.verify(Purpose::Confirm, &t), None);
     }
 

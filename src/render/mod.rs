@@ -401,10 +401,15 @@ impl RenderedIssue {
         )
     }
 
-    /// The deterministic Message-ID of this issue for a subscriber: a resend after a crash
-    /// carries the same one, so a duplicate is recognisable.
+    /// The Message-ID of this issue for a subscriber: deterministic, so a resend after a crash
+    /// carries the same one and a duplicate is recognisable; signed, so nobody can name
+    /// another subscriber's copy in a forged complaint.
     pub fn message_id(&self, subscriber_id: i64) -> String {
-        format!("<issue{}.s{}@{}>", self.number, subscriber_id, self.domain)
+        format!(
+            "<{}@{}>",
+            self.keys.sign_message_id(self.number, subscriber_id),
+            self.domain
+        )
     }
 
     pub(crate) fn greeting(r: &Recipient) -> String {

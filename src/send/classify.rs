@@ -45,15 +45,39 @@ pub fn enhanced_code(text: &str) -> Option<String> {
 
 /// Classifies a negative SMTP reply: `code` and the reply `text`.
 pub fn classify_reply(code: u16, text: &str) -> Outcome {
-    let enhanced = enhanced_code(text);
     let reason = truncate(&format!("{code} {}", text.trim()), 400);
+    classify(Some(code), enhanced_code(text), reason)
+}
+
+/// Classifies what a delivery status notification reports (RFC 3464: its `Status` and
+/// `Diagnostic-Code`) by the same rules as the synchronous reply it stands for: a relayed
+/// `5.7.1` fails the delivery and suppresses nobody, exactly as a `5.7.1` answered to us would.
+pub fn classify_dsn(status: &str, diagnostic: Option<&str>) -> Outcome {
+    // "smtp; 550 5.1.1 <bob@…>: user unknown": the reply code, when the MTA passed one on.
+    let code = diagnostic.and_then(|d| {
+        let reply = d.split_once(';').map_or(d, |(_, r)| r).trim_start();
+        reply.get(..3)?.parse::<u16>().ok()
+    });
+    let enhanced = enhanced_code(status).or_else(|| diagnostic.and_then(enhanced_code));
+    let reason = truncate(
+        &format!(
+            "DSN {status}{}",
+            diagnostic.map(|d| format!(": {d}")).unwrap_or_default()
+        ),
+        400,
+    );
+    classify(code, enhanced, reason)
+}
+
+/// The one rule for reply and DSN alike.
+fn classify(code: Option<u16>, enhanced: Option<String>, reason: String) -> Outcome {
     let failure = |systemic| Failure {
-        code: Some(code),
+        code,
         enhanced: enhanced.clone(),
         reason: reason.clone(),
         systemic,
     };
-    if (400..500).contains(&code) {
+    if code.is_some_and(|c| (400..500).contains(&c)) {
         return Outcome::Transient(failure(false));
     }
     match enhanced.as_deref() {
@@ -138,6 +162,39 @@ mod tests {
             Outcome::Failed(f) => assert!(f.systemic, "policy blocks trip the breaker"),
             other => panic!("{other:?}"),
         }
+        for (status, diagnostic, bounced) in [
+            (
+                "5.1.1",
+                Some("smtp; 550 5.1.1 <a@b>: Recipient address rejected"),
+                true,
+            ),
+            ("5.2.1", None, true),
+            (
+                "5.7.1",
+                Some("smtp; 554 5.7.1 <a@b>: Relay access denied"),
+                false,
+            ),
+            (
+                "5.2.0",
+                Some("x-postfix; cannot update mailbox: Permission denied"),
+                false,
+            ),
+            ("5.0.0", None, false),
+        ] {
+            let outcome = classify_dsn(status, diagnostic);
+            assert_eq!(
+                matches!(outcome, Outcome::Bounced(_)),
+                bounced,
+                "{status}: {outcome:?}"
+            );
+            if !bounced {
+                assert!(
+                    matches!(outcome, Outcome::Failed(_)),
+                    "{status}: {outcome:?}"
+                );
+            }
+        }
+        assert!(matches!(classify_dsn("4.4.7", None), Outcome::Transient(_)));
         match connection_failure("connection reset") {
             Outcome::Transient(f) => assert!(f.systemic && f.code.is_none()),
             other => panic!("{other:?}"),

@@ -417,8 +417,8 @@ pub async fn open_count(pool: &PgPool) -> sqlx::Result<i64> {
 
 /// Records a hard bounce that arrived later as a DSN: the delivery becomes `bounced` and the
 /// subscriber's counter goes up (suppressed at `threshold`), with an event. Returns false when
-/// this delivery's bounce was recorded before (the same DSN twice counts once) or there is no
-/// such delivery.
+/// the delivery is not `sent` (its bounce was recorded before, so the same DSN twice counts
+/// once; or it was never handed over, so no DSN can be about it) or there is no such delivery.
 pub async fn record_bounce(
     pool: &PgPool,
     issue_id: i64,
@@ -429,7 +429,7 @@ pub async fn record_bounce(
     let mut tx = pool.begin().await?;
     let changed = sqlx::query(
         "UPDATE delivery SET status = 'bounced', last_error = $3, lease_until = NULL \
-         WHERE issue_id = $1 AND subscriber_id = $2 AND status <> 'bounced'",
+         WHERE issue_id = $1 AND subscriber_id = $2 AND status = 'sent'",
     )
     .bind(issue_id)
     .bind(subscriber_id)
@@ -458,4 +458,26 @@ pub async fn record_bounce(
     super::subscribers::record_event(&mut tx, subscriber_id, "bounced", "dsn", Some(&note)).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Records a permanent failure that arrived later as a DSN (a relayed policy block, a local
+/// delivery error): the delivery becomes `failed`; the subscriber is kept. False when the
+/// delivery is not `sent`.
+pub async fn record_dsn_failure(
+    pool: &PgPool,
+    issue_id: i64,
+    subscriber_id: i64,
+    detail: &str,
+) -> sqlx::Result<bool> {
+    let changed = sqlx::query(
+        "UPDATE delivery SET status = 'failed', last_error = $3 \
+         WHERE issue_id = $1 AND subscriber_id = $2 AND status = 'sent'",
+    )
+    .bind(issue_id)
+    .bind(subscriber_id)
+    .bind(detail)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
 }

@@ -308,8 +308,10 @@ async fn inbound_handles_each_kind_of_message_as_the_rules_say(pool: PgPool) {
     assert!(out.contains("does not verify"), "{out}");
     assert_eq!(status_of(&pool, id(2)).await, before);
 
-    // An ARF complaint: unsubscribed and suppressed.
-    let out = inbound(arf("user3@example.org", "<issue1.s3@example.com>"), None);
+    // An ARF complaint about the message as we sent it (its signed Message-ID): unsubscribed
+    // and suppressed.
+    let genuine = format!("<{}@example.com>", keys.sign_message_id(1, 3));
+    let out = inbound(arf("user3@example.org", &genuine), None);
     assert!(out.contains("complaint"), "{out}");
     assert_eq!(status_of(&pool, id(3)).await.0, "complained");
 
@@ -465,4 +467,159 @@ async fn an_rsa_key_under_2048_bits_is_refused_at_start_up(pool: PgPool) {
 
 async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
     crate::helpers::deliver_all(pool, s, Duration::ZERO).await
+}
+
+/// The attacker's inbound mail: forged bounces and complaints that name a subscriber by address
+/// and by the Message-ID digestif used to write (`<issue1.s2@…>`), a DSN for a delivery never
+/// sent, a VERP tag with multi-byte characters. None of them may touch anyone.
+#[sqlx::test]
+async fn forged_bounces_and_complaints_change_nothing(pool: PgPool) {
+    let outbox = tempfile::tempdir().unwrap();
+    let s = Settings::from_toml(&format!(
+        "[delivery]\noutbox = \"{}\"\n",
+        outbox.path().display()
+    ))
+    .unwrap();
+    seed(&pool, 3).await;
+    digest::create_issue(&pool, &s, at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    // Subscriber 3's delivery is never handed over.
+    sqlx::query("UPDATE subscriber SET status = 'unsubscribed' WHERE subscriber_id = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(deliver_all(&pool, &s).await.sent, 2);
+    sqlx::query("UPDATE subscriber SET status = 'active' WHERE subscriber_id = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let keys = digest::token_keys(&s, &pool).await.unwrap();
+    let issue_id: i64 = sqlx::query_scalar("SELECT issue_id FROM issue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let d = Digestif::new(&pool);
+    let inbound = |input: String, rcpt: &str| {
+        let run = d.run_with_stdin(&["inbound", "--recipient", rcpt], input.as_bytes());
+        assert!(run.output.status.success(), "{run}");
+        run.stdout()
+    };
+    let everyone = || async {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT status, (SELECT count(*) FROM subscriber_event e \
+                             WHERE e.subscriber_id = s.subscriber_id) \
+             FROM subscriber s ORDER BY subscriber_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let before = everyone().await;
+
+    // A DSN to the plain bounce address naming subscriber 1 by address and old-style id.
+    let out = inbound(
+        dsn(
+            "bounces@example.com",
+            "user1@example.com",
+            "failed",
+            "5.1.1",
+            "<issue1.s1@example.com>",
+        ),
+        "bounces@example.com",
+    );
+    assert!(out.contains("without our VERP tag"), "{out}");
+    // A forged complaint naming subscriber 2 the same way.
+    let out = inbound(
+        arf("user2@example.com", "<issue1.s2@example.com>"),
+        "abuse@example.com",
+    );
+    assert!(out.contains("names no message of ours"), "{out}");
+    // A genuine VERP tag for a delivery that was never sent.
+    let verp3 = format!("bounces+{}@example.com", keys.sign_bounce(issue_id, 3));
+    let out = inbound(
+        dsn(
+            &verp3,
+            "user3@example.com",
+            "failed",
+            "5.1.1",
+            "<x@example.com>",
+        ),
+        &verp3,
+    );
+    assert!(out.contains("never sent"), "{out}");
+    // A tag with a multi-byte character where a hex digit belongs: a clean answer, no panic.
+    let tag = keys.sign_bounce(issue_id, 1);
+    let (head, mac) = tag.rsplit_once('.').unwrap();
+    let broken = format!("bounces+{head}.é{}@example.com", &mac[2..]);
+    let out = inbound(
+        dsn(
+            &broken,
+            "user1@example.com",
+            "failed",
+            "5.1.1",
+            "<x@example.com>",
+        ),
+        &broken,
+    );
+    assert!(out.contains("does not verify"), "{out}");
+
+    assert_eq!(everyone().await, before, "nobody was touched");
+    let delivery3: String =
+        sqlx::query_scalar("SELECT status FROM delivery WHERE subscriber_id = 3")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(delivery3, "skipped");
+}
+
+/// A policy block that comes back through a relay as a DSN fails that delivery and keeps the
+/// subscriber, exactly as the same reply given to us directly would (issue 14).
+#[sqlx::test]
+async fn a_relayed_policy_block_fails_the_delivery_and_suppresses_nobody(pool: PgPool) {
+    let outbox = tempfile::tempdir().unwrap();
+    let s = Settings::from_toml(&format!(
+        "[delivery]\noutbox = \"{}\"\n",
+        outbox.path().display()
+    ))
+    .unwrap();
+    seed(&pool, 2).await;
+    digest::create_issue(&pool, &s, at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(deliver_all(&pool, &s).await.sent, 2);
+    let keys = digest::token_keys(&s, &pool).await.unwrap();
+    let issue_id: i64 = sqlx::query_scalar("SELECT issue_id FROM issue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let d = Digestif::new(&pool);
+    for (sub, status) in [(1, "5.7.1"), (2, "5.2.0")] {
+        let verp = format!("bounces+{}@example.com", keys.sign_bounce(issue_id, sub));
+        let run = d.run_with_stdin(
+            &["inbound", "--recipient", &verp],
+            dsn(
+                &verp,
+                &format!("user{sub}@example.com"),
+                "failed",
+                status,
+                "<x@y>",
+            )
+            .as_bytes(),
+        );
+        assert!(run.stdout().contains("not suppressed"), "{run}");
+        let (subscriber, delivery): (String, String) = sqlx::query_as(
+            "SELECT s.status, d.status FROM subscriber s JOIN delivery d USING (subscriber_id) \
+             WHERE subscriber_id = $1",
+        )
+        .bind(sub)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (subscriber.as_str(), delivery.as_str()),
+            ("active", "failed"),
+            "{status}"
+        );
+    }
 }
