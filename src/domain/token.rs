@@ -88,7 +88,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Bytes from hex digits; `None` for anything else (multi-byte characters included).
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
