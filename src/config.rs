@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use lettre::message::Mailbox;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -35,6 +35,60 @@ impl ConfigError {
             message: message.into(),
         }
     }
+}
+
+/// Keys whose values are secrets. From the environment they are taken as raw text (a password
+/// of digits is not a number) and may come from a file instead (`DIGESTIF_SMTP__PASSWORD_FILE`,
+/// as systemd credentials and Docker secrets provide them); no error ever shows their values.
+const SECRET_KEYS: &[&str] = &[
+    "smtp.url",
+    "smtp.password",
+    "http.token_secret",
+    "database.url",
+];
+
+/// `smtp.password` → `DIGESTIF_SMTP__PASSWORD`.
+fn env_name(key: &str) -> String {
+    format!("DIGESTIF_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// The secret values the environment sets, as text: `NAME` itself, or the contents of the file
+/// `NAME_FILE` names (without its final line break).
+fn secrets_from_env() -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let mut found = Vec::new();
+    for key in SECRET_KEYS {
+        let name = env_name(key);
+        let direct = std::env::var(&name).ok();
+        let file = std::env::var(format!("{name}_FILE")).ok();
+        let value = match (direct, file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    key,
+                    format!("both {name} and {name}_FILE are set: use one"),
+                ));
+            }
+            (Some(v), None) => v,
+            (None, Some(path)) => read_secret_file(key, Path::new(&path))?,
+            (None, None) => continue,
+        };
+        found.push((*key, value));
+    }
+    Ok(found)
+}
+
+/// A secret from a file; the error names the file, never what it holds.
+fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            key,
+            format!("{}: cannot read the secret ({e})", path.display()),
+        )
+    })?;
+    Ok(text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text)
+        .to_owned())
 }
 
 /// Every setting, validated.
@@ -275,6 +329,7 @@ struct RawSmtp {
     url: SecretString,
     username: String,
     password: SecretString,
+    password_file: PathBuf,
     timeout: String,
 }
 
@@ -301,6 +356,7 @@ struct RawBounces {
 struct RawHttp {
     listen: String,
     token_secret: SecretString,
+    token_secret_file: PathBuf,
     signup: bool,
     signup_per_hour: u32,
 }
@@ -342,13 +398,23 @@ impl Settings {
             }
             None => {}
         }
-        figment = figment
-            .merge(prefixed.ignore(&["config", "now"]).split("__"))
-            .merge(
-                raw_env
-                    .only(&["DATABASE_URL"])
-                    .map(|_| "database.url".into()),
-            );
+        // Secrets are left out of the parsing environment provider and merged as text.
+        let mut ignored = vec!["config".to_owned(), "now".to_owned()];
+        for key in SECRET_KEYS {
+            let k = key.replace('.', "__");
+            ignored.push(format!("{k}_file"));
+            ignored.push(k);
+        }
+        let ignored: Vec<&str> = ignored.iter().map(String::as_str).collect();
+        figment = figment.merge(prefixed.ignore(&ignored).split("__"));
+        for (key, value) in secrets_from_env()? {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        figment = figment.merge(
+            raw_env
+                .only(&["DATABASE_URL"])
+                .map(|_| "database.url".into()),
+        );
         let raw: Raw = figment.extract().map_err(figment_error)?;
         raw.validate()
     }
@@ -378,7 +444,12 @@ fn figment_error(err: figment::Error) -> ConfigError {
             m.interpolate(&profile, &err.path)
         }
     });
-    let mut message = err.kind.to_string();
+    let mut message = if SECRET_KEYS.contains(&key.as_str()) {
+        // figment's message quotes the value ("found unsigned int '84736251'").
+        "not a valid value (not shown: this key holds a secret)".to_owned()
+    } else {
+        err.kind.to_string()
+    };
     if let Some(source) = source {
         message.push_str(&format!(" (set in {source})"));
     }
@@ -476,10 +547,11 @@ impl Raw {
                 ));
             }
         }
+        let password = secret_or_file("smtp.password", m.password, &m.password_file)?;
         let smtp = SmtpSettings {
             url: m.url,
             username: Some(m.username.trim().to_owned()).filter(|u| !u.is_empty()),
-            password: (!m.password.expose_secret().is_empty()).then_some(m.password),
+            password: (!password.expose_secret().is_empty()).then_some(password),
             timeout: duration("smtp.timeout", &m.timeout)?,
         };
 
@@ -521,7 +593,9 @@ impl Raw {
                 ),
             )
         })?;
-        let secret_len = h.token_secret.expose_secret().len();
+        let token_secret =
+            secret_or_file("http.token_secret", h.token_secret, &h.token_secret_file)?;
+        let secret_len = token_secret.expose_secret().len();
         if secret_len > 0 && secret_len < crate::domain::MIN_SECRET_LEN {
             return Err(ConfigError::new(
                 "http.token_secret",
@@ -533,7 +607,7 @@ impl Raw {
         }
         let http = HttpSettings {
             listen,
-            token_secret: h.token_secret,
+            token_secret,
             signup: h.signup,
             signup_per_hour: in_range("http.signup_per_hour", h.signup_per_hour, 1, 10_000)?,
         };
@@ -623,6 +697,24 @@ fn in_range(key: &str, v: u32, lo: u32, hi: u32) -> Result<u32, ConfigError> {
             format!("{v} is out of range ({lo} to {hi})"),
         ))
     }
+}
+
+/// A secret given directly or, with `<key>_file`, read from that file; not both.
+fn secret_or_file(
+    key: &str,
+    value: SecretString,
+    file: &Path,
+) -> Result<SecretString, ConfigError> {
+    if file.as_os_str().is_empty() {
+        return Ok(value);
+    }
+    if !value.expose_secret().is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!("set {key} or {key}_file, not both"),
+        ));
+    }
+    Ok(SecretString::from(read_secret_file(key, file)?))
 }
 
 #[cfg(test)]

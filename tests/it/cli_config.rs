@@ -46,3 +46,71 @@ async fn the_smtp_password_never_appears_in_an_error(pool: PgPool) {
     let line = d.fails(&["subscribers", "list"], "config: smtp.url");
     assert!(!line.contains("hunter2"), "{line}");
 }
+
+/// The field report: a password of digits stopped start-up with the password in the error.
+#[sqlx::test]
+async fn secrets_are_text_whatever_they_look_like_and_never_shown(pool: PgPool) {
+    let server = crate::smtp_server::SmtpServer::start(
+        crate::smtp_server::Policy::default().require_auth("mailer", "84736251", "PLAIN"),
+    )
+    .await;
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", &server.url())
+        .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__PASSWORD", "84736251");
+    let run = d.run_async(&["doctor"]).await;
+    assert!(run.output.status.success(), "{run}");
+    assert_eq!(server.logins(), ["PLAIN mailer"], "{run}");
+    assert!(!run.stdout().contains("84736251") && !run.stderr().contains("84736251"));
+
+    // In a file a bare number is a TOML integer: refused, without showing it.
+    let (_dir, path) = file_with("digestif.toml", b"[smtp]\npassword = 84736251\n");
+    let line = Digestif::new(&pool).fails(
+        &["--config", arg(&path), "subscribers", "list"],
+        "config: smtp.password: not a valid value (not shown",
+    );
+    assert!(!line.contains("84736251"), "{line}");
+}
+
+#[sqlx::test]
+async fn secrets_can_come_from_files(pool: PgPool) {
+    let server = crate::smtp_server::SmtpServer::start(
+        crate::smtp_server::Policy::default().require_auth("mailer", "from a file", "PLAIN"),
+    )
+    .await;
+    // As systemd's LoadCredential= and Docker secrets write them: with a final line break.
+    let (_dir, secret) = file_with("password", b"from a file\n");
+    let base = || {
+        Digestif::new(&pool)
+            .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+            .env("DIGESTIF_SMTP__URL", &server.url())
+            .env("DIGESTIF_SMTP__USERNAME", "mailer")
+    };
+    let run = base()
+        .env("DIGESTIF_SMTP__PASSWORD_FILE", arg(&secret))
+        .run_async(&["doctor"])
+        .await;
+    assert!(run.output.status.success(), "{run}");
+    let toml = format!("[smtp]\npassword_file = \"{}\"\n", arg(&secret));
+    let (_dir2, config) = file_with("digestif.toml", toml.as_bytes());
+    let run = base()
+        .run_async(&["--config", arg(&config), "doctor"])
+        .await;
+    assert!(run.output.status.success(), "{run}");
+    assert_eq!(server.logins(), ["PLAIN mailer", "PLAIN mailer"]);
+
+    base()
+        .env("DIGESTIF_SMTP__PASSWORD_FILE", "/nonexistent/password")
+        .fails(
+            &["subscribers", "list"],
+            "config: smtp.password: /nonexistent/password: cannot read the secret",
+        );
+    base()
+        .env("DIGESTIF_SMTP__PASSWORD_FILE", arg(&secret))
+        .env("DIGESTIF_SMTP__PASSWORD", "x")
+        .fails(
+            &["subscribers", "list"],
+            "both DIGESTIF_SMTP__PASSWORD and DIGESTIF_SMTP__PASSWORD_FILE are set",
+        );
+}
