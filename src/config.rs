@@ -211,6 +211,12 @@ pub struct SmtpSettings {
     pub password: Option<SecretString>,
     /// Connect and command timeout.
     pub timeout: Duration,
+    /// A PEM file of CA certificates to trust besides the public roots (a relay with an
+    /// internal certificate).
+    pub ca_file: Option<PathBuf>,
+    /// Send AUTH over a connection without TLS (a relay on a trusted network). Off: the
+    /// password is never sent in the clear.
+    pub allow_plaintext_auth: bool,
 }
 
 /// `[dkim]`
@@ -331,6 +337,8 @@ struct RawSmtp {
     password: SecretString,
     password_file: PathBuf,
     timeout: String,
+    ca_file: PathBuf,
+    allow_plaintext_auth: bool,
 }
 
 #[derive(Deserialize)]
@@ -553,6 +561,8 @@ impl Raw {
             username: Some(m.username.trim().to_owned()).filter(|u| !u.is_empty()),
             password: (!password.expose_secret().is_empty()).then_some(password),
             timeout: duration("smtp.timeout", &m.timeout)?,
+            ca_file: (!m.ca_file.as_os_str().is_empty()).then_some(m.ca_file),
+            allow_plaintext_auth: m.allow_plaintext_auth,
         };
 
         let k = self.dkim;

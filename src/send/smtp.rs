@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
@@ -40,6 +40,10 @@ pub struct SmtpPool {
     host: String,
     port: u16,
     tls: Tls,
+    /// `smtp.ca_file`: trusted besides the public roots.
+    ca: Option<Certificate>,
+    /// `smtp.allow_plaintext_auth`.
+    allow_plaintext_auth: bool,
     credentials: Option<Credentials>,
     timeout: Duration,
     hello: ClientId,
@@ -159,7 +163,10 @@ impl SmtpPool {
             ("smtps", _) => Tls::Wrapper,
             ("smtp", Some("required")) => Tls::Required,
             ("smtp", Some("opportunistic")) => Tls::Opportunistic,
-            ("smtp", None | Some("none")) => Tls::None,
+            ("smtp", Some("none")) => Tls::None,
+            // Only a relay on this machine is reached without TLS unless the URL says so.
+            ("smtp", None) if is_loopback(&host) => Tls::None,
+            ("smtp", None) => Tls::Required,
             _ => return Err(bad()),
         };
         let port = url
@@ -186,10 +193,29 @@ impl SmtpPool {
             )),
             None => from_url,
         };
+        let ca = match &s.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    anyhow!(
+                        "config: smtp.ca_file: {}: cannot read ({e})",
+                        path.display()
+                    )
+                })?;
+                Some(Certificate::from_pem(&pem).map_err(|_| {
+                    anyhow!(
+                        "config: smtp.ca_file: {}: not a PEM certificate",
+                        path.display()
+                    )
+                })?)
+            }
+            None => None,
+        };
         Ok(Self {
             host,
             port,
             tls,
+            ca,
+            allow_plaintext_auth: s.allow_plaintext_auth,
             credentials,
             timeout: s.timeout,
             hello: ClientId::default(),
@@ -199,7 +225,11 @@ impl SmtpPool {
     }
 
     fn tls_parameters(&self) -> Result<TlsParameters, lettre::transport::smtp::Error> {
-        TlsParameters::new(self.host.clone())
+        let mut builder = TlsParameters::builder(self.host.clone());
+        if let Some(ca) = &self.ca {
+            builder = builder.add_root_certificate(ca.clone());
+        }
+        builder.build_rustls()
     }
 
     /// Opens a connection: TCP with NODELAY, EHLO, STARTTLS and AUTH as configured.
@@ -253,6 +283,13 @@ impl SmtpPool {
                 })
             });
         if let Some(credentials) = &self.credentials {
+            if !conn.is_encrypted() && !self.allow_plaintext_auth {
+                conn.abort().await;
+                return Err(
+                    "refusing to send the SMTP password over a connection without TLS (use smtps:// or STARTTLS with ?tls=required, or set smtp.allow_plaintext_auth = true for a relay on a trusted network)"
+                        .into(),
+                );
+            }
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
                 .map_err(|e| format!("AUTH refused: {e}"))?;
@@ -343,4 +380,39 @@ fn percent_decode(s: &str) -> Option<String> {
     url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
+}
+
+/// Whether `host` is this machine: the one place a relay is reached without TLS by default.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tls_default_tests {
+    use super::*;
+
+    fn tls_of(url: &str) -> Tls {
+        let settings = crate::config::Settings::from_toml(&format!("[smtp]\nurl = \"{url}\"\n"))
+            .expect("settings");
+        SmtpPool::new(&settings.smtp, 1).expect("pool").tls
+    }
+
+    #[test]
+    fn without_tls_in_the_url_only_this_machine_is_reached_in_the_clear() {
+        assert_eq!(tls_of("smtp://relay.example.com:587"), Tls::Required);
+        assert_eq!(tls_of("smtp://10.0.0.5"), Tls::Required);
+        assert_eq!(tls_of("smtp://127.0.0.1:2525"), Tls::None);
+        assert_eq!(tls_of("smtp://[::1]:2525"), Tls::None);
+        assert_eq!(tls_of("smtp://localhost:25"), Tls::None);
+        assert_eq!(tls_of("smtp://relay.example.com:25?tls=none"), Tls::None);
+        assert_eq!(
+            tls_of("smtp://relay.example.com:25?tls=opportunistic"),
+            Tls::Opportunistic
+        );
+        assert_eq!(tls_of("smtps://relay.example.com"), Tls::Wrapper);
+    }
 }

@@ -58,6 +58,7 @@ async fn secrets_are_text_whatever_they_look_like_and_never_shown(pool: PgPool) 
         .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
         .env("DIGESTIF_SMTP__URL", &server.url())
         .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__ALLOW_PLAINTEXT_AUTH", "true")
         .env("DIGESTIF_SMTP__PASSWORD", "84736251");
     let run = d.run_async(&["doctor"]).await;
     assert!(run.output.status.success(), "{run}");
@@ -86,6 +87,7 @@ async fn secrets_can_come_from_files(pool: PgPool) {
             .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
             .env("DIGESTIF_SMTP__URL", &server.url())
             .env("DIGESTIF_SMTP__USERNAME", "mailer")
+            .env("DIGESTIF_SMTP__ALLOW_PLAINTEXT_AUTH", "true")
     };
     let run = base()
         .env("DIGESTIF_SMTP__PASSWORD_FILE", arg(&secret))

@@ -471,6 +471,7 @@ async fn smtp_passwords_never_reach_the_log_even_when_auth_fails(pool: PgPool) {
         .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
         .env("DIGESTIF_SMTP__URL", format!("smtp://{addr}"))
         .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__ALLOW_PLAINTEXT_AUTH", "true")
         .env("DIGESTIF_SMTP__PASSWORD", "hunter2-very-secret")
         .env(
             "DIGESTIF_HTTP__TOKEN_SECRET",

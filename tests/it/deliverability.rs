@@ -373,6 +373,7 @@ async fn doctor_names_each_failure_mode(pool: PgPool) {
     let bad_auth = d(&[
         ("DIGESTIF_SMTP__URL", &auth.url()),
         ("DIGESTIF_SMTP__USERNAME", "mailer"),
+        ("DIGESTIF_SMTP__ALLOW_PLAINTEXT_AUTH", "true"),
         ("DIGESTIF_SMTP__PASSWORD", "wrong-password"),
     ])
     .run_async(&["doctor"])
@@ -622,4 +623,37 @@ async fn a_relayed_policy_block_fails_the_delivery_and_suppresses_nobody(pool: P
             "{status}"
         );
     }
+}
+
+/// The field report: `smtp://host` with credentials sent AUTH PLAIN unencrypted and `doctor`
+/// said "ok". Now the password never leaves without TLS unless the operator says so.
+#[sqlx::test]
+async fn the_smtp_password_is_never_sent_without_tls_unless_allowed(pool: PgPool) {
+    let server =
+        SmtpServer::start(Policy::default().require_auth("mailer", "in the clear", "PLAIN")).await;
+    seed(&pool, 1).await;
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", &server.url())
+        .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__PASSWORD", "in the clear")
+        .env("DIGESTIF_NOW", crate::helpers::MONDAY_MORNING);
+    let doctor = d.run_async(&["doctor"]).await;
+    assert_eq!(doctor.output.status.code(), Some(1), "{doctor}");
+    assert!(
+        doctor
+            .stdout()
+            .contains("refusing to send the SMTP password over a connection without TLS"),
+        "{doctor}"
+    );
+    let send = d.run_async(&["issue", "send", "--now"]).await;
+    assert!(send.stdout().contains("sent 0, deferred 1"), "{send}");
+    assert!(server.logins().is_empty(), "no AUTH went out");
+    assert!(server.accepted().is_empty());
+
+    // A relay on a trusted network, said so explicitly.
+    let allowed = d.env("DIGESTIF_SMTP__ALLOW_PLAINTEXT_AUTH", "true");
+    let doctor = allowed.run_async(&["doctor"]).await;
+    assert!(doctor.output.status.success(), "{doctor}");
+    assert_eq!(server.logins(), ["PLAIN mailer"]);
 }

@@ -266,6 +266,7 @@ async fn doctor_reports_a_successful_auth(pool: PgPool) {
         .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
         .env("DIGESTIF_SMTP__URL", &server.url())
         .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__ALLOW_PLAINTEXT_AUTH", "true")
         .env("DIGESTIF_SMTP__PASSWORD", "s3cret pass")
         .run_async(&["doctor"])
         .await;
@@ -286,6 +287,7 @@ async fn a_send_through_a_server_that_requires_auth_login_arrives(pool: PgPool) 
     seed(&pool, 2).await;
     let out = serve(&pool, &server, &["issue", "send", "--now"])
         .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__ALLOW_PLAINTEXT_AUTH", "true")
         .env("DIGESTIF_SMTP__PASSWORD", "s3cret pass")
         .output()
         .await
