@@ -657,3 +657,52 @@ async fn the_smtp_password_is_never_sent_without_tls_unless_allowed(pool: PgPool
     assert!(doctor.output.status.success(), "{doctor}");
     assert_eq!(server.logins(), ["PLAIN mailer"]);
 }
+
+/// A relay with an internal certificate (issue 14): STARTTLS and AUTH work once `smtp.ca_file`
+/// names its CA, and fail without it, the password never sent.
+#[sqlx::test]
+async fn starttls_with_a_private_ca_and_auth_delivers_and_doctor_says_so(pool: PgPool) {
+    let ca = crate::smtp_server::TestCa::new();
+    let server = SmtpServer::start(Policy::default().starttls(&ca).require_auth(
+        "mailer",
+        "over tls",
+        "PLAIN LOGIN",
+    ))
+    .await;
+    seed(&pool, 2).await;
+    let d = |ca_file: Option<&str>| {
+        let mut d = Digestif::new(&pool)
+            .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+            .env(
+                "DIGESTIF_SMTP__URL",
+                &format!("{}?tls=required", server.url()),
+            )
+            .env("DIGESTIF_SMTP__USERNAME", "mailer")
+            .env("DIGESTIF_SMTP__PASSWORD", "over tls")
+            .env("DIGESTIF_SMTP__TIMEOUT", "5s")
+            .env("DIGESTIF_NOW", crate::helpers::MONDAY_MORNING);
+        if let Some(f) = ca_file {
+            d = d.env("DIGESTIF_SMTP__CA_FILE", f);
+        }
+        d
+    };
+    // Without the CA: the certificate is not trusted, nothing is sent, no password goes out.
+    let untrusted = d(None).run_async(&["doctor"]).await;
+    assert_eq!(untrusted.output.status.code(), Some(1), "{untrusted}");
+    assert!(untrusted.stdout().contains("FAIL  smtp:"), "{untrusted}");
+    assert!(server.logins().is_empty());
+
+    let doctor = d(Some(&ca.ca_file())).run_async(&["doctor"]).await;
+    assert!(doctor.output.status.success(), "{doctor}");
+    let send = d(Some(&ca.ca_file()))
+        .run_async(&["issue", "send", "--now"])
+        .await;
+    assert!(send.stdout().contains("sent 2,"), "{send}");
+    assert_eq!(server.accepted().len(), 2);
+    assert!(
+        server.tls_sessions() >= 2,
+        "doctor and the send both used TLS"
+    );
+    assert!(server.logins().iter().all(|l| l.ends_with(" mailer")));
+    assert!(!server.logins().is_empty());
+}

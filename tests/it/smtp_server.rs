@@ -1,14 +1,22 @@
-//! A real SMTP server on 127.0.0.1:0 for the tests: it speaks the protocol over TCP, records
-//! every accepted message, and can be told to answer 4xx/5xx, drop the connection in the middle
-//! of DATA, or stall after the final dot.
+//! A real SMTP server on 127.0.0.1:0 for the tests: it speaks the protocol over TCP (and
+//! STARTTLS, with a certificate from a throwaway CA), records every accepted message, and can be
+//! told to answer 4xx/5xx, drop the connection in the middle of DATA, or stall after the final
+//! dot.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
 use tokio::net::{TcpListener, TcpStream};
+
+/// A connection, plain or after STARTTLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type Io = Box<dyn Stream>;
 
 /// What the server does at the end of DATA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +47,7 @@ pub struct Policy {
     refuse_auth: bool,
     auth: Option<Auth>,
     pipelining: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The one account [`Policy::require_auth`] accepts, and the mechanisms it offers.
@@ -62,6 +71,7 @@ impl Default for Policy {
             refuse_auth: false,
             auth: None,
             pipelining: true,
+            tls: None,
         }
     }
 }
@@ -92,6 +102,12 @@ impl Policy {
     /// Do not offer PIPELINING (RFC 2920): the client must wait for each reply.
     pub fn no_pipelining(mut self) -> Self {
         self.pipelining = false;
+        self
+    }
+
+    /// Offer STARTTLS with the certificate of `ca` (see [`TestCa`]).
+    pub fn starttls(mut self, ca: &TestCa) -> Self {
+        self.tls = Some(ca.server.clone());
         self
     }
 
@@ -139,6 +155,7 @@ struct State {
     commands: Vec<String>,
     pipelined: Vec<bool>,
     logins: Vec<String>,
+    tls_sessions: usize,
 }
 
 /// A running test server; it stops when dropped.
@@ -212,6 +229,11 @@ impl SmtpServer {
         self.state.lock().expect("state").logins.clone()
     }
 
+    /// How many sessions switched to TLS with STARTTLS.
+    pub fn tls_sessions(&self) -> usize {
+        self.state.lock().expect("state").tls_sessions
+    }
+
     /// Every command line received (outside DATA), in order.
     pub fn commands(&self) -> Vec<String> {
         self.state.lock().expect("state").commands.clone()
@@ -219,9 +241,21 @@ impl SmtpServer {
 }
 
 async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std::io::Result<()> {
-    let (r, mut w) = sock.into_split();
+    session_on(Box::new(sock), st, policy, false).await
+}
+
+/// One SMTP session on `io`; `secure` once STARTTLS has run (no second greeting then).
+async fn session_on(
+    io: Io,
+    st: Arc<Mutex<State>>,
+    policy: Policy,
+    secure: bool,
+) -> std::io::Result<()> {
+    let (r, mut w) = tokio::io::split(io);
     let mut r = BufReader::new(r);
-    w.write_all(b"220 test.example ESMTP ready\r\n").await?;
+    if !secure {
+        w.write_all(b"220 test.example ESMTP ready\r\n").await?;
+    }
     let mut rcpts: Vec<String> = Vec::new();
     let mut authenticated = false;
     let mut line = String::new();
@@ -242,6 +276,9 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
                     lines.push("PIPELINING".into());
                 }
                 lines.extend(["8BITMIME".into(), "SMTPUTF8".into()]);
+                if policy.tls.is_some() && !secure {
+                    lines.push("STARTTLS".into());
+                }
                 if let Some(auth) = &policy.auth {
                     lines.push(format!("AUTH {}", auth.mechanisms));
                 }
@@ -253,8 +290,17 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
                 .map(|(i, l)| format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }))
                 .collect();
             w.write_all(reply.as_bytes()).await?;
-        } else if upper.starts_with("AUTH") && policy.auth.is_some() {
-            let auth = policy.auth.as_ref().expect("checked");
+        } else if let (true, false, Some(config)) =
+            (upper.starts_with("STARTTLS"), secure, policy.tls.clone())
+        {
+            w.write_all(b"220 2.0.0 ready to start TLS\r\n").await?;
+            let plain = r.into_inner().unsplit(w);
+            let tls = tokio_rustls::TlsAcceptor::from(config)
+                .accept(plain)
+                .await?;
+            st.lock().expect("state").tls_sessions += 1;
+            return Box::pin(session_on(Box::new(tls), st, policy, true)).await;
+        } else if let (true, Some(auth)) = (upper.starts_with("AUTH"), policy.auth.as_ref()) {
             let mut words = cmd.split_whitespace().skip(1);
             let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
             let initial = words.next().map(str::to_owned);
@@ -431,8 +477,8 @@ async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std:
 
 /// Sends a 334 challenge and returns the client's answer line.
 async fn challenge(
-    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    r: &mut BufReader<ReadHalf<Io>>,
+    w: &mut WriteHalf<Io>,
     prompt: &str,
 ) -> std::io::Result<String> {
     w.write_all(format!("334 {prompt}\r\n").as_bytes()).await?;
@@ -447,4 +493,105 @@ fn unbase64(s: &str) -> String {
         .decode(s.trim())
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
+}
+
+/// A throwaway certificate authority and a server certificate it signed for 127.0.0.1 and
+/// localhost, made with `openssl` in a temporary folder: what an operator's internal CA is.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    /// Makes the CA and the server certificate.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write extensions");
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl runs (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=digestif test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        use rustls_pki_types::pem::PemObject;
+        let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
+            rustls_pki_types::CertificateDer::pem_file_iter(d.join("server.pem"))
+                .expect("server.pem")
+                .collect::<Result<_, _>>()
+                .expect("certificates");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(d.join("server.key"))
+            .expect("server.key");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server certificate");
+        Self {
+            dir,
+            server: Arc::new(server),
+        }
+    }
+
+    /// The CA certificate, for `smtp.ca_file`.
+    pub fn ca_file(&self) -> String {
+        self.dir.path().join("ca.pem").display().to_string()
+    }
 }
