@@ -210,24 +210,36 @@ async fn status_of(pool: &PgPool, id: i64) -> (String, i64) {
     .unwrap()
 }
 
-#[sqlx::test]
-async fn inbound_handles_each_kind_of_message_as_the_rules_say(pool: PgPool) {
+/// `n` subscribers and the issue of Monday's slot, fanned out, for the file transport.
+async fn issue_to_the_outbox(pool: &PgPool, n: i64) -> (tempfile::TempDir, Settings) {
     let outbox = tempfile::tempdir().unwrap();
     let s = Settings::from_toml(&format!(
         "[delivery]\noutbox = \"{}\"\n",
         outbox.path().display()
     ))
     .unwrap();
-    seed(&pool, 4).await;
-    digest::create_issue(&pool, &s, at("2026-11-30T08:00:00Z"))
+    seed(pool, n).await;
+    digest::create_issue(pool, &s, at("2026-11-30T08:00:00Z"))
         .await
         .unwrap();
+    (outbox, s)
+}
+
+/// The link keys and the id of the one issue.
+async fn keys_and_issue(pool: &PgPool, s: &Settings) -> (digestif::domain::TokenKeys, i64) {
+    let keys = digest::token_keys(s, pool).await.unwrap();
+    let issue_id = sqlx::query_scalar("SELECT issue_id FROM issue")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (keys, issue_id)
+}
+
+#[sqlx::test]
+async fn inbound_handles_each_kind_of_message_as_the_rules_say(pool: PgPool) {
+    let (_outbox, s) = issue_to_the_outbox(&pool, 4).await;
     assert_eq!(deliver_all(&pool, &s).await.sent, 4);
-    let keys = digest::token_keys(&s, &pool).await.unwrap();
-    let issue_id: i64 = sqlx::query_scalar("SELECT issue_id FROM issue")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (keys, issue_id) = keys_and_issue(&pool, &s).await;
     let id = |n: i64| n; // subscriber ids are 1..=4 in a fresh database
     let verp = |sub: i64| format!("bounces+{}@example.com", keys.sign_bounce(issue_id, sub));
     let d = Digestif::new(&pool);
@@ -475,16 +487,7 @@ async fn deliver_all(pool: &PgPool, s: &Settings) -> deliver::Report {
 /// sent, a VERP tag with multi-byte characters. None of them may touch anyone.
 #[sqlx::test]
 async fn forged_bounces_and_complaints_change_nothing(pool: PgPool) {
-    let outbox = tempfile::tempdir().unwrap();
-    let s = Settings::from_toml(&format!(
-        "[delivery]\noutbox = \"{}\"\n",
-        outbox.path().display()
-    ))
-    .unwrap();
-    seed(&pool, 3).await;
-    digest::create_issue(&pool, &s, at("2026-11-30T08:00:00Z"))
-        .await
-        .unwrap();
+    let (_outbox, s) = issue_to_the_outbox(&pool, 3).await;
     // Subscriber 3's delivery is never handed over.
     sqlx::query("UPDATE subscriber SET status = 'unsubscribed' WHERE subscriber_id = 3")
         .execute(&pool)
@@ -495,11 +498,7 @@ async fn forged_bounces_and_complaints_change_nothing(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    let keys = digest::token_keys(&s, &pool).await.unwrap();
-    let issue_id: i64 = sqlx::query_scalar("SELECT issue_id FROM issue")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (keys, issue_id) = keys_and_issue(&pool, &s).await;
     let d = Digestif::new(&pool);
     let inbound = |input: String, rcpt: &str| {
         let run = d.run_with_stdin(&["inbound", "--recipient", rcpt], input.as_bytes());
@@ -578,22 +577,9 @@ async fn forged_bounces_and_complaints_change_nothing(pool: PgPool) {
 /// subscriber, exactly as the same reply given to us directly would (issue 14).
 #[sqlx::test]
 async fn a_relayed_policy_block_fails_the_delivery_and_suppresses_nobody(pool: PgPool) {
-    let outbox = tempfile::tempdir().unwrap();
-    let s = Settings::from_toml(&format!(
-        "[delivery]\noutbox = \"{}\"\n",
-        outbox.path().display()
-    ))
-    .unwrap();
-    seed(&pool, 2).await;
-    digest::create_issue(&pool, &s, at("2026-11-30T08:00:00Z"))
-        .await
-        .unwrap();
+    let (_outbox, s) = issue_to_the_outbox(&pool, 2).await;
     assert_eq!(deliver_all(&pool, &s).await.sent, 2);
-    let keys = digest::token_keys(&s, &pool).await.unwrap();
-    let issue_id: i64 = sqlx::query_scalar("SELECT issue_id FROM issue")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (keys, issue_id) = keys_and_issue(&pool, &s).await;
     let d = Digestif::new(&pool);
     for (sub, status) in [(1, "5.7.1"), (2, "5.2.0")] {
         let verp = format!("bounces+{}@example.com", keys.sign_bounce(issue_id, sub));
