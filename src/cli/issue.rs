@@ -327,7 +327,7 @@ impl Record for issues::IssueRow {
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into()),
             time_cell(Some(self.slot)),
-            self.status.clone(),
+            self.status.to_string(),
             self.subject.clone(),
             self.status_reason.clone().unwrap_or_default(),
             time_cell(self.finished_at),

@@ -18,7 +18,7 @@ use super::breaker::Breaker;
 use super::worker::Worker;
 use super::writer::{Pending, WRITE_FAILED, Writer, settle_pending};
 use crate::config::Settings;
-use crate::domain::TokenKeys;
+use crate::domain::{DeliveryStatus, TokenKeys};
 use crate::render::{self, Recipient, RenderedIssue};
 use crate::send::{Failure, Mailer, Outcome, rate::Pacer};
 use crate::store::deliveries::{self, Claimed, Settled};
@@ -358,7 +358,7 @@ impl Deliverer {
             .await
             .context("failed to claim deliveries")?;
         let mut reclaimed: HashMap<i64, i32> = HashMap::new();
-        for c in claimed.iter().filter(|c| c.was == "sending") {
+        for c in claimed.iter().filter(|c| c.was == DeliveryStatus::Sending) {
             *reclaimed.entry(c.issue_id).or_default() += 1;
         }
         for (issue_id, n) in reclaimed {
@@ -400,7 +400,7 @@ impl Deliverer {
         };
         if c.subscriber_status != "active" {
             tracing::debug!(subscriber_id = c.subscriber_id, "skipped: no longer active");
-            let mut s = settled("skipped", None);
+            let mut s = settled(DeliveryStatus::Skipped, None);
             s.error = Some(format!(
                 "subscriber is {} at send time",
                 c.subscriber_status
@@ -422,7 +422,7 @@ impl Deliverer {
                     reason: e.to_string(),
                     systemic: false,
                 };
-                return Ok(settled("failed", Some(&f)));
+                return Ok(settled(DeliveryStatus::Failed, Some(&f)));
             }
         };
         self.pacer
@@ -441,20 +441,20 @@ impl Deliverer {
         self.record_breaker(c.issue_id, &outcome);
         let message_id = Some(rendered.message_id(c.subscriber_id));
         let mut s = match &outcome {
-            Outcome::Sent => settled("sent", None),
-            Outcome::Bounced(f) => settled("bounced", Some(f)),
-            Outcome::Failed(f) => settled("failed", Some(f)),
+            Outcome::Sent => settled(DeliveryStatus::Sent, None),
+            Outcome::Bounced(f) => settled(DeliveryStatus::Bounced, Some(f)),
+            Outcome::Failed(f) => settled(DeliveryStatus::Failed, Some(f)),
             Outcome::Transient(f) => {
                 let d = &self.settings.delivery;
                 let jitter = 0.5 + fastrand::f64();
                 match retry_at(c, d.retry_base, d.give_up_after, Utc::now(), jitter) {
                     Some(next) => {
-                        let mut s = settled("deferred", Some(f));
+                        let mut s = settled(DeliveryStatus::Deferred, Some(f));
                         s.next_attempt_at = Some(next);
                         s
                     }
                     None => {
-                        let mut s = settled("failed", Some(f));
+                        let mut s = settled(DeliveryStatus::Failed, Some(f));
                         s.error = Some(crate::send::classify::truncate(
                             &format!("gave up after {} attempts: {}", c.attempts, f.reason),
                             500,
@@ -464,14 +464,14 @@ impl Deliverer {
                 }
             }
         };
-        if s.status == "sent" {
+        if s.status == DeliveryStatus::Sent {
             s.message_id = message_id;
         }
         tracing::debug!(
             subscriber_id = c.subscriber_id,
             issue_id = c.issue_id,
             attempt = c.attempts,
-            status = s.status,
+            status = s.status.as_str(),
             code = ?s.code,
             "delivery attempt"
         );
@@ -547,7 +547,7 @@ mod tests {
         Claimed {
             issue_id: 1,
             subscriber_id: 1,
-            was: "pending".into(),
+            was: DeliveryStatus::Pending,
             attempts,
             created_at,
             email: "a@example.com".into(),

@@ -15,7 +15,9 @@ use secrecy::ExposeSecret;
 use sqlx::{PgConnection, PgPool};
 
 use crate::config::{Settings, WhenEmpty};
-use crate::domain::{MIN_SECRET_LEN, SubscriberEmail, SubscriberName, TokenKey, TokenKeys};
+use crate::domain::{
+    IssueStatus, MIN_SECRET_LEN, SubscriberEmail, SubscriberName, TokenKey, TokenKeys,
+};
 use crate::render::{self, IssueContent, Recipient, RenderedIssue};
 use crate::send::{Mailer, Outcome};
 use crate::store::deliveries;
@@ -93,14 +95,14 @@ pub async fn create_issue(
                 items: items.iter().map(|c| c.item.clone()).collect(),
             };
             let subject = content.subject(&settings.newsletter);
-            (Some(number), items, "sending", None, subject)
+            (Some(number), items, IssueStatus::Sending, None, subject)
         }
         Plan::Skip(reason) => {
             tracing::info!(%slot, %reason, "skipping the slot");
             (
                 None,
                 Vec::new(),
-                "skipped",
+                IssueStatus::Skipped,
                 Some(reason),
                 "(skipped)".to_owned(),
             )
@@ -119,7 +121,7 @@ pub async fn create_issue(
     )
     .await?
     .ok_or_else(|| anyhow!("the issue for {slot} was created concurrently"))?;
-    if row.status == "sending" {
+    if row.status == IssueStatus::Sending {
         // In the same transaction: the issue never exists without its recipients.
         let recipients = deliveries::fan_out(&mut tx, row.issue_id).await?;
         tracing::info!(number = ?row.number, recipients, "issue created");

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::deliver::{Counters, Progress};
+use crate::domain::DeliveryStatus;
 use crate::store::deliveries::{self, Settled};
 
 /// Why a sender stops when its results cannot be written.
@@ -17,7 +18,7 @@ pub(super) const WRITE_FAILED: &str = "cannot write delivery results to the data
 /// A result on its way to the database.
 pub(super) struct Pending {
     done: oneshot::Receiver<bool>,
-    status: &'static str,
+    status: DeliveryStatus,
 }
 
 /// Waits until the sender's previous result is durable, then counts it. `pending` is cleared
@@ -38,10 +39,10 @@ pub(super) async fn settle_pending(
         return Err(anyhow!(WRITE_FAILED));
     }
     let counter = match status {
-        "sent" => &counters.sent,
-        "deferred" => &counters.deferred,
-        "bounced" => &counters.bounced,
-        "skipped" => &counters.skipped,
+        DeliveryStatus::Sent => &counters.sent,
+        DeliveryStatus::Deferred => &counters.deferred,
+        DeliveryStatus::Bounced => &counters.bounced,
+        DeliveryStatus::Skipped => &counters.skipped,
         _ => &counters.failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);

@@ -2,6 +2,7 @@
 //! config values, HTTP forms) reaches the store, the renderer or the mailer.
 
 mod content;
+mod lifecycle;
 mod schedule;
 mod subscriber_email;
 mod subscriber_name;
@@ -9,6 +10,7 @@ mod subscriber_status;
 mod token;
 
 pub use content::{ArticleUrl, ContentError, NewArticle, NewTip, TipBody, Title};
+pub use lifecycle::{DeliveryStatus, IssueStatus};
 pub use schedule::{Schedule, ScheduleError};
 pub use subscriber_email::{EmailError, SubscriberEmail};
 pub use subscriber_name::{NameError, SubscriberName};

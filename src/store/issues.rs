@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres};
 
+use crate::domain::IssueStatus;
 use crate::render::Item;
 
 /// An issue as stored.
@@ -17,8 +18,9 @@ pub struct IssueRow {
     pub slot: DateTime<Utc>,
     /// Subject line.
     pub subject: String,
-    /// `sending`, `sent`, `paused` or `skipped`.
-    pub status: String,
+    /// Where it stands.
+    #[sqlx(try_from = "String")]
+    pub status: IssueStatus,
     /// Why it is paused or skipped.
     pub status_reason: Option<String>,
     /// When it was created.
@@ -196,7 +198,7 @@ pub struct NewIssue<'a> {
     /// Subject line (a description for skipped slots).
     pub subject: &'a str,
     /// `sending` or `skipped`.
-    pub status: &'a str,
+    pub status: IssueStatus,
     /// Why it was skipped.
     pub reason: Option<&'a str>,
     /// The snapshot.
@@ -214,7 +216,7 @@ pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result
     .bind(new.number)
     .bind(new.slot)
     .bind(new.subject)
-    .bind(new.status)
+    .bind(new.status.as_str())
     .bind(new.reason)
     .fetch_optional(&mut *conn)
     .await?;

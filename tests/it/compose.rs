@@ -420,7 +420,7 @@ async fn when_empty_skip_records_the_slot_and_says_why(pool: PgPool) {
         .await
         .unwrap()
         .expect("recorded");
-    assert_eq!(row.status, "skipped");
+    assert_eq!(row.status, digestif::domain::IssueStatus::Skipped);
     assert!(row.status_reason.unwrap().contains("no new articles"));
     let times_sent: i32 = sqlx::query_scalar("SELECT times_sent FROM tip")
         .fetch_one(&pool)
