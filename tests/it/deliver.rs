@@ -609,14 +609,12 @@ async fn the_envelope_is_pipelined_only_when_the_server_offers_it(pool: PgPool) 
     assert_eq!(copies(&refuses).len(), 10);
 }
 
-#[sqlx::test]
-async fn no_message_is_handed_over_before_the_previous_result_of_its_sender_is_durable(
-    pool: PgPool,
-) {
-    let server = SmtpServer::start(Policy::default()).await;
-    let s = settings(&server, "");
-    seed(&pool, 40).await;
-    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+/// Sends an issue of 40 with `s` while every write to `delivery` takes 50 ms, watching that
+/// what was handed over (`handed_over()`) never runs more than the concurrency (4) ahead of
+/// what is durable: the gate before each final dot (or each outbox file).
+async fn the_gate_holds(pool: &PgPool, s: &Settings, handed_over: impl Fn() -> i64) {
+    seed(pool, 40).await;
+    digest::create_issue(pool, s, at(SLOT)).await.unwrap();
     // Every write to delivery takes 50 ms: results pile up behind the database.
     sqlx::raw_sql(
         "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS \
@@ -624,7 +622,7 @@ async fn no_message_is_handed_over_before_the_previous_result_of_its_sender_is_d
          CREATE TRIGGER slow_write BEFORE UPDATE ON delivery \
          FOR EACH STATEMENT EXECUTE FUNCTION slow_write();",
     )
-    .execute(&pool)
+    .execute(pool)
     .await
     .unwrap();
     let sending = {
@@ -633,24 +631,63 @@ async fn no_message_is_handed_over_before_the_previous_result_of_its_sender_is_d
     };
     let mut checks = 0;
     while !sending.is_finished() {
-        // Accepted first, durable second: accepted can only have grown by the time durable
-        // is read, so this never under-counts what was sent without a durable record.
-        let accepted = server.accepted().len() as i64;
+        // Handed over first, durable second: the first can only have grown by the time the
+        // second is read, so this never under-counts what went out without a durable record.
+        let accepted = handed_over();
         let durable: i64 =
             sqlx::query_scalar("SELECT count(*) FROM delivery WHERE status = 'sent'")
-                .fetch_one(&pool)
+                .fetch_one(pool)
                 .await
                 .unwrap();
         assert!(
             accepted <= durable + 4,
-            "{accepted} accepted but only {durable} recorded, with concurrency 4"
+            "{accepted} handed over but only {durable} recorded, with concurrency 4"
         );
         checks += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(checks > 20, "the run was watched ({checks} checks)");
     assert_eq!(sending.await.unwrap().sent, 40);
+    assert_eq!(handed_over(), 40);
+}
+
+#[sqlx::test]
+async fn no_message_is_handed_over_before_the_previous_result_of_its_sender_is_durable(
+    pool: PgPool,
+) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = settings(&server, "");
+    the_gate_holds(&pool, &s, || server.accepted().len() as i64).await;
     assert_eq!(copies(&server).len(), 40);
+}
+
+#[sqlx::test]
+async fn the_gate_holds_on_the_path_without_pipelining(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().no_pipelining()).await;
+    let s = settings(&server, "");
+    the_gate_holds(&pool, &s, || server.accepted().len() as i64).await;
+    assert!(
+        server.pipelined().iter().all(|p| !p),
+        "nothing was pipelined"
+    );
+}
+
+#[sqlx::test]
+async fn the_gate_holds_for_the_file_transport(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let s = settings(&server, "");
+    let s = Settings {
+        delivery: digestif::config::DeliverySettings {
+            transport: digestif::config::TransportKind::File,
+            outbox: outbox.path().to_owned(),
+            ..s.delivery
+        },
+        ..s
+    };
+    let files = || std::fs::read_dir(outbox.path()).map_or(0, |d| d.count()) as i64;
+    the_gate_holds(&pool, &s, files).await;
+    assert!(server.accepted().is_empty());
 }
 
 #[sqlx::test]
