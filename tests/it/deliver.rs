@@ -959,3 +959,45 @@ async fn sigint_stops_issue_send_cleanly_and_a_second_run_sends_the_rest_once(po
     assert_eq!(c.len(), 300);
     assert!(c.values().all(|&n| n == 1), "nothing lost, nothing doubled");
 }
+
+/// README: "hold no transaction while SMTP talks". The server takes two seconds over each
+/// final dot; no database session of the sender may have a transaction open that long.
+#[sqlx::test]
+async fn no_transaction_is_held_while_the_smtp_server_talks(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_secs(2))).await;
+    let s = settings(&server, "");
+    let s = Settings {
+        smtp: digestif::config::SmtpSettings {
+            timeout: Duration::from_secs(10),
+            ..s.smtp
+        },
+        ..s
+    };
+    seed(&pool, 4).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let sending = {
+        let (pool, s) = (pool.clone(), s.clone());
+        tokio::spawn(async move { deliver_all(&pool, &s).await })
+    };
+    let mut longest = 0.0f64;
+    let mut samples = 0;
+    while !sending.is_finished() {
+        let oldest: Option<f64> = sqlx::query_scalar(
+            "SELECT max(EXTRACT(EPOCH FROM now() - xact_start))::float8 FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND xact_start IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        longest = longest.max(oldest.unwrap_or(0.0));
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sending.await.unwrap().sent, 4);
+    assert!(samples > 20, "the send was watched ({samples} samples)");
+    assert!(
+        longest < 1.0,
+        "a transaction stayed open {longest:.2} s while the server took 2 s per message"
+    );
+}
