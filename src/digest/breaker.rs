@@ -35,17 +35,14 @@ impl Breaker {
             && bad as f64 >= BREAKER_RATIO * n as f64
             && !self.open.contains(&issue_id)
         {
-            let last = failure
-                .map(|f| match (&f.code, &f.enhanced) {
-                    (Some(c), Some(e)) => format!("{c} {e}: {}", f.reason),
-                    _ => f.reason.clone(),
-                })
-                .unwrap_or_default();
+            // The last failure first: `issue list` shortens the reason, and the reply
+            // ("554 5.7.1 …") is what the operator needs to see.
+            let last = failure.map(|f| f.reason.as_str()).unwrap_or_default();
             self.open.push(issue_id);
             self.newly_tripped.push((
                 issue_id,
                 render::one_line(&format!(
-                    "{bad} of the last {n} attempts failed for connection or policy reasons; last: {last}"
+                    "{last} ({bad} of the last {n} attempts failed for connection or policy reasons)"
                 )),
             ));
             self.window.clear();
@@ -86,11 +83,11 @@ mod tests {
         assert_eq!(b.open, [7]);
         let (issue, reason) = &b.newly_tripped[0];
         assert_eq!(*issue, 7);
+        assert!(reason.starts_with("554 5.7.1 blocked"), "{reason}");
         assert!(
-            reason.starts_with("10 of the last 10 attempts failed"),
+            reason.contains("(10 of the last 10 attempts failed"),
             "{reason}"
         );
-        assert!(reason.contains("554 5.7.1"), "{reason}");
     }
 
     #[test]

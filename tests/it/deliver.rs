@@ -1001,3 +1001,59 @@ async fn no_transaction_is_held_while_the_smtp_server_talks(pool: PgPool) {
         "a transaction stayed open {longest:.2} s while the server took 2 s per message"
     );
 }
+
+/// README: the breaker "says why (`issue list`, `issue status N`), and it resumes after
+/// `delivery.breaker_cooldown`" on its own.
+#[sqlx::test]
+async fn a_paused_issue_says_why_in_issue_list_and_resumes_after_the_cooldown(pool: PgPool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let blocked = Arc::new(AtomicBool::new(true));
+    let flag = blocked.clone();
+    let server = SmtpServer::start(Policy::default().rcpt(move |_, _| {
+        flag.load(Ordering::SeqCst)
+            .then(|| "554 5.7.1 blocked by policy".to_owned())
+    }))
+    .await;
+    let s = settings(&server, "");
+    let s = Settings {
+        delivery: digestif::config::DeliverySettings {
+            breaker_cooldown: Duration::from_secs(2),
+            ..s.delivery
+        },
+        ..s
+    };
+    seed(&pool, 40).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let d = deliver::Deliverer::new(pool.clone(), Arc::new(s.clone()))
+        .await
+        .unwrap();
+    let paused_at = Instant::now();
+    assert_eq!(
+        crate::helpers::drain(&d, Duration::ZERO).await.paused.len(),
+        1
+    );
+    let list = Digestif::new(&pool).ok(&["issue", "list"]).stdout();
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .unwrap_or_default();
+    assert!(row.contains("paused") && row.contains("5.7.1"), "{list}");
+
+    blocked.store(false, Ordering::SeqCst);
+    // Still paused before the cool-down is over: nothing is sent.
+    assert_eq!(crate::helpers::drain(&d, Duration::ZERO).await.sent, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let r = crate::helpers::drain(&d, Duration::ZERO).await;
+        if r.sent > 0 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        paused_at.elapsed() >= Duration::from_secs(2),
+        "resumed before the cool-down was over"
+    );
+    assert_eq!(report.finished, vec![1], "{report:?}");
+}
