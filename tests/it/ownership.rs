@@ -322,3 +322,58 @@ async fn a_worker_claims_no_more_than_its_rate_ceiling_lets_out_in_a_minute(pool
         "{most} deliveries claimed at once under a ceiling of 10 a minute"
     );
 }
+
+/// README: "`delivery.rate_per_second` and `rate_per_hour` are ceilings shared by every process
+/// on the database". Two senders at once at 10 a second take as long as one would.
+#[sqlx::test]
+async fn the_rate_ceiling_is_shared_by_two_processes(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 40).await;
+    // Small claims, so both hold some while they pace.
+    let envs = [
+        ("DIGESTIF_DELIVERY__RATE_PER_SECOND", "10"),
+        ("DIGESTIF_DELIVERY__BATCH_SIZE", "5"),
+    ];
+    let a = digestif(&pool, &server, &["issue", "send", "--now"], &envs).output();
+    let b = digestif(&pool, &server, &["issue", "send", "--now"], &envs).output();
+    let (a, b) = tokio::join!(a, b);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(reported_sent(&a) + reported_sent(&b), 40);
+    assert!(
+        reported_sent(&a) > 0 && reported_sent(&b) > 0,
+        "both took part"
+    );
+    assert_one_copy_each(&server, 40);
+    let times: Vec<Instant> = (1..=40)
+        .flat_map(|i| server.rcpt_times(&format!("user{i}@example.com")))
+        .collect();
+    let span = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    // 40 messages 100 ms apart: 3.9 s from the first to the last, whoever sends them.
+    assert!(
+        span >= Duration::from_millis(3_700),
+        "40 messages in {span:?}"
+    );
+}
+
+#[sqlx::test]
+async fn the_hourly_ceiling_spreads_messages_over_the_hour(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 6).await;
+    // 7,200 an hour: one every half second.
+    let envs = [("DIGESTIF_DELIVERY__RATE_PER_HOUR", "7200")];
+    let out = digestif(&pool, &server, &["issue", "send", "--now"], &envs)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let times: Vec<Instant> = (1..=6)
+        .flat_map(|i| server.rcpt_times(&format!("user{i}@example.com")))
+        .collect();
+    assert_eq!(times.len(), 6);
+    let span = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    assert!(
+        span >= Duration::from_millis(2_300),
+        "6 messages in {span:?}"
+    );
+}
