@@ -4,13 +4,13 @@
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::helpers::{Digestif, MONDAY_MORNING, arg, db_url, file_with, seed, wait_for};
-use crate::smtp_server::{Policy, SmtpServer};
+use crate::smtp_server::{DataAction, Policy, SmtpServer};
 
 #[sqlx::test]
 async fn usage_errors_exit_2(pool: PgPool) {
@@ -304,5 +304,121 @@ async fn a_send_through_a_server_that_requires_auth_login_arrives(pool: PgPool) 
     assert!(
         !logins.is_empty() && logins.iter().all(|l| l == "LOGIN mailer"),
         "{logins:?}"
+    );
+}
+
+/// README: `doctor` checks the database.
+#[sqlx::test]
+async fn doctor_fails_when_the_database_cannot_be_reached(pool: PgPool) {
+    let ok = Digestif::new(&pool).run_async(&["doctor"]).await;
+    assert!(
+        ok.stdout()
+            .contains("ok    database: reachable, schema up to date"),
+        "{ok}"
+    );
+    let down = Digestif::new(&pool)
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/digestif")
+        .run_async(&["doctor"])
+        .await;
+    assert_eq!(down.output.status.code(), Some(1), "{down}");
+    assert!(down.stdout().contains("FAIL  database"), "{down}");
+}
+
+/// README: `serve` "sleeps until the next slot or the next retry": a deferred message goes out
+/// again seconds later, not after the minute-long nap.
+#[sqlx::test]
+async fn serve_wakes_for_a_retry(pool: PgPool) {
+    let server = SmtpServer::start(
+        Policy::default().rcpt(|_, nth| (nth == 1).then(|| "451 4.3.0 try again".to_owned())),
+    )
+    .await;
+    seed(&pool, 2).await;
+    let mut child = serve(&pool, &server, &["serve"])
+        .env("DIGESTIF_DELIVERY__RETRY_BASE", "1s")
+        .spawn()
+        .unwrap();
+    let _log = collect_stderr(&mut child);
+    let started = Instant::now();
+    while server.accepted().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the retries did not go out within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("serve stops")
+        .unwrap();
+    assert!(status.success());
+}
+
+/// README: SIGTERM "lets messages in flight finish within `delivery.shutdown_grace`"; when they
+/// do not, `run` still exits 0, says so, and the next run sends them, each once.
+#[sqlx::test]
+async fn shutdown_grace_running_out_leaves_the_messages_in_flight_to_the_next_run(pool: PgPool) {
+    // The first copy of each message is read and never answered.
+    let server = SmtpServer::start(Policy::default().data(|_, nth| {
+        if nth == 1 {
+            DataAction::Stall
+        } else {
+            DataAction::Accept
+        }
+    }))
+    .await;
+    seed(&pool, 3).await;
+    let run = || {
+        let mut cmd = serve(&pool, &server, &["run"]);
+        cmd.env("DIGESTIF_DELIVERY__SHUTDOWN_GRACE", "1s")
+            .env("DIGESTIF_SMTP__TIMEOUT", "60s");
+        cmd
+    };
+    let mut child = run().spawn().unwrap();
+    let log = collect_stderr(&mut child);
+    let started = Instant::now();
+    while server
+        .commands()
+        .iter()
+        .filter(|c| c.eq_ignore_ascii_case("DATA"))
+        .count()
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never got to DATA"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sigterm(&child);
+    let stopped = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("run stops after the grace period")
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert!(server.accepted().is_empty());
+    let said = log.lock().unwrap().clone();
+    assert!(
+        said.contains("did not finish within delivery.shutdown_grace"),
+        "{said}"
+    );
+
+    let again = run().output().await.unwrap();
+    assert!(again.status.success());
+    let mut rcpts: Vec<String> = server.accepted().into_iter().map(|a| a.rcpt).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            "user1@example.com",
+            "user2@example.com",
+            "user3@example.com"
+        ]
     );
 }
