@@ -29,7 +29,7 @@ pub fn stop_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
 }
 
 /// Runs `work` to completion, unless `stop` turns true and `work` then takes longer than
-/// `grace` to drain: it is dropped then (its claims come back when their leases run out).
+/// `grace` to drain: it is dropped then (its claims come back once this process is gone).
 pub async fn drain_within<T: Default>(
     work: impl Future<Output = anyhow::Result<T>>,
     mut stop: watch::Receiver<bool>,
@@ -44,7 +44,7 @@ pub async fn drain_within<T: Default>(
         Ok(result) => result,
         Err(_) => {
             tracing::warn!(
-                "messages in flight did not finish within delivery.shutdown_grace; they are retried when their lease runs out"
+                "messages in flight did not finish within delivery.shutdown_grace; another worker sends them again once this process has exited (the same Message-ID, so a copy that did arrive is recognisable)"
             );
             Ok(T::default())
         }

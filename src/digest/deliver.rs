@@ -159,6 +159,7 @@ impl Deliverer {
         if let Ok(mut b) = self.breaker.lock() {
             b.open.clear();
         }
+        let _pass = self.worker.pass();
         let counters = &*self.counters;
         let before = counters.snapshot();
         let writer = Writer::spawn(
@@ -213,6 +214,17 @@ impl Deliverer {
         }
         .await;
         writer.close().await;
+        // Whatever this worker still holds (results it could not write) goes back to every
+        // worker at once: a live worker must not sit on claims it is no longer working on.
+        match deliveries::abandon(&self.pool, self.worker.id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                n,
+                "left claims whose results were not written to be sent again (same Message-ID)"
+            ),
+            // Not renewed any more, they come back when their leases run out.
+            Err(e) => tracing::warn!("cannot give back claims: {e}"),
+        }
         result?;
         report
             .finished

@@ -1,5 +1,7 @@
 //! This process as a worker: the identity its claims carry and the lock that proves it alive.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,10 +12,13 @@ use crate::store::deliveries;
 
 /// This process as a worker: an id its claims carry, and the advisory lock it holds on a
 /// connection of its own while it lives, so others can tell at once when it is gone. Every
-/// third of a lease it renews the leases of what it holds, so no one takes over a slow batch.
+/// third of a lease it renews the leases of what it holds, so no one takes over a slow batch;
+/// only during a delivery pass, so nothing it left behind stays renewed.
 pub(super) struct Worker {
     /// The id its claims carry.
     pub(super) id: i32,
+    /// True while a delivery pass runs.
+    busy: Arc<AtomicBool>,
     /// Dropped with the worker: the heartbeat then closes its connection, releasing the lock.
     _stop: oneshot::Sender<()>,
 }
@@ -32,6 +37,8 @@ impl Worker {
         tracing::debug!(worker = id, "registered");
         let (stop, mut stopped) = oneshot::channel::<()>();
         let pool = pool.clone();
+        let busy = Arc::new(AtomicBool::new(false));
+        let renewing = busy.clone();
         let every = (lease / 3).max(Duration::from_millis(200));
         tokio::spawn(async move {
             let mut conn = Some(conn);
@@ -54,6 +61,7 @@ impl Worker {
                     }
                 }
                 if let Some(c) = conn.as_mut()
+                    && renewing.load(Ordering::Relaxed)
                     && let Err(e) = deliveries::renew(c, id, lease).await
                 {
                     tracing::warn!(
@@ -67,6 +75,28 @@ impl Worker {
                 let _ = sqlx::Connection::close(c).await;
             }
         });
-        Ok(Self { id, _stop: stop })
+        Ok(Self {
+            id,
+            busy,
+            _stop: stop,
+        })
+    }
+}
+
+impl Worker {
+    /// Marks a delivery pass as running until the returned guard is dropped (also when the
+    /// pass is abandoned half-way, at shutdown).
+    pub(super) fn pass(&self) -> PassGuard {
+        self.busy.store(true, Ordering::Relaxed);
+        PassGuard(self.busy.clone())
+    }
+}
+
+/// See [`Worker::pass`].
+pub(super) struct PassGuard(Arc<AtomicBool>);
+
+impl Drop for PassGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }

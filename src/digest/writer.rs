@@ -13,7 +13,7 @@ use crate::domain::DeliveryStatus;
 use crate::store::deliveries::{self, Settled};
 
 /// Why a sender stops when its results cannot be written.
-pub(super) const WRITE_FAILED: &str = "cannot write delivery results to the database; stopping (unwritten sends are retried after their lease)";
+pub(super) const WRITE_FAILED: &str = "cannot write delivery results to the database; stopping (unwritten sends are retried once this worker is gone)";
 
 /// A result on its way to the database.
 pub(super) struct Pending {

@@ -99,6 +99,19 @@ pub async fn renew(
     .rows_affected())
 }
 
+/// Makes whatever `worker` still holds claimable by any worker now (claims it stopped working
+/// on without a written result); returns how many.
+pub async fn abandon(pool: &PgPool, worker: i32) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE delivery SET claimed_by = NULL, lease_until = now() \
+         WHERE status = 'sending' AND claimed_by = $1",
+    )
+    .bind(worker)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Claims up to `limit` ready deliveries of issues that are sending for `worker`: new and
 /// deferred ones whose time has come, ones whose worker is gone (its lock went with its
 /// session), and, as a last resort, ones whose lease ran out. The short transaction of this

@@ -731,6 +731,23 @@ async fn when_results_cannot_be_written_each_sender_stops_after_one_more_attempt
     let s = statuses(&pool).await;
     assert!(s.get("sending").copied().unwrap_or(0) <= 8, "{s:?}");
     assert!(s.get("pending").copied().unwrap_or(0) >= 32, "{s:?}");
+    // ...and this live worker no longer holds them: once the database takes results again,
+    // the same long-lived deliverer (as `serve` keeps one) settles every delivery at once,
+    // without waiting out a lease it would otherwise keep renewing.
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM delivery WHERE status = 'sending' AND claimed_by IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0);
+    sqlx::raw_sql("DROP TRIGGER refuse_results ON delivery")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = crate::helpers::drain(&d, Duration::ZERO).await;
+    assert_eq!(report.bounced, 40, "{report:?}");
+    assert_eq!(statuses(&pool).await.get("sending"), None);
 }
 
 /// `settings` with a different hard-bounce threshold, retry base and give-up time.

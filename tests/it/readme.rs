@@ -409,6 +409,24 @@ async fn shutdown_grace_running_out_leaves_the_messages_in_flight_to_the_next_ru
         "{said}"
     );
 
+    // The next timer run comes once the stopped process's database session has ended (its
+    // worker lock goes with it, and with it its claims on the messages left in flight).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM live_workers($1)")
+            .bind(digestif::store::deliveries::WORKER_LOCK_CLASS)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if live == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stopped worker's session lingers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let again = run().output().await.unwrap();
     assert!(again.status.success());
     let mut rcpts: Vec<String> = server.accepted().into_iter().map(|a| a.rcpt).collect();
