@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::helpers::{MONDAY_MORNING, db_url, seed};
-use crate::schedule::{http_get, listening_addr};
+use crate::helpers::{MONDAY_MORNING, db_url, http_get, seed};
+use crate::schedule::listening_addr;
 use crate::smtp_server::{Policy, SmtpServer};
 
 /// `digestif ARGS` against `server` on the default schedule at its Monday slot, with `envs`.

@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{Digestif, MONDAY_MORNING, arg, db_url, file_with, seed, wait_for};
+use crate::helpers::{
+    Digestif, MONDAY_MORNING, arg, db_url, file_with, http_get, seed, sigterm, wait_for,
+};
 use crate::smtp_server::{DataAction, Policy, SmtpServer};
 
 #[sqlx::test]
@@ -133,25 +135,6 @@ fn collect_stderr(child: &mut tokio::process::Child) -> Arc<Mutex<String>> {
         }
     });
     log
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).await.unwrap();
-    reply
-}
-
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().expect("running child").to_string();
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
 }
 
 #[sqlx::test]

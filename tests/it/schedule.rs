@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{Datelike, Timelike, Utc};
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{db_url, seed};
+use crate::helpers::{db_url, http_get, seed, sigterm};
 use crate::smtp_server::{Policy, SmtpServer};
 
 /// A crontab line for the minute `t` (UTC) that fires once a year.
@@ -59,15 +59,6 @@ async fn issue_count(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().expect("running child").to_string();
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
 }
 
 #[sqlx::test]
@@ -175,20 +166,6 @@ async fn sigterm_mid_send_exits_cleanly_and_a_restart_sends_the_rest_once(pool: 
         c.values().all(|&n| n == 1),
         "a graceful stop must not cause a duplicate"
     );
-}
-
-pub(crate) async fn http_get(addr: &str, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to serve");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
 }
 
 /// Reads stderr until the "listening on" line and returns the address.
