@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use crate::config::Settings;
 use crate::domain::{Purpose, TokenKeys};
+use crate::render::one_line;
 use crate::send::Outcome;
 use crate::send::classify::classify_dsn;
 use crate::store::{deliveries, issues, subscribers};
@@ -245,9 +246,6 @@ fn attribute_verp(
     msg: &mail_parser::Message<'_>,
     recipient: Option<&str>,
 ) -> Verp {
-    let b = &settings.bounces;
-    let prefix = format!("{}+", b.address.user().to_ascii_lowercase());
-    let domain = b.address.domain().to_ascii_lowercase();
     let mut candidates: Vec<String> = recipient.map(str::to_owned).into_iter().collect();
     for h in ["Delivered-To", "X-Original-To", "To"] {
         if let Some(v) = msg.header_raw(h) {
@@ -259,22 +257,25 @@ fn attribute_verp(
             );
         }
     }
-    for c in candidates {
-        let c = c.to_ascii_lowercase();
-        let Some((local, dom)) = c.rsplit_once('@') else {
-            continue;
-        };
-        if dom.trim_end_matches('>') != domain {
-            continue;
-        }
-        if let Some(tag) = local.strip_prefix(&prefix) {
-            return match keys.verify_bounce(tag) {
-                Some((issue, sub)) => Verp::Valid(issue, sub),
-                None => Verp::Forged,
-            };
-        }
+    match candidates.iter().find_map(|c| verp_tag(settings, c)) {
+        Some(tag) => match keys.verify_bounce(&tag) {
+            Some((issue, sub)) => Verp::Valid(issue, sub),
+            None => Verp::Forged,
+        },
+        None => Verp::Absent,
     }
-    Verp::Absent
+}
+
+/// The tag of a VERP address of ours (`bounces+<tag>@domain`, any letter case), verified or not.
+fn verp_tag(settings: &Settings, address: &str) -> Option<String> {
+    let b = &settings.bounces;
+    let address = address.trim_end_matches('>').to_ascii_lowercase();
+    let (local, domain) = address.rsplit_once('@')?;
+    if domain != b.address.domain().to_ascii_lowercase() {
+        return None;
+    }
+    let prefix = format!("{}+", b.address.user().to_ascii_lowercase());
+    local.strip_prefix(&prefix).map(str::to_owned)
 }
 
 /// Without VERP: the signed Message-ID of the returned message names the delivery.
@@ -304,23 +305,9 @@ fn message_id_in(keys: &TokenKeys, text: &str) -> Option<(i32, i64)> {
 
 /// A genuine VERP address of ours anywhere in `text` (the returned message's Return-Path).
 fn verp_in(settings: &Settings, keys: &TokenKeys, text: &str) -> Option<(i64, i64)> {
-    let b = &settings.bounces;
-    let prefix = format!("{}+", b.address.user().to_ascii_lowercase());
-    let domain = b.address.domain().to_ascii_lowercase();
     text.split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | ',' | ';' | ':'))
-        .filter_map(|w| {
-            let w = w.to_ascii_lowercase();
-            let (local, dom) = w.rsplit_once('@')?;
-            (dom == domain).then(|| local.strip_prefix(&prefix).map(str::to_owned))?
-        })
+        .filter_map(|w| verp_tag(settings, w))
         .find_map(|tag| keys.verify_bounce(&tag))
-}
-
-/// Text from outside made safe for one line of a log or a terminal: no control characters.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// The first `Name: value` field in `text` (case-insensitive name).
