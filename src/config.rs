@@ -256,6 +256,13 @@ pub struct HttpSettings {
     pub signup: bool,
     /// Sign-up requests allowed per client address per hour.
     pub signup_per_hour: u32,
+    /// How long a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// How long a request may take from its headers to the answer, body included; past it, 408.
+    pub request_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: u32,
 }
 
 /// `[database]`
@@ -367,6 +374,9 @@ struct RawHttp {
     token_secret_file: PathBuf,
     signup: bool,
     signup_per_hour: u32,
+    header_timeout: String,
+    request_timeout: String,
+    max_connections: u32,
 }
 
 #[derive(Deserialize)]
@@ -620,6 +630,9 @@ impl Raw {
             token_secret,
             signup: h.signup,
             signup_per_hour: in_range("http.signup_per_hour", h.signup_per_hour, 1, 10_000)?,
+            header_timeout: positive("http.header_timeout", &h.header_timeout)?,
+            request_timeout: positive("http.request_timeout", &h.request_timeout)?,
+            max_connections: in_range("http.max_connections", h.max_connections, 1, 100_000)?,
         };
 
         let b = self.database;
@@ -696,6 +709,14 @@ fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
             ),
         )
     })
+}
+
+/// A duration above zero: a zero timeout would refuse every request.
+fn positive(key: &str, raw: &str) -> Result<Duration, ConfigError> {
+    match duration(key, raw)? {
+        d if d.is_zero() => Err(ConfigError::new(key, "must be more than zero")),
+        d => Ok(d),
+    }
 }
 
 fn in_range(key: &str, v: u32, lo: u32, hi: u32) -> Result<u32, ConfigError> {

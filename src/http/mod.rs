@@ -10,12 +10,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt as _;
 
 use crate::config::Settings;
 use crate::digest::deliver::Counters;
@@ -61,6 +65,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     app: Router,
     keys: TokenKeys,
+    limits: crate::config::HttpSettings,
 }
 
 impl Server {
@@ -76,11 +81,13 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("http.listen: cannot listen on {listen}: {e}"))?;
         let keys = crate::digest::token_keys(&settings, &pool).await?;
+        let limits = settings.http.clone();
         let app = router(AppState::new(pool, settings, counters, keys.clone()));
         Ok(Self {
             listener,
             app,
             keys,
+            limits,
         })
     }
 
@@ -95,21 +102,71 @@ impl Server {
     }
 
     /// Serves until `stop` turns true, then finishes the requests in progress.
+    ///
+    /// Our own accept loop rather than `axum::serve`, which has no header-read timeout and no
+    /// connection cap: a few hundred clients that never finish their headers would otherwise
+    /// hold a descriptor each until the process runs out, and in `serve` the same process needs
+    /// descriptors for SMTP and the database. At the cap we stop accepting, so further clients
+    /// wait in the kernel's backlog and cost this process nothing.
     pub async fn run_until_stopped(self, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
-        axum::serve(
-            self.listener,
-            self.app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+        let limits = &self.limits;
+        let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = stopped(&mut stop) => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors, most likely: wait for some to come back rather
+                        // than spin.
+                        tracing::warn!("http: cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut stop) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let app = self.app.clone();
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(request)
+            });
+            let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("http: connection from {peer}: {e}");
+                }
+                drop(permit);
+            });
+        }
+        drop(self.listener);
+        // Idle connections close at once; a request in progress has its own deadline.
+        let _ = tokio::time::timeout(limits.request_timeout, graceful.shutdown()).await;
+        Ok(())
     }
 }
 
-/// The routes. Serve them with `into_make_service_with_connect_info::<SocketAddr>()`: sign-up
-/// rate limits and consent evidence use the client address.
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The routes, for [`Server`], which gives each request its client address (`ConnectInfo`):
+/// sign-up rate limits and consent evidence use it.
 pub fn router(state: AppState) -> Router {
+    let request_timeout = state.settings.http.request_timeout;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -138,8 +195,25 @@ pub fn router(state: AppState) -> Router {
         .route("/issues/{number}", get(pages::web_view))
         .route("/feed.xml", get(pages::feed))
         .fallback(fallback)
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| within(request_timeout, request, next),
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// A request whose body trickles in, or whose answer cannot be found in time, ends with 408
+/// instead of holding its connection.
+async fn within(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            [(header::CONNECTION, "close")],
+            "request timed out\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn fallback() -> Response {

@@ -15,3 +15,4 @@ mod schedule;
 mod send_now;
 mod smtp_server;
 mod web;
+mod web_abuse;

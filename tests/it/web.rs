@@ -17,10 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::helpers::Digestif;
 use crate::smtp_server::{Policy, SmtpServer};
 
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
+pub(crate) struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
 }
 
 /// Test settings: the file transport into a fresh folder, and `extra` TOML.
@@ -33,17 +33,17 @@ fn settings(extra: &str) -> Settings {
     .expect("settings")
 }
 
-struct App {
-    addr: SocketAddr,
-    settings: Settings,
-    keys: digestif::domain::TokenKeys,
+pub(crate) struct App {
+    pub addr: SocketAddr,
+    pub settings: Settings,
+    pub keys: digestif::domain::TokenKeys,
     /// Dropping the app stops its server.
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
     /// `serve`'s own HTTP server ([`Server::build`]) on 127.0.0.1:0, with the file transport.
-    async fn start(pool: &PgPool, extra: &str) -> Self {
+    pub async fn start(pool: &PgPool, extra: &str) -> Self {
         Self::start_with(pool.clone(), settings(extra)).await
     }
 
@@ -69,7 +69,7 @@ impl App {
         }
     }
 
-    async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+    pub async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
         let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let body = body.unwrap_or("");
         let req = format!(
