@@ -263,6 +263,12 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: u32,
+    /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins besides `newsletter.base_url`'s whose pages may post the sign-up form.
+    pub signup_origins: Vec<String>,
+    /// The form mails one address at most once in this time.
+    pub signup_resend_after: Duration,
 }
 
 /// `[database]`
@@ -377,6 +383,9 @@ struct RawHttp {
     header_timeout: String,
     request_timeout: String,
     max_connections: u32,
+    trusted_proxies: Vec<String>,
+    signup_origins: Vec<String>,
+    signup_resend_after: String,
 }
 
 #[derive(Deserialize)]
@@ -633,6 +642,17 @@ impl Raw {
             header_timeout: positive("http.header_timeout", &h.header_timeout)?,
             request_timeout: positive("http.request_timeout", &h.request_timeout)?,
             max_connections: in_range("http.max_connections", h.max_connections, 1, 100_000)?,
+            trusted_proxies: h
+                .trusted_proxies
+                .iter()
+                .map(|p| cidr("http.trusted_proxies", p))
+                .collect::<Result<_, _>>()?,
+            signup_origins: h
+                .signup_origins
+                .iter()
+                .map(|o| origin("http.signup_origins", o))
+                .collect::<Result<_, _>>()?,
+            signup_resend_after: duration("http.signup_resend_after", &h.signup_resend_after)?,
         };
 
         let b = self.database;
@@ -709,6 +729,40 @@ fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
             ),
         )
     })
+}
+
+/// An address block (`10.0.0.0/8`, `fd00::/8`) or one address.
+fn cidr(key: &str, raw: &str) -> Result<ipnet::IpNet, ConfigError> {
+    let v = raw.trim();
+    v.parse::<ipnet::IpNet>()
+        .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            ConfigError::new(
+                key,
+                format!(
+                    "'{}' is not an address or block like 10.0.0.0/8",
+                    shown(raw)
+                ),
+            )
+        })
+}
+
+/// A web origin as browsers send it in `Origin`: scheme, host and port, no path.
+fn origin(key: &str, raw: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            key,
+            format!(
+                "'{}' is not an origin like https://www.example.com",
+                shown(raw)
+            ),
+        )
+    };
+    let u = http_url(key, raw.trim()).map_err(|_| bad())?;
+    if u.path() != "/" || u.query().is_some() || !u.username().is_empty() {
+        return Err(bad());
+    }
+    Ok(u.origin().ascii_serialization())
 }
 
 /// A duration above zero: a zero timeout would refuse every request.

@@ -129,6 +129,14 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
             settings.newsletter.base_url
         ));
     }
+    let h = &settings.http;
+    if h.signup && h.listen.ip().is_loopback() && h.trusted_proxies.is_empty() {
+        r.note(&format!(
+            "http: the sign-up form is on and serve listens on {}, so a reverse proxy is likely in front; \
+             without http.trusted_proxies every visitor counts as that proxy and shares one sign-up limit",
+            h.listen
+        ));
+    }
     if let Some(s) = &signer {
         for (name, value) in s.dns_records() {
             println!("dns   {name}. IN TXT \"{value}\"");

@@ -125,8 +125,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     &keys,
                     &email,
                     name.as_ref(),
-                    "cli",
-                    allow_erased,
+                    db::Asker::Operator { allow_erased },
                 )
                 .await?;
                 match outcome {
@@ -142,6 +141,9 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     db::ConfirmRequest::Erased => bail!(
                         "'{email}' was erased on request; add --allow-erased if they asked to come back"
                     ),
+                    db::ConfirmRequest::AskedRecently => {
+                        bail!("'{email}' was sent a confirmation link moments ago")
+                    }
                 }
                 return Ok(());
             }

@@ -292,11 +292,9 @@ pub async fn send_confirmation(
     keys: &TokenKeys,
     email: &SubscriberEmail,
     name: Option<&SubscriberName>,
-    method: &str,
-    allow_erased: bool,
+    asker: subscribers::Asker,
 ) -> anyhow::Result<ConfirmRequest> {
-    let request =
-        subscribers::request_confirmation(pool, email, name, method, allow_erased).await?;
+    let request = subscribers::request_confirmation(pool, email, name, asker).await?;
     if let ConfirmRequest::Send {
         subscriber_id,
         nonce,

@@ -1,6 +1,7 @@
 //! The HTTP server of `digestif serve` (axum): the subscriber pages (`pages`), `/healthz` and
 //! `/metrics` for operators, and the security headers every response carries.
 
+pub mod client;
 pub mod pages;
 
 use std::fmt::Write as _;
@@ -37,7 +38,7 @@ pub struct AppState {
     /// Link token keys.
     pub keys: TokenKeys,
     /// Per-client limit on sign-ups.
-    pub signup_limiter: Arc<pages::SignupLimiter>,
+    pub signup_limiter: Arc<client::SignupLimiter>,
 }
 
 impl AppState {
@@ -48,7 +49,7 @@ impl AppState {
         counters: Arc<Counters>,
         keys: TokenKeys,
     ) -> Self {
-        let limiter = Arc::new(pages::SignupLimiter::new(settings.http.signup_per_hour));
+        let limiter = Arc::new(client::SignupLimiter::new(settings.http.signup_per_hour));
         Self {
             pool,
             settings,

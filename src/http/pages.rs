@@ -3,23 +3,21 @@
 //! anything (link scanners and previews fetch GET); every bad token gets the same 404 page.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::Form;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
+use super::client::{self, ClientIp};
 use crate::digest;
 use crate::domain::{Purpose, SubscriberEmail, SubscriberName};
 use crate::render;
 use crate::store::issues;
-use crate::store::subscribers::{self as db, Confirmation};
+use crate::store::subscribers::{self as db, Asker, Confirmation};
 
 struct Button {
     action: String,
@@ -236,13 +234,13 @@ pub async fn confirm_page(State(app): State<AppState>, Path(token): Path<String>
 /// POST /confirm/{token}: confirms and records the consent evidence (time, method, client).
 pub async fn confirm(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     Path(token): Path<String>,
 ) -> Response {
     let Some((id, nonce)) = app.keys.verify_confirm(&token) else {
         return not_found(&app);
     };
-    let detail = format!("confirmed from {}", peer.ip());
+    let detail = format!("confirmed from {client}");
     match db::confirm(&app.pool, id, nonce, "web", Some(&detail)).await {
         Ok(Confirmation::Confirmed) => {
             tracing::info!(subscriber_id = id, "subscription confirmed");
@@ -268,39 +266,6 @@ pub async fn confirm(
 }
 
 // ---- sign-up ----------------------------------------------------------------------------------
-
-/// Per-client-address limit on sign-up requests.
-#[derive(Debug)]
-pub struct SignupLimiter {
-    per_hour: u32,
-    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl SignupLimiter {
-    /// `per_hour` requests per client address per hour.
-    pub fn new(per_hour: u32) -> Self {
-        Self {
-            per_hour,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn allow(&self, ip: IpAddr) -> bool {
-        let Ok(mut seen) = self.seen.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        if seen.len() > 100_000 {
-            seen.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(3600));
-        }
-        let entry = seen.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(3600) {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= self.per_hour
-    }
-}
 
 /// GET /subscribe: the form (only with `http.signup = true`).
 pub async fn subscribe_page(State(app): State<AppState>) -> Response {
@@ -328,13 +293,25 @@ pub struct SubscribeForm {
 /// neither the page nor its timing tells anyone who subscribes.
 pub async fn subscribe(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
+    headers: HeaderMap,
     Form(form): Form<SubscribeForm>,
 ) -> Response {
     if !app.settings.http.signup {
         return not_found(&app);
     }
-    if !app.signup_limiter.allow(peer.ip()) {
+    let base = app.base();
+    if !client::same_origin(&headers, &base, &app.settings.http.signup_origins) {
+        tracing::info!(%client, "sign-up form posted from another site; refused");
+        return app
+            .page(
+                StatusCode::FORBIDDEN,
+                "Please use our own form",
+                vec![format!("Sign up at {base}/subscribe.")],
+            )
+            .into_response();
+    }
+    if !app.signup_limiter.allow(client) {
         return app
             .page(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -371,12 +348,16 @@ pub async fn subscribe(
             &worker.keys,
             &email,
             name.as_ref(),
-            "web",
-            true,
+            Asker::Form {
+                resend_after: worker.settings.http.signup_resend_after,
+            },
         )
         .await;
-        if let Err(e) = sent {
-            tracing::warn!("sign-up confirmation failed: {e:#}");
+        match sent {
+            Ok(db::ConfirmRequest::Send { .. }) => {}
+            // Say why in the log, never on the page: the answer must not tell who subscribes.
+            Ok(other) => tracing::info!(%client, "sign-up: no confirmation mail: {other:?}"),
+            Err(e) => tracing::warn!("sign-up confirmation failed: {e:#}"),
         }
     });
     app.page(

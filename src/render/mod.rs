@@ -508,10 +508,12 @@ pub fn confirmation_message(
         "{base}/confirm/{}",
         keys.sign_confirm(r.subscriber_id, nonce)
     );
-    let greeting = RenderedIssue::greeting(r);
+    // Never the name: anyone can type anything into the sign-up form ("Hi Claim your prize at
+    // evil.example,"), and this mail goes to whatever address they typed, signed with our key.
+    let greeting = "Hi there,";
     let html = ConfirmHtml {
         newsletter_name: &newsletter.name,
-        greeting: &greeting,
+        greeting,
         confirm_url: &confirm_url,
         postal_address: &newsletter.postal_address,
     }
@@ -519,7 +521,7 @@ pub fn confirmation_message(
     let html = inline_css(&html)?;
     let text = ConfirmText {
         newsletter_name: &newsletter.name,
-        greeting: &greeting,
+        greeting,
         confirm_url: &confirm_url,
         postal_address: &newsletter.postal_address,
     }
@@ -531,7 +533,7 @@ pub fn confirmation_message(
     let domain = newsletter.from.email.domain();
     let mut builder = Message::builder()
         .from(newsletter.from.clone())
-        .to(Mailbox::new(r.name.as_deref().map(one_line), address))
+        .to(Mailbox::new(None, address))
         .subject(one_line(&format!(
             "Confirm your subscription to {}",
             newsletter.name

@@ -458,28 +458,78 @@ pub enum ConfirmRequest {
     Suppressed(String),
     /// Erased on request and `allow_erased` was not given.
     Erased,
+    /// The form asked for this address within `http.signup_resend_after`: one mail is enough.
+    AskedRecently,
 }
 
-/// Records a double opt-in request: a new address becomes `pending`; a pending or
-/// unsubscribed one gets a fresh nonce (an unsubscribed subscriber stays unsubscribed until
-/// they click). `method` is where it came from (`cli`, `web`), kept as consent evidence.
+/// Who asks for a confirmation mail, which decides what may be mailed.
+#[derive(Debug, Clone, Copy)]
+pub enum Asker {
+    /// The operator (`subscribers add --confirm`): may invite an address that unsubscribed,
+    /// and one erased on request with `allow_erased`.
+    Operator {
+        /// The person asked to come back after an erasure.
+        allow_erased: bool,
+    },
+    /// The public sign-up form, which anyone can fill in with anyone's address: never mails
+    /// an address that unsubscribed (or bounced, or complained), and mails one address at most
+    /// once per `resend_after`. An erased address may come back: its owner must click.
+    Form {
+        /// How long one address's confirmation mail stands before another may go.
+        resend_after: std::time::Duration,
+    },
+}
+
+impl Asker {
+    /// Kept as consent evidence.
+    pub fn method(self) -> &'static str {
+        match self {
+            Asker::Operator { .. } => "cli",
+            Asker::Form { .. } => "web",
+        }
+    }
+}
+
+/// Records a double opt-in request: a new address becomes `pending`; a pending one (or, for
+/// the operator, an unsubscribed one) gets a fresh nonce (an unsubscribed subscriber stays
+/// unsubscribed until they click).
 pub async fn request_confirmation(
     pool: &PgPool,
     email: &SubscriberEmail,
     name: Option<&SubscriberName>,
-    method: &str,
-    allow_erased: bool,
+    asker: Asker,
 ) -> sqlx::Result<ConfirmRequest> {
+    let method = asker.method();
     let mut tx = pool.begin().await?;
     let nonce = fastrand::i64(1..i64::MAX);
     let existing = find(&mut *tx, email).await?;
-    let id = match existing {
-        Some(row) => match row.status.as_str() {
-            "active" => return Ok(ConfirmRequest::AlreadyActive),
-            "pending" | "unsubscribed" => row.subscriber_id,
-            other => return Ok(ConfirmRequest::Suppressed(other.to_owned())),
-        },
-        None => {
+    let id = match (existing, asker) {
+        (Some(row), _) if row.status == "active" => return Ok(ConfirmRequest::AlreadyActive),
+        (Some(row), Asker::Form { resend_after }) if row.status == "pending" => {
+            let recent: bool = sqlx::query_scalar(
+                "SELECT coalesce(confirm_sent_at > now() - $2 * interval '1 second', false) \
+                 FROM subscriber WHERE subscriber_id = $1 FOR UPDATE",
+            )
+            .bind(row.subscriber_id)
+            .bind(resend_after.as_secs_f64())
+            .fetch_one(&mut *tx)
+            .await?;
+            if recent {
+                return Ok(ConfirmRequest::AskedRecently);
+            }
+            row.subscriber_id
+        }
+        (Some(row), Asker::Operator { .. })
+            if row.status == "pending" || row.status == "unsubscribed" =>
+        {
+            row.subscriber_id
+        }
+        (Some(row), _) => return Ok(ConfirmRequest::Suppressed(row.status)),
+        (None, _) => {
+            let allow_erased = match asker {
+                Asker::Operator { allow_erased } => allow_erased,
+                Asker::Form { .. } => true,
+            };
             if is_erased(&mut tx, email).await? && !allow_erased {
                 return Ok(ConfirmRequest::Erased);
             }

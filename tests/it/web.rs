@@ -17,6 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::helpers::Digestif;
 use crate::smtp_server::{Policy, SmtpServer};
 
+pub(crate) const OPERATOR: digestif::store::subscribers::Asker =
+    digestif::store::subscribers::Asker::Operator {
+        allow_erased: false,
+    };
+
 pub(crate) struct Reply {
     pub status: u16,
     pub headers: String,
@@ -70,11 +75,26 @@ impl App {
     }
 
     pub async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.request_with(method, path, body, &[]).await
+    }
+
+    /// [`App::request`] with these extra headers.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let body = body.unwrap_or("");
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: news.example.com\r\nConnection: close\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{extra}\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).await.unwrap();
@@ -171,8 +191,7 @@ async fn get_and_head_change_nothing(pool: PgPool) {
         &pool,
         &digestif::domain::SubscriberEmail::parse("pia@example.com").unwrap(),
         None,
-        "web",
-        false,
+        OPERATOR,
     )
     .await
     .unwrap();
@@ -584,7 +603,7 @@ async fn a_newer_confirmation_request_voids_the_older_link(pool: PgPool) {
     let mut links = Vec::new();
     for _ in 0..2 {
         let request =
-            digestif::store::subscribers::request_confirmation(&pool, &email, None, "web", false)
+            digestif::store::subscribers::request_confirmation(&pool, &email, None, OPERATOR)
                 .await
                 .unwrap();
         let digestif::store::subscribers::ConfirmRequest::Send {

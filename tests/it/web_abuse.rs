@@ -1,6 +1,8 @@
 //! The HTTP side under attack: clients that never finish their headers or bodies, idle
 //! keep-alive connections, and more connections than the process has descriptors for, while
-//! `serve` keeps delivering.
+//! `serve` keeps delivering; and the sign-up form used to mail-bomb strangers (another site's
+//! form, forged proxy headers, IPv6 address hopping, one address over and over, unsubscribed
+//! addresses, a name that is an advert).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -180,4 +182,260 @@ async fn serve_keeps_delivering_while_slow_clients_flood_the_http_side(pool: PgP
     let log = log.await.unwrap();
     assert!(out.status.success(), "{log}");
     assert!(!log.contains("Too many open files"), "{log}");
+}
+
+// ---- the sign-up form ------------------------------------------------------------------------
+
+const FORM: &str = "[http]\nsignup = true\nsignup_per_hour = 100\n";
+
+/// The confirmation mails in the outbox, by recipient, once `sentinel` has had one: the mails
+/// go out from background tasks, in no set order.
+async fn mails_after(app: &App, sentinel: &str) -> Vec<(String, String)> {
+    let outbox = app.settings.delivery.outbox.clone();
+    let read = move || {
+        std::fs::read_dir(&outbox)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                    .filter_map(|m| {
+                        let to = m.lines().find(|l| l.starts_with("To: "))?.to_owned();
+                        Some((to, m))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    crate::helpers::wait_for("the sentinel's mail", Duration::from_secs(20), || {
+        let mails = read();
+        async move {
+            mails
+                .iter()
+                .any(|(to, _)| to.contains(sentinel))
+                .then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    read()
+}
+
+async fn status_of(pool: &PgPool, email: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM subscriber WHERE email = $1")
+        .bind(email)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn a_form_posted_from_another_site_is_refused(pool: PgPool) {
+    let app = App::start(
+        &pool,
+        &format!("{FORM}signup_origins = [\"https://www.example.com\"]\n"),
+    )
+    .await;
+    for origin in ["https://evil.example", "null", "http://news.example.com"] {
+        let r = app
+            .request_with(
+                "POST",
+                "/subscribe",
+                Some("email=victim%40example.org"),
+                &[("Origin", origin)],
+            )
+            .await;
+        assert_eq!(r.status, 403, "{origin}: {}", r.body);
+    }
+    assert_eq!(status_of(&pool, "victim@example.org").await, None);
+    for (origin, email) in [
+        ("https://news.example.com", "own%40example.org"),
+        ("https://www.example.com", "blog%40example.org"),
+    ] {
+        let r = app
+            .request_with(
+                "POST",
+                "/subscribe",
+                Some(&format!("email={email}")),
+                &[("Origin", origin)],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{origin}: {}", r.body);
+    }
+    // The request is recorded by the background task that sends the mail.
+    crate::helpers::wait_for("the pending row", Duration::from_secs(20), || async {
+        (status_of(&pool, "blog@example.org").await.as_deref() == Some("pending")).then_some(())
+    })
+    .await;
+}
+
+#[sqlx::test]
+async fn behind_a_trusted_proxy_each_client_and_each_ipv6_slash_64_has_its_own_limit(pool: PgPool) {
+    let app = App::start(
+        &pool,
+        "[http]\nsignup = true\nsignup_per_hour = 1\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    )
+    .await;
+    let post = |n: u32, header: &'static str, client: &'static str| {
+        let app = &app;
+        async move {
+            app.request_with(
+                "POST",
+                "/subscribe",
+                Some(&format!("email=p{n}%40example.org")),
+                &[(header, client)],
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(post(1, "X-Forwarded-For", "203.0.113.1").await, 200);
+    assert_eq!(post(2, "X-Forwarded-For", "203.0.113.2").await, 200);
+    assert_eq!(post(3, "X-Forwarded-For", "203.0.113.1").await, 429);
+    // A client cannot forge its way out: the proxy appends the address it saw.
+    assert_eq!(
+        post(4, "X-Forwarded-For", "198.51.100.7, 203.0.113.1").await,
+        429
+    );
+    assert_eq!(post(5, "X-Forwarded-For", "2001:db8:1:2::1").await, 200);
+    assert_eq!(post(6, "X-Forwarded-For", "2001:db8:1:2::99").await, 429);
+    assert_eq!(
+        post(7, "Forwarded", "for=\"[2001:db8:1:3::1]:4711\"").await,
+        200
+    );
+
+    // The consent evidence names the client, not the proxy.
+    let keys = &app.keys;
+    let id: i64 = crate::helpers::wait_for("p2's pending row", Duration::from_secs(20), || async {
+        sqlx::query_scalar(
+            "SELECT subscriber_id FROM subscriber WHERE email = 'p2@example.org' \
+             AND confirm_nonce IS NOT NULL",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let nonce: i64 =
+        sqlx::query_scalar("SELECT confirm_nonce FROM subscriber WHERE subscriber_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let path = format!("/confirm/{}", keys.sign_confirm(id, nonce));
+    let r = app
+        .request_with(
+            "POST",
+            &path,
+            Some(""),
+            &[("X-Forwarded-For", "203.0.113.2")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let detail: String = sqlx::query_scalar(
+        "SELECT detail FROM subscriber_event WHERE kind = 'confirmed' AND subscriber_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(detail, "confirmed from 203.0.113.2");
+}
+
+#[sqlx::test]
+async fn forwarded_headers_from_an_untrusted_peer_are_ignored(pool: PgPool) {
+    let app = App::start(&pool, "[http]\nsignup = true\nsignup_per_hour = 1\n").await;
+    let mut statuses = Vec::new();
+    for (n, client) in ["203.0.113.1", "203.0.113.2"].iter().enumerate() {
+        let r = app
+            .request_with(
+                "POST",
+                "/subscribe",
+                Some(&format!("email=f{n}%40example.org")),
+                &[
+                    ("X-Forwarded-For", client),
+                    ("Forwarded", &format!("for={client}")),
+                ],
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [200, 429]);
+}
+
+#[sqlx::test]
+async fn the_form_mails_an_address_once_a_day_and_never_one_that_left(pool: PgPool) {
+    let app = App::start(&pool, FORM).await;
+    for (email, status) in [
+        ("gone@example.org", "unsubscribed"),
+        ("angry@example.org", "complained"),
+        ("dead@example.org", "bounced"),
+    ] {
+        sqlx::query(
+            "INSERT INTO subscriber (email, status, consent_source) VALUES ($1, $2, 'test')",
+        )
+        .bind(email)
+        .bind(status)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let mut answers = Vec::new();
+    for email in [
+        "pia", "pia", "pia", "gone", "angry", "dead", "gone", "sentinel",
+    ] {
+        // Each from its own client: the per-address limit is what holds.
+        let r = app
+            .request(
+                "POST",
+                "/subscribe",
+                Some(&format!("email={email}%40example.org")),
+            )
+            .await;
+        answers.push((r.status, r.body));
+        if email == "pia" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "every answer is the same, whoever the address belongs to"
+    );
+    let mails = mails_after(&app, "sentinel@example.org").await;
+    let to = |who: &str| mails.iter().filter(|(to, _)| to.contains(who)).count();
+    assert_eq!(
+        to("pia@example.org"),
+        1,
+        "one confirmation mail per address per day"
+    );
+    assert_eq!(
+        to("gone@example.org"),
+        0,
+        "an unsubscribed address is never mailed from the form"
+    );
+    assert_eq!(to("angry@example.org"), 0);
+    assert_eq!(to("dead@example.org"), 0);
+    assert_eq!(
+        status_of(&pool, "gone@example.org").await.as_deref(),
+        Some("unsubscribed")
+    );
+}
+
+#[sqlx::test]
+async fn the_confirmation_mail_never_repeats_the_typed_name(pool: PgPool) {
+    let app = App::start(&pool, FORM).await;
+    let r = app
+        .request(
+            "POST",
+            "/subscribe",
+            Some("email=target%40example.org&name=Claim+your+prize+at+evil.example%2Flogin"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mails = mails_after(&app, "target@example.org").await;
+    let (to, mail) = &mails[0];
+    assert!(!to.contains("prize"), "{to}");
+    assert!(
+        !mail.contains("evil.example") && !mail.contains("prize"),
+        "{mail}"
+    );
+    assert!(mail.contains("Hi there,"), "{mail}");
 }
