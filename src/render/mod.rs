@@ -80,10 +80,24 @@ pub struct Recipient {
     pub name: Option<String>,
 }
 
-/// Markers left in the rendered issue where each message puts its own values. They are plain
-/// ASCII that neither HTML escaping nor the CSS inliner changes.
-const UNSUBSCRIBE_MARK: &str = "__DIGESTIF_UNSUBSCRIBE_URL__";
-const GREETING_MARK: &str = "__DIGESTIF_GREETING__";
+/// Markers left in the rendered issue where each message puts its own values: plain ASCII
+/// that neither HTML escaping nor the CSS inliner changes, with a random part drawn for each
+/// render, so no tip or article, written before, can contain one and be handed each
+/// recipient's unsubscribe link or name.
+struct Marks {
+    unsubscribe: String,
+    greeting: String,
+}
+
+impl Marks {
+    fn new() -> Self {
+        let nonce = fastrand::u128(..);
+        Self {
+            unsubscribe: format!("__digestif_{nonce:032x}_unsubscribe__"),
+            greeting: format!("__digestif_{nonce:032x}_greeting__"),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Segment {
@@ -92,17 +106,21 @@ enum Segment {
     Greeting,
 }
 
-fn segments(rendered: &str) -> Vec<Segment> {
+fn segments(rendered: &str, marks: &Marks) -> Vec<Segment> {
     let mut out = Vec::new();
     let mut rest = rendered;
     loop {
         let next = [
             (
-                rest.find(UNSUBSCRIBE_MARK),
-                UNSUBSCRIBE_MARK,
+                rest.find(&marks.unsubscribe),
+                marks.unsubscribe.as_str(),
                 Segment::Unsubscribe,
             ),
-            (rest.find(GREETING_MARK), GREETING_MARK, Segment::Greeting),
+            (
+                rest.find(&marks.greeting),
+                marks.greeting.as_str(),
+                Segment::Greeting,
+            ),
         ]
         .into_iter()
         .filter_map(|(at, mark, seg)| at.map(|i| (i, mark, seg)))
@@ -282,6 +300,7 @@ pub fn render_issue(
         }
     };
 
+    let marks = Marks::new();
     let html = DigestHtml {
         title: &subject,
         preheader: &preheader,
@@ -289,10 +308,10 @@ pub fn render_issue(
         number: content.number,
         date_line: &date_line,
         web_url: &web_url,
-        greeting: GREETING_MARK,
+        greeting: &marks.greeting,
         tips: &tips,
         articles: &articles,
-        unsubscribe_url: UNSUBSCRIBE_MARK,
+        unsubscribe_url: &marks.unsubscribe,
         postal_address: &newsletter.postal_address,
     }
     .render()?;
@@ -303,11 +322,11 @@ pub fn render_issue(
         number: content.number,
         date_line: &date_line,
         web_url: &web_url,
-        greeting: GREETING_MARK,
+        greeting: &marks.greeting,
         tips: &tips,
         articles: &articles,
         links: &links,
-        unsubscribe_url: UNSUBSCRIBE_MARK,
+        unsubscribe_url: &marks.unsubscribe,
         postal_address: &newsletter.postal_address,
     }
     .render()?;
@@ -319,8 +338,8 @@ pub fn render_issue(
         subject,
         html_len: html.len() + 256,
         text_len: text.len() + 256,
-        html: segments(&html),
-        text: segments(&text),
+        html: segments(&html, &marks),
+        text: segments(&text, &marks),
         from: newsletter.from.clone(),
         reply_to: newsletter.reply_to.clone(),
         list_id: list_id_header(&newsletter.name, &newsletter.list_id),

@@ -609,3 +609,42 @@ async fn preview_writes_three_files_and_creates_nothing(pool: PgPool) {
             .starts_with("Backend Tips #1: ")
     );
 }
+
+#[sqlx::test]
+async fn content_cannot_pull_in_a_recipients_link_or_name(pool: PgPool) {
+    let s = settings("");
+    // The markers an earlier version filled per recipient, written into content.
+    tip(
+        &pool,
+        "Greetings __DIGESTIF_GREETING__",
+        "See __DIGESTIF_UNSUBSCRIBE_URL__ and __DIGESTIF_GREETING__.",
+    )
+    .await;
+    article(
+        &pool,
+        "Link",
+        "https://evil.example/collect?u=__DIGESTIF_UNSUBSCRIBE_URL__",
+        "2026-11-29T10:00:00Z",
+    )
+    .await;
+    let content = compose(&pool, &s, "2026-11-30T08:00:00Z")
+        .await
+        .expect("an issue");
+    let rendered =
+        render::render_issue(&s.newsletter, &keys(), s.schedule.schedule.zone(), &content)
+            .expect("render");
+    let r = eve();
+    let token = keys().sign(digestif::domain::Purpose::Unsubscribe, r.subscriber_id);
+    for part in [rendered.text_for(&r), rendered.html_for(&r)] {
+        assert_eq!(
+            part.matches(&token).count(),
+            1,
+            "only the footer link: {part}"
+        );
+        assert!(
+            part.contains("collect?u=__DIGESTIF_UNSUBSCRIBE_URL__"),
+            "content shows as written: {part}"
+        );
+        assert_eq!(part.matches("Eve Example").count(), 1, "{part}");
+    }
+}
