@@ -1,5 +1,6 @@
 //! `digestif issue …`: preview, send, list, inspect, resume and test-send issues.
 
+use crate::domain::one_line;
 use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -175,9 +176,13 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 }
                 StatusFormat::Table => {
-                    println!("issue #{number}: {} ({})", issue.subject, issue.status);
+                    println!(
+                        "issue #{number}: {} ({})",
+                        one_line(&issue.subject),
+                        issue.status
+                    );
                     if let Some(reason) = &issue.status_reason {
-                        println!("reason: {reason}");
+                        println!("reason: {}", one_line(reason));
                     }
                     println!("slot: {}", time_cell(Some(issue.slot)));
                     let total: i64 = counts.iter().map(|(_, n)| n).sum();

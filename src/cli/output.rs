@@ -102,12 +102,15 @@ impl<W: Write, R: Record> Listing<W, R> {
 const MAX_TABLE_CELL: usize = 60;
 
 fn write_table(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    // Cells come from outside (bounce texts, names stored by older versions): no escape
+    // sequence reaches the terminal.
     let clip = |s: &str| -> String {
+        let s = crate::domain::one_line(s);
         if s.chars().count() > MAX_TABLE_CELL {
             let cut: String = s.chars().take(MAX_TABLE_CELL - 1).collect();
             format!("{cut}…")
         } else {
-            s.to_owned()
+            s
         }
     };
     let rows: Vec<Vec<String>> = rows

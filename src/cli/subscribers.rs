@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use super::output::{Format, Listing, Record, progress, time_cell};
 use crate::config::Settings;
 use crate::digest;
-use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus};
+use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus, one_line};
 use crate::store::{self, subscribers as db};
 
 #[derive(Debug, clap::Subcommand)]
@@ -209,7 +209,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 }
                 ShowFormat::Table => {
                     for (header, cell) in SubscriberRow::HEADERS.iter().zip(row.cells()) {
-                        writeln!(out, "{header:<16}{cell}")?;
+                        writeln!(out, "{header:<16}{}", one_line(&cell))?;
                     }
                     writeln!(out, "history:")?;
                     for e in events {
@@ -219,7 +219,9 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                             time_cell(Some(e.created_at)),
                             e.kind,
                             e.method,
-                            e.detail.map(|d| format!(" ({d})")).unwrap_or_default()
+                            e.detail
+                                .map(|d| format!(" ({})", one_line(&d)))
+                                .unwrap_or_default()
                         )?;
                     }
                 }

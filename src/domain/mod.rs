@@ -44,3 +44,11 @@ pub(crate) fn shown(raw: &str) -> String {
 pub(crate) fn is_forbidden_char(c: char) -> bool {
     c.is_control() || c == '\u{2028}' || c == '\u{2029}'
 }
+
+/// Control characters (CR, LF, NUL, ESC…) become spaces: what goes into a header, a log line
+/// or an admin's terminal stays one line and cannot carry escape sequences.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if is_forbidden_char(c) { ' ' } else { c })
+        .collect()
+}

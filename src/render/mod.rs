@@ -567,18 +567,7 @@ pub fn confirmation_message(
     Ok(builder.multipart(MultiPart::alternative_plain_html(text, html))?)
 }
 
-/// Control characters (CR, LF, NUL…) become spaces: what goes into a header stays one line.
-pub fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if crate::domain::is_forbidden_char(c) {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect()
-}
+pub use crate::domain::one_line;
 
 fn raw(name: &'static str, value: String) -> HeaderValue {
     HeaderValue::new(HeaderName::new_from_ascii_str(name), value)

@@ -1,6 +1,8 @@
 //! What an SMTP reply (or its absence) means for a delivery: sent, retry later, bounced, or
 //! failed for good, by reply code and RFC 3463 enhanced status code.
 
+use crate::domain::one_line;
+
 /// The fate of one send attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -45,7 +47,8 @@ pub fn enhanced_code(text: &str) -> Option<String> {
 
 /// Classifies a negative SMTP reply: `code` and the reply `text`.
 pub fn classify_reply(code: u16, text: &str) -> Outcome {
-    let reason = truncate(&format!("{code} {}", text.trim()), 400);
+    // The relay's text is stored and shown to the admin: one line, no escape sequences.
+    let reason = truncate(&one_line(&format!("{code} {}", text.trim())), 400);
     classify(Some(code), enhanced_code(text), reason)
 }
 
@@ -60,10 +63,10 @@ pub fn classify_dsn(status: &str, diagnostic: Option<&str>) -> Outcome {
     });
     let enhanced = enhanced_code(status).or_else(|| diagnostic.and_then(enhanced_code));
     let reason = truncate(
-        &format!(
+        &one_line(&format!(
             "DSN {status}{}",
             diagnostic.map(|d| format!(": {d}")).unwrap_or_default()
-        ),
+        )),
         400,
     );
     classify(code, enhanced, reason)
@@ -117,6 +120,19 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_or_dsn_with_escape_sequences_is_stored_as_one_plain_line() {
+        for outcome in [
+            classify_reply(550, "5.1.1 \u{1b}[2J\u{1b}]0;pwned\u{7}\r\nno such user"),
+            classify_dsn("5.1.1", Some("smtp; 550 \u{1b}[31mgone\u{9b}1m")),
+        ] {
+            let Outcome::Bounced(f) = outcome else {
+                panic!("{outcome:?}");
+            };
+            assert!(!f.reason.chars().any(char::is_control), "{:?}", f.reason);
+        }
+    }
 
     #[test]
     fn enhanced_codes_are_found_in_reply_text() {

@@ -237,3 +237,41 @@ async fn purge_erases_pending_deliveries_and_the_issue_still_completes(pool: PgP
         "{out}"
     );
 }
+
+/// Text that came from outside (a bounce's Diagnostic-Code, an ARF Feedback-Type, a relay's
+/// reply) or from an older version that stored it unfiltered never reaches the admin's
+/// terminal as escape sequences.
+#[sqlx::test]
+async fn terminal_escapes_in_stored_text_never_reach_the_terminal(pool: PgPool) {
+    let evil = "550 5.1.1 \u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mgone\u{9b}31m\r\nX";
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO subscriber (email, name, status, consent_source) \
+         VALUES ('eve@example.org', $1, 'bounced', 'test') RETURNING subscriber_id",
+    )
+    .bind(format!("Eve {evil}"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO subscriber_event (subscriber_id, kind, method, detail) \
+         VALUES ($1, 'bounced', 'dsn', $2)",
+    )
+    .bind(id)
+    .bind(evil)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let d = Digestif::new(&pool);
+    for args in [
+        &["subscribers", "show", "eve@example.org"][..],
+        &["subscribers", "list"][..],
+        &["subscribers", "list", "--status", "bounced"][..],
+    ] {
+        let out = d.ok(args).stdout();
+        assert!(out.contains("gone"), "{args:?}: {out}");
+        assert!(
+            !out.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?} printed control characters: {out:?}"
+        );
+    }
+}
