@@ -6,6 +6,9 @@ pub mod domain;
 /// The clock scheduling reads (settable in test builds).
 pub mod clock;
 
+/// Owner-only files for what holds subscribers' data.
+pub mod files;
+
 /// Settings: the TOML file and `DIGESTIF_*` environment, parsed into domain types.
 pub mod config;
 

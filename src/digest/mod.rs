@@ -387,7 +387,7 @@ pub async fn preview(
         Err(reason) => return Ok(Err(reason)),
     };
     let who = sample_recipient();
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    crate::files::create_dir(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let stem = out.join(format!("issue-{}", content.number));
     let files = vec![
         stem.with_extension("html"),
@@ -400,7 +400,8 @@ pub async fn preview(
         rendered.text_for(&who).into_bytes(),
         eml,
     ]) {
-        std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()))?;
+        crate::files::write(path, &bytes)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(Ok(Preview {
         content,

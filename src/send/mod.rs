@@ -124,7 +124,7 @@ impl Mailer {
     pub async fn check(&self) -> anyhow::Result<()> {
         match &self.inner {
             Inner::Smtp(pool) => pool.check().await,
-            Inner::File(dir) => tokio::fs::create_dir_all(dir)
+            Inner::File(dir) => crate::files::create_dir_async(dir)
                 .await
                 .map_err(|e| anyhow!("{}: {e}", dir.display())),
         }
@@ -149,13 +149,13 @@ async fn write_eml(
     envelope: &Envelope,
     bytes: &[u8],
 ) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
+    crate::files::create_dir_async(dir).await?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut data = match envelope.from() {
         Some(from) => format!("Return-Path: <{from}>\r\n").into_bytes(),
         None => Vec::new(),
     };
     data.extend_from_slice(bytes);
-    tokio::fs::write(&tmp, data).await?;
+    crate::files::write_async(&tmp, data).await?;
     tokio::fs::rename(&tmp, dir.join(format!("{name}.eml"))).await
 }

@@ -648,3 +648,34 @@ async fn content_cannot_pull_in_a_recipients_link_or_name(pool: PgPool) {
         assert_eq!(part.matches("Eve Example").count(), 1, "{part}");
     }
 }
+
+/// Mode bits of a path, without the file type.
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Outbox messages carry addresses and unsubscribe tokens, previews a token: only the owner
+/// may read them, whatever the umask.
+#[sqlx::test]
+async fn outbox_and_preview_files_are_private(pool: PgPool) {
+    let root = tempfile::tempdir().unwrap();
+    let outbox = root.path().join("new/outbox");
+    let preview = root.path().join("new/preview");
+    let d = Digestif::new(&pool).env("DIGESTIF_DELIVERY__OUTBOX", arg(&outbox));
+    d.ok(&["tips", "import", "config/sample/tips"]);
+    d.ok(&["subscribers", "add", "ann@example.org"]);
+    d.ok(&["issue", "preview", "--out", arg(&preview)]);
+    d.ok(&["issue", "send", "--now"]);
+    for dir in [&outbox, &preview, &root.path().join("new")] {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    }
+    let mut files = 0;
+    for dir in [&outbox, &preview] {
+        for f in std::fs::read_dir(dir).unwrap().flatten() {
+            assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
+            files += 1;
+        }
+    }
+    assert_eq!(files, 4, "three preview files and one message");
+}
