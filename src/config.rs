@@ -44,6 +44,7 @@ const SECRET_KEYS: &[&str] = &[
     "smtp.url",
     "smtp.password",
     "http.token_secret",
+    "http.previous_token_secrets",
     "database.url",
 ];
 
@@ -252,6 +253,8 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// Token secret; empty when not configured.
     pub token_secret: SecretString,
+    /// Earlier token secrets: links signed with them still verify; nothing new is signed.
+    pub previous_token_secrets: Vec<SecretString>,
     /// Whether the public sign-up form is on.
     pub signup: bool,
     /// Sign-up requests allowed per client address per hour.
@@ -378,6 +381,7 @@ struct RawHttp {
     listen: String,
     token_secret: SecretString,
     token_secret_file: PathBuf,
+    previous_token_secrets: SecretList,
     signup: bool,
     signup_per_hour: u32,
     header_timeout: String,
@@ -471,7 +475,10 @@ fn figment_error(err: figment::Error) -> ConfigError {
             m.interpolate(&profile, &err.path)
         }
     });
-    let mut message = if SECRET_KEYS.contains(&key.as_str()) {
+    let secret = SECRET_KEYS
+        .iter()
+        .any(|k| key == *k || key.starts_with(&format!("{k}.")));
+    let mut message = if secret {
         // figment's message quotes the value ("found unsigned int '84736251'").
         "not a valid value (not shown: this key holds a secret)".to_owned()
     } else {
@@ -634,9 +641,23 @@ impl Raw {
                 ),
             ));
         }
+        let previous_token_secrets = h.previous_token_secrets.into_vec();
+        if previous_token_secrets
+            .iter()
+            .any(|p| p.expose_secret().len() < crate::domain::MIN_SECRET_LEN)
+        {
+            return Err(ConfigError::new(
+                "http.previous_token_secrets",
+                format!(
+                    "every entry must be at least {} characters (values not shown)",
+                    crate::domain::MIN_SECRET_LEN
+                ),
+            ));
+        }
         let http = HttpSettings {
             listen,
             token_secret,
+            previous_token_secrets,
             signup: h.signup,
             signup_per_hour: in_range("http.signup_per_hour", h.signup_per_hour, 1, 10_000)?,
             header_timeout: positive("http.header_timeout", &h.header_timeout)?,
@@ -781,6 +802,30 @@ fn in_range(key: &str, v: u32, lo: u32, hi: u32) -> Result<u32, ConfigError> {
             key,
             format!("{v} is out of range ({lo} to {hi})"),
         ))
+    }
+}
+
+/// A list of secrets: a TOML array, or one text with a secret per line (as the environment
+/// and secret files give it).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretList {
+    Text(SecretString),
+    List(Vec<SecretString>),
+}
+
+impl SecretList {
+    fn into_vec(self) -> Vec<SecretString> {
+        match self {
+            SecretList::List(v) => v,
+            SecretList::Text(t) => t
+                .expose_secret()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| SecretString::from(l.to_owned()))
+                .collect(),
+        }
     }
 }
 

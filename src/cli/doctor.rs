@@ -66,7 +66,13 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     };
     if let Some(pool) = &pool {
         match crate::digest::token_keys(settings, pool).await {
-            Ok(_) => r.ok("link tokens: a signing secret is available"),
+            Ok(_) => match settings.http.previous_token_secrets.len() {
+                0 => r.ok("link tokens: a signing secret is available"),
+                n => r.ok(&format!(
+                    "link tokens: a signing secret is available; links signed with {n} previous secret{} still verify",
+                    if n == 1 { "" } else { "s" }
+                )),
+            },
             Err(e) => r.fail("link tokens", &format!("{e:#}")),
         }
     }

@@ -39,7 +39,17 @@ pub async fn token_keys(settings: &Settings, pool: &PgPool) -> anyhow::Result<To
     let key = key.ok_or_else(|| {
         anyhow!("config: http.token_secret: must be at least {MIN_SECRET_LEN} characters")
     })?;
-    Ok(TokenKeys::new(key, Vec::new()))
+    let previous = settings
+        .http
+        .previous_token_secrets
+        .iter()
+        .map(|p| {
+            TokenKey::new(p.expose_secret().as_bytes()).ok_or_else(|| {
+                anyhow!("config: http.previous_token_secrets: every entry must be at least {MIN_SECRET_LEN} characters")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(TokenKeys::new(key, previous))
 }
 
 /// What composing a slot yields.

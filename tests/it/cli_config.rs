@@ -116,3 +116,51 @@ async fn secrets_can_come_from_files(pool: PgPool) {
             "both DIGESTIF_SMTP__PASSWORD and DIGESTIF_SMTP__PASSWORD_FILE are set",
         );
 }
+
+/// Rotation from the environment: one previous secret per line (here from a file, as systemd
+/// credentials give it); an old link in an unsubscribe mail still works; a short entry stops
+/// start-up without showing any value.
+#[sqlx::test]
+async fn previous_token_secrets_come_from_the_environment_one_per_line(pool: PgPool) {
+    const OLD: &str = "an-old-secret-from-before-the-rotation-42";
+    const OLDER: &str = "an-even-older-secret-from-the-year-before";
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO subscriber (email, status, consent_source) \
+         VALUES ('ann@example.org', 'active', 'test') RETURNING subscriber_id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let older = digestif::domain::TokenKeys::new(
+        digestif::domain::TokenKey::new(OLDER.as_bytes()).unwrap(),
+        vec![],
+    );
+    let token = older.sign(digestif::domain::Purpose::Unsubscribe, id);
+    let (_dir, file) = file_with("previous", format!("{OLD}\n{OLDER}\n").as_bytes());
+    let d = Digestif::new(&pool)
+        .env(
+            "DIGESTIF_HTTP__TOKEN_SECRET",
+            "the-current-secret-0123456789abcdef",
+        )
+        .env("DIGESTIF_HTTP__PREVIOUS_TOKEN_SECRETS_FILE", arg(&file));
+    let mail = format!(
+        "From: ann@example.org\r\nTo: unsubscribe@example.com\r\nSubject: unsubscribe {token}\r\n\r\n"
+    );
+    let run = d.run_with_stdin(&["inbound"], mail.as_bytes());
+    assert!(run.output.status.success(), "{run}");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM subscriber WHERE subscriber_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "unsubscribed", "{run}");
+
+    let line = Digestif::new(&pool)
+        .env("DIGESTIF_HTTP__PREVIOUS_TOKEN_SECRETS", "tiny-secret-xyz")
+        .fails(
+            &["subscribers", "list"],
+            "config: http.previous_token_secrets: every entry must be at least",
+        );
+    assert!(!line.contains("tiny-secret-xyz"), "{line}");
+}

@@ -641,3 +641,43 @@ async fn a_newer_confirmation_request_voids_the_older_link(pool: PgPool) {
     assert!(new.body.contains("You are subscribed"), "{}", new.body);
     assert_eq!(status().await, "active");
 }
+
+#[sqlx::test]
+async fn a_rotated_token_secret_keeps_old_links_working_and_signs_with_the_new_one(pool: PgPool) {
+    const OLD: &str = "the-old-secret-that-signed-last-years-issues";
+    const NEW: &str = "the-new-secret-after-rotation-0123456789abc";
+    let id = subscriber(&pool, "ann@example.com", "active").await;
+    let old = App::start(&pool, &format!("[http]\ntoken_secret = \"{OLD}\"\n")).await;
+    let old_link = format!("/unsubscribe/{}", old.keys.sign(Purpose::Unsubscribe, id));
+
+    let without = App::start(&pool, &format!("[http]\ntoken_secret = \"{NEW}\"\n")).await;
+    assert_eq!(without.request("GET", &old_link, None).await.status, 404);
+
+    let rotated = App::start(
+        &pool,
+        &format!("[http]\ntoken_secret = \"{NEW}\"\nprevious_token_secrets = [\"{OLD}\"]\n"),
+    )
+    .await;
+    let new_link = format!(
+        "/unsubscribe/{}",
+        rotated.keys.sign(Purpose::Unsubscribe, id)
+    );
+    assert_eq!(
+        new_link,
+        format!(
+            "/unsubscribe/{}",
+            without.keys.sign(Purpose::Unsubscribe, id)
+        ),
+        "new links are signed with the new secret only"
+    );
+    assert_ne!(new_link, old_link);
+    let r = rotated.request("POST", &old_link, Some("")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM subscriber WHERE subscriber_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "unsubscribed");
+}
