@@ -251,6 +251,8 @@ pub struct BounceSettings {
 pub struct HttpSettings {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Where `/metrics` is served instead of `listen`, when set.
+    pub metrics_listen: Option<SocketAddr>,
     /// Token secret; empty when not configured.
     pub token_secret: SecretString,
     /// Earlier token secrets: links signed with them still verify; nothing new is signed.
@@ -379,6 +381,7 @@ struct RawBounces {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: String,
+    metrics_listen: String,
     token_secret: SecretString,
     token_secret_file: PathBuf,
     previous_token_secrets: SecretList,
@@ -654,8 +657,21 @@ impl Raw {
                 ),
             ));
         }
+        let metrics_listen = match h.metrics_listen.trim() {
+            "" => None,
+            raw => Some(raw.parse().map_err(|_| {
+                ConfigError::new(
+                    "http.metrics_listen",
+                    format!(
+                        "'{}' is not an address:port like 127.0.0.1:9090",
+                        shown(raw)
+                    ),
+                )
+            })?),
+        };
         let http = HttpSettings {
             listen,
+            metrics_listen,
             token_secret,
             previous_token_secrets,
             signup: h.signup,

@@ -104,6 +104,9 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
     let deliverer = Arc::new(Deliverer::new(pool.clone(), settings.clone()).await?);
     let server = http::Server::build(settings.clone(), pool.clone(), deliverer.counters()).await?;
     tracing::info!("listening on http://{}", server.local_addr()?);
+    if let Some(addr) = server.metrics_addr() {
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
     let server = tokio::spawn(server.run_until_stopped(stop.clone()));
     if no_schedule {
         tracing::info!("--no-schedule: serving HTTP only");

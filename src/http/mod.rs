@@ -63,30 +63,39 @@ impl AppState {
 /// The HTTP server of `digestif serve`, bound and wired: the one way it is built, by the CLI and
 /// by the tests alike, so the tests exercise the production wiring.
 pub struct Server {
-    listener: tokio::net::TcpListener,
-    app: Router,
+    public: (tokio::net::TcpListener, Router),
+    /// `http.metrics_listen`, when `/metrics` has a listener of its own.
+    metrics: Option<(tokio::net::TcpListener, Router)>,
     keys: TokenKeys,
     limits: crate::config::HttpSettings,
 }
 
 impl Server {
-    /// Binds `http.listen` (port 0 picks a free port), reads the link token keys and builds the
-    /// routes. `counters` are the attempt counters `/metrics` reports.
+    /// Binds `http.listen` (port 0 picks a free port) and `http.metrics_listen` when set, reads
+    /// the link token keys and builds the routes. `counters` are the attempt counters
+    /// `/metrics` reports.
     pub async fn build(
         settings: Arc<Settings>,
         pool: PgPool,
         counters: Arc<Counters>,
     ) -> anyhow::Result<Self> {
-        let listen = settings.http.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("http.listen: cannot listen on {listen}: {e}"))?;
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("{key}: cannot listen on {addr}: {e}"))
+        };
+        let public = bind("http.listen", settings.http.listen).await?;
+        let metrics = match settings.http.metrics_listen {
+            Some(addr) => Some(bind("http.metrics_listen", addr).await?),
+            None => None,
+        };
         let keys = crate::digest::token_keys(&settings, &pool).await?;
         let limits = settings.http.clone();
-        let app = router(AppState::new(pool, settings, counters, keys.clone()));
+        let state = AppState::new(pool, settings, counters, keys.clone());
+        let with_metrics = metrics.is_none();
         Ok(Self {
-            listener,
-            app,
+            public: (public, router(state.clone(), with_metrics)),
+            metrics: metrics.map(|l| (l, metrics_router(state))),
             keys,
             limits,
         })
@@ -94,7 +103,12 @@ impl Server {
 
     /// The address actually bound (the port chosen when `http.listen` says port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.public.0.local_addr()
+    }
+
+    /// The address `/metrics` is served on, when it has its own (`http.metrics_listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The keys the links this server accepts are signed with.
@@ -103,60 +117,75 @@ impl Server {
     }
 
     /// Serves until `stop` turns true, then finishes the requests in progress.
-    ///
-    /// Our own accept loop rather than `axum::serve`, which has no header-read timeout and no
-    /// connection cap: a few hundred clients that never finish their headers would otherwise
-    /// hold a descriptor each until the process runs out, and in `serve` the same process needs
-    /// descriptors for SMTP and the database. At the cap we stop accepting, so further clients
-    /// wait in the kernel's backlog and cost this process nothing.
-    pub async fn run_until_stopped(self, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
-        let limits = &self.limits;
-        let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
-        loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = stopped(&mut stop) => break,
-            };
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of descriptors, most likely: wait for some to come back rather
-                        // than spin.
-                        tracing::warn!("http: cannot accept a connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                },
-                _ = stopped(&mut stop) => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let app = self.app.clone();
-            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(request)
-            });
-            let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("http: connection from {peer}: {e}");
-                }
-                drop(permit);
-            });
+    pub async fn run_until_stopped(self, stop: watch::Receiver<bool>) -> std::io::Result<()> {
+        let public = accept_loop(self.public.0, self.public.1, &self.limits, stop.clone());
+        match self.metrics {
+            Some((listener, app)) => {
+                let metrics = accept_loop(listener, app, &self.limits, stop);
+                let (a, b) = tokio::join!(public, metrics);
+                a.and(b)
+            }
+            None => public.await,
         }
-        drop(self.listener);
-        // Idle connections close at once; a request in progress has its own deadline.
-        let _ = tokio::time::timeout(limits.request_timeout, graceful.shutdown()).await;
-        Ok(())
     }
+}
+
+/// Our own accept loop rather than `axum::serve`, which has no header-read timeout and no
+/// connection cap: a few hundred clients that never finish their headers would otherwise hold
+/// a descriptor each until the process runs out, and in `serve` the same process needs
+/// descriptors for SMTP and the database. At the cap we stop accepting, so further clients
+/// wait in the kernel's backlog and cost this process nothing.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: &crate::config::HttpSettings,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait for some to come back rather
+                    // than spin.
+                    tracing::warn!("http: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("http: connection from {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Idle connections close at once; a request in progress has its own deadline.
+    let _ = tokio::time::timeout(limits.request_timeout, graceful.shutdown()).await;
+    Ok(())
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -164,37 +193,58 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// The routes, for [`Server`], which gives each request its client address (`ConnectInfo`):
-/// sign-up rate limits and consent evidence use it.
-pub fn router(state: AppState) -> Router {
+/// The public routes, for [`Server`], which gives each request its client address
+/// (`ConnectInfo`): sign-up rate limits and consent evidence use it. `/metrics` is among them
+/// unless it has a listener of its own.
+pub fn router(state: AppState, with_metrics: bool) -> Router {
+    let mut routes = Router::new().route("/healthz", get(healthz));
+    if with_metrics {
+        routes = routes.route("/metrics", get(metrics));
+    }
+    layered(
+        routes
+            .route("/unsubscribe", get(pages::unsubscribe_help))
+            .route(
+                "/unsubscribe/",
+                get(pages::empty_token).post(pages::empty_token),
+            )
+            .route(
+                "/confirm/",
+                get(pages::empty_token).post(pages::empty_token),
+            )
+            .route(
+                "/unsubscribe/{token}",
+                get(pages::unsubscribe_page).post(pages::unsubscribe),
+            )
+            .route(
+                "/confirm/{token}",
+                get(pages::confirm_page).post(pages::confirm),
+            )
+            .route(
+                "/subscribe",
+                get(pages::subscribe_page).post(pages::subscribe),
+            )
+            .route("/issues", get(pages::archive))
+            .route("/issues/{number}", get(pages::web_view))
+            .route("/feed.xml", get(pages::feed)),
+        state,
+    )
+}
+
+/// `http.metrics_listen`'s routes: `/metrics` and `/healthz`, for monitoring only.
+fn metrics_router(state: AppState) -> Router {
+    layered(
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz)),
+        state,
+    )
+}
+
+/// What every listener's routes share: the 404, the request deadline, the security headers.
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
     let request_timeout = state.settings.http.request_timeout;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/unsubscribe", get(pages::unsubscribe_help))
-        .route(
-            "/unsubscribe/",
-            get(pages::empty_token).post(pages::empty_token),
-        )
-        .route(
-            "/confirm/",
-            get(pages::empty_token).post(pages::empty_token),
-        )
-        .route(
-            "/unsubscribe/{token}",
-            get(pages::unsubscribe_page).post(pages::unsubscribe),
-        )
-        .route(
-            "/confirm/{token}",
-            get(pages::confirm_page).post(pages::confirm),
-        )
-        .route(
-            "/subscribe",
-            get(pages::subscribe_page).post(pages::subscribe),
-        )
-        .route("/issues", get(pages::archive))
-        .route("/issues/{number}", get(pages::web_view))
-        .route("/feed.xml", get(pages::feed))
+    routes
         .fallback(fallback)
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| within(request_timeout, request, next),

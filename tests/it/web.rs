@@ -681,3 +681,36 @@ async fn a_rotated_token_secret_keeps_old_links_working_and_signs_with_the_new_o
             .unwrap();
     assert_eq!(status, "unsubscribed");
 }
+
+#[sqlx::test]
+async fn metrics_can_leave_the_public_listener(pool: PgPool) {
+    let mut s = settings("[http]\nmetrics_listen = \"127.0.0.1:0\"\n");
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    let server = Server::build(Arc::new(s), pool.clone(), Arc::new(Default::default()))
+        .await
+        .expect("the server starts");
+    let public = server.local_addr().unwrap().to_string();
+    let metrics = server
+        .metrics_addr()
+        .expect("a metrics listener")
+        .to_string();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(server.run_until_stopped(stopped));
+    let get = crate::helpers::http_get;
+    assert!(get(&public, "/metrics").await.starts_with("HTTP/1.1 404"));
+    assert!(get(&public, "/healthz").await.starts_with("HTTP/1.1 200"));
+    let m = get(&metrics, "/metrics").await;
+    assert!(
+        m.starts_with("HTTP/1.1 200") && m.contains("digestif_queue_depth"),
+        "{m}"
+    );
+    assert!(
+        get(&metrics, "/unsubscribe")
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
+
+    // By default /metrics is on the one listener.
+    let app = App::start(&pool, "").await;
+    assert_eq!(app.request("GET", "/metrics", None).await.status, 200);
+}
