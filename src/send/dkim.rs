@@ -20,19 +20,24 @@ use sha2::{Digest, Sha256};
 
 use crate::config::DkimSettings;
 
-/// Headers covered by the signature, in this order. lettre's default set leaves out the List-*
-/// headers, which RFC 8058 requires to be signed for one-click unsubscribe.
-const SIGNED: [&str; 10] = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "List-Id",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "MIME-Version",
-    "Content-Type",
+/// Headers covered by the signature, in this order, and whether each is over-signed. lettre's
+/// default set leaves out the List-* headers, which RFC 8058 requires to be signed for
+/// one-click unsubscribe. An over-signed name is listed once more than the message has it
+/// (RFC 6376 §5.4.2), which signs its absence: a From, Subject, Reply-To or List-Unsubscribe
+/// added in transit (where a client might show the added one) breaks the signature. Reply-To
+/// is listed even when the message has none, for the same reason.
+const SIGNED: [(&str, bool); 11] = [
+    ("From", true),
+    ("Reply-To", true),
+    ("To", false),
+    ("Subject", true),
+    ("Date", false),
+    ("Message-ID", false),
+    ("List-Id", false),
+    ("List-Unsubscribe", true),
+    ("List-Unsubscribe-Post", true),
+    ("MIME-Version", false),
+    ("Content-Type", false),
 ];
 
 enum Key {
@@ -158,14 +163,23 @@ impl Signer {
         let fields = header_fields(head);
         let mut canonical = String::new();
         let mut names = Vec::new();
-        for name in SIGNED {
-            if let Some(value) = fields
+        for (name, oversign) in SIGNED {
+            // Verifiers take same-named fields from the bottom up, one per listing.
+            let mut instances = fields
                 .iter()
                 .rev()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            {
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name));
+            let signed: Vec<_> = if oversign {
+                instances.collect()
+            } else {
+                instances.next().into_iter().collect()
+            };
+            for value in signed {
                 canonical.push_str(&relaxed_header(&value.0, &value.1));
                 canonical.push_str("\r\n");
+                names.push(name.to_ascii_lowercase());
+            }
+            if oversign {
                 names.push(name.to_ascii_lowercase());
             }
         }

@@ -93,6 +93,7 @@ async fn dkim_signatures_verify_independently_and_break_when_tampered(pool: PgPo
         .unwrap_or_else(|| panic!("{out}"));
     for h in [
         "from",
+        "reply-to",
         "to",
         "subject",
         "date",
@@ -121,6 +122,21 @@ async fn dkim_signatures_verify_independently_and_break_when_tampered(pool: PgPo
         !dkimpy(tampered_subject.as_bytes(), &records).0,
         "a changed subject must fail"
     );
+    // Over-signed: adding a second From, Subject or List-Unsubscribe, or a Reply-To the
+    // message never had, breaks the signature.
+    for added in [
+        "From: Support <support@evil.example>",
+        "Subject: Your account is locked",
+        "Reply-To: refunds@evil.example",
+        "List-Unsubscribe: <https://evil.example/unsub>",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+    ] {
+        let tampered = format!("{added}\r\n{text}");
+        assert!(
+            !dkimpy(tampered.as_bytes(), &records).0,
+            "adding '{added}' must fail"
+        );
+    }
     let tampered_body = text.replacen("Hi User 1,", "Hi Mallory,", 1);
     assert_ne!(tampered_body, text);
     assert!(
