@@ -26,7 +26,8 @@ pub enum EmailError {
     Invalid(String, &'static str),
 }
 
-/// A subscriber's address: trimmed, with the domain lower-cased (domains are case-insensitive;
+/// A subscriber's address: trimmed, with the domain lower-cased and in its ASCII form (an
+/// internationalised domain as `xn--…`; domains are case-insensitive;
 /// the local part is kept as given, since a few servers still treat it as case-sensitive).
 /// Uniqueness in the store is on the lower-cased whole, so `Bob@x` and `bob@x` are one person.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -63,7 +64,16 @@ impl SubscriberEmail {
                 "quoted local parts are not accepted",
             ));
         }
-        let domain = parsed.domain().to_lowercase();
+        // One form per domain, and the one every relay takes without SMTPUTF8: `bücher.example`
+        // and `xn--bcher-kva.example` are one subscriber, stored as the latter (UTS #46, which
+        // also lower-cases and refuses malformed labels).
+        let domain = idna::domain_to_ascii_strict(parsed.domain())
+            .ok()
+            .filter(|d| !d.is_empty())
+            .ok_or(EmailError::Invalid(
+                shown(trimmed),
+                "the domain is not a valid internationalised name",
+            ))?;
         Ok(Self(format!("{local}@{domain}")))
     }
 

@@ -342,6 +342,27 @@ impl SmtpPool {
             Ok(Err(e)) => return Some(classify::connection_failure(&e)),
             Err(_) => return Some(silent()),
         };
+        // lettre refuses such an envelope with a client error that looks like a connection
+        // failure, which would be retried for `delivery.give_up_after`; no retry can help.
+        let ascii = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .all(|a| AsRef::<str>::as_ref(a).is_ascii());
+        if !ascii
+            && !conn
+                .smtp
+                .server_info()
+                .supports_feature(Extension::SmtpUtfEight)
+        {
+            self.give_back(conn).await;
+            return Some(Outcome::Failed(classify::Failure {
+                code: None,
+                enhanced: None,
+                reason: "the relay does not offer SMTPUTF8, which this address (non-ASCII before the @) needs".into(),
+                systemic: false,
+            }));
+        }
         Some(
             match conn.transaction(envelope, bytes, gate, self.timeout).await {
                 Done::Held => return None,

@@ -275,3 +275,28 @@ async fn terminal_escapes_in_stored_text_never_reach_the_terminal(pool: PgPool) 
         );
     }
 }
+
+/// `bücher.example` and its ASCII form `xn--bcher-kva.example` are one domain: one subscriber,
+/// stored in the form every relay can take.
+#[sqlx::test]
+async fn an_internationalised_domain_in_either_form_is_one_subscriber(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&["subscribers", "add", "bob@bücher.example"]);
+    d.fails(
+        &["subscribers", "add", "bob@xn--bcher-kva.example"],
+        "'bob@xn--bcher-kva.example' is already a subscriber",
+    );
+    d.fails(
+        &["subscribers", "add", "bob@BÜCHER.example"],
+        "is already a subscriber",
+    );
+    assert_eq!(subscriber_count(&pool).await, 1);
+    let shown = d
+        .ok(&["subscribers", "show", "bob@bücher.example"])
+        .stdout();
+    assert!(shown.contains("bob@xn--bcher-kva.example"), "{shown}");
+    d.fails(
+        &["subscribers", "add", "bob@xn--a.example"],
+        "'bob@xn--a.example' is not a valid email address",
+    );
+}

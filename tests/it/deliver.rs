@@ -1074,3 +1074,54 @@ async fn a_paused_issue_says_why_in_issue_list_and_resumes_after_the_cooldown(po
     );
     assert_eq!(report.finished, vec![1], "{report:?}");
 }
+
+/// A relay without SMTPUTF8 cannot take `josé@…`: that delivery fails at once with the reason
+/// (it used to be retried as a temporary failure for two days); an internationalised domain
+/// goes out in its ASCII form, which every relay takes.
+#[sqlx::test]
+async fn an_address_the_relay_cannot_take_fails_at_once_with_the_reason(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().no_smtputf8()).await;
+    let s = settings(&server, "");
+    seed(&pool, 0).await;
+    let d = Digestif::new(&pool);
+    for a in ["josé@example.org", "bob@bücher.example", "ann@example.org"] {
+        d.ok(&["subscribers", "add", a]);
+    }
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!(
+        (report.sent, report.deferred, report.failed),
+        (2, 0, 1),
+        "{report:?}"
+    );
+    let c = copies(&server);
+    assert!(c.contains_key("bob@xn--bcher-kva.example"), "{c:?}");
+    let (status, error): (String, Option<String>) = sqlx::query_as(
+        "SELECT d.status, d.last_error FROM delivery d JOIN subscriber s USING (subscriber_id) \
+         WHERE s.email = 'josé@example.org'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.unwrap_or_default().contains("SMTPUTF8"));
+}
+
+#[sqlx::test]
+async fn a_relay_with_smtputf8_gets_a_unicode_address_with_the_smtputf8_parameter(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = settings(&server, "");
+    seed(&pool, 0).await;
+    Digestif::new(&pool).ok(&["subscribers", "add", "josé@example.org"]);
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    assert_eq!(deliver_all(&pool, &s).await.sent, 1);
+    assert!(copies(&server).contains_key("josé@example.org"));
+    assert!(
+        server
+            .commands()
+            .iter()
+            .any(|c| c.starts_with("MAIL FROM:") && c.contains("SMTPUTF8")),
+        "{:?}",
+        server.commands()
+    );
+}

@@ -47,6 +47,7 @@ pub struct Policy {
     refuse_auth: bool,
     auth: Option<Auth>,
     pipelining: bool,
+    smtputf8: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -71,6 +72,7 @@ impl Default for Policy {
             refuse_auth: false,
             auth: None,
             pipelining: true,
+            smtputf8: true,
             tls: None,
         }
     }
@@ -102,6 +104,12 @@ impl Policy {
     /// Do not offer PIPELINING (RFC 2920): the client must wait for each reply.
     pub fn no_pipelining(mut self) -> Self {
         self.pipelining = false;
+        self
+    }
+
+    /// Do not offer SMTPUTF8 (RFC 6531), as many relays still do not.
+    pub fn no_smtputf8(mut self) -> Self {
+        self.smtputf8 = false;
         self
     }
 
@@ -275,7 +283,10 @@ async fn session_on(
                 if policy.pipelining {
                     lines.push("PIPELINING".into());
                 }
-                lines.extend(["8BITMIME".into(), "SMTPUTF8".into()]);
+                lines.push("8BITMIME".into());
+                if policy.smtputf8 {
+                    lines.push("SMTPUTF8".into());
+                }
                 if policy.tls.is_some() && !secure {
                     lines.push("STARTTLS".into());
                 }
