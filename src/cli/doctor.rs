@@ -36,10 +36,14 @@ pub fn config_failed(e: &dyn std::fmt::Display) -> anyhow::Error {
 /// What to do about an SMTP failure, from lettre's error text.
 fn smtp_hint(error: &str) -> &'static str {
     let e = error.to_ascii_lowercase();
-    if e.contains("auth") || e.contains("535") {
+    if e.contains("certificate") {
+        "the relay's certificate cannot be verified: if an internal CA signed it, set smtp.ca_file to that CA's certificate (PEM) or install it in the system trust store; a self-signed relay on a trusted network can be used with ?tls=opportunistic and no credentials"
+    } else if e.contains("password over a connection without tls") {
+        "credentials would cross the network in the clear: use smtps:// or STARTTLS, or set smtp.allow_plaintext_auth = true for a relay on a trusted network"
+    } else if e.contains("auth") || e.contains("535") {
         "authentication failed: check smtp.username and smtp.password"
     } else if e.contains("starttls") || e.contains("tls") {
-        "TLS failed or STARTTLS is not offered: use smtps:// or a server that offers STARTTLS (?tls=opportunistic only on a trusted network)"
+        "TLS failed or STARTTLS is not offered: use smtps:// or a relay that offers STARTTLS"
     } else if e.contains("refused") {
         "nothing listens there: check the host and port in smtp.url"
     } else if e.contains("no answer") || e.contains("timed out") || e.contains("timeout") {

@@ -24,7 +24,7 @@ pub struct Mailer {
 }
 
 enum Inner {
-    Smtp(smtp::SmtpPool),
+    Smtp(Box<smtp::SmtpPool>),
     File(PathBuf),
 }
 
@@ -44,10 +44,10 @@ impl Mailer {
         let signer = dkim::Signer::load(&settings.dkim)?.map(Arc::new);
         let inner = match settings.delivery.transport {
             TransportKind::File => Inner::File(settings.delivery.outbox.clone()),
-            TransportKind::Smtp => Inner::Smtp(smtp::SmtpPool::new(
+            TransportKind::Smtp => Inner::Smtp(Box::new(smtp::SmtpPool::new(
                 &settings.smtp,
                 settings.delivery.concurrency,
-            )?),
+            )?)),
         };
         Ok(Self { inner, signer })
     }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters,
+};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
@@ -40,8 +42,14 @@ pub struct SmtpPool {
     host: String,
     port: u16,
     tls: Tls,
-    /// `smtp.ca_file`: trusted besides the public roots.
-    ca: Option<Certificate>,
+    /// TLS that verifies the relay's certificate against the public roots, the system's trust
+    /// store and `smtp.ca_file`; built once.
+    verified: TlsParameters,
+    /// `tls=opportunistic` without credentials: TLS that takes any certificate, used once the
+    /// relay's could not be verified (a snakeoil certificate on port 25).
+    unverified: Option<TlsParameters>,
+    /// Set when the relay's certificate failed verification under `tls=opportunistic`.
+    unverifiable: std::sync::atomic::AtomicBool,
     /// `smtp.allow_plaintext_auth`.
     allow_plaintext_auth: bool,
     credentials: Option<Credentials>,
@@ -193,28 +201,50 @@ impl SmtpPool {
             )),
             None => from_url,
         };
-        let ca = match &s.ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    anyhow!(
-                        "config: smtp.ca_file: {}: cannot read ({e})",
-                        path.display()
-                    )
-                })?;
-                Some(Certificate::from_pem(&pem).map_err(|_| {
-                    anyhow!(
-                        "config: smtp.ca_file: {}: not a PEM certificate",
-                        path.display()
-                    )
-                })?)
+        let mut roots =
+            TlsParameters::builder(host.clone()).certificate_store(CertificateStore::WebpkiRoots);
+        // The system's store (Debian: /etc/ssl/certs, or SSL_CERT_FILE/SSL_CERT_DIR) adds the
+        // CAs an operator installed the usual way; certificates it cannot parse are skipped.
+        for der in rustls_native_certs::load_native_certs().certs {
+            if let Ok(cert) = Certificate::from_der(der.to_vec()) {
+                roots = roots.add_root_certificate(cert);
             }
-            None => None,
+        }
+        if let Some(path) = &s.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow!(
+                    "config: smtp.ca_file: {}: cannot read ({e})",
+                    path.display()
+                )
+            })?;
+            let cert = Certificate::from_pem(&pem).map_err(|_| {
+                anyhow!(
+                    "config: smtp.ca_file: {}: not a PEM certificate",
+                    path.display()
+                )
+            })?;
+            roots = roots.add_root_certificate(cert);
+        }
+        let verified = roots
+            .build_rustls()
+            .map_err(|e| anyhow!("smtp: cannot set up TLS: {e}"))?;
+        let unverified = if tls == Tls::Opportunistic && credentials.is_none() {
+            Some(
+                TlsParameters::builder(host.clone())
+                    .dangerous_accept_invalid_certs(true)
+                    .build_rustls()
+                    .map_err(|e| anyhow!("smtp: cannot set up TLS: {e}"))?,
+            )
+        } else {
+            None
         };
         Ok(Self {
             host,
             port,
             tls,
-            ca,
+            verified,
+            unverified,
+            unverifiable: std::sync::atomic::AtomicBool::new(false),
             allow_plaintext_auth: s.allow_plaintext_auth,
             credentials,
             timeout: s.timeout,
@@ -224,18 +254,39 @@ impl SmtpPool {
         })
     }
 
-    fn tls_parameters(&self) -> Result<TlsParameters, lettre::transport::smtp::Error> {
-        let mut builder = TlsParameters::builder(self.host.clone());
-        if let Some(ca) = &self.ca {
-            builder = builder.add_root_certificate(ca.clone());
+    /// Opens a connection: TCP with NODELAY, EHLO, STARTTLS and AUTH as configured. Under
+    /// `tls=opportunistic` without credentials, a certificate that fails verification is taken
+    /// unverified on a second connection (and on every later one), and the log says so once.
+    async fn connect(&self) -> Result<Conn, String> {
+        use std::sync::atomic::Ordering;
+        let unverified = self
+            .unverified
+            .as_ref()
+            .filter(|_| self.unverifiable.load(Ordering::Relaxed));
+        match self
+            .connect_with(unverified.unwrap_or(&self.verified))
+            .await
+        {
+            Err(e)
+                if unverified.is_none()
+                    && self.unverified.is_some()
+                    && e.contains("certificate") =>
+            {
+                if !self.unverifiable.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "smtp: the relay's certificate cannot be verified ({e}); with tls=opportunistic and no credentials the connection is encrypted without verifying it (set smtp.ca_file to verify it)"
+                    );
+                }
+                self.connect_with(self.unverified.as_ref().unwrap_or(&self.verified))
+                    .await
+            }
+            other => other,
         }
-        builder.build_rustls()
     }
 
-    /// Opens a connection: TCP with NODELAY, EHLO, STARTTLS and AUTH as configured.
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect_with(&self, tls_parameters: &TlsParameters) -> Result<Conn, String> {
         let mut conn = if self.tls == Tls::Wrapper {
-            let params = self.tls_parameters().map_err(|e| e.to_string())?;
+            let params = tls_parameters.clone();
             AsyncSmtpConnection::connect_tokio1(
                 (self.host.as_str(), self.port),
                 Some(self.timeout),
@@ -257,7 +308,7 @@ impl SmtpPool {
         };
         match self.tls {
             Tls::Required | Tls::Opportunistic if conn.can_starttls() => {
-                let params = self.tls_parameters().map_err(|e| e.to_string())?;
+                let params = tls_parameters.clone();
                 conn.starttls(params, &self.hello)
                     .await
                     .map_err(|e| format!("STARTTLS failed: {e}"))?;

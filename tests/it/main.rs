@@ -11,6 +11,7 @@ mod deliverability;
 mod helpers;
 mod ownership;
 mod readme;
+mod relay_tls;
 mod schedule;
 mod send_now;
 mod smtp_server;

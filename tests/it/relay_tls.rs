@@ -1,0 +1,80 @@
+//! Trusting a relay's certificate: the system trust store, `smtp.ca_file`, and what
+//! `?tls=opportunistic` does with a certificate nobody can verify (encrypt anyway, but only when
+//! no password goes out, and say so), against our STARTTLS test server and its private CA.
+
+use sqlx::PgPool;
+
+use crate::helpers::{Digestif, seed};
+use crate::smtp_server::{Policy, SmtpServer, TestCa};
+
+fn digestif(pool: &PgPool, server: &SmtpServer, tls: &str) -> Digestif {
+    Digestif::new(pool)
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", &format!("{}?tls={tls}", server.url()))
+        .env("DIGESTIF_SMTP__TIMEOUT", "5s")
+        .env("DIGESTIF_NOW", crate::helpers::MONDAY_MORNING)
+}
+
+/// Debian's snakeoil certificate on port 25, the case `tls=opportunistic` is for.
+#[sqlx::test]
+async fn opportunistic_without_credentials_encrypts_to_an_unverifiable_relay_and_says_so(
+    pool: PgPool,
+) {
+    let ca = TestCa::new();
+    let server = SmtpServer::start(Policy::default().starttls(&ca)).await;
+    seed(&pool, 3).await;
+    let send = digestif(&pool, &server, "opportunistic")
+        .run_async(&["issue", "send", "--now"])
+        .await;
+    assert!(send.stdout().contains("sent 3,"), "{send}");
+    assert_eq!(server.accepted().len(), 3);
+    assert!(server.tls_sessions() >= 1, "encrypted all the same");
+    assert!(
+        send.stderr().contains("cannot be verified"),
+        "the log says the certificate was not verified: {send}"
+    );
+}
+
+#[sqlx::test]
+async fn opportunistic_with_credentials_never_sends_them_to_an_unverifiable_relay(pool: PgPool) {
+    let ca = TestCa::new();
+    let server = SmtpServer::start(
+        Policy::default()
+            .starttls(&ca)
+            .require_auth("mailer", "pw", "PLAIN"),
+    )
+    .await;
+    let doctor = digestif(&pool, &server, "opportunistic")
+        .env("DIGESTIF_SMTP__USERNAME", "mailer")
+        .env("DIGESTIF_SMTP__PASSWORD", "pw")
+        .run_async(&["doctor"])
+        .await;
+    assert_eq!(doctor.output.status.code(), Some(1), "{doctor}");
+    let line = doctor
+        .stdout()
+        .lines()
+        .find(|l| l.starts_with("FAIL  smtp"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("certificate") && line.contains("smtp.ca_file"),
+        "doctor names the cause and the fix: {doctor}"
+    );
+    assert!(server.logins().is_empty(), "no password went out");
+}
+
+/// The system's trust store counts besides the public roots: a CA installed the Debian way
+/// (here through `SSL_CERT_FILE`, which the system store honours) is trusted without
+/// `smtp.ca_file`.
+#[sqlx::test]
+async fn a_ca_in_the_system_trust_store_is_trusted(pool: PgPool) {
+    let ca = TestCa::new();
+    let server = SmtpServer::start(Policy::default().starttls(&ca)).await;
+    seed(&pool, 1).await;
+    let send = digestif(&pool, &server, "required")
+        .env("SSL_CERT_FILE", &ca.ca_file())
+        .run_async(&["issue", "send", "--now"])
+        .await;
+    assert!(send.stdout().contains("sent 1,"), "{send}");
+    assert!(!send.stderr().contains("cannot be verified"), "{send}");
+}
