@@ -218,6 +218,9 @@ pub struct SmtpSettings {
     /// Send AUTH over a connection without TLS (a relay on a trusted network). Off: the
     /// password is never sent in the clear.
     pub allow_plaintext_auth: bool,
+    /// The name said in EHLO; `None`: the host name when fully qualified, else the From
+    /// address's domain.
+    pub helo_name: Option<String>,
 }
 
 /// `[dkim]`
@@ -357,6 +360,7 @@ struct RawSmtp {
     timeout: String,
     ca_file: PathBuf,
     allow_plaintext_auth: bool,
+    helo_name: String,
 }
 
 #[derive(Deserialize)]
@@ -592,6 +596,10 @@ impl Raw {
             timeout: duration("smtp.timeout", &m.timeout)?,
             ca_file: (!m.ca_file.as_os_str().is_empty()).then_some(m.ca_file),
             allow_plaintext_auth: m.allow_plaintext_auth,
+            helo_name: match m.helo_name.trim() {
+                "" => None,
+                name => Some(host_name("smtp.helo_name", name)?),
+            },
         };
 
         let k = self.dkim;
@@ -766,6 +774,27 @@ fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
             ),
         )
     })
+}
+
+/// A fully qualified host name as EHLO wants it: letters, digits and hyphens in dotted labels.
+fn host_name(key: &str, raw: &str) -> Result<String, ConfigError> {
+    let ok = raw.len() <= 253
+        && raw.contains('.')
+        && raw.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(raw.to_ascii_lowercase())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("'{}' is not a host name like mail.example.com", shown(raw)),
+        ))
+    }
 }
 
 /// An address block (`10.0.0.0/8`, `fd00::/8`) or one address.

@@ -214,6 +214,7 @@ impl Deliverer {
         }
         .await;
         writer.close().await;
+        self.mailer.close().await;
         // Whatever this worker still holds (results it could not write) goes back to every
         // worker at once: a live worker must not sit on claims it is no longer working on.
         match deliveries::abandon(&self.pool, self.worker.id).await {

@@ -47,6 +47,7 @@ impl Mailer {
             TransportKind::Smtp => Inner::Smtp(Box::new(smtp::SmtpPool::new(
                 &settings.smtp,
                 settings.delivery.concurrency,
+                settings.newsletter.from.email.domain(),
             )?)),
         };
         Ok(Self { inner, signer })
@@ -57,19 +58,30 @@ impl Mailer {
         self.signer.as_deref()
     }
 
-    /// Hands one message over, signed when DKIM is on. `name` is the file stem used by the
-    /// file transport. An SMTP exchange that takes longer than `smtp.timeout` is abandoned and
-    /// counts as a temporary failure.
+    /// Hands one message over on its own, signed when DKIM is on, and ends the session with
+    /// QUIT. `name` is the file stem used by the file transport. An SMTP exchange that takes
+    /// longer than `smtp.timeout` is abandoned and counts as a temporary failure.
     pub async fn send(
         &self,
         message: Message,
         return_path: Option<Address>,
         name: &str,
     ) -> Outcome {
-        self.send_after(message, return_path, name, std::future::ready(true))
+        let outcome = self
+            .send_after(message, return_path, name, std::future::ready(true))
             .await
             // An open gate never says no; should it, nothing was handed over.
-            .unwrap_or_else(|| classify::connection_failure("not handed over"))
+            .unwrap_or_else(|| classify::connection_failure("not handed over"));
+        self.close().await;
+        outcome
+    }
+
+    /// Says QUIT on every idle connection and closes it: the polite end of a session, which
+    /// relays log as a clean one.
+    pub async fn close(&self) {
+        if let Inner::Smtp(pool) = &self.inner {
+            pool.close().await;
+        }
     }
 
     /// Like [`Mailer::send`], but the message is handed over (for SMTP: its final dot sent)

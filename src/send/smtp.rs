@@ -157,8 +157,9 @@ enum Done {
 }
 
 impl SmtpPool {
-    /// A pool for `smtp.url` keeping up to `max_idle` connections open.
-    pub fn new(s: &SmtpSettings, max_idle: u32) -> anyhow::Result<Self> {
+    /// A pool for `smtp.url` keeping up to `max_idle` connections open. `from_domain` is the
+    /// EHLO name when neither `smtp.helo_name` nor a fully qualified host name gives one.
+    pub fn new(s: &SmtpSettings, max_idle: u32, from_domain: &str) -> anyhow::Result<Self> {
         // The URL may hold a password, so errors do not repeat it.
         let bad = || anyhow!("config: smtp.url: not a usable SMTP URL");
         let url = url::Url::parse(s.url.expose_secret()).map_err(|_| bad())?;
@@ -248,7 +249,7 @@ impl SmtpPool {
             allow_plaintext_auth: s.allow_plaintext_auth,
             credentials,
             timeout: s.timeout,
-            hello: ClientId::default(),
+            hello: hello_name(s.helo_name.as_deref(), from_domain),
             idle: Mutex::new(Vec::new()),
             max_idle: max_idle as usize,
         })
@@ -370,7 +371,16 @@ impl SmtpPool {
         let mut idle = self.idle.lock().await;
         if idle.len() < self.max_idle {
             idle.push((conn, Instant::now()));
+        } else {
+            drop(idle);
+            quit(conn).await;
         }
+    }
+
+    /// Ends every idle session with QUIT.
+    pub async fn close(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().await);
+        futures_util::future::join_all(idle.into_iter().map(|(conn, _)| quit(conn))).await;
     }
 
     /// Sends one message, handing it over only once `gate` says yes (`None`: it said no,
@@ -454,6 +464,20 @@ fn percent_decode(s: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// QUIT, waiting briefly for the reply; a relay that does not answer is simply dropped.
+async fn quit(mut conn: Conn) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.smtp.quit()).await;
+}
+
+/// `smtp.helo_name`, else the host name when it has a dot, else the From address's domain.
+fn hello_name(configured: Option<&str>, from_domain: &str) -> ClientId {
+    match (configured, ClientId::default()) {
+        (Some(name), _) => ClientId::Domain(name.to_owned()),
+        (None, ClientId::Domain(host)) if host.contains('.') => ClientId::Domain(host),
+        (None, _) => ClientId::Domain(from_domain.to_owned()),
+    }
+}
+
 /// Whether `host` is this machine: the one place a relay is reached without TLS by default.
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -470,7 +494,9 @@ mod tls_default_tests {
     fn tls_of(url: &str) -> Tls {
         let settings = crate::config::Settings::from_toml(&format!("[smtp]\nurl = \"{url}\"\n"))
             .expect("settings");
-        SmtpPool::new(&settings.smtp, 1).expect("pool").tls
+        SmtpPool::new(&settings.smtp, 1, "example.com")
+            .expect("pool")
+            .tls
     }
 
     #[test]

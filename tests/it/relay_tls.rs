@@ -78,3 +78,49 @@ async fn a_ca_in_the_system_trust_store_is_trusted(pool: PgPool) {
     assert!(send.stdout().contains("sent 1,"), "{send}");
     assert!(!send.stderr().contains("cannot be verified"), "{send}");
 }
+
+/// Postfix's `reject_non_fqdn_helo_hostname` refuses a bare container host name: the EHLO
+/// name is `smtp.helo_name`, else the host name when it is fully qualified, else the From
+/// address's domain; and every session ends with QUIT.
+#[sqlx::test]
+async fn the_ehlo_name_is_fully_qualified_and_every_session_ends_with_quit(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 6).await;
+    let ehlo_names = |server: &SmtpServer| -> Vec<String> {
+        server
+            .commands()
+            .iter()
+            .filter_map(|c| c.strip_prefix("EHLO ").map(str::to_owned))
+            .collect()
+    };
+    let send = digestif(&pool, &server, "none")
+        .env("DIGESTIF_DELIVERY__CONCURRENCY", "2")
+        .run_async(&["issue", "send", "--now"])
+        .await;
+    assert!(send.stdout().contains("sent 6,"), "{send}");
+    let names = ehlo_names(&server);
+    assert!(!names.is_empty());
+    assert!(names.iter().all(|n| n.contains('.')), "{names:?}");
+    let quits = server.commands().iter().filter(|c| *c == "QUIT").count();
+    assert_eq!(quits, server.sessions(), "{:?}", server.commands());
+
+    let named = SmtpServer::start(Policy::default()).await;
+    let doctor = digestif(&pool, &named, "none")
+        .env("DIGESTIF_SMTP__HELO_NAME", "mta1.news.example.com")
+        .run_async(&["doctor"])
+        .await;
+    assert!(doctor.output.status.success(), "{doctor}");
+    assert!(
+        ehlo_names(&named)
+            .iter()
+            .all(|n| n == "mta1.news.example.com"),
+        "{:?}",
+        named.commands()
+    );
+    Digestif::new(&pool)
+        .env("DIGESTIF_SMTP__HELO_NAME", "not a name")
+        .fails(
+            &["subscribers", "list"],
+            "config: smtp.helo_name: 'not a name' is not a host name",
+        );
+}

@@ -164,6 +164,7 @@ struct State {
     pipelined: Vec<bool>,
     logins: Vec<String>,
     tls_sessions: usize,
+    sessions: usize,
 }
 
 /// A running test server; it stops when dropped.
@@ -242,6 +243,11 @@ impl SmtpServer {
         self.state.lock().expect("state").tls_sessions
     }
 
+    /// How many connections were opened to this server.
+    pub fn sessions(&self) -> usize {
+        self.state.lock().expect("state").sessions
+    }
+
     /// Every command line received (outside DATA), in order.
     pub fn commands(&self) -> Vec<String> {
         self.state.lock().expect("state").commands.clone()
@@ -249,6 +255,7 @@ impl SmtpServer {
 }
 
 async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std::io::Result<()> {
+    st.lock().expect("state").sessions += 1;
     session_on(Box::new(sock), st, policy, false).await
 }
 
