@@ -132,8 +132,11 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             match digest::plan_send(&pool, settings, clock::now(), request).await? {
                 digest::SendPlan::Create(slot) => {
                     let started = std::time::Instant::now();
+                    let asked_at = clock::now();
                     let issue = digest::create_issue(&pool, settings, slot).await?;
                     let took = started.elapsed();
+                    // Another process may have made it first; then this one took no time.
+                    let made_here = issue.created_at >= asked_at - chrono::Duration::seconds(1);
                     let local = slot
                         .with_timezone(&settings.schedule.schedule.zone())
                         .format("%a %Y-%m-%d %H:%M %Z");
@@ -148,10 +151,14 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                                 .iter()
                                 .map(|(_, n)| n)
                                 .sum();
+                            let how = if made_here {
+                                format!("created in {:.2} s", took.as_secs_f64())
+                            } else {
+                                "created earlier".to_owned()
+                            };
                             println!(
-                                "issue #{n} ({status}) for the slot {local}: {} ({total} deliveries; created in {:.2} s)",
+                                "issue #{n} ({status}) for the slot {local}: {} ({total} deliveries; {how})",
                                 issue.subject,
-                                took.as_secs_f64()
                             );
                         }
                     }
@@ -217,10 +224,20 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     Ok(next) => next,
                     Err(reason) => bail!("the next slot would be skipped: {reason}"),
                 };
-            let recipient = Recipient {
-                subscriber_id: 0,
-                email: to.to_string(),
-                name: None,
+            // A subscriber gets the copy they would get, with their own working links; anyone
+            // else a copy whose links name no subscriber (id 0) and so change nothing.
+            let subscriber = crate::store::subscribers::find(&pool, &to).await?;
+            let recipient = match &subscriber {
+                Some(row) => Recipient {
+                    subscriber_id: row.subscriber_id,
+                    email: row.email.clone(),
+                    name: row.name.clone(),
+                },
+                None => Recipient {
+                    subscriber_id: 0,
+                    email: to.to_string(),
+                    name: None,
+                },
             };
             let message = rendered.message(&recipient)?;
             let mailer = Mailer::from_settings(settings)?;
@@ -229,7 +246,15 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 .await
             {
                 Outcome::Sent => {
-                    println!("sent issue #{} to {to}", content.number);
+                    println!(
+                        "sent issue #{} to {to}{}",
+                        content.number,
+                        if subscriber.is_some() {
+                            " (their own copy: its unsubscribe link works)"
+                        } else {
+                            " (not a subscriber: its unsubscribe link changes nothing)"
+                        }
+                    );
                     Ok(())
                 }
                 Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => {

@@ -365,7 +365,9 @@ fn tidy_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut blank = 0;
     for line in text.lines() {
-        let line = line.trim_end();
+        // "-- " is the signature separator (RFC 3676 §4.3): mail clients fold or dim what
+        // follows only when its space is there.
+        let line = if line == "-- " { line } else { line.trim_end() };
         if line.is_empty() {
             blank += 1;
             if blank > 1 {

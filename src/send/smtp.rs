@@ -300,7 +300,7 @@ impl SmtpPool {
         } else {
             let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
                 .await
-                .map_err(|e| format!("Connection error: {e}"))?;
+                .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
             // Without it the final ".\r\n" waits for a delayed ACK: about 40 ms a message.
             tcp.set_nodelay(true).map_err(|e| e.to_string())?;
             AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
@@ -438,7 +438,8 @@ impl SmtpPool {
                 ),
                 // lettre closes the connection on any error; it is dropped here.
                 Done::Reply(Err(e)) => match e.status() {
-                    Some(code) => classify::classify_reply(u16::from(code), &e.to_string()),
+                    // lettre says "permanent error (550): <text>"; the code goes first once.
+                    Some(code) => classify::classify_reply(u16::from(code), &reply_text(&e)),
                     None => classify::connection_failure(&e.to_string()),
                 },
             },
@@ -462,6 +463,16 @@ fn percent_decode(s: &str) -> Option<String> {
     url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
+}
+
+/// The server's own text from lettre's error for a negative reply, without the "permanent
+/// error (550): " lettre puts in front.
+fn reply_text(e: &lettre::transport::smtp::Error) -> String {
+    let text = e.to_string();
+    match text.split_once("): ") {
+        Some((_, reply)) => reply.to_owned(),
+        None => text,
+    }
 }
 
 /// QUIT, waiting briefly for the reply; a relay that does not answer is simply dropped.

@@ -124,3 +124,72 @@ async fn the_ehlo_name_is_fully_qualified_and_every_session_ends_with_quit(pool:
             "config: smtp.helo_name: 'not a name' is not a host name",
         );
 }
+
+/// What the operator reads says each thing once: the relay's reply as the relay gave it, a
+/// refused connection without "Connection error: Connection error:".
+#[sqlx::test]
+async fn replies_and_connection_failures_read_as_one_clean_line(pool: PgPool) {
+    let server =
+        SmtpServer::start(Policy::default().data(|_, _| {
+            crate::smtp_server::DataAction::Reply("554 5.7.1 message content rejected")
+        }))
+        .await;
+    seed(&pool, 1).await;
+    let send = digestif(&pool, &server, "none")
+        .run_async(&["issue", "send", "--now"])
+        .await;
+    assert!(send.stdout().contains("failed 1"), "{send}");
+    let error: String = sqlx::query_scalar("SELECT last_error FROM delivery")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(error, "554 5.7.1 message content rejected");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let doctor = Digestif::new(&pool)
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", &format!("smtp://127.0.0.1:{port}"))
+        .run_async(&["doctor"])
+        .await;
+    let line = doctor
+        .stdout()
+        .lines()
+        .find(|l| l.starts_with("FAIL  smtp"))
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        line.matches(&format!("127.0.0.1:{port}")).count(),
+        1,
+        "{doctor}"
+    );
+    assert!(!line.contains("Connection error"), "{line}");
+}
+
+/// `issue test-send` to a subscriber sends their own copy (links that work for them); to
+/// anyone else, a copy whose links name no subscriber, and it says which.
+#[sqlx::test]
+async fn test_send_uses_the_subscribers_own_links_or_says_they_change_nothing(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 1).await;
+    let d = digestif(&pool, &server, "none");
+    let own = d
+        .run_async(&["issue", "test-send", "--to", "user1@example.com"])
+        .await;
+    assert!(own.stdout().contains("their own copy"), "{own}");
+    let other = d
+        .run_async(&["issue", "test-send", "--to", "boss@example.org"])
+        .await;
+    assert!(other.stdout().contains("not a subscriber"), "{other}");
+    let mails = server.accepted();
+    assert_eq!(mails.len(), 2);
+    let keys =
+        digestif::digest::token_keys(&digestif::config::Settings::from_toml("").unwrap(), &pool)
+            .await
+            .unwrap();
+    let token = keys.sign(digestif::domain::Purpose::Unsubscribe, 1);
+    let first = String::from_utf8_lossy(&mails[0].data).into_owned();
+    assert!(first.contains(&token), "user1's own link");
+    assert!(first.contains("Hi User 1,"), "{first}");
+}
