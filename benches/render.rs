@@ -55,8 +55,14 @@ fn bench(c: &mut Criterion) {
     let keys = TokenKeys::new(TokenKey::new(&[7u8; 32]).expect("key"), vec![]);
     let content = content();
     let zone = settings.schedule.schedule.zone();
-    let rendered =
-        render::render_issue(&settings.newsletter, &keys, zone, &content).expect("render");
+    let rendered = render::render_issue(
+        &settings.newsletter,
+        &keys,
+        zone,
+        &content,
+        &settings.bounces.address,
+    )
+    .expect("render");
     let signer = Signer::load(&settings.dkim)
         .expect("dkim")
         .expect("enabled");
@@ -67,7 +73,15 @@ fn bench(c: &mut Criterion) {
     };
 
     c.bench_function("render issue (once per issue)", |b| {
-        b.iter(|| render::render_issue(&settings.newsletter, &keys, zone, black_box(&content)))
+        b.iter(|| {
+            render::render_issue(
+                &settings.newsletter,
+                &keys,
+                zone,
+                black_box(&content),
+                &settings.bounces.address,
+            )
+        })
     });
     c.bench_function("message per subscriber (DKIM off)", |b| {
         b.iter(|| rendered.message(black_box(&who)).map(|m| m.formatted()))

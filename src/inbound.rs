@@ -113,6 +113,21 @@ pub async fn handle(
         .or_else(|| text.split_once("\n\n"))
         .map_or("", |(_, b)| b);
 
+    // A mail client's List-Unsubscribe: to `bounces+u.<tag>@…`, whatever the message says.
+    if let Some(tag) = addressed_to(&msg, recipient)
+        .iter()
+        .filter_map(|c| verp_tag(settings, c))
+        .find(|t| t.starts_with("u."))
+    {
+        return Ok(match keys.verify_unsubscribe_mail(&tag) {
+            Some(id) if subscribers::unsubscribe_by_link(pool, id, "mailto").await? => {
+                Handled::Unsubscribed(id)
+            }
+            Some(_) => Handled::Ignored("unsubscribe mail for someone already gone".into()),
+            None => Handled::Ignored("unsubscribe mail with a forged or altered address".into()),
+        });
+    }
+
     if is_report && report_type.as_deref() == Some("delivery-status") {
         let dsn = parse_dsn(body);
         let Some(status) = dsn.status.clone() else {
@@ -217,7 +232,8 @@ pub async fn handle(
         });
     }
 
-    // The List-Unsubscribe mailto: "unsubscribe <token>" in the subject.
+    // The List-Unsubscribe mailto of issues sent before the tagged address: "unsubscribe
+    // <token>" in the subject, to the From address.
     if let Some(subject) = msg.subject()
         && let Some(token) = subject.trim().strip_prefix("unsubscribe ")
     {
@@ -246,6 +262,22 @@ fn attribute_verp(
     msg: &mail_parser::Message<'_>,
     recipient: Option<&str>,
 ) -> Verp {
+    let tag = addressed_to(msg, recipient)
+        .iter()
+        .find_map(|c| verp_tag(settings, c))
+        .filter(|t| !t.starts_with("u."));
+    match tag {
+        Some(tag) => match keys.verify_bounce(&tag) {
+            Some((issue, sub)) => Verp::Valid(issue, sub),
+            None => Verp::Forged,
+        },
+        None => Verp::Absent,
+    }
+}
+
+/// Where the message was delivered: the envelope recipient when the MTA passed it, then the
+/// Delivered-To / X-Original-To / To headers.
+fn addressed_to(msg: &mail_parser::Message<'_>, recipient: Option<&str>) -> Vec<String> {
     let mut candidates: Vec<String> = recipient.map(str::to_owned).into_iter().collect();
     for h in ["Delivered-To", "X-Original-To", "To"] {
         if let Some(v) = msg.header_raw(h) {
@@ -257,13 +289,7 @@ fn attribute_verp(
             );
         }
     }
-    match candidates.iter().find_map(|c| verp_tag(settings, c)) {
-        Some(tag) => match keys.verify_bounce(&tag) {
-            Some((issue, sub)) => Verp::Valid(issue, sub),
-            None => Verp::Forged,
-        },
-        None => Verp::Absent,
-    }
+    candidates
 }
 
 /// The tag of a VERP address of ours (`bounces+<tag>@domain`, any letter case), verified or not.

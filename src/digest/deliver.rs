@@ -527,6 +527,7 @@ impl Deliverer {
             &self.keys,
             self.settings.schedule.schedule.zone(),
             &content,
+            &self.settings.bounces.address,
         )?);
         cache.insert(issue_id, rendered.clone());
         Ok(rendered)

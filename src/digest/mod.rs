@@ -380,6 +380,7 @@ pub async fn render_next(
         &keys,
         settings.schedule.schedule.zone(),
         &content,
+        &settings.bounces.address,
     )?;
     Ok(Ok((content, rendered)))
 }

@@ -19,6 +19,8 @@ pub enum Purpose {
     Bounce,
     /// The Message-ID of one subscriber's copy of an issue.
     MessageId,
+    /// The List-Unsubscribe mailto address (`bounces+u.<tag>@…`).
+    UnsubscribeMail,
 }
 
 impl Purpose {
@@ -28,6 +30,7 @@ impl Purpose {
             Self::Confirm => b"confirm",
             Self::Bounce => b"bounce",
             Self::MessageId => b"message-id",
+            Self::UnsubscribeMail => b"unsubscribe-mail",
         }
     }
 }
@@ -154,6 +157,39 @@ impl TokenKeys {
             self.current.kid,
             hex(&tag[..BOUNCE_MAC_LEN])
         )
+    }
+
+    /// The tag of a subscriber's List-Unsubscribe mailto address, `u.<key id>.<subscriber>.<mac>`:
+    /// lower-case hex like the VERP tag, since mail systems may fold a local part's case.
+    pub fn sign_unsubscribe_mail(&self, subscriber_id: i64) -> String {
+        let tag = self
+            .current
+            .mac(Purpose::UnsubscribeMail, subscriber_id, None)
+            .finalize()
+            .into_bytes();
+        format!(
+            "u.{}.{subscriber_id}.{}",
+            self.current.kid,
+            hex(&tag[..BOUNCE_MAC_LEN])
+        )
+    }
+
+    /// The subscriber a genuine mailto tag names, signed by any key.
+    pub fn verify_unsubscribe_mail(&self, tag: &str) -> Option<i64> {
+        let tag = tag.to_ascii_lowercase();
+        let parts: Vec<&str> = tag.split('.').collect();
+        let ["u", kid, sub, mac] = parts.as_slice() else {
+            return None;
+        };
+        let sub = canonical(sub)?;
+        let bytes = unhex(mac).filter(|b| b.len() == BOUNCE_MAC_LEN)?;
+        let key = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.kid == *kid)?;
+        key.mac(Purpose::UnsubscribeMail, sub, None)
+            .verify_truncated_left(&bytes)
+            .ok()?;
+        Some(sub)
     }
 
     /// The local part of the Message-ID of issue `number` as sent to `subscriber_id`:

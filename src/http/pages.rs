@@ -422,6 +422,7 @@ pub async fn web_view(State(app): State<AppState>, Path(number): Path<String>) -
         &app.keys,
         app.settings.schedule.schedule.zone(),
         &content,
+        &app.settings.bounces.address,
     ) {
         Ok(r) => Html(r.web_html()).into_response(),
         Err(e) => internal(&app, e),

@@ -212,16 +212,21 @@ pub struct RenderedIssue {
     reply_to: Option<Mailbox>,
     list_id: String,
     unsubscribe_base: String,
+    unsubscribe_mailbox: lettre::Address,
     domain: String,
     keys: TokenKeys,
 }
 
-/// Renders `content` for `newsletter` in the schedule's zone `zone`.
+/// Renders `content` for `newsletter` in the schedule's zone `zone`. `unsubscribe_mailbox` is
+/// the bounce mailbox: the List-Unsubscribe mailto address is a tagged form of it
+/// (`bounces+u.<tag>@…`), which the bounce pipe handles, so From and Reply-To stay for
+/// people.
 pub fn render_issue(
     newsletter: &Newsletter,
     keys: &TokenKeys,
     zone: chrono_tz::Tz,
     content: &IssueContent,
+    unsubscribe_mailbox: &lettre::Address,
 ) -> Result<RenderedIssue, RenderError> {
     let mut links = LinkList::default();
     let tips: Vec<TipView> = content
@@ -344,6 +349,7 @@ pub fn render_issue(
         reply_to: newsletter.reply_to.clone(),
         list_id: list_id_header(&newsletter.name, &newsletter.list_id),
         unsubscribe_base: format!("{base}/unsubscribe/"),
+        unsubscribe_mailbox: unsubscribe_mailbox.clone(),
         domain,
         keys: keys.clone(),
     })
@@ -475,8 +481,12 @@ impl RenderedIssue {
         let to = Mailbox::new(r.name.as_deref().map(one_line), address);
         let token = self.keys.sign(Purpose::Unsubscribe, r.subscriber_id);
         let list_unsubscribe = format!(
-            "<{}{}>, <mailto:{}?subject=unsubscribe%20{}>",
-            self.unsubscribe_base, token, self.from.email, token
+            "<{}{}>, <mailto:{}+{}@{}?subject=unsubscribe>",
+            self.unsubscribe_base,
+            token,
+            self.unsubscribe_mailbox.user(),
+            self.keys.sign_unsubscribe_mail(r.subscriber_id),
+            self.unsubscribe_mailbox.domain()
         );
         let mut builder = Message::builder()
             .from(self.from.clone())

@@ -75,11 +75,17 @@ fn eve() -> Recipient {
 }
 
 fn raw_message(s: &Settings, content: &IssueContent, r: &Recipient) -> Vec<u8> {
-    render::render_issue(&s.newsletter, &keys(), s.schedule.schedule.zone(), content)
-        .expect("render")
-        .message(r)
-        .expect("message")
-        .formatted()
+    render::render_issue(
+        &s.newsletter,
+        &keys(),
+        s.schedule.schedule.zone(),
+        content,
+        &s.bounces.address,
+    )
+    .expect("render")
+    .message(r)
+    .expect("message")
+    .formatted()
 }
 
 fn header_count(raw: &str, name: &str) -> usize {
@@ -149,11 +155,13 @@ async fn the_message_has_every_header_and_text_before_html(pool: PgPool) {
         .expect("List-Unsubscribe")
         .split_whitespace()
         .collect();
-    assert!(
-        list_unsub.starts_with(&format!(
-            "<{unsub_url}>,<mailto:tips@example.com?subject=unsubscribe%20"
-        )),
-        "{list_unsub}"
+    assert_eq!(
+        list_unsub,
+        format!(
+            "<{unsub_url}>,<mailto:bounces+{}@example.com?subject=unsubscribe>",
+            keys().sign_unsubscribe_mail(7)
+        ),
+        "the mailto goes to the bounce pipe, not to the From address people reply to"
     );
     for name in [
         "From",
@@ -518,6 +526,7 @@ fn the_plain_text_part_matches_the_golden_file() {
         &keys(),
         s.schedule.schedule.zone(),
         &golden_content(),
+        &s.bounces.address,
     )
     .expect("render");
     let text = rendered.text_for(&eve());
@@ -545,6 +554,7 @@ fn the_html_references_nothing_external_and_every_image_has_alt() {
         &keys(),
         s.schedule.schedule.zone(),
         &golden_content(),
+        &s.bounces.address,
     )
     .expect("render");
     let html = rendered.html_for(&eve());
@@ -630,9 +640,14 @@ async fn content_cannot_pull_in_a_recipients_link_or_name(pool: PgPool) {
     let content = compose(&pool, &s, "2026-11-30T08:00:00Z")
         .await
         .expect("an issue");
-    let rendered =
-        render::render_issue(&s.newsletter, &keys(), s.schedule.schedule.zone(), &content)
-            .expect("render");
+    let rendered = render::render_issue(
+        &s.newsletter,
+        &keys(),
+        s.schedule.schedule.zone(),
+        &content,
+        &s.bounces.address,
+    )
+    .expect("render");
     let r = eve();
     let token = keys().sign(digestif::domain::Purpose::Unsubscribe, r.subscriber_id);
     for part in [rendered.text_for(&r), rendered.html_for(&r)] {

@@ -15,5 +15,6 @@ mod relay_tls;
 mod schedule;
 mod send_now;
 mod smtp_server;
+mod unsubscribe_mail;
 mod web;
 mod web_abuse;
