@@ -78,7 +78,7 @@ impl std::fmt::Display for Handled {
 }
 
 /// The per-recipient fields of a DSN we act on.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Dsn {
     action: Option<String>,
     status: Option<String>,
@@ -129,7 +129,9 @@ pub async fn handle(
     }
 
     if is_report && report_type.as_deref() == Some("delivery-status") {
-        let dsn = parse_dsn(body);
+        // The delivery-status part as the MIME parser decoded it (base64, quoted-printable);
+        // a report without one is read as plain text.
+        let dsn = parse_dsn(delivery_status(&msg).as_deref().unwrap_or(body));
         let Some(status) = dsn.status.clone() else {
             return Ok(Handled::Ignored(
                 "delivery report without a Status field".into(),
@@ -346,12 +348,88 @@ fn field(text: &str, name: &str) -> Option<String> {
     })
 }
 
-fn parse_dsn(body: &str) -> Dsn {
-    // The per-recipient block follows the per-message block; fields we need appear once.
-    Dsn {
-        action: field(body, "Action"),
-        status: field(body, "Status").map(|s| s.split_whitespace().next().unwrap_or("").to_owned()),
-        diagnostic: field(body, "Diagnostic-Code")
-            .map(|d| crate::send::classify::truncate(&d, 300)),
+/// The `message/delivery-status` part of a report, decoded.
+fn delivery_status(msg: &mail_parser::Message<'_>) -> Option<String> {
+    msg.parts
+        .iter()
+        .find(|p| {
+            p.content_type().is_some_and(|c| {
+                c.ctype().eq_ignore_ascii_case("message")
+                    && c.subtype().is_some_and(|s| {
+                        s.eq_ignore_ascii_case("delivery-status")
+                            || s.eq_ignore_ascii_case("global-delivery-status")
+                    })
+            })
+        })
+        .map(|p| String::from_utf8_lossy(p.contents()).into_owned())
+}
+
+/// The field blocks of a delivery-status body (the per-message block, then one per recipient),
+/// with folded lines joined, as RFC 3464 writes them (`Diagnostic-Code` often runs over
+/// several lines).
+fn status_blocks(text: &str) -> Vec<Vec<(String, String)>> {
+    let mut blocks: Vec<Vec<(String, String)>> = vec![Vec::new()];
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            if blocks.last().is_some_and(|b| !b.is_empty()) {
+                blocks.push(Vec::new());
+            }
+        } else if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = blocks.last_mut().and_then(|b| b.last_mut()) {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':')
+            && let Some(block) = blocks.last_mut()
+        {
+            block.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
     }
+    blocks.retain(|b| !b.is_empty());
+    blocks
+}
+
+/// What a DSN reports. With several recipients (an alias that expanded, say) the one that
+/// matters is the first that failed permanently, else the first delayed, else the first with
+/// a status.
+fn parse_dsn(text: &str) -> Dsn {
+    let get = |block: &[(String, String)], name: &str| {
+        block
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let recipients: Vec<Dsn> = status_blocks(text)
+        .iter()
+        .filter(|b| get(b, "status").is_some())
+        .map(|b| Dsn {
+            action: get(b, "action"),
+            status: get(b, "status").map(|s| s.split_whitespace().next().unwrap_or("").to_owned()),
+            diagnostic: get(b, "diagnostic-code").map(|d| {
+                crate::send::classify::truncate(
+                    &d.split_whitespace().collect::<Vec<_>>().join(" "),
+                    300,
+                )
+            }),
+        })
+        .collect();
+    let failed = |d: &&Dsn| {
+        d.status.as_deref().is_some_and(|s| s.starts_with("5."))
+            && d.action
+                .as_deref()
+                .is_some_and(|a| a.eq_ignore_ascii_case("failed"))
+    };
+    let delayed = |d: &&Dsn| {
+        d.status.as_deref().is_some_and(|s| s.starts_with("4."))
+            || d.action
+                .as_deref()
+                .is_some_and(|a| a.eq_ignore_ascii_case("delayed"))
+    };
+    let pick = recipients
+        .iter()
+        .find(failed)
+        .or_else(|| recipients.iter().find(delayed))
+        .or(recipients.first());
+    pick.cloned().unwrap_or_default()
 }

@@ -8,6 +8,7 @@ mod cli_subscribers;
 mod compose;
 mod deliver;
 mod deliverability;
+mod dsn;
 mod helpers;
 mod ownership;
 mod readme;

@@ -1,0 +1,115 @@
+//! Real DSNs as MTAs write them: folded fields, a base64-encoded delivery-status part, and
+//! several recipient blocks in one report, through `digestif inbound` against a real Postgres.
+
+use base64::Engine as _;
+use chrono::DateTime;
+use digestif::config::Settings;
+use digestif::digest;
+use sqlx::PgPool;
+
+use crate::helpers::{Digestif, deliver_all, seed};
+
+/// One subscriber sent issue 1 through the file transport; the VERP address of that delivery.
+async fn sent_one(pool: &PgPool) -> (tempfile::TempDir, String) {
+    let outbox = tempfile::tempdir().unwrap();
+    let s = Settings::from_toml(&format!(
+        "[delivery]\noutbox = \"{}\"\n",
+        outbox.path().display()
+    ))
+    .unwrap();
+    seed(pool, 1).await;
+    let slot = DateTime::parse_from_rfc3339("2026-11-30T08:00:00Z").unwrap();
+    digest::create_issue(pool, &s, slot.into()).await.unwrap();
+    assert_eq!(
+        deliver_all(pool, &s, std::time::Duration::ZERO).await.sent,
+        1
+    );
+    let keys = digest::token_keys(&s, pool).await.unwrap();
+    let issue_id: i64 = sqlx::query_scalar("SELECT issue_id FROM issue")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (
+        outbox,
+        format!("bounces+{}@example.com", keys.sign_bounce(issue_id, 1)),
+    )
+}
+
+fn report(verp: &str, status_part: &str) -> String {
+    format!(
+        "From: MAILER-DAEMON@mx.example.org\r\nTo: {verp}\r\nSubject: Undelivered Mail\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n\
+         --B\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you...\r\n\r\n\
+         --B\r\n{status_part}\r\n\
+         --B\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: Backend Tips #1\r\n\r\n--B--\r\n"
+    )
+}
+
+async fn delivery(pool: &PgPool) -> (String, String, String) {
+    sqlx::query_as(
+        "SELECT d.status, coalesce(d.last_error, ''), s.status FROM delivery d \
+         JOIN subscriber s USING (subscriber_id)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Postfix folds a long Diagnostic-Code; all of it is kept, and a relayed 5.7.1 fails the
+/// delivery without suppressing the subscriber.
+#[sqlx::test]
+async fn a_folded_diagnostic_is_read_whole(pool: PgPool) {
+    let (_outbox, verp) = sent_one(&pool).await;
+    let part = "Content-Type: message/delivery-status\r\n\r\n\
+                Reporting-MTA: dns; mx.example.org\r\n\r\n\
+                Final-Recipient: rfc822; user1@example.com\r\n\
+                Action: failed\r\n\
+                Status: 5.7.1\r\n\
+                Diagnostic-Code: smtp; 554 5.7.1 <user1@example.com>:\r\n    \
+                Recipient address rejected: Message rejected as spam by\r\n    \
+                content filter\r\n";
+    let out = Digestif::new(&pool).run_with_stdin(
+        &["inbound", "--recipient", &verp],
+        report(&verp, part).as_bytes(),
+    );
+    assert!(out.output.status.success(), "{out}");
+    let (delivery, error, subscriber) = delivery(&pool).await;
+    assert_eq!(
+        (delivery.as_str(), subscriber.as_str()),
+        ("failed", "active")
+    );
+    assert!(
+        error.ends_with("Message rejected as spam by content filter"),
+        "{error}"
+    );
+}
+
+/// A delivery-status part sent base64-encoded, holding two recipient blocks: a delay notice
+/// and a permanent failure. The failure is what counts.
+#[sqlx::test]
+async fn a_base64_report_with_several_recipients_counts_the_failure(pool: PgPool) {
+    let (_outbox, verp) = sent_one(&pool).await;
+    let fields = "Reporting-MTA: dns; mx.example.org\r\n\r\n\
+                  Final-Recipient: rfc822; alias-a@example.org\r\n\
+                  Action: delayed\r\nStatus: 4.4.1\r\n\r\n\
+                  Final-Recipient: rfc822; user1@example.com\r\n\
+                  Action: failed\r\nStatus: 5.1.1\r\n\
+                  Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(fields);
+    let part = format!(
+        "Content-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n"
+    );
+    let out = Digestif::new(&pool).run_with_stdin(
+        &["inbound", "--recipient", &verp],
+        report(&verp, &part).as_bytes(),
+    );
+    assert!(out.output.status.success(), "{out}");
+    let (delivery, error, subscriber) = delivery(&pool).await;
+    assert_eq!(
+        (delivery.as_str(), subscriber.as_str()),
+        ("bounced", "bounced"),
+        "{out}"
+    );
+    assert!(error.contains("user unknown"), "{error}");
+}
