@@ -27,6 +27,51 @@ impl Report {
     }
 }
 
+/// `doctor --postfix`: the Postfix lines that hand the bounce address (every VERP and
+/// unsubscribe tag on it) to `digestif inbound`, filled in for this installation. Postfix runs
+/// the pipe with an empty environment, so everything must come from `--config`.
+pub fn postfix_recipe(settings: &Settings, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok())
+        .map_or_else(
+            || "/usr/local/bin/digestif".to_owned(),
+            |p| p.display().to_string(),
+        );
+    let config_path = config.and_then(|p| p.canonicalize().ok()).map_or_else(
+        || "/etc/digestif/digestif.toml".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let bounce = &settings.bounces.address;
+    println!(
+        "# /etc/postfix/main.cf: tags after '+' reach the base address; one recipient per pipe run
+recipient_delimiter = +
+transport_maps = hash:/etc/postfix/transport
+digestif_destination_recipient_limit = 1
+
+# /etc/postfix/transport (then: postmap /etc/postfix/transport)
+{bounce}    digestif:
+
+# /etc/postfix/master.cf (then: postfix reload)
+digestif  unix  -       n       n       -       -       pipe
+  flags=Rq user=digestif argv={binary} --config {config_path} inbound --recipient ${{recipient}}"
+    );
+    if config.is_none() {
+        println!(
+            "\n# note: no --config was given; the pipe needs one: put database.url and the other settings in {config_path}, readable by the user digestif"
+        );
+    }
+    if std::env::var_os("DATABASE_URL").is_some()
+        || std::env::var_os("DIGESTIF_DATABASE__URL").is_some()
+        || std::env::var_os("DIGESTIF_DATABASE__URL_FILE").is_some()
+    {
+        println!(
+            "\n# note: the database URL comes from the environment here, which the pipe does not see: set database.url in the config file (a Unix-socket URL such as postgres:///digestif?host=/var/run/postgresql needs no password)"
+        );
+    }
+    Ok(())
+}
+
 /// Prints the configuration failure as a check line (doctor runs even when the config is bad).
 pub fn config_failed(e: &dyn std::fmt::Display) -> anyhow::Error {
     println!("FAIL  config: {e}");

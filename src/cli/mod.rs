@@ -83,8 +83,8 @@ enum Command {
     /// Read one message on stdin: a bounce (RFC 3464), a complaint (RFC 5965) or an
     /// unsubscribe request by mail, and record what it says
     ///
-    /// For an MTA to pipe the bounce address to, e.g. in Postfix's master.cf:
-    /// `digestif unix - n n - - pipe user=digestif argv=/usr/local/bin/digestif inbound --recipient ${recipient}`.
+    /// For an MTA to pipe the bounce address to; `digestif doctor --postfix` prints the Postfix
+    /// configuration that does.
     /// Exit code 0 when handled or deliberately ignored, 75 (temporary failure, the MTA retries)
     /// when the database cannot be reached.
     Inbound {
@@ -94,7 +94,12 @@ enum Command {
     },
     /// Check the configuration, database, SMTP server and DKIM key; print the DNS records to
     /// publish. Exit code 1 if any check fails
-    Doctor,
+    Doctor {
+        /// Print the Postfix configuration that pipes the bounce address to `digestif inbound`
+        /// (for this binary, this --config and bounces.address) instead of checking
+        #[arg(long)]
+        postfix: bool,
+    },
 }
 
 impl Command {
@@ -124,7 +129,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::clock::init()?;
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
-        Err(e) if matches!(cli.command, Command::Doctor) => return Err(doctor::config_failed(&e)),
+        Err(e) if matches!(cli.command, Command::Doctor { .. }) => {
+            return Err(doctor::config_failed(&e));
+        }
         Err(e) => return Err(e.into()),
     };
     if cli.command.sends_mail() {
@@ -149,7 +156,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => run::run(&settings).await,
         Command::Serve { no_schedule } => run::serve(&settings, no_schedule).await,
         Command::Inbound { recipient } => inbound(&settings, recipient.as_deref()).await,
-        Command::Doctor => doctor::run(&settings).await,
+        Command::Doctor { postfix: true } => {
+            doctor::postfix_recipe(&settings, cli.config.as_deref())
+        }
+        Command::Doctor { postfix: false } => doctor::run(&settings).await,
     }
 }
 

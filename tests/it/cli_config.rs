@@ -164,3 +164,33 @@ async fn previous_token_secrets_come_from_the_environment_one_per_line(pool: PgP
         );
     assert!(!line.contains("tiny-secret-xyz"), "{line}");
 }
+
+/// The README's old pipe line had no --config and counted on an environment Postfix never
+/// gives a pipe: `doctor --postfix` prints lines that carry everything, for this binary, this
+/// config file and this bounce address, and warns when the database URL would be missing.
+#[sqlx::test]
+async fn doctor_prints_a_postfix_recipe_that_needs_no_environment(pool: PgPool) {
+    let (_dir, config) = file_with(
+        "digestif.toml",
+        b"[bounces]\naddress = \"bounce@news.example.org\"\n",
+    );
+    let run = Digestif::new(&pool).run(&["--config", arg(&config), "doctor", "--postfix"]);
+    assert!(run.output.status.success(), "{run}");
+    let out = run.stdout();
+    let config = std::fs::canonicalize(&config).unwrap();
+    for line in [
+        "recipient_delimiter = +",
+        "digestif_destination_recipient_limit = 1",
+        "bounce@news.example.org    digestif:",
+        &format!(
+            "--config {} inbound --recipient ${{recipient}}",
+            config.display()
+        ),
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(
+        out.contains("the pipe does not see"),
+        "DATABASE_URL from the environment is flagged: {out}"
+    );
+}
