@@ -27,6 +27,9 @@ pub enum ScheduleError {
         /// What is wrong.
         reason: String,
     },
+    /// Valid fields whose days no month has (`0 0 30 2 *`).
+    #[error("'{0}' never fires: no month has those days")]
+    Never(String),
     /// The zone is not in the IANA database.
     #[error("'{0}' is not an IANA time zone (e.g. Europe/Berlin)")]
     Zone(String),
@@ -121,8 +124,8 @@ impl Schedule {
             .collect::<Vec<_>>()
             .join(",");
 
-        // Vixie cron: a field starting with `*` is unrestricted; when both day fields are
-        // restricted, a day matching either fires.
+        // As cronie decides it: when neither day field starts with `*`, a day matching either
+        // fires; when one does (`*`, or `*/2`, which still keeps its step), both must match.
         let dom_star = dom.starts_with('*');
         let dow_star = dow.starts_with('*');
         let specs = if !dom_star && !dow_star {
@@ -130,12 +133,11 @@ impl Schedule {
                 format!("0 {minutes} {hours} {days} {months} *"),
                 format!("0 {minutes} {hours} * {months} {weekdays}"),
             ]
-        } else if dom_star && !dow_star {
-            vec![format!("0 {minutes} {hours} * {months} {weekdays}")]
-        } else if !dom_star {
-            vec![format!("0 {minutes} {hours} {days} {months} *")]
         } else {
-            vec![format!("0 {minutes} {hours} * {months} *")]
+            if !possible_day(&expand(dom, &DOM)?, &expand(month, &MONTH)?) {
+                return Err(ScheduleError::Never(super::shown(expr)));
+            }
+            vec![format!("0 {minutes} {hours} {days} {months} {weekdays}")]
         };
         let inner = specs
             .iter()
@@ -225,6 +227,18 @@ impl Schedule {
     }
 }
 
+/// Whether some month in `months` has some day in `days` (February counting its 29th).
+fn possible_day(days: &BTreeSet<u32>, months: &BTreeSet<u32>) -> bool {
+    let longest = |m: u32| match m {
+        2 => 29,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    months
+        .iter()
+        .any(|&m| days.iter().any(|&d| d <= longest(m)))
+}
+
 fn list(values: &BTreeSet<u32>) -> String {
     values
         .iter()
@@ -256,6 +270,17 @@ fn expand(field: &str, spec: &FieldSpec) -> Result<BTreeSet<u32>, ScheduleError>
         }
         Ok(v)
     };
+    // Quartz and cronie extensions: refused by name rather than as "not a number". `L` and `W`
+    // also occur in names (JUL, WED), which are fine.
+    let upper = field.to_ascii_uppercase();
+    for (mark, in_names) in [('#', false), ('?', false), ('L', true), ('W', true)] {
+        let named = in_names && spec.names.iter().any(|n| upper.contains(n));
+        if upper.contains(mark) && !named {
+            return Err(err(format!(
+                "'{mark}' is not supported (standard crontab syntax only)"
+            )));
+        }
+    }
     let mut out = BTreeSet::new();
     for item in field.split(',') {
         let (range, step) = match item.split_once('/') {
@@ -272,7 +297,17 @@ fn expand(field: &str, spec: &FieldSpec) -> Result<BTreeSet<u32>, ScheduleError>
         let (lo, hi) = if range == "*" {
             (spec.min, spec.max)
         } else if let Some((a, b)) = range.split_once('-') {
-            let (a, b) = (value(a)?, value(b)?);
+            if a.is_empty() || b.is_empty() {
+                return Err(err(format!(
+                    "the range '{range}' has no {}",
+                    if a.is_empty() { "start" } else { "end" }
+                )));
+            }
+            let (a, mut b) = (value(a)?, value(b)?);
+            // `SAT-SUN`: Sunday as the end of a range is day 7, as cronie reads it.
+            if spec.name == DOW.name && b == 0 && a > 0 {
+                b = 7;
+            }
             if a > b {
                 return Err(err(format!("range {range} runs backwards")));
             }
@@ -392,6 +427,65 @@ mod tests {
                 "2026-11-28T00:00:00+00:00",
                 "2026-11-29T00:00:00+00:00"
             ]
+        );
+    }
+
+    /// Compared with cronie's crond under faketime (issue 15): a day field that starts with
+    /// `*` still applies its step, and then both day fields must match.
+    #[test]
+    fn a_step_in_a_day_field_is_kept_as_cronie_keeps_it() {
+        let days = |e: &str| -> Vec<String> {
+            slots(e, "UTC", "2026-11-30T12:00:00Z", 4)
+                .iter()
+                .map(|t| t[..10].to_owned())
+                .collect()
+        };
+        // Odd dates only.
+        assert_eq!(
+            days("0 0 */2 * *"),
+            ["2026-12-01", "2026-12-03", "2026-12-05", "2026-12-07"]
+        );
+        // Sun, Tue, Thu, Sat (2026-12-01 is a Tuesday).
+        assert_eq!(
+            days("0 9 * * */2"),
+            ["2026-12-01", "2026-12-03", "2026-12-05", "2026-12-06"]
+        );
+        // Mondays on odd dates: both must match when a day field starts with `*`.
+        assert_eq!(
+            days("0 9 */2 * MON"),
+            ["2026-12-07", "2026-12-21", "2027-01-11", "2027-01-25"]
+        );
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused() {
+        let err = |e: &str| Schedule::parse(e, "UTC").unwrap_err().to_string();
+        assert_eq!(
+            err("0 0 30 2 *"),
+            "'0 0 30 2 *' never fires: no month has those days"
+        );
+        assert!(Schedule::parse("0 0 29 2 *", "UTC").is_ok(), "leap years");
+        assert!(Schedule::parse("0 0 31 1,2 *", "UTC").is_ok());
+    }
+
+    #[test]
+    fn day_names_wrap_and_unsupported_forms_say_so() {
+        assert_eq!(
+            slots("0 0 * * SAT-SUN", "UTC", "2026-11-30T00:00:00Z", 2),
+            ["2026-12-05T00:00:00+00:00", "2026-12-06T00:00:00+00:00"]
+        );
+        let err = |e: &str| Schedule::parse(e, "UTC").unwrap_err().to_string();
+        assert_eq!(
+            err("0 9 * * MON-"),
+            "day-of-week field 'MON-': the range 'MON-' has no end"
+        );
+        assert_eq!(
+            err("0 9 L * *"),
+            "day-of-month field 'L': 'L' is not supported (standard crontab syntax only)"
+        );
+        assert_eq!(
+            err("0 9 * * 0#2"),
+            "day-of-week field '0#2': '#' is not supported (standard crontab syntax only)"
         );
     }
 

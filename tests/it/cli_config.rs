@@ -194,3 +194,22 @@ async fn doctor_prints_a_postfix_recipe_that_needs_no_environment(pool: PgPool) 
         "DATABASE_URL from the environment is flagged: {out}"
     );
 }
+
+/// Crontab as cronie runs it (issue 15): a step in a day field is kept, and a schedule that
+/// can never fire stops start-up instead of silently never sending.
+#[sqlx::test]
+async fn schedules_are_read_as_cronie_reads_them(pool: PgPool) {
+    let next = Digestif::new(&pool)
+        .env("DIGESTIF_SCHEDULE__CRON", "0 9 * * */2")
+        .env("DIGESTIF_SCHEDULE__TIMEZONE", "UTC")
+        .env("DIGESTIF_NOW", "2026-11-30T12:00:00Z")
+        .ok(&["schedule", "next", "--count", "3"])
+        .stdout();
+    for day in ["Tue 2026-12-01", "Thu 2026-12-03", "Sat 2026-12-05"] {
+        assert!(next.contains(day), "{day} missing from:\n{next}");
+    }
+    assert!(!next.contains("Wed 2026-12-02"), "{next}");
+    Digestif::new(&pool)
+        .env("DIGESTIF_SCHEDULE__CRON", "0 0 30 2 *")
+        .fails(&["schedule", "next"], "'0 0 30 2 *' never fires");
+}
