@@ -92,9 +92,12 @@ pub(super) async fn authenticate(b: &BounceSettings, raw: &[u8]) -> anyhow::Resu
         let which = format!("d={} s={}", shown(&domain), shown(&signature.s));
         match output.result() {
             DkimResult::Pass => return Ok(Sender::Authenticated(shown(&domain))),
-            DkimResult::TempError(e) => temporary = Some(format!("{which}: {e}")),
+            // The errors may quote what the report wrote (a selector in a DNS name).
+            DkimResult::TempError(e) => {
+                temporary = Some(format!("{which}: {}", shown(&e.to_string())));
+            }
             DkimResult::Fail(e) | DkimResult::Neutral(e) | DkimResult::PermError(e) => {
-                failures.push(format!("{which}: {e}"));
+                failures.push(format!("{which}: {}", shown(&e.to_string())));
             }
             DkimResult::None => {}
         }
