@@ -247,6 +247,11 @@ pub struct BounceSettings {
     pub verp: bool,
     /// The bounce mailbox; VERP inserts `+<id>` before the `@`.
     pub address: lettre::Address,
+    /// Feedback-loop domains (lower case, no final dot) whose DKIM-signed reports count as
+    /// complaints without our VERP tag; empty: only VERP-tagged complaints count.
+    pub complaint_senders: Vec<String>,
+    /// The DNS server (UDP) asked for DKIM keys; `None`: the system's (`/etc/resolv.conf`).
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// `[http]`
@@ -379,6 +384,8 @@ struct RawDkim {
 struct RawBounces {
     verp: bool,
     address: String,
+    complaint_senders: Vec<String>,
+    dns_server: String,
 }
 
 #[derive(Deserialize)]
@@ -628,6 +635,12 @@ impl Raw {
                     format!("'{}' is not an email address", shown(&address)),
                 )
             })?,
+            complaint_senders: b
+                .complaint_senders
+                .iter()
+                .map(|d| domain_name("bounces.complaint_senders", d))
+                .collect::<Result<_, _>>()?,
+            dns_server: dns_server("bounces.dns_server", &b.dns_server)?,
         };
 
         let h = self.http;
@@ -831,6 +844,53 @@ fn origin(key: &str, raw: &str) -> Result<String, ConfigError> {
     Ok(u.origin().ascii_serialization())
 }
 
+/// A DNS domain name like `fbl.example-isp.net`: two labels or more of letters, digits and
+/// inner hyphens (IDNs in their `xn--` form); returned in lower case without a final dot.
+fn domain_name(key: &str, raw: &str) -> Result<String, ConfigError> {
+    let name = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let labels: Vec<&str> = name.split('.').collect();
+    let top_ok = labels
+        .last()
+        .is_some_and(|t| !t.bytes().all(|b| b.is_ascii_digit()));
+    if name.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| label_ok(l)) || !top_ok {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "'{}' is not a domain name like fbl.example-isp.net",
+                shown(raw)
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// `""` (the system resolver), or a DNS server as `ip:port` (`[ipv6]:port`); a bare address
+/// means port 53.
+fn dns_server(key: &str, raw: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let v = raw.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse::<SocketAddr>()
+        .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map(Some)
+        .map_err(|_| {
+            ConfigError::new(
+                key,
+                format!(
+                    "'{}' is not an address:port like 127.0.0.1:53 (or \"\" for the system resolver)",
+                    shown(raw)
+                ),
+            )
+        })
+}
+
 /// A duration above zero: a zero timeout would refuse every request.
 fn positive(key: &str, raw: &str) -> Result<Duration, ConfigError> {
     match duration(key, raw)? {
@@ -941,11 +1001,59 @@ mod tests {
                 "config: smtp.url: not an smtp://",
             ),
             ("[smtp]\nport = 25", "config: smtp.port: unknown field"),
+            (
+                "[bounces]\ncomplaint_senders = [\"fbl.example-isp.net\", \"isp dot net\"]",
+                "config: bounces.complaint_senders: 'isp dot net' is not a domain name like fbl.example-isp.net",
+            ),
+            (
+                "[bounces]\ncomplaint_senders = [\"-bad.example.net\"]",
+                "config: bounces.complaint_senders: '-bad.example.net' is not a domain name",
+            ),
+            (
+                "[bounces]\ncomplaint_senders = [\"localhost\"]",
+                "config: bounces.complaint_senders: 'localhost' is not a domain name",
+            ),
+            (
+                "[bounces]\ncomplaint_senders = [\"10.0.0.1\"]",
+                "config: bounces.complaint_senders: '10.0.0.1' is not a domain name",
+            ),
+            (
+                "[bounces]\ncomplaint_senders = \"fbl.example-isp.net\"",
+                "config: bounces.complaint_senders: invalid type",
+            ),
+            (
+                "[bounces]\ndns_server = \"dns.example.net:53\"",
+                "config: bounces.dns_server: 'dns.example.net:53' is not an address:port like 127.0.0.1:53",
+            ),
         ];
         for (toml, want) in cases {
             let err = Settings::from_toml(toml).unwrap_err().to_string();
             assert!(err.starts_with(want), "{toml}: {err}");
             assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn complaint_senders_and_the_dns_server_are_normalised() {
+        let s = Settings::from_toml("").unwrap();
+        assert!(s.bounces.complaint_senders.is_empty());
+        assert_eq!(s.bounces.dns_server, None);
+        let s = Settings::from_toml(
+            "[bounces]\ncomplaint_senders = [\" FBL.Example-ISP.net. \", \"xn--bcher-kva.example\"]\n\
+             dns_server = \"127.0.0.1:5353\"",
+        )
+        .unwrap();
+        assert_eq!(
+            s.bounces.complaint_senders,
+            ["fbl.example-isp.net", "xn--bcher-kva.example"]
+        );
+        assert_eq!(
+            s.bounces.dns_server,
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        for (raw, want) in [("::1", "[::1]:53"), ("[::1]:5300", "[::1]:5300")] {
+            let s = Settings::from_toml(&format!("[bounces]\ndns_server = \"{raw}\"")).unwrap();
+            assert_eq!(s.bounces.dns_server, Some(want.parse().unwrap()), "{raw}");
         }
     }
 

@@ -1,17 +1,21 @@
 //! Bounce and complaint intake: one message (from `digestif inbound` on stdin, as an MTA pipes
 //! it) is classified and attributed to a delivery or subscriber. RFC 3464 delivery status
 //! notifications, RFC 5965 abuse reports, and mail to the List-Unsubscribe mailto address.
-//! Anything that cannot be attributed is logged and left alone.
+//! Anything that cannot be attributed is logged and left alone. A complaint counts only through
+//! our VERP tag or from a feedback loop that proves who it is (`fbl.rs`).
 
 use mail_parser::{MessageParser, MimeHeaders};
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::domain::{Purpose, TokenKeys};
+use crate::domain::{Purpose, SubscriberEmail, TokenKeys};
 use crate::render::one_line;
 use crate::send::Outcome;
 use crate::send::classify::classify_dsn;
 use crate::store::{deliveries, issues, subscribers};
+
+mod fbl;
+use fbl::Sender;
 
 /// What was done with one inbound message; `Display` is the one line `digestif inbound` prints.
 #[derive(Debug, PartialEq, Eq)]
@@ -212,26 +216,41 @@ pub async fn handle(
     }
 
     if is_report && report_type.as_deref() == Some("feedback-report") {
-        // A complaint must name one of our messages by something only we can make: the VERP
-        // return path or the signed Message-ID of the returned copy. An address alone, or a
-        // guessable id, would let anyone unsubscribe anyone.
-        let named = match verp_in(settings, keys, body) {
-            Some((_, subscriber_id)) => Some(subscriber_id),
-            None => message_id_in(keys, body).map(|(_, subscriber_id)| subscriber_id),
-        };
-        return Ok(match named {
-            Some(subscriber_id) if subscribers::by_id(pool, subscriber_id).await?.is_some() => {
-                let feedback = field(body, "Feedback-Type").unwrap_or_else(|| "abuse".into());
-                let feedback = crate::send::classify::truncate(&one_line(&feedback), 100);
-                subscribers::record_complaint(pool, subscriber_id, &format!("ARF {feedback}"))
-                    .await?;
-                Handled::Complaint(subscriber_id)
+        let feedback = field(body, "Feedback-Type").unwrap_or_else(|| "abuse".into());
+        let feedback = crate::send::classify::truncate(&one_line(&feedback), 100);
+        // Our VERP return path in the returned copy: only we can make one, so it counts
+        // whoever forwards the report.
+        if let Some((_, subscriber_id)) = verp_in(settings, keys, body) {
+            return complaint(pool, subscriber_id, &format!("ARF {feedback}")).await;
+        }
+        // Anything else only from a feedback loop that proves who it is. Our signed Message-ID
+        // alone is not enough: the recipient of the message can put it in a report of their
+        // own making (or write to the abuse address in someone else's name).
+        let domain = match fbl::authenticate(&settings.bounces, raw).await? {
+            Sender::Authenticated(domain) => domain,
+            Sender::Unknown(why) => {
+                return Ok(Handled::Ignored(format!("{UNAUTHENTICATED} ({why})")));
             }
-            _ => Handled::Ignored(
-                "complaint that names no message of ours by its VERP tag or signed Message-ID"
-                    .into(),
-            ),
-        });
+        };
+        // The loop vouches for the report: our signed Message-ID names the subscriber, or,
+        // when the loop redacted it, the recipient address the report names.
+        let named = match message_id_in(keys, body) {
+            Some((_, subscriber_id)) => Some(subscriber_id),
+            None => reported_subscriber(pool, &msg).await?,
+        };
+        return match named {
+            Some(subscriber_id) => {
+                complaint(
+                    pool,
+                    subscriber_id,
+                    &format!("ARF {feedback} from {domain}"),
+                )
+                .await
+            }
+            None => Ok(Handled::Ignored(format!(
+                "complaint from {domain} that names no subscriber of ours"
+            ))),
+        };
     }
 
     // The List-Unsubscribe mailto of issues sent before the tagged address: "unsubscribe
@@ -249,6 +268,105 @@ pub async fn handle(
     Ok(Handled::Ignored(
         "not a bounce, complaint or unsubscribe request".into(),
     ))
+}
+
+/// Why a complaint that is neither VERP-tagged nor from a proved feedback loop is ignored.
+const UNAUTHENTICATED: &str = "complaint from a sender not in bounces.complaint_senders with a verifying DKIM signature, naming no VERP tag";
+
+/// Records a complaint against a stored subscriber: unsubscribed and suppressed.
+async fn complaint(pool: &PgPool, subscriber_id: i64, detail: &str) -> anyhow::Result<Handled> {
+    if subscribers::by_id(pool, subscriber_id).await?.is_none() {
+        return Ok(Handled::Ignored(format!(
+            "complaint about subscriber {subscriber_id}, who is no longer stored"
+        )));
+    }
+    subscribers::record_complaint(pool, subscriber_id, detail).await?;
+    Ok(Handled::Complaint(subscriber_id))
+}
+
+/// The stored subscriber a report names by address (see [`reported_address`]).
+async fn reported_subscriber(
+    pool: &PgPool,
+    msg: &mail_parser::Message<'_>,
+) -> anyhow::Result<Option<i64>> {
+    let Some(email) = reported_address(msg).and_then(|a| SubscriberEmail::parse(&a).ok()) else {
+        return Ok(None);
+    };
+    Ok(subscribers::find(pool, &email)
+        .await?
+        .map(|s| s.subscriber_id))
+}
+
+/// The recipient a feedback report names: its `Original-Rcpt-To`, else the `To` of the
+/// returned message (whole, or its headers only), when that is exactly one address.
+fn reported_address(msg: &mail_parser::Message<'_>) -> Option<String> {
+    let mut reported = Vec::new();
+    let mut returned_to = Vec::new();
+    for part in &msg.parts {
+        let Some(ct) = part.content_type() else {
+            continue;
+        };
+        let subtype = ct.subtype().unwrap_or("").to_ascii_lowercase();
+        match (ct.ctype().to_ascii_lowercase().as_str(), subtype.as_str()) {
+            ("message", "feedback-report") => {
+                let text = String::from_utf8_lossy(part.contents());
+                reported.extend(
+                    text.lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .filter(|(n, _)| n.trim().eq_ignore_ascii_case("Original-Rcpt-To"))
+                        .map(|(_, v)| bare_address(v)),
+                );
+            }
+            ("message", "rfc822" | "global") => {
+                if let mail_parser::PartType::Message(m) = &part.body {
+                    returned_to = addresses(m.to());
+                }
+            }
+            ("text", "rfc822-headers") => {
+                if let Some(m) = MessageParser::default().parse_headers(part.contents()) {
+                    returned_to = addresses(m.to());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut candidates = if reported.is_empty() {
+        returned_to
+    } else {
+        reported
+    };
+    candidates.sort();
+    candidates.dedup();
+    match <[String; 1]>::try_from(candidates) {
+        Ok([one]) => Some(one),
+        Err(_) => None, // none, or several: not one subscriber
+    }
+}
+
+/// The addresses of a To field, lower case.
+fn addresses(field: Option<&mail_parser::Address<'_>>) -> Vec<String> {
+    field
+        .map(|a| {
+            a.iter()
+                .filter_map(|a| a.address.as_deref())
+                .map(str::to_ascii_lowercase)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `<user@example.org>`, `rfc822; user@example.org` or `user@example.org` as the address alone,
+/// lower case.
+fn bare_address(value: &str) -> String {
+    let v = value.trim();
+    let v = match v.split_once(';') {
+        Some((kind, rest)) if kind.trim().eq_ignore_ascii_case("rfc822") => rest.trim(),
+        _ => v,
+    };
+    v.trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .to_ascii_lowercase()
 }
 
 enum Verp {
@@ -432,4 +550,80 @@ fn parse_dsn(text: &str) -> Dsn {
         .or_else(|| recipients.iter().find(delayed))
         .or(recipients.first());
     pick.cloned().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(feedback: &str, returned_type: &str, returned: &str) -> String {
+        format!(
+            "From: fbl@fbl.example-isp.net\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=feedback-report; boundary=\"F\"\r\n\r\n\
+             --F\r\nContent-Type: text/plain\r\n\r\nTo: not-this@example.org\r\n\r\n\
+             --F\r\nContent-Type: message/feedback-report\r\n\r\n\
+             Feedback-Type: abuse\r\nVersion: 1\r\n{feedback}\r\n\
+             --F\r\nContent-Type: {returned_type}\r\n\r\n{returned}\r\n--F--\r\n"
+        )
+    }
+
+    fn address_in(raw: &str) -> Option<String> {
+        reported_address(&MessageParser::default().parse(raw.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_report_names_its_original_recipient_before_the_returned_to() {
+        let returned = "From: tips@example.com\r\nTo: b@example.org\r\n\r\nbody\r\n";
+        assert_eq!(
+            address_in(&report(
+                "Original-Rcpt-To: <A@Example.org>\r\n",
+                "message/rfc822",
+                returned
+            )),
+            Some("a@example.org".into())
+        );
+        assert_eq!(
+            address_in(&report("", "message/rfc822", returned)),
+            Some("b@example.org".into())
+        );
+        assert_eq!(
+            address_in(&report("", "text/rfc822-headers", returned)),
+            Some("b@example.org".into())
+        );
+        assert_eq!(
+            address_in(&report(
+                "Original-Rcpt-To: rfc822; a@example.org\r\n",
+                "message/rfc822",
+                returned
+            )),
+            Some("a@example.org".into())
+        );
+    }
+
+    #[test]
+    fn a_report_naming_several_recipients_names_nobody() {
+        let two = "From: tips@example.com\r\nTo: a@example.org, b@example.org\r\n\r\nbody\r\n";
+        assert_eq!(address_in(&report("", "message/rfc822", two)), None);
+        assert_eq!(
+            address_in(&report(
+                "Original-Rcpt-To: a@example.org\r\nOriginal-Rcpt-To: b@example.org\r\n",
+                "message/rfc822",
+                two
+            )),
+            None
+        );
+        // The same address twice is one recipient.
+        assert_eq!(
+            address_in(&report(
+                "Original-Rcpt-To: a@example.org\r\nOriginal-Rcpt-To: <A@example.org>\r\n",
+                "message/rfc822",
+                two
+            )),
+            Some("a@example.org".into())
+        );
+        assert_eq!(
+            address_in(&report("", "text/plain", "To: a@example.org\r\n")),
+            None
+        );
+    }
 }

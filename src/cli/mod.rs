@@ -86,7 +86,8 @@ enum Command {
     /// For an MTA to pipe the bounce address to; `digestif doctor --postfix` prints the Postfix
     /// configuration that does.
     /// Exit code 0 when handled or deliberately ignored, 75 (temporary failure, the MTA retries)
-    /// when the database cannot be reached.
+    /// when the database cannot be reached or a feedback loop's DKIM key gets no DNS answer in
+    /// time.
     Inbound {
         /// The envelope recipient the MTA delivered to (the VERP address)
         #[arg(long)]
