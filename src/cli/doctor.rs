@@ -184,6 +184,21 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
             settings.newsletter.base_url
         ));
     }
+    let b = &settings.bounces;
+    match (b.verp, b.complaint_senders.is_empty()) {
+        (_, false) => r.ok(&format!(
+            "complaints: counted with our VERP tag, or DKIM-verified from {} (keys looked up via {})",
+            b.complaint_senders.join(", "),
+            b.dns_server
+                .map_or_else(|| "/etc/resolv.conf".to_owned(), |a| a.to_string())
+        )),
+        (true, true) => r.note(
+            "complaints: only VERP-tagged reports count; list your feedback loops' domains in bounces.complaint_senders to accept theirs",
+        ),
+        (false, true) => r.note(
+            "complaints: bounces.verp is off and bounces.complaint_senders is empty, so no complaint will ever count",
+        ),
+    }
     let h = &settings.http;
     if h.signup && h.listen.ip().is_loopback() && h.trusted_proxies.is_empty() {
         r.note(&format!(

@@ -213,3 +213,28 @@ async fn schedules_are_read_as_cronie_reads_them(pool: PgPool) {
         .env("DIGESTIF_SCHEDULE__CRON", "0 0 30 2 *")
         .fails(&["schedule", "next"], "'0 0 30 2 *' never fires");
 }
+
+/// `doctor` says whose complaints count.
+#[sqlx::test]
+async fn doctor_says_whose_complaints_count(pool: PgPool) {
+    let out = Digestif::new(&pool)
+        .env(
+            "DIGESTIF_BOUNCES__COMPLAINT_SENDERS",
+            "[\"fbl.example-isp.net\"]",
+        )
+        .run_async(&["doctor"])
+        .await
+        .stdout();
+    assert!(
+        out.contains(
+            "ok    complaints: counted with our VERP tag, or DKIM-verified from fbl.example-isp.net"
+        ),
+        "{out}"
+    );
+    let out = Digestif::new(&pool)
+        .env("DIGESTIF_BOUNCES__VERP", "false")
+        .run_async(&["doctor"])
+        .await
+        .stdout();
+    assert!(out.contains("no complaint will ever count"), "{out}");
+}
