@@ -68,6 +68,20 @@ fn signed(raw: &str, domain: &str, selector: &str, body_length: bool) -> String 
 
 /// An ARF report from `from` about `returned` (the copy of our message), naming `rcpt` in
 /// `Original-Rcpt-To` when given.
+/// A report from the loop, signed by it, about user 1's copy named by its Message-ID.
+fn loop_report_about_user1(keys: &TokenKeys) -> String {
+    signed(
+        &report(
+            &format!("fbl@{FBL}"),
+            Some("user1@example.org"),
+            &returned("user1@example.org", &message_id(keys, 1)),
+        ),
+        FBL,
+        SELECTOR,
+        false,
+    )
+}
+
 fn report(from: &str, rcpt: Option<&str>, returned: &str) -> String {
     let rcpt = rcpt
         .map(|r| format!("Original-Rcpt-To: {r}\r\n"))
@@ -178,16 +192,7 @@ async fn a_report_signed_by_a_configured_feedback_loop_unsubscribes_and_suppress
     let keys = subscribers(&pool, &s).await;
 
     // Named by our signed Message-ID.
-    let raw = signed(
-        &report(
-            &format!("fbl@{FBL}"),
-            Some("user1@example.org"),
-            &returned("user1@example.org", &message_id(&keys, 1)),
-        ),
-        FBL,
-        SELECTOR,
-        false,
-    );
+    let raw = loop_report_about_user1(&keys);
     let handled = handle(&pool, &s, &keys, raw.as_bytes(), None)
         .await
         .unwrap();
@@ -337,16 +342,7 @@ async fn a_silent_dns_server_makes_inbound_ask_for_a_retry_within_seconds(pool: 
     let dns = DnsServer::silent();
     let s = settings(&dns);
     let keys = subscribers(&pool, &s).await;
-    let raw = signed(
-        &report(
-            &format!("fbl@{FBL}"),
-            Some("user1@example.org"),
-            &returned("user1@example.org", &message_id(&keys, 1)),
-        ),
-        FBL,
-        SELECTOR,
-        false,
-    );
+    let raw = loop_report_about_user1(&keys);
     let toml = format!(
         "[bounces]\ncomplaint_senders = [\"{FBL}\"]\ndns_server = \"{}\"\n",
         dns.addr()

@@ -15,6 +15,15 @@ fn digestif(pool: &PgPool, server: &SmtpServer, tls: &str) -> Digestif {
         .env("DIGESTIF_NOW", crate::helpers::MONDAY_MORNING)
 }
 
+/// `doctor`'s line about the SMTP check when it failed, else "".
+fn smtp_failure(doctor: &str) -> String {
+    doctor
+        .lines()
+        .find(|l| l.starts_with("FAIL  smtp"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Debian's snakeoil certificate on port 25, the case `tls=opportunistic` is for.
 #[sqlx::test]
 async fn opportunistic_without_credentials_encrypts_to_an_unverifiable_relay_and_says_so(
@@ -50,12 +59,7 @@ async fn opportunistic_with_credentials_never_sends_them_to_an_unverifiable_rela
         .run_async(&["doctor"])
         .await;
     assert_eq!(doctor.output.status.code(), Some(1), "{doctor}");
-    let line = doctor
-        .stdout()
-        .lines()
-        .find(|l| l.starts_with("FAIL  smtp"))
-        .unwrap_or_default()
-        .to_owned();
+    let line = smtp_failure(&doctor.stdout());
     assert!(
         line.contains("certificate") && line.contains("smtp.ca_file"),
         "doctor names the cause and the fix: {doctor}"
@@ -153,12 +157,7 @@ async fn replies_and_connection_failures_read_as_one_clean_line(pool: PgPool) {
         .env("DIGESTIF_SMTP__URL", &format!("smtp://127.0.0.1:{port}"))
         .run_async(&["doctor"])
         .await;
-    let line = doctor
-        .stdout()
-        .lines()
-        .find(|l| l.starts_with("FAIL  smtp"))
-        .unwrap_or_default()
-        .to_owned();
+    let line = smtp_failure(&doctor.stdout());
     assert_eq!(
         line.matches(&format!("127.0.0.1:{port}")).count(),
         1,
