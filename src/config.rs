@@ -436,6 +436,13 @@ impl Settings {
                         format!("{}: no such file", path.display()),
                     ));
                 }
+                // figment's own message for this runs over two lines and shortens the path.
+                if let Err(e) = std::fs::File::open(path) {
+                    return Err(ConfigError::new(
+                        "--config",
+                        format!("{}: cannot read ({e})", path.display()),
+                    ));
+                }
                 figment = figment.merge(Toml::file_exact(path));
             }
             None if Path::new(DEFAULT_PATH).is_file() => {

@@ -133,6 +133,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Err(e) if matches!(cli.command, Command::Doctor { .. }) => {
             return Err(doctor::config_failed(&e));
         }
+        // Run by the MTA: a configuration the operator can fix must not lose the mail, so the
+        // MTA is told to try again later rather than to bounce or drop it.
+        Err(e) if matches!(cli.command, Command::Inbound { .. }) => {
+            return Err(TempFail(anyhow::Error::new(e)).into());
+        }
         Err(e) => return Err(e.into()),
     };
     if cli.command.sends_mail() {

@@ -238,3 +238,16 @@ async fn doctor_says_whose_complaints_count(pool: PgPool) {
         .stdout();
     assert!(out.contains("no complaint will ever count"), "{out}");
 }
+
+/// `inbound` runs under the MTA: a configuration error (the pipe user cannot read the file, a
+/// bad value) is one the operator fixes, so the MTA must keep the mail and retry (exit 75),
+/// not bounce or drop it.
+#[sqlx::test]
+async fn inbound_with_a_broken_config_asks_the_mta_to_retry(pool: PgPool) {
+    let run = Digestif::new(&pool)
+        .env("DIGESTIF_DELIVERY__CONCURRENCY", "0")
+        .run_with_stdin(&["inbound"], b"Subject: hello\r\n\r\nhi\r\n");
+    assert_eq!(run.output.status.code(), Some(75), "{run}");
+    assert_eq!(run.stderr().trim().lines().count(), 1, "{run}");
+    assert!(run.stderr().contains("delivery.concurrency"), "{run}");
+}
