@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::offset::LocalResult;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// Why an expression was refused; the message names the field.
@@ -43,6 +43,8 @@ pub struct Schedule {
     /// One schedule, or two when day-of-month and day-of-week are both restricted (Vixie cron
     /// fires when either matches; the `cron` crate would require both).
     inner: Vec<cron::Schedule>,
+    /// Minute or hour starts with `*`: runs in both passes of a repeated hour, as in cronie.
+    wildcard: bool,
 }
 
 impl fmt::Debug for Schedule {
@@ -153,6 +155,7 @@ impl Schedule {
             expr: expr.to_owned(),
             zone,
             inner,
+            wildcard: minute.starts_with('*') || hour.starts_with('*'),
         })
     }
 
@@ -168,37 +171,45 @@ impl Schedule {
 
     /// The first slot strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut from = t.with_timezone(&self.zone);
-        loop {
-            let next = self
-                .inner
-                .iter()
-                .filter_map(|s| s.after(&from).next())
-                .min()?;
-            if self.is_repeat(&next) {
-                from = next;
-                continue;
+        // Candidates up to a DST shift before `t` on the wall clock can still fire after it
+        // (the second pass of a repeated hour); then take the earliest instant after `t`
+        // among candidates up to another shift past the first one found.
+        let mut from = self.wall(t) - SHIFT;
+        let mut best: Option<DateTime<Utc>> = None;
+        let mut horizon: Option<NaiveDateTime> = None;
+        while let Some(c) = self.wall_after(from) {
+            if horizon.is_some_and(|h| c > h) {
+                break;
             }
-            return Some(next.with_timezone(&Utc));
+            for x in self.instants(c) {
+                if x > t && best.is_none_or(|b| x < b) {
+                    best = Some(x);
+                    horizon.get_or_insert(c + SHIFT);
+                }
+            }
+            from = c;
         }
+        best
     }
 
     /// The latest slot at or before `t` (the one that is due at `t`).
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        // `after(x).next_back()` walks backwards from x (exclusive); start just past t.
-        let mut from = (t + chrono::Duration::seconds(1)).with_timezone(&self.zone);
-        loop {
-            let prev = self
-                .inner
-                .iter()
-                .filter_map(|s| s.after(&from).next_back())
-                .max()?;
-            if self.is_repeat(&prev) {
-                from = prev;
-                continue;
+        let mut from = self.wall(t) + SHIFT + chrono::Duration::seconds(1);
+        let mut best: Option<DateTime<Utc>> = None;
+        let mut horizon: Option<NaiveDateTime> = None;
+        while let Some(c) = self.wall_before(from) {
+            if horizon.is_some_and(|h| c < h) {
+                break;
             }
-            return Some(prev.with_timezone(&Utc));
+            for x in self.instants(c) {
+                if x <= t && best.is_none_or(|b| x > b) {
+                    best = Some(x);
+                    horizon.get_or_insert(c - SHIFT);
+                }
+            }
+            from = c;
         }
+        best
     }
 
     /// The coming `n` slots after `t`.
@@ -217,14 +228,113 @@ impl Schedule {
         out
     }
 
-    /// When the clocks go back, a wall-clock time happens twice; the second one is not a new
-    /// slot (an issue at 02:30 must not go out twice that night).
-    fn is_repeat(&self, t: &DateTime<Tz>) -> bool {
-        match self.zone.from_local_datetime(&t.naive_local()) {
-            LocalResult::Ambiguous(first, _) => first != *t,
-            _ => false,
+    /// `t` on this schedule's wall clock.
+    fn wall(&self, t: DateTime<Utc>) -> NaiveDateTime {
+        t.with_timezone(&self.zone).naive_local()
+    }
+
+    /// When a wall-clock slot happens, as cronie's crond runs it: once; in a repeated hour
+    /// (clocks going back) at the first pass, or at both for a wildcard expression; in a
+    /// skipped hour (clocks going forward) at the first minute after the jump, so nothing
+    /// is lost (cron(8): such jobs "will be run immediately").
+    fn instants(&self, c: NaiveDateTime) -> Vec<DateTime<Utc>> {
+        let utc = |x: DateTime<Tz>| x.with_timezone(&Utc);
+        match self.zone.from_local_datetime(&c) {
+            LocalResult::Single(x) => vec![utc(x)],
+            LocalResult::Ambiguous(a, b) => {
+                let (first, second) = if a <= b { (a, b) } else { (b, a) };
+                if self.wildcard {
+                    vec![utc(first), utc(second)]
+                } else {
+                    vec![utc(first)]
+                }
+            }
+            LocalResult::None => (1..=24 * 60)
+                .map(|m| c + chrono::Duration::minutes(m))
+                .find_map(|m| match self.zone.from_local_datetime(&m) {
+                    LocalResult::Single(x) | LocalResult::Ambiguous(x, _) => Some(utc(x)),
+                    LocalResult::None => None,
+                })
+                .into_iter()
+                .collect(),
         }
     }
+
+    /// The first wall-clock slot strictly after `from`, looking at most 30 years ahead.
+    fn wall_after(&self, from: NaiveDateTime) -> Option<NaiveDateTime> {
+        // `bound` is exclusive and may lie in the year before `year` (31 Dec, 23:59:59).
+        let (mut year, mut bound) = (from.year(), from);
+        for _ in 0..30 {
+            let offset = stand_in_year(year)? - year;
+            let found = self
+                .inner
+                .iter()
+                .filter_map(|s| {
+                    let at = Utc.from_utc_datetime(&shift_years(bound, offset)?);
+                    s.after(&at).next()
+                })
+                .map(|t| t.naive_utc())
+                .filter(|t| t.year() == year + offset)
+                .min();
+            if let Some(t) = found {
+                return shift_years(t, -offset);
+            }
+            bound = NaiveDate::from_ymd_opt(year + 1, 1, 1)?.and_hms_opt(0, 0, 0)?
+                - chrono::Duration::seconds(1);
+            year += 1;
+        }
+        None
+    }
+
+    /// The last wall-clock slot strictly before `from`, looking at most 30 years back.
+    fn wall_before(&self, from: NaiveDateTime) -> Option<NaiveDateTime> {
+        // `bound` is exclusive and may lie in the year after `year` (1 Jan, 00:00).
+        let (mut year, mut bound) = (from.year(), from);
+        for _ in 0..30 {
+            let offset = stand_in_year(year)? - year;
+            let found = self
+                .inner
+                .iter()
+                .filter_map(|s| {
+                    let at = Utc.from_utc_datetime(&shift_years(bound, offset)?);
+                    s.after(&at).next_back()
+                })
+                .map(|t| t.naive_utc())
+                .filter(|t| t.year() == year + offset)
+                .max();
+            if let Some(t) = found {
+                return shift_years(t, -offset);
+            }
+            bound = NaiveDate::from_ymd_opt(year, 1, 1)?.and_hms_opt(0, 0, 0)?;
+            year -= 1;
+        }
+        None
+    }
+}
+
+/// How far a wall clock moves at a DST change, at most (a few zones shift by up to 2 h).
+const SHIFT: chrono::Duration = chrono::Duration::hours(3);
+
+/// The `cron` crate knows the years 1970 to 2100 only. A later year is matched in a stand-in
+/// year with the same calendar (same weekday on 1 January and same leap-ness, so every date
+/// falls on the same weekday) and mapped back.
+fn stand_in_year(year: i32) -> Option<i32> {
+    if (1971..=2099).contains(&year) {
+        return Some(year);
+    }
+    let leap = |y: i32| NaiveDate::from_ymd_opt(y, 2, 29).is_some();
+    let jan1 = |y: i32| NaiveDate::from_ymd_opt(y, 1, 1).map(|d| d.weekday());
+    (2000..=2099).find(|&c| leap(c) == leap(year) && jan1(c) == jan1(year))
+}
+
+/// `t` moved by whole years (its date exists there: callers keep leap-ness).
+fn shift_years(t: NaiveDateTime, years: i32) -> Option<NaiveDateTime> {
+    if years == 0 {
+        return Some(t);
+    }
+    let date = t.date();
+    NaiveDate::from_ymd_opt(date.year() + years, date.month(), date.day())
+        .map(|d| d.and_time(t.time()))
 }
 
 /// Whether some month in `months` has some day in `days` (February counting its 29th).
@@ -373,8 +483,11 @@ mod tests {
         );
     }
 
+    /// As cronie's crond ran them under faketime (issue 15): a fixed-time slot in the hour
+    /// the clocks go back fires once; one in the hour they skip fires as the clocks jump
+    /// (cron(8): "run immediately"), so a weekly issue is never lost.
     #[test]
-    fn a_repeated_wall_clock_hour_fires_once_and_a_skipped_one_not_at_all() {
+    fn a_repeated_wall_clock_hour_fires_once_and_a_skipped_one_at_the_jump() {
         // 02:30 daily: on 2026-10-25 Berlin passes 02:30 twice; on 2026-03-29 never.
         let autumn = slots("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", 3);
         assert_eq!(
@@ -388,8 +501,54 @@ mod tests {
         let spring = slots("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", 2);
         assert_eq!(
             spring,
-            ["2026-03-30T00:30:00+00:00", "2026-03-31T00:30:00+00:00"]
+            // 03:00 CEST, the first minute after the gap.
+            ["2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"]
         );
+        // The weekly case from the field report: Sunday 02:30, on the day of the change.
+        let weekly = slots("30 2 * * SUN", "Europe/Berlin", "2027-03-21T12:00:00Z", 1);
+        assert_eq!(weekly, ["2027-03-28T01:00:00+00:00"]);
+        let s = Schedule::parse("30 2 * * SUN", "Europe/Berlin").unwrap();
+        assert_eq!(
+            s.latest_at_or_before(utc("2027-03-28T01:30:00Z"))
+                .map(|t| t.to_rfc3339()),
+            Some("2027-03-28T01:00:00+00:00".to_owned())
+        );
+    }
+
+    /// A wildcard expression (minute or hour starting with `*`) runs in both passes of the
+    /// repeated hour, as cronie does; several skipped slots fire once at the jump.
+    #[test]
+    fn wildcard_schedules_run_in_both_passes_of_the_repeated_hour() {
+        let autumn = slots("0,30 * 25 10 *", "Europe/Berlin", "2026-10-24T23:45:00Z", 4);
+        assert_eq!(
+            autumn,
+            [
+                "2026-10-25T00:00:00+00:00",
+                "2026-10-25T00:30:00+00:00",
+                "2026-10-25T01:00:00+00:00",
+                "2026-10-25T01:30:00+00:00"
+            ]
+        );
+        let spring = slots("*/20 2 29 3 *", "Europe/Berlin", "2026-03-28T12:00:00Z", 2);
+        assert_eq!(
+            spring,
+            ["2026-03-29T01:00:00+00:00", "2027-03-29T00:00:00+00:00"]
+        );
+    }
+
+    #[test]
+    fn slots_go_on_past_2100() {
+        let s = slots("0 0 1 1 *", "UTC", "2099-06-01T00:00:00Z", 3);
+        assert_eq!(
+            s,
+            [
+                "2100-01-01T00:00:00+00:00",
+                "2101-01-01T00:00:00+00:00",
+                "2102-01-01T00:00:00+00:00"
+            ]
+        );
+        let s = Schedule::parse("0 9 * * MON", "Europe/Berlin").unwrap();
+        assert!(s.latest_at_or_before(utc("2150-06-01T00:00:00Z")).is_some());
     }
 
     #[test]
