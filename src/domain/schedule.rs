@@ -262,51 +262,50 @@ impl Schedule {
 
     /// The first wall-clock slot strictly after `from`, looking at most 30 years ahead.
     fn wall_after(&self, from: NaiveDateTime) -> Option<NaiveDateTime> {
-        // `bound` is exclusive and may lie in the year before `year` (31 Dec, 23:59:59).
-        let (mut year, mut bound) = (from.year(), from);
-        for _ in 0..30 {
-            let offset = stand_in_year(year)? - year;
-            let found = self
-                .inner
-                .iter()
-                .filter_map(|s| {
-                    let at = Utc.from_utc_datetime(&shift_years(bound, offset)?);
-                    s.after(&at).next()
-                })
-                .map(|t| t.naive_utc())
-                .filter(|t| t.year() == year + offset)
-                .min();
-            if let Some(t) = found {
-                return shift_years(t, -offset);
-            }
-            bound = NaiveDate::from_ymd_opt(year + 1, 1, 1)?.and_hms_opt(0, 0, 0)?
-                - chrono::Duration::seconds(1);
-            year += 1;
-        }
-        None
+        self.wall_step(from, true)
     }
 
     /// The last wall-clock slot strictly before `from`, looking at most 30 years back.
     fn wall_before(&self, from: NaiveDateTime) -> Option<NaiveDateTime> {
-        // `bound` is exclusive and may lie in the year after `year` (1 Jan, 00:00).
+        self.wall_step(from, false)
+    }
+
+    /// The nearest wall-clock slot strictly after (`forward`) or before `from`, one year at a
+    /// time, each in its stand-in year.
+    fn wall_step(&self, from: NaiveDateTime, forward: bool) -> Option<NaiveDateTime> {
+        // `bound` is exclusive and may lie just outside `year` (31 Dec 23:59:59 of the year
+        // before when going forward, 1 Jan 00:00 of the year after when going back).
         let (mut year, mut bound) = (from.year(), from);
         for _ in 0..30 {
             let offset = stand_in_year(year)? - year;
-            let found = self
-                .inner
-                .iter()
-                .filter_map(|s| {
-                    let at = Utc.from_utc_datetime(&shift_years(bound, offset)?);
-                    s.after(&at).next_back()
-                })
+            let candidates = self.inner.iter().filter_map(|s| {
+                let at = Utc.from_utc_datetime(&shift_years(bound, offset)?);
+                let mut slots = s.after(&at);
+                if forward {
+                    slots.next()
+                } else {
+                    slots.next_back()
+                }
+            });
+            let in_year = candidates
                 .map(|t| t.naive_utc())
-                .filter(|t| t.year() == year + offset)
-                .max();
+                .filter(|t| t.year() == year + offset);
+            let found = if forward {
+                in_year.min()
+            } else {
+                in_year.max()
+            };
             if let Some(t) = found {
                 return shift_years(t, -offset);
             }
-            bound = NaiveDate::from_ymd_opt(year, 1, 1)?.and_hms_opt(0, 0, 0)?;
-            year -= 1;
+            if forward {
+                bound = NaiveDate::from_ymd_opt(year + 1, 1, 1)?.and_hms_opt(0, 0, 0)?
+                    - chrono::Duration::seconds(1);
+                year += 1;
+            } else {
+                bound = NaiveDate::from_ymd_opt(year, 1, 1)?.and_hms_opt(0, 0, 0)?;
+                year -= 1;
+            }
         }
         None
     }
