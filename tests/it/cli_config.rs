@@ -148,12 +148,7 @@ async fn previous_token_secrets_come_from_the_environment_one_per_line(pool: PgP
     );
     let run = d.run_with_stdin(&["inbound"], mail.as_bytes());
     assert!(run.output.status.success(), "{run}");
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM subscriber WHERE subscriber_id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let status = crate::helpers::subscriber_status(&pool, id).await;
     assert_eq!(status, "unsubscribed", "{run}");
 
     let line = Digestif::new(&pool)

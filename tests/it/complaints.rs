@@ -17,7 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use sqlx::PgPool;
 
 use crate::dns_server::DnsServer;
-use crate::helpers::{Digestif, arg, file_with};
+use crate::helpers::{Digestif, arg, file_with, subscriber_status};
 
 const RSA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -134,14 +134,6 @@ async fn subscribers(pool: &PgPool, s: &Settings) -> TokenKeys {
     digestif::digest::token_keys(s, pool).await.unwrap()
 }
 
-async fn status(pool: &PgPool, id: i64) -> String {
-    sqlx::query_scalar("SELECT status FROM subscriber WHERE subscriber_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 async fn events(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM subscriber_event")
         .fetch_one(pool)
@@ -176,7 +168,7 @@ async fn our_signed_message_id_in_an_unauthenticated_report_changes_nothing(pool
         .await
         .unwrap();
     assert!(ignored_as_unauthenticated(&handled), "{handled}");
-    assert_eq!(status(&pool, 1).await, "active");
+    assert_eq!(subscriber_status(&pool, 1).await, "active");
     assert_eq!(events(&pool).await, 0);
     assert!(
         dns.asked().is_empty(),
@@ -197,7 +189,7 @@ async fn a_report_signed_by_a_configured_feedback_loop_unsubscribes_and_suppress
         .await
         .unwrap();
     assert_eq!(handled, Handled::Complaint(1));
-    assert_eq!(status(&pool, 1).await, "complained");
+    assert_eq!(subscriber_status(&pool, 1).await, "complained");
     assert_eq!(
         dns.asked(),
         [format!("{SELECTOR}._domainkey.{FBL}")],
@@ -222,13 +214,13 @@ async fn a_report_signed_by_a_configured_feedback_loop_unsubscribes_and_suppress
         .await
         .unwrap();
     assert!(ignored_as_unauthenticated(&handled), "{handled}");
-    assert_eq!(status(&pool, 2).await, "active");
+    assert_eq!(subscriber_status(&pool, 2).await, "active");
     let raw = signed(&about_2, FBL, SELECTOR, false);
     let handled = handle(&pool, &s, &keys, raw.as_bytes(), None)
         .await
         .unwrap();
     assert_eq!(handled, Handled::Complaint(2));
-    assert_eq!(status(&pool, 2).await, "complained");
+    assert_eq!(subscriber_status(&pool, 2).await, "complained");
 
     // No Original-Rcpt-To: the To of the returned message; a subdomain of the loop signs.
     let sub = format!("mail.{FBL}");
@@ -248,7 +240,7 @@ async fn a_report_signed_by_a_configured_feedback_loop_unsubscribes_and_suppress
         .await
         .unwrap();
     assert_eq!(handled, Handled::Complaint(3));
-    assert_eq!(status(&pool, 3).await, "complained");
+    assert_eq!(subscriber_status(&pool, 3).await, "complained");
 }
 
 #[sqlx::test]
@@ -318,8 +310,8 @@ async fn reports_that_do_not_authenticate_change_nothing(pool: PgPool) {
         );
         assert!(ignored_as_unauthenticated(&handled), "{what}: {handled}");
         assert!(handled.to_string().contains(why), "{what}: {handled}");
-        assert_eq!(status(&pool, 1).await, "active", "{what}");
-        assert_eq!(status(&pool, 2).await, "active", "{what}");
+        assert_eq!(subscriber_status(&pool, 1).await, "active", "{what}");
+        assert_eq!(subscriber_status(&pool, 2).await, "active", "{what}");
     }
     assert_eq!(events(&pool).await, 0);
     let asked = dns.asked();
@@ -363,7 +355,7 @@ async fn a_silent_dns_server_makes_inbound_ask_for_a_retry_within_seconds(pool: 
         !dns.asked().is_empty(),
         "the lookup went to the configured server"
     );
-    assert_eq!(status(&pool, 1).await, "active");
+    assert_eq!(subscriber_status(&pool, 1).await, "active");
 }
 
 #[sqlx::test]
@@ -385,7 +377,7 @@ async fn a_report_naming_our_verp_tag_counts_from_any_sender(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(handled, Handled::Complaint(2));
-    assert_eq!(status(&pool, 2).await, "complained");
+    assert_eq!(subscriber_status(&pool, 2).await, "complained");
 
     // A forged tag does not.
     let forged = return_path.replace(".7.2.", ".7.3.");
@@ -399,5 +391,5 @@ async fn a_report_naming_our_verp_tag_counts_from_any_sender(pool: PgPool) {
         .await
         .unwrap();
     assert!(ignored_as_unauthenticated(&handled), "{handled}");
-    assert_eq!(status(&pool, 3).await, "active");
+    assert_eq!(subscriber_status(&pool, 3).await, "active");
 }

@@ -186,6 +186,15 @@ pub async fn subscriber_count(pool: &PgPool) -> i64 {
         .expect("count subscribers")
 }
 
+/// The status of subscriber `id`.
+pub async fn subscriber_status(pool: &PgPool, id: i64) -> String {
+    sqlx::query_scalar("SELECT status FROM subscriber WHERE subscriber_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("subscriber status")
+}
+
 /// `n` active subscribers `user1@example.com`… named `User 1`…, and one tip to send.
 pub async fn seed(pool: &PgPool, n: i64) {
     sqlx::query(

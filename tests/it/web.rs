@@ -553,12 +553,7 @@ async fn every_answer_says_no_store_and_none_redirects(pool: PgPool) {
         );
         assert!(!r.headers.contains("\r\nlocation:"), "{want} redirects");
     }
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM subscriber WHERE subscriber_id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let status = crate::helpers::subscriber_status(&pool, id).await;
     assert_eq!(
         status, "unsubscribed",
         "the POST after the 413 did its work"
@@ -673,12 +668,7 @@ async fn a_rotated_token_secret_keeps_old_links_working_and_signs_with_the_new_o
     assert_ne!(new_link, old_link);
     let r = rotated.request("POST", &old_link, Some("")).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM subscriber WHERE subscriber_id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let status = crate::helpers::subscriber_status(&pool, id).await;
     assert_eq!(status, "unsubscribed");
 }
 
