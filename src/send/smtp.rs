@@ -84,11 +84,7 @@ impl Conn {
         gate: impl Future<Output = bool>,
         limit: Duration,
     ) -> Done {
-        let ascii_addresses = envelope
-            .from()
-            .into_iter()
-            .chain(envelope.to())
-            .all(|a| AsRef::<str>::as_ref(a).is_ascii());
+        let ascii_addresses = ascii_envelope(envelope);
         let eight_bit = !bytes.is_ascii();
         let can_8bit = self
             .smtp
@@ -405,11 +401,7 @@ impl SmtpPool {
         };
         // lettre refuses such an envelope with a client error that looks like a connection
         // failure, which would be retried for `delivery.give_up_after`; no retry can help.
-        let ascii = envelope
-            .from()
-            .into_iter()
-            .chain(envelope.to())
-            .all(|a| AsRef::<str>::as_ref(a).is_ascii());
+        let ascii = ascii_envelope(envelope);
         if !ascii
             && !conn
                 .smtp
@@ -473,6 +465,15 @@ fn reply_text(e: &lettre::transport::smtp::Error) -> String {
         Some((_, reply)) => reply.to_owned(),
         None => text,
     }
+}
+
+/// Whether every address of the envelope is ASCII (else the relay must offer SMTPUTF8).
+fn ascii_envelope(envelope: &Envelope) -> bool {
+    envelope
+        .from()
+        .into_iter()
+        .chain(envelope.to())
+        .all(|a| AsRef::<str>::as_ref(a).is_ascii())
 }
 
 /// QUIT, waiting briefly for the reply; a relay that does not answer is simply dropped.
