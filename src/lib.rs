@@ -30,6 +30,9 @@ pub mod inbound;
 /// Running on the schedule: one shot (`run`) and the long-running loop (`serve`).
 pub mod schedule;
 
+/// Outgoing HTTP: one client setup.
+pub mod fetch;
+
 /// The HTTP server: health, metrics and the subscriber pages.
 pub mod http;
 

@@ -22,6 +22,10 @@ fn main() -> ExitCode {
             eprintln!("digestif: {e:#}");
             ExitCode::from(digestif::cli::EX_TEMPFAIL)
         }
+        Err(e) if e.downcast_ref::<digestif::cli::ConfigFail>().is_some() => {
+            eprintln!("digestif: {e:#}");
+            ExitCode::from(digestif::cli::EX_CONFIG)
+        }
         Err(e) => {
             eprintln!("digestif: {e:#}");
             ExitCode::FAILURE

@@ -26,7 +26,8 @@ pub struct Pass {
 }
 
 /// Creates the issue of the slot due at `now` (if within `schedule.grace`; older missed slots
-/// are reported, not sent) and delivers whatever is ready. Running it again, or twice at once,
+/// are reported, not sent, unless they came before the first `migrate`) and delivers whatever
+/// is ready. Running it again, or twice at once,
 /// does nothing more: one issue per slot, and claims are exclusive.
 pub async fn run_once(
     pool: &PgPool,
@@ -52,6 +53,9 @@ pub async fn run_once(
         None => {
             if let Some(latest) = settings.schedule.schedule.latest_at_or_before(now)
                 && issues::find_by_slot(pool, latest).await?.is_none()
+                && crate::store::installed_at(pool)
+                    .await?
+                    .is_none_or(|installed| latest >= installed)
             {
                 let late = humantime::format_duration(Duration::from_secs(
                     (now - latest).num_seconds().max(0) as u64,

@@ -98,6 +98,49 @@ fn smtp_hint(error: &str) -> &'static str {
     }
 }
 
+/// The links in every message (one-click unsubscribe, confirmation) lead to
+/// `newsletter.base_url`: something there must be a digestif that reaches its database, or
+/// every unsubscribe fails. `/healthz` answers exactly that.
+async fn web_check(r: &mut Report, settings: &Settings) {
+    let url = format!(
+        "{}/healthz",
+        settings.newsletter.base_url.as_str().trim_end_matches('/')
+    );
+    let fix = "unsubscribe and confirmation links in sent mail would not work: run `digestif serve` \
+               (or digestif-web.service, `serve --no-schedule`, beside a timer or cron job) \
+               and point newsletter.base_url at it";
+    let answer = match crate::fetch::client(WEB_TIMEOUT) {
+        Ok(client) => crate::fetch::get(&client, &url, 4096).await,
+        Err(e) => Err(format!("{e:#}")),
+    };
+    match answer {
+        Ok(a) if a.status == 200 && a.body.starts_with(HEALTHY) => r.ok(&format!(
+            "web: {url} answers: a digestif that reaches its database"
+        )),
+        Ok(a) if a.status == 503 => r.fail(
+            &format!("web: {url}"),
+            &format!(
+                "answered 503 ({}): the digestif serving the links cannot reach its database",
+                crate::domain::one_line(&a.body.trim().chars().take(120).collect::<String>())
+            ),
+        ),
+        Ok(a) => r.fail(
+            &format!("web: {url}"),
+            &format!("answered {} but not as digestif does; {fix}", a.status),
+        ),
+        Err(e) => r.fail(
+            &format!("web: {url}"),
+            &format!("{}; {fix}", crate::domain::one_line(&e)),
+        ),
+    }
+}
+
+/// How long doctor waits for the pages behind `newsletter.base_url`.
+const WEB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What `/healthz` says when all is well (src/http): the mark of a digestif.
+const HEALTHY: &str = crate::http::HEALTHY;
+
 /// Runs every check.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     let mut r = Report { failed: 0 };
@@ -178,6 +221,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         Err(e) => r.fail("transport", &format!("{e:#}")),
     }
 
+    web_check(&mut r, settings).await;
     if settings.newsletter.base_url.scheme() != "https" {
         r.note(&format!(
             "newsletter.base_url is {}: one-click unsubscribe needs an https URL in production",

@@ -138,12 +138,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Err(e) if matches!(cli.command, Command::Inbound { .. }) => {
             return Err(TempFail(anyhow::Error::new(e)).into());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(ConfigFail(anyhow::Error::new(e)).into()),
     };
     if cli.command.sends_mail() {
         // Every key is read and checked before the database is touched, so a bad key never
         // leaves an issue created and fanned out with nobody able to send it.
-        crate::send::Mailer::from_settings(&settings)?;
+        crate::send::Mailer::from_settings(&settings).map_err(ConfigFail)?;
     }
     match cli.command {
         Command::Migrate => {
@@ -176,6 +176,15 @@ pub struct TempFail(anyhow::Error);
 
 /// Exit code for [`TempFail`] (sysexits.h EX_TEMPFAIL), which MTAs treat as "retry later".
 pub const EX_TEMPFAIL: u8 = 75;
+
+/// The configuration (file, environment, keys it names) is wrong: starting again will not help
+/// until the operator fixes it, so the units name this code in `RestartPreventExitStatus=`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct ConfigFail(anyhow::Error);
+
+/// Exit code for [`ConfigFail`] (sysexits.h EX_CONFIG).
+pub const EX_CONFIG: u8 = 78;
 
 async fn inbound(settings: &Settings, recipient: Option<&str>) -> anyhow::Result<()> {
     use std::io::Read;

@@ -292,10 +292,14 @@ async fn security_headers(mut response: Response) -> Response {
 }
 
 /// 200 when the database answers within two seconds, 503 otherwise.
+/// `/healthz`'s answer when the database answers; `doctor` looks for it at
+/// `newsletter.base_url` to know that a digestif serves the links there.
+pub const HEALTHY: &str = "ok: digestif, database reachable\n";
+
 async fn healthz(State(app): State<AppState>) -> Response {
     let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&app.pool);
     match tokio::time::timeout(Duration::from_secs(2), ping).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ok: database reachable\n").into_response(),
+        Ok(Ok(_)) => (StatusCode::OK, HEALTHY).into_response(),
         Ok(Err(e)) => {
             tracing::warn!("health check: database error: {e}");
             (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()

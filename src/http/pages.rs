@@ -157,10 +157,17 @@ pub async fn unsubscribe_page(State(app): State<AppState>, Path(token): Path<Str
         return not_found(&app);
     }
     let base = app.base();
+    let mut lines = vec!["You will not receive any more issues.".to_owned()];
+    // Only promise a way back that exists: without the sign-up form /subscribe is a 404.
+    if app.settings.http.signup {
+        lines.push(format!(
+            "You can subscribe again at any time at {base}/subscribe."
+        ));
+    }
     app.page(
         StatusCode::OK,
         &format!("Unsubscribe from {}?", app.settings.newsletter.name),
-        vec!["You will not receive any more issues. You can subscribe again at any time.".into()],
+        lines,
     )
     .button(Button {
         action: format!("{base}/unsubscribe/{token}"),

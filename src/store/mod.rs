@@ -108,6 +108,14 @@ pub async fn connect_current(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
     }
 }
 
+/// When `digestif migrate` first ran on this database: slots before it were never this
+/// install's to send, so they are not reported as missed.
+pub async fn installed_at(pool: &PgPool) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    sqlx::query_scalar("SELECT min(installed_on) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+}
+
 /// The useful part of a driver error: the OS or server message without sqlx's prefixes.
 pub fn db_reason(e: &sqlx::Error) -> String {
     match e {

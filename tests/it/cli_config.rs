@@ -7,7 +7,7 @@ use crate::helpers::{Digestif, arg, file_with, subscriber_count};
 #[sqlx::test]
 async fn a_bad_environment_value_names_the_key_and_writes_nothing(pool: PgPool) {
     let d = Digestif::new(&pool).env("DIGESTIF_DELIVERY__CONCURRENCY", "0");
-    let line = d.fails(
+    let line = d.config_fails(
         &["subscribers", "add", "ok@example.com"],
         "delivery.concurrency",
     );
@@ -25,16 +25,16 @@ async fn a_bad_file_value_names_the_key_and_the_file(pool: PgPool) {
         b"[schedule]\ntimezone = \"Mars/Olympus_Mons\"\n",
     );
     let d = Digestif::new(&pool);
-    d.fails(
+    d.config_fails(
         &["--config", arg(&path), "subscribers", "list"],
         "config: schedule.timezone: 'Mars/Olympus_Mons' is not an IANA time zone",
     );
     let (_dir2, typo) = file_with("digestif.toml", b"[smtp]\nurll = \"smtp://x\"\n");
-    d.fails(
+    d.config_fails(
         &["--config", arg(&typo), "subscribers", "list"],
         "config: smtp.urll: unknown field",
     );
-    d.fails(
+    d.config_fails(
         &["--config", "nope.toml", "migrate"],
         "config: --config: nope.toml: no such file",
     );
@@ -43,7 +43,7 @@ async fn a_bad_file_value_names_the_key_and_the_file(pool: PgPool) {
 #[sqlx::test]
 async fn the_smtp_password_never_appears_in_an_error(pool: PgPool) {
     let d = Digestif::new(&pool).env("DIGESTIF_SMTP__URL", "ftp://user:hunter2@mail.example.com");
-    let line = d.fails(&["subscribers", "list"], "config: smtp.url");
+    let line = d.config_fails(&["subscribers", "list"], "config: smtp.url");
     assert!(!line.contains("hunter2"), "{line}");
 }
 
@@ -54,7 +54,9 @@ async fn secrets_are_text_whatever_they_look_like_and_never_shown(pool: PgPool) 
         crate::smtp_server::Policy::default().require_auth("mailer", "84736251", "PLAIN"),
     )
     .await;
+    let web = crate::web::App::start(&pool, "").await;
     let d = Digestif::new(&pool)
+        .links_to(&web)
         .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
         .env("DIGESTIF_SMTP__URL", &server.url())
         .env("DIGESTIF_SMTP__USERNAME", "mailer")
@@ -67,7 +69,7 @@ async fn secrets_are_text_whatever_they_look_like_and_never_shown(pool: PgPool) 
 
     // In a file a bare number is a TOML integer: refused, without showing it.
     let (_dir, path) = file_with("digestif.toml", b"[smtp]\npassword = 84736251\n");
-    let line = Digestif::new(&pool).fails(
+    let line = Digestif::new(&pool).config_fails(
         &["--config", arg(&path), "subscribers", "list"],
         "config: smtp.password: not a valid value (not shown",
     );
@@ -82,8 +84,10 @@ async fn secrets_can_come_from_files(pool: PgPool) {
     .await;
     // As systemd's LoadCredential= and Docker secrets write them: with a final line break.
     let (_dir, secret) = file_with("password", b"from a file\n");
+    let web = crate::web::App::start(&pool, "").await;
     let base = || {
         Digestif::new(&pool)
+            .links_to(&web)
             .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
             .env("DIGESTIF_SMTP__URL", &server.url())
             .env("DIGESTIF_SMTP__USERNAME", "mailer")
@@ -104,14 +108,14 @@ async fn secrets_can_come_from_files(pool: PgPool) {
 
     base()
         .env("DIGESTIF_SMTP__PASSWORD_FILE", "/nonexistent/password")
-        .fails(
+        .config_fails(
             &["subscribers", "list"],
             "config: smtp.password: /nonexistent/password: cannot read the secret",
         );
     base()
         .env("DIGESTIF_SMTP__PASSWORD_FILE", arg(&secret))
         .env("DIGESTIF_SMTP__PASSWORD", "x")
-        .fails(
+        .config_fails(
             &["subscribers", "list"],
             "both DIGESTIF_SMTP__PASSWORD and DIGESTIF_SMTP__PASSWORD_FILE are set",
         );
@@ -153,7 +157,7 @@ async fn previous_token_secrets_come_from_the_environment_one_per_line(pool: PgP
 
     let line = Digestif::new(&pool)
         .env("DIGESTIF_HTTP__PREVIOUS_TOKEN_SECRETS", "tiny-secret-xyz")
-        .fails(
+        .config_fails(
             &["subscribers", "list"],
             "config: http.previous_token_secrets: every entry must be at least",
         );
@@ -206,7 +210,7 @@ async fn schedules_are_read_as_cronie_reads_them(pool: PgPool) {
     assert!(!next.contains("Wed 2026-12-02"), "{next}");
     Digestif::new(&pool)
         .env("DIGESTIF_SCHEDULE__CRON", "0 0 30 2 *")
-        .fails(&["schedule", "next"], "'0 0 30 2 *' never fires");
+        .config_fails(&["schedule", "next"], "'0 0 30 2 *' never fires");
 }
 
 /// `doctor` says whose complaints count.

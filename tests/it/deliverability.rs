@@ -443,10 +443,12 @@ async fn doctor_names_each_failure_mode(pool: PgPool) {
         "the SMTP check still runs: {key}"
     );
 
+    let web = crate::web::App::start(&pool, "").await;
     let good = d(&[
         ("DIGESTIF_SMTP__URL", &plain.url()),
         ("DIGESTIF_DKIM__ENABLED", "true"),
         ("DIGESTIF_DKIM__KEY_FILE", RSA),
+        ("DIGESTIF_NEWSLETTER__BASE_URL", &web.url()),
     ])
     .run_async(&["doctor"])
     .await;
@@ -468,7 +470,7 @@ async fn a_bad_dkim_key_stops_sending_at_start_up_naming_the_file(pool: PgPool) 
         .env("DIGESTIF_DKIM__ENABLED", "true")
         .env("DIGESTIF_DKIM__KEY_FILE", crate::helpers::arg(&bad));
     seed(&pool, 1).await;
-    let line = d.fails(&["issue", "send", "--now"], "not a PKCS#1 RSA private key");
+    let line = d.config_fails(&["issue", "send", "--now"], "not a PKCS#1 RSA private key");
     assert!(line.contains(crate::helpers::arg(&bad)), "{line}");
     assert!(
         !line.contains("not a key"),
@@ -495,7 +497,7 @@ async fn an_rsa_key_under_2048_bits_is_refused_at_start_up(pool: PgPool) {
             "tests/fixtures/dkim-test-rsa-1024.pem",
         );
     seed(&pool, 1).await;
-    d.fails(
+    d.config_fails(
         &["issue", "send", "--now"],
         "dkim.key_file: tests/fixtures/dkim-test-rsa-1024.pem: cannot sign with this key (use an RSA key of 2048 to 4096 bits)",
     );
@@ -669,7 +671,10 @@ async fn the_smtp_password_is_never_sent_without_tls_unless_allowed(pool: PgPool
     assert!(server.accepted().is_empty());
 
     // A relay on a trusted network, said so explicitly.
-    let allowed = d.env("DIGESTIF_SMTP__ALLOW_PLAINTEXT_AUTH", "true");
+    let web = crate::web::App::start(&pool, "").await;
+    let allowed = d
+        .env("DIGESTIF_SMTP__ALLOW_PLAINTEXT_AUTH", "true")
+        .links_to(&web);
     let doctor = allowed.run_async(&["doctor"]).await;
     assert!(doctor.output.status.success(), "{doctor}");
     assert_eq!(server.logins(), ["PLAIN mailer"]);
@@ -709,7 +714,11 @@ async fn starttls_with_a_private_ca_and_auth_delivers_and_doctor_says_so(pool: P
     assert!(untrusted.stdout().contains("FAIL  smtp:"), "{untrusted}");
     assert!(server.logins().is_empty());
 
-    let doctor = d(Some(&ca.ca_file())).run_async(&["doctor"]).await;
+    let web = crate::web::App::start(&pool, "").await;
+    let doctor = d(Some(&ca.ca_file()))
+        .links_to(&web)
+        .run_async(&["doctor"])
+        .await;
     assert!(doctor.output.status.success(), "{doctor}");
     let send = d(Some(&ca.ca_file()))
         .run_async(&["issue", "send", "--now"])

@@ -31,6 +31,12 @@ impl Digestif {
         self
     }
 
+    /// Points `newsletter.base_url` at `web`, a running digestif web server, as `doctor`
+    /// requires of an install whose links work.
+    pub fn links_to(self, web: &crate::web::App) -> Self {
+        self.env("DIGESTIF_NEWSLETTER__BASE_URL", &web.url())
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_digestif"));
         cmd.args(args)
@@ -110,8 +116,22 @@ impl Digestif {
     /// Runs and insists on failure with exit code 1 and exactly one line on stderr that
     /// contains `needle`; returns that line.
     pub fn fails(&self, args: &[&str], needle: &str) -> String {
+        self.fails_with(1, args, needle)
+    }
+
+    /// Like [`Digestif::fails`], for a configuration error: exit 78 (EX_CONFIG), which the
+    /// units name in `RestartPreventExitStatus=` so a typo does not restart forever.
+    pub fn config_fails(&self, args: &[&str], needle: &str) -> String {
+        self.fails_with(78, args, needle)
+    }
+
+    fn fails_with(&self, code: i32, args: &[&str], needle: &str) -> String {
         let run = self.run(args);
-        assert_eq!(run.output.status.code(), Some(1), "expected exit 1\n{run}");
+        assert_eq!(
+            run.output.status.code(),
+            Some(code),
+            "expected exit {code}\n{run}"
+        );
         let stderr = run.stderr();
         let last = stderr.lines().last().unwrap_or_default().to_owned();
         assert!(

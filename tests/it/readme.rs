@@ -245,7 +245,9 @@ async fn doctor_reports_a_successful_auth(pool: PgPool) {
     let server =
         SmtpServer::start(Policy::default().require_auth("mailer", "s3cret pass", "PLAIN LOGIN"))
             .await;
+    let web = crate::web::App::start(&pool, "").await;
     let run = Digestif::new(&pool)
+        .links_to(&web)
         .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
         .env("DIGESTIF_SMTP__URL", &server.url())
         .env("DIGESTIF_SMTP__USERNAME", "mailer")
@@ -305,6 +307,78 @@ async fn doctor_fails_when_the_database_cannot_be_reached(pool: PgPool) {
         .await;
     assert_eq!(down.output.status.code(), Some(1), "{down}");
     assert!(down.stdout().contains("FAIL  database"), "{down}");
+}
+
+/// README: `digestif run` serves no HTTP, so an install without `digestif-web.service` sends
+/// mail whose unsubscribe links lead nowhere: `doctor` fetches `<base_url>/healthz` and fails
+/// unless a digestif that reaches its database answers there.
+#[sqlx::test]
+async fn doctor_fails_when_no_digestif_answers_at_the_base_url(pool: PgPool) {
+    let web_line = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("web: "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // Nothing listens there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let run = Digestif::new(&pool)
+        .env("DIGESTIF_NEWSLETTER__BASE_URL", &dead)
+        .run_async(&["doctor"])
+        .await;
+    assert_eq!(run.output.status.code(), Some(1), "{run}");
+    let line = web_line(&run.stdout());
+    assert!(
+        line.starts_with(&format!("FAIL  web: {dead}/healthz: ")),
+        "{run}"
+    );
+    assert!(line.contains("digestif-web.service"), "{run}");
+
+    // Something else answers there (a default web server page).
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://{}", other.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = other.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nIt works!\r\n")
+                .await;
+        }
+    });
+    let run = Digestif::new(&pool)
+        .env(
+            "DIGESTIF_NEWSLETTER__BASE_URL",
+            &format!("{other_url}/news/"),
+        )
+        .run_async(&["doctor"])
+        .await;
+    assert_eq!(run.output.status.code(), Some(1), "{run}");
+    let line = web_line(&run.stdout());
+    assert!(
+        line.starts_with(&format!(
+            "FAIL  web: {other_url}/news/healthz: answered 200 but not as digestif does"
+        )),
+        "{run}"
+    );
+
+    // digestif's own web server.
+    let web = crate::web::App::start(&pool, "").await;
+    let run = Digestif::new(&pool)
+        .links_to(&web)
+        .run_async(&["doctor"])
+        .await;
+    assert_eq!(
+        web_line(&run.stdout()),
+        format!(
+            "ok    web: {}/healthz answers: a digestif that reaches its database",
+            web.url()
+        ),
+        "{run}"
+    );
 }
 
 /// README: `serve` "sleeps until the next slot or the next retry": a deferred message goes out

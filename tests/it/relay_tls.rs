@@ -109,7 +109,9 @@ async fn the_ehlo_name_is_fully_qualified_and_every_session_ends_with_quit(pool:
     assert_eq!(quits, server.sessions(), "{:?}", server.commands());
 
     let named = SmtpServer::start(Policy::default()).await;
+    let web = crate::web::App::start(&pool, "").await;
     let doctor = digestif(&pool, &named, "none")
+        .links_to(&web)
         .env("DIGESTIF_SMTP__HELO_NAME", "mta1.news.example.com")
         .run_async(&["doctor"])
         .await;
@@ -123,7 +125,7 @@ async fn the_ehlo_name_is_fully_qualified_and_every_session_ends_with_quit(pool:
     );
     Digestif::new(&pool)
         .env("DIGESTIF_SMTP__HELO_NAME", "not a name")
-        .fails(
+        .config_fails(
             &["subscribers", "list"],
             "config: smtp.helo_name: 'not a name' is not a host name",
         );

@@ -95,10 +95,42 @@ async fn two_runs_at_once_make_one_issue_and_one_copy_each(pool: PgPool) {
     assert_eq!(issue_count(&pool).await, 1);
 }
 
+/// A fresh install's first `run` must not warn about a slot from before it existed.
+#[sqlx::test]
+async fn a_slot_from_before_the_first_migrate_is_not_missed(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 3).await;
+    installed(&pool, digestif::clock::now() - chrono::Duration::hours(1)).await;
+    let old = cron_at(digestif::clock::now() - chrono::Duration::days(3));
+    let out = digestif(&pool, &server, &old, &["run"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        !stdout.contains("missed") && !stderr.contains("missed"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(issue_count(&pool).await, 0);
+    assert!(server.accepted().is_empty());
+}
+
+/// Pretends `digestif migrate` first ran at `at`.
+async fn installed(pool: &PgPool, at: chrono::DateTime<chrono::Utc>) {
+    sqlx::query("UPDATE _sqlx_migrations SET installed_on = $1")
+        .bind(at)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 #[sqlx::test]
 async fn a_slot_two_hours_late_is_sent_and_one_three_days_late_is_reported(pool: PgPool) {
     let server = SmtpServer::start(Policy::default()).await;
     seed(&pool, 3).await;
+    installed(&pool, "2000-01-01T00:00:00Z".parse().unwrap()).await;
     let old = cron_at(digestif::clock::now() - chrono::Duration::days(3));
     let out = digestif(&pool, &server, &old, &["run"])
         .output()

@@ -74,6 +74,11 @@ impl App {
         }
     }
 
+    /// Where it answers, for `newsletter.base_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
         self.request_with(method, path, body, &[]).await
     }
@@ -463,6 +468,25 @@ async fn the_sign_up_form_is_off_by_default(pool: PgPool) {
     );
 }
 
+/// The unsubscribe page offers a way back only when there is one.
+#[sqlx::test]
+async fn the_unsubscribe_page_promises_the_sign_up_form_only_when_it_is_on(pool: PgPool) {
+    let id = subscriber(&pool, "ann@example.com", "active").await;
+    for (extra, form) in [("", false), ("[http]\nsignup = true\n", true)] {
+        let app = App::start(&pool, extra).await;
+        let path = format!("/unsubscribe/{}", app.keys.sign(Purpose::Unsubscribe, id));
+        let page = app.request("GET", &path, None).await;
+        assert_eq!(page.status, 200);
+        assert_eq!(page.body.contains("subscribe again"), form, "{}", page.body);
+        let signup = app.request("GET", "/subscribe", None).await.status;
+        assert_eq!(
+            signup == 200,
+            form,
+            "{extra:?}: /subscribe answered {signup}"
+        );
+    }
+}
+
 #[sqlx::test]
 async fn the_archive_and_web_view_show_the_snapshot_without_personal_data(pool: PgPool) {
     let app = App::start(&pool, "").await;
@@ -566,7 +590,7 @@ async fn healthz_answers_503_when_the_database_does_not_answer(pool: PgPool) {
     let ok = up.request("GET", "/healthz", None).await;
     assert_eq!(
         (ok.status, ok.body.as_str()),
-        (200, "ok: database reachable\n")
+        (200, "ok: digestif, database reachable\n")
     );
 
     // A "database" that accepts connections and never says a word.
