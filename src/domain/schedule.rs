@@ -43,7 +43,8 @@ pub struct Schedule {
     /// One schedule, or two when day-of-month and day-of-week are both restricted (Vixie cron
     /// fires when either matches; the `cron` crate would require both).
     inner: Vec<cron::Schedule>,
-    /// Minute or hour starts with `*`: runs in both passes of a repeated hour, as in cronie.
+    /// Minute or hour starts with `*` (cronie's MIN_STAR/HR_STAR): runs in both passes of a
+    /// repeated hour and not at all in a skipped one, as in cronie.
     wildcard: bool,
 }
 
@@ -175,10 +176,11 @@ impl Schedule {
         // (the second pass of a repeated hour); then take the earliest instant after `t`
         // among candidates up to another shift past the first one found.
         let mut from = self.wall(t) - SHIFT;
+        let give_up = self.wall(t) + LOOKAHEAD;
         let mut best: Option<DateTime<Utc>> = None;
         let mut horizon: Option<NaiveDateTime> = None;
         while let Some(c) = self.wall_after(from) {
-            if horizon.is_some_and(|h| c > h) {
+            if horizon.is_some_and(|h| c > h) || c > give_up {
                 break;
             }
             for x in self.instants(c) {
@@ -195,10 +197,11 @@ impl Schedule {
     /// The latest slot at or before `t` (the one that is due at `t`).
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let mut from = self.wall(t) + SHIFT + chrono::Duration::seconds(1);
+        let give_up = self.wall(t) - LOOKAHEAD;
         let mut best: Option<DateTime<Utc>> = None;
         let mut horizon: Option<NaiveDateTime> = None;
         while let Some(c) = self.wall_before(from) {
-            if horizon.is_some_and(|h| c < h) {
+            if horizon.is_some_and(|h| c < h) || c < give_up {
                 break;
             }
             for x in self.instants(c) {
@@ -235,8 +238,10 @@ impl Schedule {
 
     /// When a wall-clock slot happens, as cronie's crond runs it: once; in a repeated hour
     /// (clocks going back) at the first pass, or at both for a wildcard expression; in a
-    /// skipped hour (clocks going forward) at the first minute after the jump, so nothing
-    /// is lost (cron(8): such jobs "will be run immediately").
+    /// skipped hour (clocks going forward) a fixed-time slot at the first minute after the
+    /// jump (cron(8): such jobs "will be run immediately") and a wildcard one not at all:
+    /// after a jump crond runs the skipped minutes' fixed-time jobs only, and wildcard jobs
+    /// for the current minute (cron.c, the `medium` wakeup).
     fn instants(&self, c: NaiveDateTime) -> Vec<DateTime<Utc>> {
         let utc = |x: DateTime<Tz>| x.with_timezone(&Utc);
         match self.zone.from_local_datetime(&c) {
@@ -249,6 +254,7 @@ impl Schedule {
                     vec![utc(first)]
                 }
             }
+            LocalResult::None if self.wildcard => Vec::new(),
             LocalResult::None => (1..=24 * 60)
                 .map(|m| c + chrono::Duration::minutes(m))
                 .find_map(|m| match self.zone.from_local_datetime(&m) {
@@ -313,6 +319,12 @@ impl Schedule {
 
 /// How far a wall clock moves at a DST change, at most (a few zones shift by up to 2 h).
 const SHIFT: chrono::Duration = chrono::Duration::hours(3);
+
+/// How far the walks look for an instant: longer than any gap between the slots of an
+/// expression that fires (29 February on one weekday: 40 years around 2100). Without it a
+/// wildcard expression whose every slot falls in a skipped hour (`* 2 25-31 3 */7` in Berlin)
+/// would be walked forever.
+const LOOKAHEAD: chrono::Duration = chrono::Duration::days(41 * 366);
 
 /// The `cron` crate knows the years 1970 to 2100 only. A later year is matched in a stand-in
 /// year with the same calendar (same weekday on 1 January and same leap-ness, so every date
@@ -515,7 +527,7 @@ mod tests {
     }
 
     /// A wildcard expression (minute or hour starting with `*`) runs in both passes of the
-    /// repeated hour, as cronie does; several skipped slots fire once at the jump.
+    /// repeated hour, as cronie does.
     #[test]
     fn wildcard_schedules_run_in_both_passes_of_the_repeated_hour() {
         let autumn = slots("0,30 * 25 10 *", "Europe/Berlin", "2026-10-24T23:45:00Z", 4);
@@ -528,11 +540,39 @@ mod tests {
                 "2026-10-25T01:30:00+00:00"
             ]
         );
+    }
+
+    /// cronie's crond, after the clocks jump forward, runs the skipped minutes' fixed-time jobs
+    /// and only the current minute's wildcard jobs (cron.c, `medium` wakeup): a wildcard slot
+    /// in the skipped hour is lost. Found by the fixture test (Berlin `*/15 2 * * *`).
+    #[test]
+    fn wildcard_slots_in_a_skipped_hour_do_not_fire() {
         let spring = slots("*/20 2 29 3 *", "Europe/Berlin", "2026-03-28T12:00:00Z", 2);
         assert_eq!(
             spring,
-            ["2026-03-29T01:00:00+00:00", "2027-03-29T00:00:00+00:00"]
+            ["2027-03-29T00:00:00+00:00", "2027-03-29T00:20:00+00:00"]
         );
+        // 01:30 CET, then 03:30 CEST: no run for 02:30 at the jump.
+        let hourly = slots("30 * * * *", "Europe/Berlin", "2027-03-27T23:45:00Z", 2);
+        assert_eq!(
+            hourly,
+            ["2027-03-28T00:30:00+00:00", "2027-03-28T01:30:00+00:00"]
+        );
+        // Several fixed-time slots in the gap still make one run at the jump (03:00 CEST).
+        let fixed = slots("0,30 2 * * *", "Europe/Berlin", "2027-03-27T12:00:00Z", 2);
+        assert_eq!(
+            fixed,
+            ["2027-03-28T01:00:00+00:00", "2027-03-29T00:00:00+00:00"]
+        );
+    }
+
+    /// Every slot of this one is in Berlin's skipped hour (the last Sunday of March, 02:xx), so
+    /// cronie never runs it; the walk must end rather than look for an instant forever.
+    #[test]
+    fn a_wildcard_schedule_whose_slots_are_all_skipped_has_none() {
+        let s = Schedule::parse("* 2 25-31 3 */7", "Europe/Berlin").unwrap();
+        assert_eq!(s.next_after(utc("2026-01-01T00:00:00Z")), None);
+        assert_eq!(s.latest_at_or_before(utc("2026-01-01T00:00:00Z")), None);
     }
 
     #[test]
@@ -654,6 +694,76 @@ mod tests {
         assert_eq!(due.to_rfc3339(), "2026-11-30T08:00:00+00:00");
         let exact = s.latest_at_or_before(utc("2026-11-30T08:00:00Z")).unwrap();
         assert_eq!(exact.to_rfc3339(), "2026-11-30T08:00:00+00:00");
+    }
+
+    /// The differential test of issue 15: every line of the fixture is what cronie's own crond
+    /// (its parser and main loop, on a simulated clock) ran for one expression, zone and start;
+    /// `scripts/cron-fixture` regenerates it. Between two consecutive slots the earlier one is
+    /// the due one. All disagreements are listed, not just the first.
+    #[test]
+    fn slots_match_cronies_crond_for_every_fixture_case() {
+        let fixture = include_str!("../../tests/fixtures/cron-slots.tsv");
+        let show = |t: &DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let (mut cases, mut failures) = (0, Vec::new());
+        for line in fixture
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let [zone, expr, start, expected] = line.split('\t').collect::<Vec<_>>()[..] else {
+                panic!("fixture line without 4 tab-separated fields: {line:?}");
+            };
+            cases += 1;
+            let got = match Schedule::parse(expr, zone) {
+                Err(ScheduleError::Never(_)) => "never".to_owned(),
+                Err(e) => format!("refused: {e}"),
+                Ok(s) => {
+                    let n = expected.split(',').count();
+                    let slots: Vec<String> = s.upcoming(utc(start), n).iter().map(show).collect();
+                    // Accepted but never firing (every slot in a skipped hour) is also "never".
+                    if slots.is_empty() {
+                        "never".to_owned()
+                    } else {
+                        slots.join(",")
+                    }
+                }
+            };
+            if got != expected {
+                failures.push(format!(
+                    "{zone}  '{expr}'  after {start}\n  cronie: {expected}\n  ours:   {got}"
+                ));
+                continue;
+            }
+            // The due slot, looked up backwards: each slot is due from its own instant until
+            // the next one's.
+            let (Ok(s), false) = (Schedule::parse(expr, zone), expected == "never") else {
+                continue;
+            };
+            let expected: Vec<DateTime<Utc>> = expected.split(',').map(utc).collect();
+            for pair in expected.windows(2) {
+                let just_before = pair[1] - chrono::Duration::seconds(1);
+                for (at, want) in [(pair[1], pair[1]), (just_before, pair[0])] {
+                    let due = s.latest_at_or_before(at);
+                    if due != Some(want) {
+                        failures.push(format!(
+                            "{zone}  '{expr}'  latest at or before {}\n  cronie: {}\n  ours:   {}",
+                            show(&at),
+                            show(&want),
+                            due.as_ref().map_or("none".to_owned(), show)
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(
+            cases > 700,
+            "the fixture has {cases} cases, expected over 700"
+        );
+        assert!(
+            failures.is_empty(),
+            "{} of {cases} cases disagree with cronie:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 
     #[test]
