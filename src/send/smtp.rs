@@ -45,6 +45,9 @@ pub struct SmtpPool {
     /// TLS that verifies the relay's certificate against the public roots, the system's trust
     /// store and `smtp.ca_file`; built once.
     verified: TlsParameters,
+    /// `smtps://`: the same roots as `verified`, as a rustls configuration of our own, so the
+    /// TLS session runs over our socket (with TCP_NODELAY), not one lettre opens without it.
+    implicit: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// `tls=opportunistic` without credentials: TLS that takes any certificate, used once the
     /// relay's could not be verified (a snakeoil certificate on port 25).
     unverified: Option<TlsParameters>,
@@ -198,15 +201,11 @@ impl SmtpPool {
             )),
             None => from_url,
         };
-        let mut roots =
-            TlsParameters::builder(host.clone()).certificate_store(CertificateStore::WebpkiRoots);
-        // The system's store (Debian: /etc/ssl/certs, or SSL_CERT_FILE/SSL_CERT_DIR) adds the
-        // CAs an operator installed the usual way; certificates it cannot parse are skipped.
-        for der in rustls_native_certs::load_native_certs().certs {
-            if let Ok(cert) = Certificate::from_der(der.to_vec()) {
-                roots = roots.add_root_certificate(cert);
-            }
-        }
+        // The public roots lettre compiles in, plus the system's store (Debian: /etc/ssl/certs,
+        // or SSL_CERT_FILE/SSL_CERT_DIR: the CAs an operator installed the usual way;
+        // certificates it cannot parse are skipped) and `smtp.ca_file`.
+        let mut extra: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls_native_certs::load_native_certs().certs;
         if let Some(path) = &s.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 anyhow!(
@@ -214,14 +213,26 @@ impl SmtpPool {
                     path.display()
                 )
             })?;
-            let cert = Certificate::from_pem(&pem).map_err(|_| {
-                anyhow!(
+            let before = extra.len();
+            roots_of_pem(&pem, &mut extra);
+            if extra.len() == before {
+                return Err(anyhow!(
                     "config: smtp.ca_file: {}: not a PEM certificate",
                     path.display()
-                )
-            })?;
-            roots = roots.add_root_certificate(cert);
+                ));
+            }
         }
+        let mut roots =
+            TlsParameters::builder(host.clone()).certificate_store(CertificateStore::WebpkiRoots);
+        for der in &extra {
+            if let Ok(cert) = Certificate::from_der(der.to_vec()) {
+                roots = roots.add_root_certificate(cert);
+            }
+        }
+        let implicit = match tls {
+            Tls::Wrapper => Some(implicit_tls(&extra)?),
+            _ => None,
+        };
         let verified = roots
             .build_rustls()
             .map_err(|e| anyhow!("smtp: cannot set up TLS: {e}"))?;
@@ -240,6 +251,7 @@ impl SmtpPool {
             port,
             tls,
             verified,
+            implicit,
             unverified,
             unverifiable: std::sync::atomic::AtomicBool::new(false),
             allow_plaintext_auth: s.allow_plaintext_auth,
@@ -282,26 +294,33 @@ impl SmtpPool {
     }
 
     async fn connect_with(&self, tls_parameters: &TlsParameters) -> Result<Conn, String> {
-        let mut conn = if self.tls == Tls::Wrapper {
-            let params = tls_parameters.clone();
-            AsyncSmtpConnection::connect_tokio1(
-                (self.host.as_str(), self.port),
-                Some(self.timeout),
-                &self.hello,
-                Some(params),
-                None,
-            )
-            .await
-            .map_err(|e| e.to_string())?
-        } else {
-            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+        let tcp = tokio::time::timeout(
+            self.timeout,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| format!("cannot connect to {}:{}: timed out", self.host, self.port))?
+        .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
+        // Without it the final ".\r\n" waits for a delayed ACK: about 40 ms a message.
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut conn = match &self.implicit {
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(|_| format!("{} is not a valid TLS server name", self.host))?;
+                let tls = tokio::time::timeout(
+                    self.timeout,
+                    tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp),
+                )
                 .await
-                .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
-            // Without it the final ".\r\n" waits for a delayed ACK: about 40 ms a message.
-            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+                .map_err(|_| "TLS handshake timed out".to_owned())?
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                AsyncSmtpConnection::connect_with_transport(Box::new(ImplicitTls(tls)), &self.hello)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            None => AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
         };
         match self.tls {
             Tls::Required | Tls::Opportunistic if conn.can_starttls() => {
@@ -331,7 +350,9 @@ impl SmtpPool {
                 })
             });
         if let Some(credentials) = &self.credentials {
-            if !conn.is_encrypted() && !self.allow_plaintext_auth {
+            // lettre cannot tell that our own implicit-TLS stream is encrypted.
+            let encrypted = self.implicit.is_some() || conn.is_encrypted();
+            if !encrypted && !self.allow_plaintext_auth {
                 conn.abort().await;
                 return Err(
                     "refusing to send the SMTP password over a connection without TLS (use smtps:// or STARTTLS with ?tls=required, or set smtp.allow_plaintext_auth = true for a relay on a trusted network)"
@@ -497,6 +518,74 @@ fn is_loopback(host: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `smtps://`'s TLS over our own socket: lettre takes any stream that says who its peer is.
+#[derive(Debug)]
+struct ImplicitTls(tokio_rustls::client::TlsStream<tokio::net::TcpStream>);
+
+impl lettre::transport::smtp::client::AsyncTokioStream for ImplicitTls {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for ImplicitTls {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ImplicitTls {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// The rustls configuration for `smtps://`: the roots lettre uses (webpki-roots) and `extra`,
+/// with ring, as lettre's own.
+fn implicit_tls(
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let mut store =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // A certificate the store cannot take is skipped, as lettre skips it.
+    store.add_parsable_certificates(extra.iter().cloned());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("smtp: cannot set up TLS: {e}"))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// Every certificate in a PEM file (`smtp.ca_file` may hold a chain).
+fn roots_of_pem(pem: &[u8], into: &mut Vec<rustls::pki_types::CertificateDer<'static>>) {
+    use rustls::pki_types::pem::PemObject;
+    into.extend(rustls::pki_types::CertificateDer::pem_slice_iter(pem).flatten());
 }
 
 #[cfg(test)]

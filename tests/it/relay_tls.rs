@@ -194,3 +194,54 @@ async fn test_send_uses_the_subscribers_own_links_or_says_they_change_nothing(po
     assert!(first.contains(&token), "user1's own link");
     assert!(first.contains("Hi User 1,"), "{first}");
 }
+
+/// `smtps://` (port 465): TLS from the first byte over our own socket (with TCP_NODELAY, as
+/// `smtp://` has), verified against `smtp.ca_file`, and AUTH inside it; without the CA nothing
+/// goes out and no password is sent.
+#[sqlx::test]
+async fn smtps_with_a_private_ca_delivers_over_implicit_tls(pool: PgPool) {
+    let ca = TestCa::new();
+    let server = SmtpServer::start(Policy::default().implicit_tls(&ca).require_auth(
+        "mailer",
+        "over tls",
+        "PLAIN LOGIN",
+    ))
+    .await;
+    seed(&pool, 3).await;
+    let smtps = server.url().replace("smtp://", "smtps://");
+    let d = || {
+        Digestif::new(&pool)
+            .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+            .env("DIGESTIF_SMTP__URL", &smtps)
+            .env("DIGESTIF_SMTP__USERNAME", "mailer")
+            .env("DIGESTIF_SMTP__PASSWORD", "over tls")
+            .env("DIGESTIF_SMTP__TIMEOUT", "5s")
+            .env("DIGESTIF_NOW", crate::helpers::MONDAY_MORNING)
+    };
+    let untrusted = d().run_async(&["doctor"]).await;
+    assert!(
+        smtp_failure(&untrusted.stdout()).contains("certificate"),
+        "{untrusted}"
+    );
+    assert!(server.logins().is_empty());
+    // The refused handshake was a session that never became TLS.
+    let refused = server.sessions() - server.tls_sessions();
+
+    let send = d()
+        .env("DIGESTIF_SMTP__CA_FILE", &ca.ca_file())
+        .run_async(&["issue", "send", "--now"])
+        .await;
+    assert!(send.stdout().contains("sent 3,"), "{send}");
+    let accepted = server.accepted();
+    assert_eq!(accepted.len(), 3, "{send}");
+    let logins = server.logins();
+    assert!(
+        !logins.is_empty() && logins.iter().all(|l| l.ends_with(" mailer")),
+        "{logins:?}"
+    );
+    assert_eq!(
+        server.sessions() - server.tls_sessions(),
+        refused,
+        "every later session was TLS"
+    );
+}

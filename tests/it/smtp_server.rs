@@ -49,6 +49,7 @@ pub struct Policy {
     pipelining: bool,
     smtputf8: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
+    implicit_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The one account [`Policy::require_auth`] accepts, and the mechanisms it offers.
@@ -74,6 +75,7 @@ impl Default for Policy {
             pipelining: true,
             smtputf8: true,
             tls: None,
+            implicit_tls: None,
         }
     }
 }
@@ -110,6 +112,12 @@ impl Policy {
     /// Do not offer SMTPUTF8 (RFC 6531), as many relays still do not.
     pub fn no_smtputf8(mut self) -> Self {
         self.smtputf8 = false;
+        self
+    }
+
+    /// Speak TLS from the first byte (`smtps://`, port 465) with the certificate of `ca`.
+    pub fn implicit_tls(mut self, ca: &TestCa) -> Self {
+        self.implicit_tls = Some(ca.server.clone());
         self
     }
 
@@ -238,7 +246,7 @@ impl SmtpServer {
         self.state.lock().expect("state").logins.clone()
     }
 
-    /// How many sessions switched to TLS with STARTTLS.
+    /// How many sessions switched to TLS (STARTTLS, or implicit TLS from the start).
     pub fn tls_sessions(&self) -> usize {
         self.state.lock().expect("state").tls_sessions
     }
@@ -256,6 +264,12 @@ impl SmtpServer {
 
 async fn session(sock: TcpStream, st: Arc<Mutex<State>>, policy: Policy) -> std::io::Result<()> {
     st.lock().expect("state").sessions += 1;
+    if let Some(config) = policy.implicit_tls.clone() {
+        let mut tls = tokio_rustls::TlsAcceptor::from(config).accept(sock).await?;
+        st.lock().expect("state").tls_sessions += 1;
+        tls.write_all(b"220 test.example ESMTP ready\r\n").await?;
+        return session_on(Box::new(tls), st, policy, true).await;
+    }
     session_on(Box::new(sock), st, policy, false).await
 }
 
