@@ -1,7 +1,6 @@
 //! Composing and rendering an issue: content selection against a real database, and the
 //! message checked with a real MIME parser (mail-parser).
 
-use chrono::{DateTime, Utc};
 use digestif::config::Settings;
 use digestif::digest;
 use digestif::domain::{TokenKey, TokenKeys};
@@ -10,7 +9,7 @@ use digestif::store::issues;
 use mail_parser::MessageParser;
 use sqlx::PgPool;
 
-use crate::helpers::{Digestif, arg};
+use crate::helpers::{Digestif, arg, at};
 
 fn settings(extra: &str) -> Settings {
     let base = "[newsletter]\n\
@@ -18,12 +17,6 @@ fn settings(extra: &str) -> Settings {
         reply_to = \"The Editor <editor@example.com>\"\n\
         postal_address = \"Backend Tips, 1 Example Street, 12345 Example City\"\n";
     Settings::from_toml(&format!("{base}{extra}")).expect("test settings")
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("rfc3339")
-        .with_timezone(&Utc)
 }
 
 async fn tip(pool: &PgPool, title: &str, body: &str) -> i64 {

@@ -6,13 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use digestif::config::Settings;
 use digestif::digest::{self, deliver};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::helpers::{Digestif, db_url, seed};
+use crate::helpers::{Digestif, at, db_url, seed};
 use crate::smtp_server::{DataAction, Policy, SmtpServer};
 
 fn settings(server: &SmtpServer, extra: &str) -> Settings {
@@ -22,12 +21,6 @@ fn settings(server: &SmtpServer, extra: &str) -> Settings {
         server.url()
     ))
     .expect("test settings")
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("rfc3339")
-        .with_timezone(&Utc)
 }
 
 const SLOT: &str = "2026-11-30T08:00:00Z";

@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use digestif::config::Settings;
 use digestif::digest::{self, deliver};
 use digestif::domain::Purpose;
 use digestif::send::dkim::Signer;
 use sqlx::PgPool;
 
-use crate::helpers::Digestif;
+use crate::helpers::{Digestif, at};
 use crate::smtp_server::{Policy, SmtpServer};
 
 const RSA: &str = concat!(
@@ -21,10 +20,6 @@ const ED25519: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/dkim-test-ed25519.seed"
 );
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
 
 async fn seed(pool: &PgPool, n: i64) {
     sqlx::query(

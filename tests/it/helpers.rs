@@ -315,3 +315,10 @@ pub fn sigterm(child: &tokio::process::Child) {
         .expect("kill");
     assert!(ok.success());
 }
+
+/// An RFC 3339 instant, for slots and clocks in tests.
+pub fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .expect("rfc3339")
+        .with_timezone(&chrono::Utc)
+}

@@ -7,7 +7,7 @@ use crate::helpers::{Digestif, MONDAY_MORNING, seed};
 
 /// The default schedule (Mondays 09:00 Europe/Berlin), the file transport into `outbox`, and
 /// the clock at `now`.
-fn at(pool: &PgPool, outbox: &tempfile::TempDir, now: &str) -> Digestif {
+fn digestif_at(pool: &PgPool, outbox: &tempfile::TempDir, now: &str) -> Digestif {
     Digestif::new(pool)
         .env("DIGESTIF_DELIVERY__OUTBOX", outbox.path().to_str().unwrap())
         .env("DIGESTIF_NOW", now)
@@ -50,7 +50,7 @@ async fn send_now_sends_one_issue_per_period_at_any_time_of_the_week(pool: PgPoo
         ),
     ];
     for (now, slots) in week {
-        let d = at(&pool, &outbox, now);
+        let d = digestif_at(&pool, &outbox, now);
         d.ok_async(&["issue", "send", "--now"]).await;
         let again = d.ok_async(&["issue", "send", "--now"]).await.stdout();
         assert!(again.contains("already covers this period"), "{again}");
@@ -63,7 +63,7 @@ async fn send_now_sends_one_issue_per_period_at_any_time_of_the_week(pool: PgPoo
 async fn send_now_after_a_crash_finishes_the_open_issue_and_creates_none(pool: PgPool) {
     seed(&pool, 4).await;
     let outbox = tempfile::tempdir().unwrap();
-    let d = at(&pool, &outbox, MONDAY_MORNING);
+    let d = digestif_at(&pool, &outbox, MONDAY_MORNING);
     // What a kill -9 leaves behind: the issue of today's slot created, half of it delivered.
     let settings = digestif::config::Settings::from_toml("").unwrap();
     let slot = chrono::DateTime::parse_from_rfc3339("2026-11-30T08:00:00Z")
@@ -94,7 +94,7 @@ async fn send_now_after_a_crash_finishes_the_open_issue_and_creates_none(pool: P
 async fn the_next_slot_early_is_an_explicit_request_that_names_its_slot(pool: PgPool) {
     seed(&pool, 2).await;
     let outbox = tempfile::tempdir().unwrap();
-    let d = at(&pool, &outbox, MONDAY_MORNING);
+    let d = digestif_at(&pool, &outbox, MONDAY_MORNING);
     d.ok_async(&["issue", "send", "--now"]).await;
 
     // This period's issue went out: next week's early would be a second one this week.
@@ -121,7 +121,7 @@ async fn the_next_slot_early_is_an_explicit_request_that_names_its_slot(pool: Pg
     // Asking again, or sending now, creates nothing more; nor does the timer at that slot.
     d.ok_async(&["issue", "send", "--next-slot"]).await;
     d.ok_async(&["issue", "send", "--now"]).await;
-    at(&pool, &outbox, "2026-12-07T08:05:00Z")
+    digestif_at(&pool, &outbox, "2026-12-07T08:05:00Z")
         .ok_async(&["run"])
         .await;
     assert_eq!(issue_slots(&pool).await.len(), 2);
@@ -132,7 +132,7 @@ async fn the_next_slot_early_is_an_explicit_request_that_names_its_slot(pool: Pg
 async fn the_next_slot_waits_for_an_unfinished_issue(pool: PgPool) {
     seed(&pool, 2).await;
     let outbox = tempfile::tempdir().unwrap();
-    let d = at(&pool, &outbox, "2026-12-02T12:00:00Z");
+    let d = digestif_at(&pool, &outbox, "2026-12-02T12:00:00Z");
     let settings = digestif::config::Settings::from_toml("").unwrap();
     let slot = chrono::DateTime::parse_from_rfc3339("2026-11-23T08:00:00Z")
         .unwrap()
@@ -150,7 +150,7 @@ async fn the_next_slot_waits_for_an_unfinished_issue(pool: PgPool) {
 #[sqlx::test]
 async fn a_bad_clock_value_is_one_line_naming_the_variable(pool: PgPool) {
     let outbox = tempfile::tempdir().unwrap();
-    at(&pool, &outbox, "next monday").fails(
+    digestif_at(&pool, &outbox, "next monday").fails(
         &["issue", "send", "--now"],
         "DIGESTIF_NOW: 'next monday' is not an RFC 3339 time",
     );

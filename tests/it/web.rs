@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use digestif::config::Settings;
 use digestif::digest;
 use digestif::domain::Purpose;
@@ -14,7 +13,7 @@ use digestif::http::Server;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::Digestif;
+use crate::helpers::{Digestif, at};
 use crate::smtp_server::{Policy, SmtpServer};
 
 pub(crate) const OPERATOR: digestif::store::subscribers::Asker =
@@ -182,10 +181,6 @@ async fn snapshot(pool: &PgPool) -> String {
     .fetch_one(pool)
     .await
     .unwrap()
-}
-
-fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
 #[sqlx::test]
