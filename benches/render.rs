@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use digestif::config::Settings;
 use digestif::domain::{TokenKey, TokenKeys};
-use digestif::render::{self, IssueContent, Item, Recipient};
+use digestif::render::{self, IssueContent, Item, ItemKind, Recipient};
 use digestif::send::dkim::Signer;
 
 fn content() -> IssueContent {
@@ -18,7 +18,7 @@ fn content() -> IssueContent {
             .ok()
     };
     let tip = |t: &str| Item {
-        kind: "tip".into(),
+        kind: ItemKind::Tip,
         title: t.into(),
         body: "Pick a library you call every day and read its **core module**. You will find \
                bugs, idioms and [design notes](https://example.com/notes).\n\n- one\n- two\n\n\
@@ -31,7 +31,7 @@ fn content() -> IssueContent {
     let mut items = vec![tip("First tip"), tip("Second tip"), tip("Third tip")];
     for i in 0..5 {
         items.push(Item {
-            kind: "article".into(),
+            kind: ItemKind::Article,
             title: format!("Article {i}"),
             body: "A one-sentence summary of why this article is worth reading.".into(),
             url: Some(format!("https://example.com/articles/{i}")),

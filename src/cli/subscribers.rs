@@ -14,6 +14,34 @@ use crate::digest;
 use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus, one_line};
 use crate::store::{self, subscribers as db};
 
+/// `--status`: the lifecycle states, spelled as the CLI takes them (the domain type knows
+/// nothing of clap).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StatusArg {
+    /// Not confirmed yet.
+    Pending,
+    /// Receives the digest.
+    Active,
+    /// Opted out.
+    Unsubscribed,
+    /// Suppressed after hard bounces.
+    Bounced,
+    /// Reported the mail as spam.
+    Complained,
+}
+
+impl From<StatusArg> for SubscriberStatus {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Pending => Self::Pending,
+            StatusArg::Active => Self::Active,
+            StatusArg::Unsubscribed => Self::Unsubscribed,
+            StatusArg::Bounced => Self::Bounced,
+            StatusArg::Complained => Self::Complained,
+        }
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Add one subscriber: active at once, or with --confirm pending until they click the link
@@ -54,7 +82,7 @@ pub enum Command {
     List {
         /// Only subscribers with this status
         #[arg(long, value_enum)]
-        status: Option<SubscriberStatus>,
+        status: Option<StatusArg>,
         /// Output format
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
@@ -171,7 +199,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::List { status, format } => {
             let pool = store::connect_current(&settings.database).await?;
             let mut listing = Listing::new(format, io::stdout().lock())?;
-            let mut rows = db::list(&pool, status);
+            let mut rows = db::list(&pool, status.map(SubscriberStatus::from));
             while let Some(row) = rows.try_next().await? {
                 listing.push(&row)?;
             }
@@ -273,7 +301,7 @@ impl Record for SubscriberRow {
             self.subscriber_id.to_string(),
             self.email.clone(),
             self.name.clone().unwrap_or_default(),
-            self.status.clone(),
+            self.status.to_string(),
             self.consent_source.clone(),
             time_cell(Some(self.consent_at)),
             time_cell(self.confirmed_at),

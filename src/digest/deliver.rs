@@ -411,7 +411,7 @@ impl Deliverer {
             next_attempt_at: None,
             message_id: None,
         };
-        if c.subscriber_status != "active" {
+        if c.subscriber_status != crate::domain::SubscriberStatus::Active {
             tracing::debug!(subscriber_id = c.subscriber_id, "skipped: no longer active");
             let mut s = settled(DeliveryStatus::Skipped, None);
             s.error = Some(format!(
@@ -566,7 +566,7 @@ mod tests {
             created_at,
             email: "a@example.com".into(),
             name: None,
-            subscriber_status: "active".into(),
+            subscriber_status: crate::domain::SubscriberStatus::Active,
         }
     }
 

@@ -305,3 +305,31 @@ mod tests {
         assert!(NewTip::parse("t", "b", &["Side Projects".into()], None).is_err());
     }
 }
+
+/// What a piece of an issue is: the `kind` column of `issue_item` (its CHECK constraint names
+/// the same two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum ItemKind {
+    /// A tip: Markdown body, optional source URL.
+    Tip,
+    /// An article: summary, link, author, publication time.
+    Article,
+}
+
+/// One piece of content as it appears in an issue (a snapshot, see `issue_item`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Item {
+    /// Tip or article.
+    pub kind: ItemKind,
+    /// One-line title.
+    pub title: String,
+    /// Markdown body for tips, summary for articles.
+    pub body: String,
+    /// Source URL for tips, link for articles.
+    pub url: Option<String>,
+    /// Article author.
+    pub author: Option<String>,
+    /// Article publication time.
+    pub published_at: Option<DateTime<Utc>>,
+}

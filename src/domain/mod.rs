@@ -9,7 +9,7 @@ mod subscriber_name;
 mod subscriber_status;
 mod token;
 
-pub use content::{ArticleUrl, ContentError, NewArticle, NewTip, TipBody, Title};
+pub use content::{ArticleUrl, ContentError, Item, ItemKind, NewArticle, NewTip, TipBody, Title};
 pub use lifecycle::{DeliveryStatus, IssueStatus};
 pub use schedule::{Schedule, ScheduleError};
 pub use subscriber_email::{EmailError, SubscriberEmail};

@@ -4,8 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The lifecycle state stored in `subscriber.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum SubscriberStatus {
     /// Added with double opt-in and not confirmed yet: receives nothing.
     Pending,

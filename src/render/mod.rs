@@ -31,22 +31,7 @@ pub enum RenderError {
     Message(#[from] lettre::error::Error),
 }
 
-/// One piece of content as it appears in an issue (a snapshot, see `issue_item`).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Item {
-    /// `tip` or `article`.
-    pub kind: String,
-    /// One-line title.
-    pub title: String,
-    /// Markdown body for tips, summary for articles.
-    pub body: String,
-    /// Source URL for tips, link for articles.
-    pub url: Option<String>,
-    /// Article author.
-    pub author: Option<String>,
-    /// Article publication time.
-    pub published_at: Option<DateTime<Utc>>,
-}
+pub use crate::domain::{Item, ItemKind};
 
 /// What an issue carries, ready to render.
 #[derive(Debug, Clone)]
@@ -232,7 +217,7 @@ pub fn render_issue(
     let tips: Vec<TipView> = content
         .items
         .iter()
-        .filter(|i| i.kind == "tip")
+        .filter(|i| i.kind == ItemKind::Tip)
         .map(|i| {
             let body_text = markdown::to_text(&i.body, &mut links);
             let source = i.url.as_ref().map(|u| links.add(u));
@@ -254,7 +239,7 @@ pub fn render_issue(
     let articles: Vec<ArticleView> = content
         .items
         .iter()
-        .filter(|i| i.kind == "article")
+        .filter(|i| i.kind == ItemKind::Article)
         .map(|i| {
             let url = i.url.clone().unwrap_or_default();
             let n = links.add(&url);

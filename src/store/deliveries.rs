@@ -39,7 +39,7 @@ pub struct Claimed {
     /// The subscriber's name.
     pub name: Option<String>,
     /// The subscriber's status now: anything but `active` is skipped.
-    pub subscriber_status: String,
+    pub subscriber_status: crate::domain::SubscriberStatus,
 }
 
 /// The advisory-lock namespace of worker locks (`'dgif'`): a worker holds

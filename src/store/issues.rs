@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres};
 
 use crate::domain::IssueStatus;
-use crate::render::Item;
+use crate::domain::{Item, ItemKind};
 
 /// An issue as stored.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
@@ -222,7 +222,7 @@ pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result
     .await?;
     let Some(row) = row else { return Ok(None) };
     for (position, c) in new.items.iter().enumerate() {
-        let (tip_id, article_id) = if c.item.kind == "tip" {
+        let (tip_id, article_id) = if c.item.kind == ItemKind::Tip {
             (Some(c.source_id), None)
         } else {
             (None, Some(c.source_id))
@@ -235,7 +235,7 @@ pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result
         )
         .bind(row.issue_id)
         .bind(position as i32)
-        .bind(&c.item.kind)
+        .bind(c.item.kind)
         .bind(tip_id)
         .bind(article_id)
         .bind(&c.item.title)
@@ -249,7 +249,7 @@ pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result
     let tip_ids: Vec<i64> = new
         .items
         .iter()
-        .filter(|c| c.item.kind == "tip")
+        .filter(|c| c.item.kind == ItemKind::Tip)
         .map(|c| c.source_id)
         .collect();
     sqlx::query(

@@ -18,7 +18,7 @@ pub struct SubscriberRow {
     /// Display name, if known.
     pub name: Option<String>,
     /// Lifecycle state.
-    pub status: String,
+    pub status: SubscriberStatus,
     /// How consent was given.
     pub consent_source: String,
     /// When consent was given.
@@ -106,7 +106,7 @@ pub async fn add(
     let Some(id) = id else {
         let existing = find(&mut *tx, email).await?;
         let (email, status) = existing
-            .map(|s| (s.email, s.status))
+            .map(|s| (s.email, s.status.to_string()))
             .unwrap_or_else(|| (email.to_string(), "unknown".into()));
         return Err(AddError::AlreadyStored { email, status });
     };
@@ -205,7 +205,7 @@ pub enum Removal {
     /// The subscriber was active or pending and is now unsubscribed.
     Unsubscribed,
     /// Nothing to do: they had already left (or bounced, or complained).
-    AlreadyInactive(String),
+    AlreadyInactive(SubscriberStatus),
     /// No such address.
     NotFound,
 }
@@ -216,7 +216,10 @@ pub async fn unsubscribe_by_admin(pool: &PgPool, email: &SubscriberEmail) -> sql
     let Some(row) = find(&mut *tx, email).await? else {
         return Ok(Removal::NotFound);
     };
-    if !matches!(row.status.as_str(), "active" | "pending") {
+    if !matches!(
+        row.status,
+        SubscriberStatus::Active | SubscriberStatus::Pending
+    ) {
         return Ok(Removal::AlreadyInactive(row.status));
     }
     sqlx::query(
@@ -455,7 +458,7 @@ pub enum ConfirmRequest {
     /// Already receiving the digest: nothing to confirm.
     AlreadyActive,
     /// Suppressed after bounces or a complaint: never mailed again from a form.
-    Suppressed(String),
+    Suppressed(SubscriberStatus),
     /// Erased on request and `allow_erased` was not given.
     Erased,
     /// The form asked for this address within `http.signup_resend_after`: one mail is enough.
@@ -504,8 +507,10 @@ pub async fn request_confirmation(
     let nonce = fastrand::i64(1..i64::MAX);
     let existing = find(&mut *tx, email).await?;
     let id = match (existing, asker) {
-        (Some(row), _) if row.status == "active" => return Ok(ConfirmRequest::AlreadyActive),
-        (Some(row), Asker::Form { resend_after }) if row.status == "pending" => {
+        (Some(row), _) if row.status == SubscriberStatus::Active => {
+            return Ok(ConfirmRequest::AlreadyActive);
+        }
+        (Some(row), Asker::Form { resend_after }) if row.status == SubscriberStatus::Pending => {
             let recent: bool = sqlx::query_scalar(
                 "SELECT coalesce(confirm_sent_at > now() - $2 * interval '1 second', false) \
                  FROM subscriber WHERE subscriber_id = $1 FOR UPDATE",
@@ -520,7 +525,10 @@ pub async fn request_confirmation(
             row.subscriber_id
         }
         (Some(row), Asker::Operator { .. })
-            if row.status == "pending" || row.status == "unsubscribed" =>
+            if matches!(
+                row.status,
+                SubscriberStatus::Pending | SubscriberStatus::Unsubscribed
+            ) =>
         {
             row.subscriber_id
         }

@@ -4,7 +4,7 @@
 use digestif::config::Settings;
 use digestif::digest;
 use digestif::domain::{TokenKey, TokenKeys};
-use digestif::render::{self, IssueContent, Item, Recipient};
+use digestif::render::{self, IssueContent, Item, ItemKind, Recipient};
 use digestif::store::issues;
 use mail_parser::MessageParser;
 use sqlx::PgPool;
@@ -477,7 +477,7 @@ fn golden_content() -> IssueContent {
         slot: at("2026-11-30T08:00:00Z"),
         items: vec![
             Item {
-                kind: "tip".into(),
+                kind: ItemKind::Tip,
                 title: "Read one dependency's source each month".into(),
                 body: "Pick a library you call every day and read its **core module**. You will \
                        find bugs, idioms and [design notes](https://example.com/notes) that \
@@ -490,7 +490,7 @@ fn golden_content() -> IssueContent {
                 published_at: None,
             },
             Item {
-                kind: "tip".into(),
+                kind: ItemKind::Tip,
                 title: "A short one".into(),
                 body: "Short.".into(),
                 url: None,
@@ -498,7 +498,7 @@ fn golden_content() -> IssueContent {
                 published_at: None,
             },
             Item {
-                kind: "article".into(),
+                kind: ItemKind::Article,
                 title: "Idempotency Keys Without the Headaches".into(),
                 body: "A walkthrough of storing, expiring and replaying idempotency keys so \
                        retried payment requests never charge twice."
