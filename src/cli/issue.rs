@@ -101,7 +101,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
         Command::Preview { out } => {
             match digest::preview(&pool, settings, clock::now(), &out).await? {
-                Ok(p) => {
+                digest::Next::Issue(p) => {
                     println!(
                         "issue #{} for {} ({}):",
                         p.content.number,
@@ -115,7 +115,9 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                         println!("  {}", f.display());
                     }
                 }
-                Err(reason) => println!("the next slot would be skipped: {reason}"),
+                digest::Next::Skipped(reason) => {
+                    println!("the next slot would be skipped: {reason}")
+                }
             }
             Ok(())
         }
@@ -221,8 +223,10 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             let to = SubscriberEmail::parse(&to)?;
             let (content, rendered) =
                 match digest::render_next(&pool, settings, clock::now()).await? {
-                    Ok(next) => next,
-                    Err(reason) => bail!("the next slot would be skipped: {reason}"),
+                    digest::Next::Issue(next) => next,
+                    digest::Next::Skipped(reason) => {
+                        bail!("the next slot would be skipped: {reason}")
+                    }
                 };
             // A subscriber gets the copy they would get, with their own working links; anyone
             // else a copy whose links name no subscriber (id 0) and so change nothing.

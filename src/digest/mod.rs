@@ -349,23 +349,33 @@ pub fn sample_recipient() -> Recipient {
     }
 }
 
+/// What the next slot holds: an issue, or the reason it would be skipped (no content, a
+/// paused schedule…): an answer, not an error.
+#[derive(Debug)]
+pub enum Next<T> {
+    /// The next issue.
+    Issue(T),
+    /// The next slot would be skipped, and why.
+    Skipped(String),
+}
+
 /// The next issue (stored if its slot already has one, else as it would be composed now),
-/// rendered; nothing is written. `Ok(Err(reason))` when the next slot would be skipped.
+/// rendered; nothing is written.
 pub async fn render_next(
     pool: &PgPool,
     settings: &Settings,
     now: DateTime<Utc>,
-) -> anyhow::Result<Result<(IssueContent, RenderedIssue), String>> {
+) -> anyhow::Result<Next<(IssueContent, RenderedIssue)>> {
     let slot = next_slot(pool, settings, now).await?;
     let content = match issues::find_by_slot(pool, slot).await? {
         Some(issue) => match stored_content(pool, &issue).await? {
             Some(c) => c,
-            None => return Ok(Err(issue.status_reason.unwrap_or_default())),
+            None => return Ok(Next::Skipped(issue.status_reason.unwrap_or_default())),
         },
         None => {
             let mut conn = pool.acquire().await?;
             match plan(&mut conn, settings, slot).await? {
-                Plan::Skip(reason) => return Ok(Err(reason)),
+                Plan::Skip(reason) => return Ok(Next::Skipped(reason)),
                 Plan::Compose(items) => IssueContent {
                     number: issues::next_number(&mut conn).await?,
                     slot,
@@ -382,20 +392,20 @@ pub async fn render_next(
         &content,
         &settings.bounces.address,
     )?;
-    Ok(Ok((content, rendered)))
+    Ok(Next::Issue((content, rendered)))
 }
 
 /// Renders the next issue into `out` as `.html`, `.txt` and `.eml` without writing anything to
-/// the database. `Ok(Err(reason))` when the next slot would be skipped.
+/// the database.
 pub async fn preview(
     pool: &PgPool,
     settings: &Settings,
     now: DateTime<Utc>,
     out: &Path,
-) -> anyhow::Result<Result<Preview, String>> {
+) -> anyhow::Result<Next<Preview>> {
     let (content, rendered) = match render_next(pool, settings, now).await? {
-        Ok(next) => next,
-        Err(reason) => return Ok(Err(reason)),
+        Next::Issue(next) => next,
+        Next::Skipped(reason) => return Ok(Next::Skipped(reason)),
     };
     let who = sample_recipient();
     crate::files::create_dir(out).with_context(|| format!("{}: cannot create", out.display()))?;
@@ -414,7 +424,7 @@ pub async fn preview(
         crate::files::write(path, &bytes)
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    Ok(Ok(Preview {
+    Ok(Next::Issue(Preview {
         content,
         rendered,
         files,

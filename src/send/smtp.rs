@@ -37,6 +37,50 @@ enum Tls {
     Wrapper,
 }
 
+/// Why a connection to the relay could not be opened and made ready (TLS, AUTH). Shown to the
+/// operator as is; never holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No TCP connection (refused, unreachable, timed out).
+    #[error("cannot connect to {host}:{port}: {reason}")]
+    Unreachable {
+        /// The relay's host.
+        host: String,
+        /// Its port.
+        port: u16,
+        /// What the system said.
+        reason: String,
+    },
+    /// The TLS handshake (implicit or STARTTLS) failed: often the relay's certificate.
+    #[error("{0}")]
+    Tls(String),
+    /// `tls=required` and no STARTTLS on offer.
+    #[error("the server does not offer STARTTLS, and smtp.url requires it (tls=required)")]
+    NoStartTls,
+    /// Credentials would cross the network in the clear.
+    #[error(
+        "refusing to send the SMTP password over a connection without TLS (use smtps:// or STARTTLS with ?tls=required, or set smtp.allow_plaintext_auth = true for a relay on a trusted network)"
+    )]
+    PlaintextAuth,
+    /// The relay refused the credentials.
+    #[error("AUTH refused: {0}")]
+    Auth(lettre::transport::smtp::Error),
+    /// The greeting or EHLO failed.
+    #[error("{0}")]
+    Session(lettre::transport::smtp::Error),
+}
+
+impl ConnectError {
+    /// The relay's certificate could not be verified (what `tls=opportunistic` may overlook).
+    fn is_certificate(&self) -> bool {
+        match self {
+            Self::Tls(text) => text.contains("certificate"),
+            Self::Session(e) => e.to_string().contains("certificate"),
+            _ => false,
+        }
+    }
+}
+
 /// A pool of open SMTP connections to one relay.
 pub struct SmtpPool {
     host: String,
@@ -266,7 +310,7 @@ impl SmtpPool {
     /// Opens a connection: TCP with NODELAY, EHLO, STARTTLS and AUTH as configured. Under
     /// `tls=opportunistic` without credentials, a certificate that fails verification is taken
     /// unverified on a second connection (and on every later one), and the log says so once.
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<Conn, ConnectError> {
         use std::sync::atomic::Ordering;
         let unverified = self
             .unverified
@@ -276,11 +320,7 @@ impl SmtpPool {
             .connect_with(unverified.unwrap_or(&self.verified))
             .await
         {
-            Err(e)
-                if unverified.is_none()
-                    && self.unverified.is_some()
-                    && e.contains("certificate") =>
-            {
+            Err(e) if unverified.is_none() && self.unverified.is_some() && e.is_certificate() => {
                 if !self.unverifiable.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         "smtp: the relay's certificate cannot be verified ({e}); with tls=opportunistic and no credentials the connection is encrypted without verifying it (set smtp.ca_file to verify it)"
@@ -293,48 +333,53 @@ impl SmtpPool {
         }
     }
 
-    async fn connect_with(&self, tls_parameters: &TlsParameters) -> Result<Conn, String> {
+    async fn connect_with(&self, tls_parameters: &TlsParameters) -> Result<Conn, ConnectError> {
+        let unreachable = |reason: String| ConnectError::Unreachable {
+            host: self.host.clone(),
+            port: self.port,
+            reason,
+        };
         let tcp = tokio::time::timeout(
             self.timeout,
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
-        .map_err(|_| format!("cannot connect to {}:{}: timed out", self.host, self.port))?
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
         // Without it the final ".\r\n" waits for a delayed ACK: about 40 ms a message.
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true)
+            .map_err(|e| unreachable(e.to_string()))?;
         let mut conn = match &self.implicit {
             Some(config) => {
-                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-                    .map_err(|_| format!("{} is not a valid TLS server name", self.host))?;
+                let name =
+                    rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|_| {
+                        ConnectError::Tls(format!("{} is not a valid TLS server name", self.host))
+                    })?;
                 let tls = tokio::time::timeout(
                     self.timeout,
                     tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp),
                 )
                 .await
-                .map_err(|_| "TLS handshake timed out".to_owned())?
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                .map_err(|_| ConnectError::Tls("TLS handshake timed out".into()))?
+                .map_err(|e| ConnectError::Tls(format!("TLS handshake failed: {e}")))?;
                 AsyncSmtpConnection::connect_with_transport(Box::new(ImplicitTls(tls)), &self.hello)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(ConnectError::Session)?
             }
             None => AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
                 .await
-                .map_err(|e| e.to_string())?,
+                .map_err(ConnectError::Session)?,
         };
         match self.tls {
             Tls::Required | Tls::Opportunistic if conn.can_starttls() => {
                 let params = tls_parameters.clone();
                 conn.starttls(params, &self.hello)
                     .await
-                    .map_err(|e| format!("STARTTLS failed: {e}"))?;
+                    .map_err(|e| ConnectError::Tls(format!("STARTTLS failed: {e}")))?;
             }
             Tls::Required => {
                 conn.abort().await;
-                return Err(
-                    "the server does not offer STARTTLS, and smtp.url requires it (tls=required)"
-                        .into(),
-                );
+                return Err(ConnectError::NoStartTls);
             }
             _ => {}
         }
@@ -354,14 +399,11 @@ impl SmtpPool {
             let encrypted = self.implicit.is_some() || conn.is_encrypted();
             if !encrypted && !self.allow_plaintext_auth {
                 conn.abort().await;
-                return Err(
-                    "refusing to send the SMTP password over a connection without TLS (use smtps:// or STARTTLS with ?tls=required, or set smtp.allow_plaintext_auth = true for a relay on a trusted network)"
-                        .into(),
-                );
+                return Err(ConnectError::PlaintextAuth);
             }
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(|e| format!("AUTH refused: {e}"))?;
+                .map_err(ConnectError::Auth)?;
         }
         Ok(Conn {
             smtp: conn,
@@ -370,7 +412,7 @@ impl SmtpPool {
     }
 
     /// A connection from the pool, checked if it sat idle a while, or a new one.
-    async fn take(&self) -> Result<Conn, String> {
+    async fn take(&self) -> Result<Conn, ConnectError> {
         loop {
             let next = self.idle.lock().await.pop();
             match next {
@@ -417,7 +459,7 @@ impl SmtpPool {
         // A connection abandoned at a deadline is dropped: never reused mid-transaction.
         let mut conn = match tokio::time::timeout(self.timeout, self.take()).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Some(classify::connection_failure(&e)),
+            Ok(Err(e)) => return Some(classify::connection_failure(&e.to_string())),
             Err(_) => return Some(silent()),
         };
         // lettre refuses such an envelope with a client error that looks like a connection
@@ -462,7 +504,7 @@ impl SmtpPool {
     /// Connects, says EHLO, STARTTLS and AUTH as configured, and quits: for `doctor`.
     pub async fn check(&self) -> anyhow::Result<()> {
         let attempt = async {
-            let mut conn = self.connect().await.map_err(|e| anyhow!(e))?;
+            let mut conn = self.connect().await?;
             let _ = conn.smtp.quit().await;
             anyhow::Ok(())
         };
