@@ -27,8 +27,8 @@ pub struct Pass {
 
 /// Creates the issue of the slot due at `now` (if within `schedule.grace`; older missed slots
 /// are reported, not sent, unless they came before the first `migrate`) and delivers whatever
-/// is ready. Running it again, or twice at once,
-/// does nothing more: one issue per slot, and claims are exclusive.
+/// is ready. Running it again, or twice at once, does nothing more: one issue per slot, and
+/// claims are exclusive.
 pub async fn run_once(
     pool: &PgPool,
     settings: &Settings,

@@ -114,7 +114,7 @@ async fn web_check(r: &mut Report, settings: &Settings) {
         Err(e) => Err(format!("{e:#}")),
     };
     match answer {
-        Ok(a) if a.status == 200 && a.body.starts_with(HEALTHY) => r.ok(&format!(
+        Ok(a) if a.status == 200 && a.body.starts_with(crate::http::HEALTHY) => r.ok(&format!(
             "web: {url} answers: a digestif that reaches its database"
         )),
         Ok(a) if a.status == 503 => r.fail(
@@ -137,9 +137,6 @@ async fn web_check(r: &mut Report, settings: &Settings) {
 
 /// How long doctor waits for the pages behind `newsletter.base_url`.
 const WEB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// What `/healthz` says when all is well (src/http): the mark of a digestif.
-const HEALTHY: &str = crate::http::HEALTHY;
 
 /// Runs every check.
 pub async fn run(settings: &Settings) -> anyhow::Result<()> {
