@@ -93,6 +93,7 @@ pub async fn run_until_stopped(
         if *stop.borrow() {
             return Ok(());
         }
+        deliverer.counters().beat();
         let now = clock::now();
         match run_once(
             &pool,

@@ -120,7 +120,7 @@ async fn web_check(r: &mut Report, settings: &Settings) {
         Ok(a) if a.status == 503 => r.fail(
             &format!("web: {url}"),
             &format!(
-                "answered 503 ({}): the digestif serving the links cannot reach its database",
+                "answered 503 ({}): the digestif serving the links is not ready",
                 crate::domain::one_line(&a.body.trim().chars().take(120).collect::<String>())
             ),
         ),

@@ -62,6 +62,17 @@ pub struct Counters {
     pub reclaimed: AtomicU64,
     /// Claims this process found taken over before it handed the message over (not sent).
     pub lost: AtomicU64,
+    /// When `serve`'s scheduler loop last did something (unix seconds; 0: no loop in this
+    /// process): a pass began, or a delivery result was written. `/readyz` reads it.
+    pub heartbeat: std::sync::atomic::AtomicI64,
+}
+
+impl Counters {
+    /// Marks the scheduler loop (or a delivery it runs) alive now.
+    pub fn beat(&self) {
+        self.heartbeat
+            .store(Utc::now().timestamp(), Ordering::Relaxed);
+    }
 }
 
 impl Counters {

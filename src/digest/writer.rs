@@ -46,6 +46,9 @@ pub(super) async fn settle_pending(
         _ => &counters.failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    if counters.heartbeat.load(Ordering::Relaxed) != 0 {
+        counters.beat();
+    }
     progress(&counters.line());
     Ok(())
 }

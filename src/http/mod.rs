@@ -197,7 +197,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// (`ConnectInfo`): sign-up rate limits and consent evidence use it. `/metrics` is among them
 /// unless it has a listener of its own.
 pub fn router(state: AppState, with_metrics: bool) -> Router {
-    let mut routes = Router::new().route("/healthz", get(healthz));
+    let mut routes = Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/healthz", get(readyz));
     if with_metrics {
         routes = routes.route("/metrics", get(metrics));
     }
@@ -236,7 +239,9 @@ fn metrics_router(state: AppState) -> Router {
     layered(
         Router::new()
             .route("/metrics", get(metrics))
-            .route("/healthz", get(healthz)),
+            .route("/livez", get(livez))
+            .route("/readyz", get(readyz))
+            .route("/healthz", get(readyz)),
         state,
     )
 }
@@ -292,11 +297,38 @@ async fn security_headers(mut response: Response) -> Response {
 }
 
 /// 200 when the database answers within two seconds, 503 otherwise.
-/// `/healthz`'s answer when the database answers; `doctor` looks for it at
+/// `/readyz`'s (and `/healthz`'s) answer when the database answers; `doctor` looks for it at
 /// `newsletter.base_url` to know that a digestif serves the links there.
 pub const HEALTHY: &str = "ok: digestif, database reachable\n";
 
-async fn healthz(State(app): State<AppState>) -> Response {
+/// How long `serve`'s scheduler loop may go without a sign of life before `/readyz` says no:
+/// it looks at the database at least every minute, and a delivery beats with every result.
+const STALE_LOOP: i64 = 300;
+
+/// `/livez`: the process answers (for a restart policy; says nothing of the database).
+async fn livez() -> Response {
+    (StatusCode::OK, "ok: digestif alive\n").into_response()
+}
+
+/// `/readyz` (and `/healthz`): the database answers and, in a `serve` with a schedule, its
+/// loop has shown a sign of life within [`STALE_LOOP`] seconds.
+async fn readyz(State(app): State<AppState>) -> Response {
+    let beat = app
+        .counters
+        .heartbeat
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let silent = chrono::Utc::now().timestamp() - beat;
+    if beat != 0 && silent > STALE_LOOP {
+        tracing::warn!(
+            silent,
+            "health check: the scheduler loop shows no sign of life"
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("scheduler loop silent for {silent} s\n"),
+        )
+            .into_response();
+    }
     let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&app.pool);
     match tokio::time::timeout(Duration::from_secs(2), ping).await {
         Ok(Ok(_)) => (StatusCode::OK, HEALTHY).into_response(),

@@ -41,6 +41,8 @@ pub(crate) struct App {
     pub addr: SocketAddr,
     pub settings: Settings,
     pub keys: digestif::domain::TokenKeys,
+    /// The attempt counters (and the scheduler heartbeat) the server reads.
+    pub counters: Arc<digest::deliver::Counters>,
     /// Dropping the app stops its server.
     _stop: tokio::sync::watch::Sender<bool>,
 }
@@ -54,13 +56,10 @@ impl App {
     /// [`App::start`] with these settings and this pool (which may not answer).
     async fn start_with(pool: PgPool, mut settings: Settings) -> Self {
         settings.http.listen = "127.0.0.1:0".parse().unwrap();
-        let server = Server::build(
-            Arc::new(settings.clone()),
-            pool,
-            Arc::new(Default::default()),
-        )
-        .await
-        .expect("the server starts");
+        let counters: Arc<digest::deliver::Counters> = Arc::new(Default::default());
+        let server = Server::build(Arc::new(settings.clone()), pool, counters.clone())
+            .await
+            .expect("the server starts");
         let addr = server.local_addr().unwrap();
         let keys = server.keys().clone();
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -69,6 +68,7 @@ impl App {
             addr,
             settings,
             keys,
+            counters,
             _stop: stop,
         }
     }
@@ -608,6 +608,33 @@ async fn healthz_answers_503_when_the_database_does_not_answer(pool: PgPool) {
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.starts_with("database "), "{}", r.body);
     assert!(r.headers.contains("cache-control: no-store"));
+    // Not ready, but alive: a restart would not bring the database back.
+    assert_eq!(down.request("GET", "/readyz", None).await.status, 503);
+    assert_eq!(down.request("GET", "/livez", None).await.status, 200);
+}
+
+/// `/readyz` also says no when `serve`'s scheduler loop has stopped showing signs of life
+/// (a pass that hangs, say), while `/livez` still says the process answers.
+#[sqlx::test]
+async fn readyz_answers_503_when_the_scheduler_loop_is_silent(pool: PgPool) {
+    use std::sync::atomic::Ordering;
+    let app = App::start(&pool, "").await;
+    // `serve --no-schedule`: no loop, so only the database counts.
+    assert_eq!(app.request("GET", "/readyz", None).await.status, 200);
+    app.counters.beat();
+    assert_eq!(app.request("GET", "/readyz", None).await.status, 200);
+    let long_ago = chrono::Utc::now().timestamp() - 600;
+    app.counters.heartbeat.store(long_ago, Ordering::Relaxed);
+    for path in ["/readyz", "/healthz"] {
+        let r = app.request("GET", path, None).await;
+        assert_eq!(r.status, 503, "{path}: {}", r.body);
+        assert!(
+            r.body.starts_with("scheduler loop silent for "),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(app.request("GET", "/livez", None).await.status, 200);
 }
 
 #[sqlx::test]
