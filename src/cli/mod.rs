@@ -93,6 +93,15 @@ enum Command {
         #[arg(long)]
         recipient: Option<String>,
     },
+    /// Print a shell completion script (bash: `digestif completions bash >
+    /// /etc/bash_completion.d/digestif`)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, roff (`digestif man > digestif.1; man ./digestif.1`)
+    Man,
     /// Check the configuration, database, SMTP server and DKIM key; print the DNS records to
     /// publish. Exit code 1 if any check fails
     Doctor {
@@ -127,6 +136,22 @@ enum ScheduleCommand {
 
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Generated from the argument definitions; they need no configuration or database.
+    match &cli.command {
+        // Into a buffer first: clap_complete panics when its writer fails (`| head`).
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "digestif", &mut script);
+            return print_all(&script);
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
+            return print_all(&page);
+        }
+        _ => {}
+    }
     crate::clock::init()?;
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
@@ -166,7 +191,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             doctor::postfix_recipe(&settings, cli.config.as_deref())
         }
         Command::Doctor { postfix: false } => doctor::run(&settings).await,
+        // Answered before the configuration was read.
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
+}
+
+/// Writes `bytes` to stdout; a closed pipe is an error main() knows to ignore.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(())
 }
 
 /// The database could not be reached: the MTA should try again later (EX_TEMPFAIL).

@@ -250,3 +250,29 @@ async fn inbound_with_a_broken_config_asks_the_mta_to_retry(pool: PgPool) {
     assert_eq!(run.stderr().trim().lines().count(), 1, "{run}");
     assert!(run.stderr().contains("delivery.concurrency"), "{run}");
 }
+
+/// Shell completions and the manual page come from the argument definitions, and need no
+/// configuration: a broken one does not stop them.
+#[sqlx::test]
+async fn completions_and_the_man_page_need_no_configuration(pool: PgPool) {
+    let d = Digestif::new(&pool).env("DIGESTIF_DELIVERY__CONCURRENCY", "0");
+    let bash = d.run(&["completions", "bash"]);
+    assert!(bash.output.status.success(), "{bash}");
+    let script = bash.stdout();
+    assert!(script.contains("complete -F _digestif"), "{bash}");
+    for word in ["subscribers", "issue", "doctor", "--config"] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    for shell in ["zsh", "fish"] {
+        let run = d.run(&["completions", shell]);
+        assert!(
+            run.output.status.success() && run.stdout().contains("digestif"),
+            "{run}"
+        );
+    }
+    let man = d.run(&["man"]);
+    assert!(man.output.status.success(), "{man}");
+    let page = man.stdout();
+    assert!(page.contains(".TH digestif 1"), "{man}");
+    assert!(page.contains("newsletter digest mailer"), "{man}");
+}
