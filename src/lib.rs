@@ -24,6 +24,9 @@ pub mod render;
 /// The use case: compose, snapshot, render (and, later, deliver).
 pub mod digest;
 
+/// The subscriber import use case (CSV in, every refused line reported).
+pub mod import;
+
 /// Bounce, complaint and unsubscribe-by-mail intake.
 pub mod inbound;
 

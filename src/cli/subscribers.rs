@@ -312,20 +312,6 @@ impl Record for SubscriberRow {
     }
 }
 
-/// Rows sent to Postgres per COPY message: big enough to amortise round trips, small enough to
-/// keep memory flat.
-const COPY_CHUNK: usize = 1 << 20;
-
-/// Counts for the closing summary.
-#[derive(Default)]
-struct Tally {
-    valid: u64,
-    invalid: u64,
-    duplicates: u64,
-    stored: u64,
-    erased: u64,
-}
-
 async fn import(
     pool: &PgPool,
     path: &Path,
@@ -336,131 +322,36 @@ async fn import(
     let shown = path.display().to_string();
     let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(BufReader::with_capacity(1 << 16, file));
-
-    let headers = reader
-        .byte_headers()
-        .with_context(|| format!("{shown}: cannot read the header line"))?
-        .clone();
-    let column = |want: &str| {
-        headers.iter().position(|h| {
-            String::from_utf8_lossy(h)
-                .trim_start_matches('\u{feff}')
-                .trim()
-                .eq_ignore_ascii_case(want)
-        })
-    };
-    let Some(email_col) = column("email") else {
-        bail!("{shown}: line 1: the header has no 'email' column (expected `email,name`)");
-    };
-    let name_col = column("name");
-
     let bar = progress(len, "importing");
     let mut stderr = io::stderr().lock();
-    let mut tally = Tally::default();
-    let mut import = db::Import::begin(pool).await?;
-    {
-        let mut copy = import.copy_in().await?;
-        let chunk = || {
-            csv::WriterBuilder::new()
-                .has_headers(false)
-                .from_writer(Vec::with_capacity(COPY_CHUNK + 4096))
-        };
-        let mut buf = chunk();
-        let mut record = csv::ByteRecord::new();
-        loop {
-            let more = match reader.read_byte_record(&mut record) {
-                Ok(more) => more,
-                Err(e) => {
-                    // A malformed file (e.g. an unclosed quote) cannot be read past this point.
-                    let line = e.position().map_or(0, |p| p.line());
-                    let _ = copy.abort("unreadable input").await;
-                    bail!(
-                        "{shown}: line {line}: cannot be read as CSV: {}",
-                        csv_reason(&e)
-                    );
-                }
-            };
-            if !more {
-                break;
-            }
-            let line = record.position().map_or(0, |p| p.line());
-            match parse_row(&record, email_col, name_col) {
-                Ok((email, name)) => {
-                    tally.valid += 1;
-                    db::Import::encode(&mut buf, line, &email, name.as_ref())?;
-                    if buf.get_ref().len() >= COPY_CHUNK {
-                        let full = std::mem::replace(&mut buf, chunk());
-                        copy.send(full.into_inner().map_err(|e| e.into_error())?)
-                            .await?;
-                        bar.set_position(record.position().map_or(0, |p| p.byte()));
-                    }
-                }
-                Err(reason) => {
-                    tally.invalid += 1;
-                    bar.suspend(|| writeln!(stderr, "{shown}: line {line}: {reason}"))?;
-                }
-            }
-        }
-        let rest = buf.into_inner().map_err(|e| e.into_error())?;
-        if !rest.is_empty() {
-            copy.send(rest).await?;
-        }
-        copy.finish().await?;
-    }
+    let options = crate::import::Options {
+        skip_invalid,
+        dry_run,
+        allow_erased,
+    };
+    let outcome = crate::import::subscribers_csv(
+        pool,
+        &shown,
+        BufReader::with_capacity(1 << 16, file),
+        options,
+        &mut |remark| {
+            bar.suspend(|| writeln!(stderr, "{shown}: line {}: {}", remark.line, remark.text))
+        },
+        &|read| bar.set_position(read),
+    )
+    .await;
     bar.finish_and_clear();
-
-    {
-        let mut notes = import.notes();
-        while let Some(note) = notes.try_next().await? {
-            let (line, email) = (note.line, crate::domain::shown(&note.email));
-            match note.kind {
-                db::NoteKind::DuplicateOf(first) => {
-                    tally.duplicates += 1;
-                    writeln!(
-                        stderr,
-                        "{shown}: line {line}: '{email}' duplicates line {first}; skipped"
-                    )?;
-                }
-                db::NoteKind::AlreadyStored(status) => {
-                    tally.stored += 1;
-                    writeln!(
-                        stderr,
-                        "{shown}: line {line}: '{email}' is already a subscriber ({status}); left as it is"
-                    )?;
-                }
-                db::NoteKind::Erased if allow_erased => {}
-                db::NoteKind::Erased => {
-                    tally.erased += 1;
-                    writeln!(
-                        stderr,
-                        "{shown}: line {line}: '{email}' was erased on request; pass --allow-erased if they asked to come back"
-                    )?;
-                }
-            }
-        }
-    }
-
-    let refused = tally.invalid + tally.erased;
-    if refused > 0 && !skip_invalid && !dry_run {
-        import.rollback().await?;
-        bail!(
-            "{shown}: {refused} invalid line{}; nothing imported (fix {}, or pass --skip-invalid to import the valid rows)",
-            plural(refused),
-            if refused == 1 { "it" } else { "them" }
-        );
-    }
-    let added = import.insert(&shown, allow_erased).await?;
+    let outcome = outcome?;
+    let refused = outcome.refused;
     let summary = format!(
-        "{} {added} subscriber{} from {shown} ({} rows read: {} duplicate{} in the file, {} already stored, {} invalid{})",
+        "{} {} subscriber{} from {shown} ({} rows read: {} duplicate{} in the file, {} already stored, {} invalid{})",
         if dry_run { "would import" } else { "imported" },
-        plural(added),
-        tally.valid + tally.invalid,
-        tally.duplicates,
-        plural(tally.duplicates),
-        tally.stored,
+        outcome.added,
+        plural(outcome.added),
+        outcome.read,
+        outcome.duplicates,
+        plural(outcome.duplicates),
+        outcome.stored,
         refused,
         if refused > 0 && !dry_run {
             ", skipped"
@@ -469,7 +360,6 @@ async fn import(
         },
     );
     if dry_run {
-        import.rollback().await?;
         println!("dry run: {summary}; nothing was changed");
         if refused > 0 {
             return Err(anyhow!(
@@ -478,7 +368,6 @@ async fn import(
             ));
         }
     } else {
-        import.commit().await?;
         println!("{summary}");
     }
     Ok(())
@@ -486,31 +375,4 @@ async fn import(
 
 fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
-}
-
-fn csv_reason(e: &csv::Error) -> String {
-    match e.kind() {
-        csv::ErrorKind::Io(io) => io.to_string(),
-        _ => e.to_string(),
-    }
-}
-
-fn parse_row(
-    record: &csv::ByteRecord,
-    email_col: usize,
-    name_col: Option<usize>,
-) -> Result<(SubscriberEmail, Option<SubscriberName>), String> {
-    let text = |i: usize| -> Result<&str, String> {
-        let raw = record.get(i).unwrap_or_default();
-        std::str::from_utf8(raw).map_err(|_| "not valid UTF-8 (save the file as UTF-8)".to_owned())
-    };
-    if record.len() <= email_col {
-        return Err("the email column is missing".to_owned());
-    }
-    let email = SubscriberEmail::parse(text(email_col)?).map_err(|e| e.to_string())?;
-    let name = match name_col {
-        Some(i) => SubscriberName::parse_optional(text(i)?).map_err(|e| e.to_string())?,
-        None => None,
-    };
-    Ok((email, name))
 }

@@ -1,0 +1,207 @@
+//! The subscriber import use case: read a CSV of `email,name`, validate every line, stage the
+//! valid ones through COPY, and add what is new in one transaction; every line left out is
+//! reported with why. The policy (all or nothing unless told to skip, erased addresses only
+//! when allowed, a dry run that changes nothing) lives here; the CLI only prints.
+
+use std::io::Read;
+
+use anyhow::{Context, bail};
+use futures_util::TryStreamExt;
+use sqlx::PgPool;
+
+use crate::domain::{SubscriberEmail, SubscriberName, shown};
+use crate::store::subscribers as db;
+
+/// Rows sent to Postgres per COPY message: big enough to amortise round trips, small enough to
+/// keep memory flat.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// How to import.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Import the valid lines even when some are refused.
+    pub skip_invalid: bool,
+    /// Check everything, change nothing.
+    pub dry_run: bool,
+    /// Take back addresses erased on request before.
+    pub allow_erased: bool,
+}
+
+/// One line left out, and why (for the operator, after `<file>: line N: `).
+#[derive(Debug)]
+pub struct Remark {
+    /// The line in the file.
+    pub line: u64,
+    /// Why it was left out.
+    pub text: String,
+}
+
+/// What an import did (or, in a dry run, would do).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Subscribers added.
+    pub added: u64,
+    /// Data rows read.
+    pub read: u64,
+    /// Rows repeating an earlier row of the file.
+    pub duplicates: u64,
+    /// Rows naming an address already stored.
+    pub stored: u64,
+    /// Rows refused: invalid, or erased without `allow_erased`.
+    pub refused: u64,
+}
+
+/// Imports the CSV read from `input` (named `source` in messages and in the stored consent
+/// evidence). `remark` hears of every line left out, `progress` of the bytes read so far.
+/// Unless `skip_invalid` (or `dry_run`), one refused line means nothing is imported, and the
+/// error says so.
+pub async fn subscribers_csv(
+    pool: &PgPool,
+    source: &str,
+    input: impl Read,
+    options: Options,
+    remark: &mut dyn FnMut(Remark) -> std::io::Result<()>,
+    progress: &dyn Fn(u64),
+) -> anyhow::Result<Outcome> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+    let headers = reader
+        .byte_headers()
+        .with_context(|| format!("{source}: cannot read the header line"))?
+        .clone();
+    let column = |want: &str| {
+        headers.iter().position(|h| {
+            String::from_utf8_lossy(h)
+                .trim_start_matches('\u{feff}')
+                .trim()
+                .eq_ignore_ascii_case(want)
+        })
+    };
+    let Some(email_col) = column("email") else {
+        bail!("{source}: line 1: the header has no 'email' column (expected `email,name`)");
+    };
+    let name_col = column("name");
+
+    let mut outcome = Outcome::default();
+    let (mut invalid, mut erased) = (0u64, 0u64);
+    let mut import = db::Import::begin(pool).await?;
+    {
+        let mut copy = import.copy_in().await?;
+        let chunk = || {
+            csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(Vec::with_capacity(COPY_CHUNK + 4096))
+        };
+        let mut buf = chunk();
+        let mut record = csv::ByteRecord::new();
+        loop {
+            let more = match reader.read_byte_record(&mut record) {
+                Ok(more) => more,
+                Err(e) => {
+                    // A malformed file (e.g. an unclosed quote) cannot be read past this point.
+                    let line = e.position().map_or(0, |p| p.line());
+                    let _ = copy.abort("unreadable input").await;
+                    bail!(
+                        "{source}: line {line}: cannot be read as CSV: {}",
+                        csv_reason(&e)
+                    );
+                }
+            };
+            if !more {
+                break;
+            }
+            outcome.read += 1;
+            let line = record.position().map_or(0, |p| p.line());
+            match parse_row(&record, email_col, name_col) {
+                Ok((email, name)) => {
+                    db::Import::encode(&mut buf, line, &email, name.as_ref())?;
+                    if buf.get_ref().len() >= COPY_CHUNK {
+                        let full = std::mem::replace(&mut buf, chunk());
+                        copy.send(full.into_inner().map_err(|e| e.into_error())?)
+                            .await?;
+                        progress(record.position().map_or(0, |p| p.byte()));
+                    }
+                }
+                Err(text) => {
+                    invalid += 1;
+                    remark(Remark { line, text })?;
+                }
+            }
+        }
+        let rest = buf.into_inner().map_err(|e| e.into_error())?;
+        if !rest.is_empty() {
+            copy.send(rest).await?;
+        }
+        copy.finish().await?;
+    }
+
+    {
+        let mut notes = import.notes();
+        while let Some(note) = notes.try_next().await? {
+            let (line, email) = (note.line.max(0) as u64, shown(&note.email));
+            let text = match note.kind {
+                db::NoteKind::DuplicateOf(first) => {
+                    outcome.duplicates += 1;
+                    format!("'{email}' duplicates line {first}; skipped")
+                }
+                db::NoteKind::AlreadyStored(status) => {
+                    outcome.stored += 1;
+                    format!("'{email}' is already a subscriber ({status}); left as it is")
+                }
+                db::NoteKind::Erased if options.allow_erased => continue,
+                db::NoteKind::Erased => {
+                    erased += 1;
+                    format!(
+                        "'{email}' was erased on request; pass --allow-erased if they asked to come back"
+                    )
+                }
+            };
+            remark(Remark { line, text })?;
+        }
+    }
+
+    outcome.refused = invalid + erased;
+    let refused = outcome.refused;
+    if refused > 0 && !options.skip_invalid && !options.dry_run {
+        import.rollback().await?;
+        bail!(
+            "{source}: {refused} invalid line{}; nothing imported (fix {}, or pass --skip-invalid to import the valid rows)",
+            if refused == 1 { "" } else { "s" },
+            if refused == 1 { "it" } else { "them" }
+        );
+    }
+    outcome.added = import.insert(source, options.allow_erased).await?;
+    if options.dry_run {
+        import.rollback().await?;
+    } else {
+        import.commit().await?;
+    }
+    Ok(outcome)
+}
+
+fn csv_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => io.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// One row's address and name, or why the row is refused.
+fn parse_row(
+    record: &csv::ByteRecord,
+    email_col: usize,
+    name_col: Option<usize>,
+) -> Result<(SubscriberEmail, Option<SubscriberName>), String> {
+    let text = |i: usize| -> Result<&str, String> {
+        let raw = record.get(i).unwrap_or_default();
+        std::str::from_utf8(raw).map_err(|_| "not valid UTF-8 (save the file as UTF-8)".to_owned())
+    };
+    if record.len() <= email_col {
+        return Err("the email column is missing".to_owned());
+    }
+    let email = SubscriberEmail::parse(text(email_col)?).map_err(|e| e.to_string())?;
+    let name = match name_col {
+        Some(i) => SubscriberName::parse_optional(text(i)?).map_err(|e| e.to_string())?,
+        None => None,
+    };
+    Ok((email, name))
+}
