@@ -1,0 +1,275 @@
+//! SQL for `subscriber`, `subscriber_event` and `suppression`: adding, listing, removing and
+//! erasing here; the bulk import in `import.rs`, double opt-in and link unsubscribes in
+//! `consent.rs` (their items are re-exported, so callers name them all `subscribers::…`).
+
+mod consent;
+mod import;
+
+pub use consent::*;
+pub use import::*;
+
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use sqlx::{PgConnection, PgPool, Postgres};
+
+use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus};
+
+/// A subscriber as stored.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct SubscriberRow {
+    /// Key; logs name subscribers by this, never by address.
+    pub subscriber_id: i64,
+    /// Address as stored.
+    pub email: String,
+    /// Display name, if known.
+    pub name: Option<String>,
+    /// Lifecycle state.
+    pub status: SubscriberStatus,
+    /// How consent was given.
+    pub consent_source: String,
+    /// When consent was given.
+    pub consent_at: DateTime<Utc>,
+    /// When double opt-in was confirmed.
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// When they opted out.
+    pub unsubscribed_at: Option<DateTime<Utc>>,
+    /// Hard bounces counted so far.
+    pub hard_bounces: i32,
+    /// When the row was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One entry of a subscriber's consent and lifecycle history.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct EventRow {
+    /// What happened.
+    pub kind: String,
+    /// Through which channel.
+    pub method: String,
+    /// Evidence (file name, SMTP reply…).
+    pub detail: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why a subscriber could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// The address (in any letter case) is already stored.
+    #[error("'{email}' is already a subscriber (status {status})")]
+    AlreadyStored {
+        /// The stored address.
+        email: String,
+        /// Its status.
+        status: String,
+    },
+    /// The address was erased on request before.
+    #[error("'{0}' was erased on request; add --allow-erased if they asked to come back")]
+    Erased(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+const COLUMNS: &str = "subscriber_id, email, name, status, consent_source, consent_at, \
+                       confirmed_at, unsubscribed_at, hard_bounces, created_at";
+
+/// The suppression key of a lower-cased address, computed by Postgres so that no copy of the
+/// hashing lives in Rust.
+const SUPPRESSION_KEY: &str = "sha256(convert_to($1, 'UTF8'))";
+
+/// The expression of the unique index on addresses (migration 7): a query must name it exactly,
+/// collation included, for Postgres to use the index (written out with `s.` where a join
+/// needs it).
+const EMAIL_KEY: &str = r#"lower(email) COLLATE "C""#;
+
+/// Inserts a subscriber with the given status and records how consent was given.
+pub async fn add(
+    pool: &PgPool,
+    email: &SubscriberEmail,
+    name: Option<&SubscriberName>,
+    status: SubscriberStatus,
+    method: &str,
+    allow_erased: bool,
+) -> Result<i64, AddError> {
+    let mut tx = pool.begin().await?;
+    if is_erased(&mut tx, email).await? {
+        if !allow_erased {
+            return Err(AddError::Erased(email.to_string()));
+        }
+        forget_erasure(&mut tx, email).await?;
+    }
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO subscriber (email, name, status, consent_source) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING RETURNING subscriber_id",
+    )
+    .bind(email.as_str())
+    .bind(name.map(SubscriberName::as_str))
+    .bind(status.as_str())
+    .bind(method)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = id else {
+        let existing = find(&mut *tx, email).await?;
+        let (email, status) = existing
+            .map(|s| (s.email, s.status.to_string()))
+            .unwrap_or_else(|| (email.to_string(), "unknown".into()));
+        return Err(AddError::AlreadyStored { email, status });
+    };
+    record_event(&mut tx, id, "subscribed", method, None).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+async fn is_erased(conn: &mut PgConnection, email: &SubscriberEmail) -> sqlx::Result<bool> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM suppression WHERE email_sha256 = {SUPPRESSION_KEY})"
+    )))
+    .bind(email.key())
+    .fetch_one(conn)
+    .await
+}
+
+async fn forget_erasure(conn: &mut PgConnection, email: &SubscriberEmail) -> sqlx::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM suppression WHERE email_sha256 = {SUPPRESSION_KEY}"
+    )))
+    .bind(email.key())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends to the subscriber's history.
+pub async fn record_event(
+    conn: &mut PgConnection,
+    subscriber_id: i64,
+    kind: &str,
+    method: &str,
+    detail: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO subscriber_event (subscriber_id, kind, method, detail) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(subscriber_id)
+    .bind(kind)
+    .bind(method)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Looks a subscriber up by address, in any letter case.
+pub async fn find<'e, E>(conn: E, email: &SubscriberEmail) -> sqlx::Result<Option<SubscriberRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriber WHERE {EMAIL_KEY} = $1"
+    )))
+    .bind(email.key())
+    .fetch_optional(conn)
+    .await
+}
+
+/// A subscriber's history, oldest first. A subscriber added by a bulk import has no event row
+/// for it (one `subscriber_import` record stands for the whole file, migration 7); its
+/// `subscribed` entry is made from that record.
+pub async fn events(pool: &PgPool, subscriber_id: i64) -> sqlx::Result<Vec<EventRow>> {
+    sqlx::query_as(
+        "SELECT kind, method, detail, created_at FROM ( \
+             SELECT kind, method, detail, created_at, subscriber_event_id AS seq \
+             FROM subscriber_event WHERE subscriber_id = $1 \
+             UNION ALL \
+             SELECT 'subscribed', 'import', i.source, i.created_at, 0 \
+             FROM subscriber s JOIN subscriber_import i ON i.import_id = s.import_id \
+             WHERE s.subscriber_id = $1) e \
+         ORDER BY created_at, seq",
+    )
+    .bind(subscriber_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Streams subscribers in id order, optionally of one status: memory stays flat at any size.
+pub fn list(
+    pool: &PgPool,
+    status: Option<SubscriberStatus>,
+) -> impl Stream<Item = sqlx::Result<SubscriberRow>> + '_ {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriber WHERE $1::text IS NULL OR status = $1 \
+         ORDER BY subscriber_id"
+    )))
+    .bind(status.map(SubscriberStatus::as_str))
+    .fetch(pool)
+}
+
+/// What an admin removal did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The subscriber was active or pending and is now unsubscribed.
+    Unsubscribed,
+    /// Nothing to do: they had already left (or bounced, or complained).
+    AlreadyInactive(SubscriberStatus),
+    /// No such address.
+    NotFound,
+}
+
+/// Unsubscribes by admin action, recording it in the history.
+pub async fn unsubscribe_by_admin(pool: &PgPool, email: &SubscriberEmail) -> sqlx::Result<Removal> {
+    let mut tx = pool.begin().await?;
+    let Some(row) = find(&mut *tx, email).await? else {
+        return Ok(Removal::NotFound);
+    };
+    if !matches!(
+        row.status,
+        SubscriberStatus::Active | SubscriberStatus::Pending
+    ) {
+        return Ok(Removal::AlreadyInactive(row.status));
+    }
+    sqlx::query(
+        "UPDATE subscriber SET status = 'unsubscribed', unsubscribed_at = now() \
+         WHERE subscriber_id = $1",
+    )
+    .bind(row.subscriber_id)
+    .execute(&mut *tx)
+    .await?;
+    record_event(&mut tx, row.subscriber_id, "unsubscribed", "admin", None).await?;
+    tx.commit().await?;
+    Ok(Removal::Unsubscribed)
+}
+
+/// Erases a subscriber's personal data (row and history) and keeps only the hash of the address
+/// in `suppression`, so an erased address is not re-imported by accident. Returns false when
+/// there was no such subscriber.
+pub async fn purge(pool: &PgPool, email: &SubscriberEmail) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    // delivery has no foreign key (fan-out speed, see migration 6): its rows go first.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM delivery WHERE subscriber_id IN \
+         (SELECT subscriber_id FROM subscriber WHERE {EMAIL_KEY} = $1)"
+    )))
+    .bind(email.key())
+    .execute(&mut *tx)
+    .await?;
+    let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM subscriber WHERE {EMAIL_KEY} = $1"
+    )))
+    .bind(email.key())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if deleted == 0 {
+        return Ok(false);
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO suppression (email_sha256, reason) VALUES ({SUPPRESSION_KEY}, 'erased') \
+         ON CONFLICT DO NOTHING"
+    )))
+    .bind(email.key())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
