@@ -18,17 +18,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // `digestif subscribers list | head` closing the pipe early is not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<digestif::cli::TempFail>().is_some() => {
-            eprintln!("digestif: {e:#}");
-            ExitCode::from(digestif::cli::EX_TEMPFAIL)
-        }
-        Err(e) if e.downcast_ref::<digestif::cli::ConfigFail>().is_some() => {
-            eprintln!("digestif: {e:#}");
-            ExitCode::from(digestif::cli::EX_CONFIG)
-        }
         Err(e) => {
             eprintln!("digestif: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<digestif::cli::TempFail>().is_some() {
+                ExitCode::from(digestif::cli::EX_TEMPFAIL)
+            } else if e.downcast_ref::<digestif::cli::ConfigFail>().is_some() {
+                ExitCode::from(digestif::cli::EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
