@@ -2,6 +2,7 @@
 //! `/metrics` for operators, and the security headers every response carries.
 
 pub mod client;
+pub mod error;
 pub mod pages;
 
 use std::fmt::Write as _;
@@ -229,7 +230,11 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
             )
             .route("/issues", get(pages::archive))
             .route("/issues/{number}", get(pages::web_view))
-            .route("/feed.xml", get(pages::feed)),
+            .route("/feed.xml", get(pages::feed))
+            .layer(axum::middleware::map_response_with_state(
+                state.clone(),
+                error::error_pages,
+            )),
         state,
     )
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::client::{self, ClientIp};
+use super::error::PageError;
 use crate::digest;
 use crate::domain::{Purpose, SubscriberEmail, SubscriberName};
 use crate::render;
@@ -50,7 +51,12 @@ impl AppState {
             .to_owned()
     }
 
-    fn page(&self, status: StatusCode, heading: &str, paragraphs: Vec<String>) -> PageBuilder<'_> {
+    pub(super) fn page(
+        &self,
+        status: StatusCode,
+        heading: &str,
+        paragraphs: Vec<String>,
+    ) -> PageBuilder<'_> {
         PageBuilder {
             app: self,
             status,
@@ -64,7 +70,7 @@ impl AppState {
     }
 }
 
-struct PageBuilder<'a> {
+pub(super) struct PageBuilder<'a> {
     app: &'a AppState,
     status: StatusCode,
     heading: String,
@@ -81,7 +87,7 @@ impl PageBuilder<'_> {
         self
     }
 
-    fn into_response(self) -> Response {
+    pub(super) fn into_response(self) -> Response {
         let n = &self.app.settings.newsletter;
         let base = self.app.base();
         let page = Page {
@@ -106,34 +112,9 @@ impl PageBuilder<'_> {
     }
 }
 
-/// The one answer for every unknown, malformed, forged, altered or stale token.
-fn not_found(app: &AppState) -> Response {
-    app.page(
-        StatusCode::NOT_FOUND,
-        "This link does not work",
-        vec![
-            "It may be incomplete (some mail programs cut long links), or it no longer exists."
-                .into(),
-            "To unsubscribe, use the link at the bottom of any issue you received.".into(),
-        ],
-    )
-    .into_response()
-}
-
 /// `/unsubscribe/` and `/confirm/` with no token at all: the same page as a bad token.
-pub async fn empty_token(State(app): State<AppState>) -> Response {
-    not_found(&app)
-}
-
-fn internal(app: &AppState, e: impl std::fmt::Display) -> Response {
-    // The full chain goes to the log; the visitor sees a short page.
-    tracing::error!("request failed: {e}");
-    app.page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Something went wrong",
-        vec!["Please try again in a few minutes.".into()],
-    )
-    .into_response()
+pub async fn empty_token() -> PageError {
+    PageError::NotFound
 }
 
 // ---- unsubscribe ------------------------------------------------------------------------------
@@ -152,9 +133,12 @@ pub async fn unsubscribe_help(State(app): State<AppState>) -> Response {
 }
 
 /// GET /unsubscribe/{token}: a page with one button; changes nothing.
-pub async fn unsubscribe_page(State(app): State<AppState>, Path(token): Path<String>) -> Response {
+pub async fn unsubscribe_page(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, PageError> {
     if app.keys.verify(Purpose::Unsubscribe, &token).is_none() {
-        return not_found(&app);
+        return Err(PageError::NotFound);
     }
     let base = app.base();
     let mut lines = vec!["You will not receive any more issues.".to_owned()];
@@ -164,17 +148,18 @@ pub async fn unsubscribe_page(State(app): State<AppState>, Path(token): Path<Str
             "You can subscribe again at any time at {base}/subscribe."
         ));
     }
-    app.page(
-        StatusCode::OK,
-        &format!("Unsubscribe from {}?", app.settings.newsletter.name),
-        lines,
-    )
-    .button(Button {
-        action: format!("{base}/unsubscribe/{token}"),
-        label: "Unsubscribe",
-        hidden: Some(("source", "page")),
-    })
-    .into_response()
+    Ok(app
+        .page(
+            StatusCode::OK,
+            &format!("Unsubscribe from {}?", app.settings.newsletter.name),
+            lines,
+        )
+        .button(Button {
+            action: format!("{base}/unsubscribe/{token}"),
+            label: "Unsubscribe",
+            hidden: Some(("source", "page")),
+        })
+        .into_response())
 }
 
 /// POST /unsubscribe/{token}: RFC 8058 one-click (`List-Unsubscribe=One-Click`, no cookies, no
@@ -184,10 +169,11 @@ pub async fn unsubscribe(
     State(app): State<AppState>,
     Path(token): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let Some(id) = app.keys.verify(Purpose::Unsubscribe, &token) else {
-        return not_found(&app);
-    };
+) -> Result<Response, PageError> {
+    let id = app
+        .keys
+        .verify(Purpose::Unsubscribe, &token)
+        .ok_or(PageError::NotFound)?;
     let fields: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let method = if fields.get("List-Unsubscribe").map(String::as_str) == Some("One-Click") {
         "one-click"
@@ -196,46 +182,48 @@ pub async fn unsubscribe(
     } else {
         "link"
     };
-    match db::unsubscribe_by_link(&app.pool, id, method).await {
-        Ok(true) => {
-            tracing::info!(subscriber_id = id, method, "unsubscribed");
-            app.page(
-                StatusCode::OK,
-                "You are unsubscribed",
-                vec![format!(
-                    "You will not receive {} any more. Sorry to see you go.",
-                    app.settings.newsletter.name
-                )],
-            )
-            .into_response()
-        }
-        Ok(false) => not_found(&app),
-        Err(e) => internal(&app, e),
+    if !db::unsubscribe_by_link(&app.pool, id, method).await? {
+        return Err(PageError::NotFound);
     }
+    tracing::info!(subscriber_id = id, method, "unsubscribed");
+    Ok(app
+        .page(
+            StatusCode::OK,
+            "You are unsubscribed",
+            vec![format!(
+                "You will not receive {} any more. Sorry to see you go.",
+                app.settings.newsletter.name
+            )],
+        )
+        .into_response())
 }
 
 // ---- confirmation -----------------------------------------------------------------------------
 
 /// GET /confirm/{token}: a page with one button; changes nothing.
-pub async fn confirm_page(State(app): State<AppState>, Path(token): Path<String>) -> Response {
+pub async fn confirm_page(
+    State(app): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, PageError> {
     if app.keys.verify_confirm(&token).is_none() {
-        return not_found(&app);
+        return Err(PageError::NotFound);
     }
     let base = app.base();
-    app.page(
-        StatusCode::OK,
-        &format!(
-            "Confirm your subscription to {}",
-            app.settings.newsletter.name
-        ),
-        vec!["One click and the next issue is on its way to you.".into()],
-    )
-    .button(Button {
-        action: format!("{base}/confirm/{token}"),
-        label: "Yes, subscribe me",
-        hidden: None,
-    })
-    .into_response()
+    Ok(app
+        .page(
+            StatusCode::OK,
+            &format!(
+                "Confirm your subscription to {}",
+                app.settings.newsletter.name
+            ),
+            vec!["One click and the next issue is on its way to you.".into()],
+        )
+        .button(Button {
+            action: format!("{base}/confirm/{token}"),
+            label: "Yes, subscribe me",
+            hidden: None,
+        })
+        .into_response())
 }
 
 /// POST /confirm/{token}: confirms and records the consent evidence (time, method, client).
@@ -243,13 +231,11 @@ pub async fn confirm(
     State(app): State<AppState>,
     ClientIp(client): ClientIp,
     Path(token): Path<String>,
-) -> Response {
-    let Some((id, nonce)) = app.keys.verify_confirm(&token) else {
-        return not_found(&app);
-    };
+) -> Result<Response, PageError> {
+    let (id, nonce) = app.keys.verify_confirm(&token).ok_or(PageError::NotFound)?;
     let detail = format!("confirmed from {client}");
-    match db::confirm(&app.pool, id, nonce, "web", Some(&detail)).await {
-        Ok(Confirmation::Confirmed) => {
+    Ok(match db::confirm(&app.pool, id, nonce, "web", Some(&detail)).await? {
+        Confirmation::Confirmed => {
             tracing::info!(subscriber_id = id, "subscription confirmed");
             app.page(
                 StatusCode::OK,
@@ -261,23 +247,22 @@ pub async fn confirm(
             )
             .into_response()
         }
-        Ok(Confirmation::Stale) => app
+        Confirmation::Stale => app
             .page(
                 StatusCode::OK,
                 "Nothing to confirm",
                 vec!["This link was used already or has been replaced by a newer one. Nothing changed.".into()],
             )
             .into_response(),
-        Err(e) => internal(&app, e),
-    }
+    })
 }
 
 // ---- sign-up ----------------------------------------------------------------------------------
 
 /// GET /subscribe: the form (only with `http.signup = true`).
-pub async fn subscribe_page(State(app): State<AppState>) -> Response {
+pub async fn subscribe_page(State(app): State<AppState>) -> Result<Response, PageError> {
     if !app.settings.http.signup {
-        return not_found(&app);
+        return Err(PageError::NotFound);
     }
     let mut page = app.page(
         StatusCode::OK,
@@ -285,7 +270,7 @@ pub async fn subscribe_page(State(app): State<AppState>) -> Response {
         vec!["A weekly email of practical tips and new articles for backend engineers.".into()],
     );
     page.signup = true;
-    page.into_response()
+    Ok(page.into_response())
 }
 
 #[derive(Deserialize)]
@@ -303,29 +288,29 @@ pub async fn subscribe(
     ClientIp(client): ClientIp,
     headers: HeaderMap,
     Form(form): Form<SubscribeForm>,
-) -> Response {
+) -> Result<Response, PageError> {
     if !app.settings.http.signup {
-        return not_found(&app);
+        return Err(PageError::NotFound);
     }
     let base = app.base();
     if !client::same_origin(&headers, &base, &app.settings.http.signup_origins) {
         tracing::info!(%client, "sign-up form posted from another site; refused");
-        return app
+        return Ok(app
             .page(
                 StatusCode::FORBIDDEN,
                 "Please use our own form",
                 vec![format!("Sign up at {base}/subscribe.")],
             )
-            .into_response();
+            .into_response());
     }
     if !app.signup_limiter.allow(client) {
-        return app
+        return Ok(app
             .page(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many requests",
                 vec!["Please try again later.".into()],
             )
-            .into_response();
+            .into_response());
     }
     let parsed = SubscriberEmail::parse(&form.email)
         .map_err(|e| e.to_string())
@@ -344,7 +329,7 @@ pub async fn subscribe(
             );
             page.error = Some(reason);
             page.signup = true;
-            return page.into_response();
+            return Ok(page.into_response());
         }
     };
     let worker = app.clone();
@@ -367,7 +352,7 @@ pub async fn subscribe(
             Err(e) => tracing::warn!("sign-up confirmation failed: {e:#}"),
         }
     });
-    app.page(
+    Ok(app.page(
         StatusCode::OK,
         "Check your inbox",
         vec![
@@ -376,17 +361,14 @@ pub async fn subscribe(
             "Nothing is sent to you until you click it.".into(),
         ],
     )
-    .into_response()
+    .into_response())
 }
 
 // ---- archive ----------------------------------------------------------------------------------
 
 /// GET /issues: the archive.
-pub async fn archive(State(app): State<AppState>) -> Response {
-    let list = match issues::list(&app.pool).await {
-        Ok(l) => l,
-        Err(e) => return internal(&app, e),
-    };
+pub async fn archive(State(app): State<AppState>) -> Result<Response, PageError> {
+    let list = issues::list(&app.pool).await?;
     let base = app.base();
     let links: Vec<(String, String)> = list
         .iter()
@@ -406,34 +388,33 @@ pub async fn archive(State(app): State<AppState>) -> Response {
         },
     );
     page.links = links;
-    page.into_response()
+    Ok(page.into_response())
 }
 
 /// GET /issues/{number}: the issue as the email shows it, without personal data or tokens.
-pub async fn web_view(State(app): State<AppState>, Path(number): Path<String>) -> Response {
-    let Some(number) = number.parse::<i32>().ok().filter(|n| *n > 0) else {
-        return not_found(&app);
-    };
-    let issue = match issues::find_by_number(&app.pool, number).await {
-        Ok(Some(i)) => i,
-        Ok(None) => return not_found(&app),
-        Err(e) => return internal(&app, e),
-    };
-    let content = match digest::stored_content(&app.pool, &issue).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return not_found(&app),
-        Err(e) => return internal(&app, e),
-    };
-    match render::render_issue(
+pub async fn web_view(
+    State(app): State<AppState>,
+    Path(number): Path<String>,
+) -> Result<Response, PageError> {
+    let number = number
+        .parse::<i32>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or(PageError::NotFound)?;
+    let issue = issues::find_by_number(&app.pool, number)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let content = digest::stored_content(&app.pool, &issue)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let rendered = render::render_issue(
         &app.settings.newsletter,
         &app.keys,
         app.settings.schedule.schedule.zone(),
         &content,
         &app.settings.bounces.address,
-    ) {
-        Ok(r) => Html(r.web_html()).into_response(),
-        Err(e) => internal(&app, e),
-    }
+    )?;
+    Ok(Html(rendered.web_html()).into_response())
 }
 
 struct FeedEntry {
@@ -453,11 +434,8 @@ struct Feed<'a> {
 }
 
 /// GET /feed.xml: an Atom feed of the archive.
-pub async fn feed(State(app): State<AppState>) -> Response {
-    let list = match issues::list(&app.pool).await {
-        Ok(l) => l,
-        Err(e) => return internal(&app, e),
-    };
+pub async fn feed(State(app): State<AppState>) -> Result<Response, PageError> {
+    let list = issues::list(&app.pool).await?;
     let entries: Vec<FeedEntry> = list
         .into_iter()
         .filter_map(|i| {
@@ -480,12 +458,9 @@ pub async fn feed(State(app): State<AppState>) -> Response {
         updated,
         entries,
     };
-    match feed.render() {
-        Ok(xml) => (
-            [(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")],
-            xml,
-        )
-            .into_response(),
-        Err(e) => internal(&app, e),
-    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")],
+        feed.render()?,
+    )
+        .into_response())
 }
