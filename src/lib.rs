@@ -12,16 +12,19 @@ pub mod files;
 /// Settings: the TOML file and `DIGESTIF_*` environment, parsed into domain types.
 pub mod config;
 
-/// The Postgres store: every SQL statement, migrations, connection handling.
+/// The Postgres store: connecting, migrations, and the SQL, one file per table family; only the
+/// rate ceiling's statements (in `send`) and `/readyz`'s `SELECT 1` (in `http`) live elsewhere.
 pub mod store;
 
-/// Transports, reply classification and the shared rate ceiling.
+/// Transports (our SMTP pool, the `.eml` outbox), reply classification, DKIM signing and the
+/// shared rate ceiling.
 pub mod send;
 
 /// Rendering an issue and each subscriber's message.
 pub mod render;
 
-/// The use case: compose, snapshot, render (and, later, deliver).
+/// The use case: pick content, create and fan out an issue, decide what a send command
+/// creates, and deliver (the queue, the results writer, this process as a worker, the breaker).
 pub mod digest;
 
 /// The subscriber import use case (CSV in, every refused line reported).

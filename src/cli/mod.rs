@@ -1,5 +1,5 @@
-//! The operator's command line (DESIGN.md §7): argument parsing and one module per command
-//! group. Each clap variant's `///` comment is its `--help` text.
+//! The operator's command line (docs/ARCHITECTURE.md §7): argument parsing and one module per
+//! command group. Each clap variant's `///` comment is its `--help` text.
 
 mod articles;
 mod doctor;

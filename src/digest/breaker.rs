@@ -1,5 +1,5 @@
-//! The breaker (DESIGN.md §4.6): when most recent attempts fail for connection or policy
-//! reasons, sending more only hurts the sender's reputation, so the issue pauses.
+//! The breaker (docs/ARCHITECTURE.md §4.6): when most recent attempts fail for connection or
+//! policy reasons, sending more only hurts the sender's reputation, so the issue pauses.
 
 use std::collections::VecDeque;
 

@@ -1,8 +1,8 @@
-//! Working the delivery queue (DESIGN.md §4): claim a batch, re-check each subscriber, send
-//! with bounded concurrency under the shared rate ceiling, classify replies, and write results
-//! in batches. A sender never hands a message over before its previous result is durable (it
-//! may render the next one and open its SMTP transaction meanwhile), so a crash re-sends at
-//! most `delivery.concurrency` messages.
+//! Working the delivery queue (docs/ARCHITECTURE.md §4): claim a batch, re-check each
+//! subscriber, send with bounded concurrency under the shared rate ceiling, classify replies,
+//! and write results in batches. A sender never hands a message over before its previous
+//! result is durable (it may render the next one and open its SMTP transaction meanwhile), so
+//! a crash re-sends at most `delivery.concurrency` messages.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -61,7 +61,7 @@ pub enum Plan {
     Skip(String),
 }
 
-/// Picks the content for `slot` without writing anything (DESIGN.md §5).
+/// Picks the content for `slot` without writing anything (docs/ARCHITECTURE.md §5).
 pub async fn plan(
     conn: &mut PgConnection,
     settings: &Settings,
@@ -162,7 +162,7 @@ pub fn due_slot(settings: &Settings, now: DateTime<Utc>) -> Option<DateTime<Utc>
     (now - due <= grace).then_some(due)
 }
 
-/// Which issue a send command may create (DESIGN.md §6; README "Sending by hand").
+/// Which issue a send command may create (docs/ARCHITECTURE.md §6; README "Sending by hand").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendRequest {
     /// `issue send`: the slot due within `schedule.grace`, as `run` does.

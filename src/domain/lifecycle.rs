@@ -1,5 +1,5 @@
-//! The delivery and issue lifecycles of DESIGN.md §3 and §4 as types: each state's text is
-//! written once here, and it is the text the SQL CHECK constraints allow.
+//! The issue and delivery lifecycles of docs/ARCHITECTURE.md §3.3 and §3.4 as types: each
+//! state's text is written once here, and it is the text the SQL CHECK constraints allow.
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,4 +1,4 @@
-//! `SubscriberStatus`: where a subscriber stands in the lifecycle of DESIGN.md §3.
+//! `SubscriberStatus`: where a subscriber stands in their lifecycle (docs/ARCHITECTURE.md §3.2).
 
 use std::fmt;
 use std::str::FromStr;

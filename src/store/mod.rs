@@ -1,4 +1,6 @@
-//! The Postgres store: connecting, migrating, and every SQL statement, one file per table family.
+//! The Postgres store: connecting, migrating, and the SQL, one file per table family. Some SQL
+//! lives beside its only user instead: the shared rate ceiling's two statements
+//! (`send/rate.rs`) and `/readyz`'s `SELECT 1` (`http/mod.rs`).
 
 pub mod content;
 pub mod deliveries;

@@ -1,6 +1,6 @@
-//! Claims have an owner (DESIGN.md §4.7): a live worker's claims are never taken over however
-//! slow its batch, and a dead worker's come back at once, as real processes against a real
-//! Postgres and a real SMTP server.
+//! Claims have an owner (docs/ARCHITECTURE.md §4.7): a live worker's claims are never taken
+//! over however slow its batch, and a dead worker's come back at once, as real processes
+//! against a real Postgres and a real SMTP server.
 
 use std::collections::HashMap;
 use std::process::Stdio;
