@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
     .expect("settings");
     let keys = TokenKeys::new(TokenKey::new(&[7u8; 32]).expect("key"), vec![]);
     let content = content();
-    let zone = settings.schedule.schedule.zone();
+    let zone = settings.schedule.cron.zone();
     let rendered = render::render_issue(
         &settings.newsletter,
         &keys,

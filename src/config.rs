@@ -135,8 +135,8 @@ pub struct Newsletter {
 /// `[schedule]`
 #[derive(Debug, Clone)]
 pub struct ScheduleSettings {
-    /// The crontab expression in its time zone.
-    pub schedule: Schedule,
+    /// `schedule.cron` read in `schedule.timezone`.
+    pub cron: Schedule,
     /// How late a missed slot may still be sent.
     pub grace: Duration,
 }
@@ -552,7 +552,7 @@ impl Raw {
             _ => ConfigError::new("schedule.cron", e.to_string()),
         })?;
         let schedule = ScheduleSettings {
-            schedule,
+            cron: schedule,
             grace: duration("schedule.grace", &s.grace)?,
         };
 

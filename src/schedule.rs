@@ -51,7 +51,7 @@ pub async fn run_once(
             });
         }
         None => {
-            if let Some(latest) = settings.schedule.schedule.latest_at_or_before(now)
+            if let Some(latest) = settings.schedule.cron.latest_at_or_before(now)
                 && issues::find_by_slot(pool, latest).await?.is_none()
                 && crate::store::installed_at(pool)
                     .await?
@@ -142,7 +142,7 @@ pub async fn run_until_stopped(
 /// How long to sleep: until the next slot or the next retry, whichever comes first, at most
 /// `MAX_NAP`.
 async fn next_wake(pool: &PgPool, settings: &Settings, now: DateTime<Utc>) -> Duration {
-    let slot = settings.schedule.schedule.next_after(now);
+    let slot = settings.schedule.cron.next_after(now);
     let retry = deliveries::next_due(pool).await.ok().flatten();
     let at = [slot, retry].into_iter().flatten().min();
     // While another worker holds claims, look again soon: should it die, its claims are

@@ -107,7 +107,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                         p.content.number,
                         p.content
                             .slot
-                            .with_timezone(&settings.schedule.schedule.zone())
+                            .with_timezone(&settings.schedule.cron.zone())
                             .format("%a %-d %b %Y %H:%M %Z"),
                         p.rendered.subject()
                     );
@@ -140,7 +140,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     // Another process may have made it first; then this one took no time.
                     let made_here = issue.created_at >= asked_at - chrono::Duration::seconds(1);
                     let local = slot
-                        .with_timezone(&settings.schedule.schedule.zone())
+                        .with_timezone(&settings.schedule.cron.zone())
                         .format("%a %Y-%m-%d %H:%M %Z");
                     match (issue.number, issue.status.as_str()) {
                         (None, _) => println!(

@@ -53,7 +53,7 @@ pub async fn drain_within<T: Default>(
 
 /// `digestif schedule next`.
 pub fn schedule_next(settings: &Settings, count: usize) {
-    let s = &settings.schedule.schedule;
+    let s = &settings.schedule.cron;
     println!("schedule: {} in {}", s.expression(), s.zone());
     for slot in s.upcoming(clock::now(), count) {
         println!(

@@ -31,7 +31,6 @@ pub struct Report {
     pub sent: u64,
     /// Temporary failures, to be retried.
     pub deferred: u64,
-    /// Hard bounces.
     pub bounced: u64,
     /// Refused for good.
     pub failed: u64,
@@ -52,7 +51,6 @@ pub struct Counters {
     pub sent: AtomicU64,
     /// Temporary failures.
     pub deferred: AtomicU64,
-    /// Hard bounces.
     pub bounced: AtomicU64,
     /// Permanent failures.
     pub failed: AtomicU64,
@@ -536,7 +534,7 @@ impl Deliverer {
         let rendered = Arc::new(render::render_issue(
             &self.settings.newsletter,
             &self.keys,
-            self.settings.schedule.schedule.zone(),
+            self.settings.schedule.cron.zone(),
             &content,
             &self.settings.bounces.address,
         )?);

@@ -157,7 +157,7 @@ pub async fn stored_content(
 
 /// The slot due at `now`: the latest scheduled one, if it is within the grace window.
 pub fn due_slot(settings: &Settings, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let due = settings.schedule.schedule.latest_at_or_before(now)?;
+    let due = settings.schedule.cron.latest_at_or_before(now)?;
     let grace = chrono::Duration::from_std(settings.schedule.grace).unwrap_or_default();
     (now - due <= grace).then_some(due)
 }
@@ -195,7 +195,7 @@ pub async fn plan_send(
     now: DateTime<Utc>,
     request: SendRequest,
 ) -> anyhow::Result<SendPlan> {
-    let schedule = &settings.schedule.schedule;
+    let schedule = &settings.schedule.cron;
     let zone = schedule.zone();
     let local = |t: DateTime<Utc>| t.with_timezone(&zone).format("%a %Y-%m-%d %H:%M %Z");
     match request {
@@ -278,18 +278,14 @@ pub async fn next_slot(
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> anyhow::Result<DateTime<Utc>> {
-    if settings
-        .schedule
-        .schedule
-        .latest_at_or_before(now)
-        .is_some()
+    if settings.schedule.cron.latest_at_or_before(now).is_some()
         && let SendPlan::Create(slot) = plan_send(pool, settings, now, SendRequest::Now).await?
     {
         return Ok(slot);
     }
     settings
         .schedule
-        .schedule
+        .cron
         .next_after(now)
         .ok_or_else(|| anyhow!("config: schedule.cron: the schedule never fires again"))
 }
@@ -388,7 +384,7 @@ pub async fn render_next(
     let rendered = render::render_issue(
         &settings.newsletter,
         &keys,
-        settings.schedule.schedule.zone(),
+        settings.schedule.cron.zone(),
         &content,
         &settings.bounces.address,
     )?;

@@ -30,13 +30,10 @@ use crate::domain::TokenKeys;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    /// The database.
     pub pool: PgPool,
-    /// The settings.
     pub settings: Arc<Settings>,
     /// Attempt counters of this process's deliverer.
     pub counters: Arc<Counters>,
-    /// Link token keys.
     pub keys: TokenKeys,
     /// Per-client limit on sign-ups.
     pub signup_limiter: Arc<client::SignupLimiter>,

@@ -410,7 +410,7 @@ pub async fn web_view(
     let rendered = render::render_issue(
         &app.settings.newsletter,
         &app.keys,
-        app.settings.schedule.schedule.zone(),
+        app.settings.schedule.cron.zone(),
         &content,
         &app.settings.bounces.address,
     )?;

@@ -38,7 +38,6 @@ pub use crate::domain::{Item, ItemKind};
 pub struct IssueContent {
     /// Issue number (1, 2, …).
     pub number: i32,
-    /// The slot it belongs to.
     pub slot: DateTime<Utc>,
     /// Tips first, then articles, in order.
     pub items: Vec<Item>,
@@ -59,7 +58,6 @@ impl IssueContent {
 pub struct Recipient {
     /// Key; also part of the Message-ID.
     pub subscriber_id: i64,
-    /// Address.
     pub email: String,
     /// Display name, if known.
     pub name: Option<String>,

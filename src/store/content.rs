@@ -8,7 +8,6 @@ use crate::domain::{NewArticle, NewTip};
 /// A tip as stored.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct TipRow {
-    /// Key.
     pub tip_id: i64,
     /// One-line title.
     pub title: String,
@@ -24,14 +23,12 @@ pub struct TipRow {
     pub times_sent: i32,
     /// When it was last sent.
     pub last_sent_at: Option<DateTime<Utc>>,
-    /// When it was added.
     pub created_at: DateTime<Utc>,
 }
 
 /// An article as stored.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct ArticleRow {
-    /// Key.
     pub article_id: i64,
     /// One-line title.
     pub title: String,
@@ -39,11 +36,8 @@ pub struct ArticleRow {
     pub url: String,
     /// Short summary.
     pub summary: String,
-    /// Who wrote it.
     pub author: Option<String>,
-    /// When it was published.
     pub published_at: DateTime<Utc>,
-    /// When it was added.
     pub created_at: DateTime<Utc>,
 }
 

@@ -22,9 +22,7 @@ pub async fn fan_out(conn: &mut PgConnection, issue_id: i64) -> sqlx::Result<u64
 /// A delivery this worker now holds, with what sending needs to know.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
-    /// The issue.
     pub issue_id: i64,
-    /// The recipient.
     pub subscriber_id: i64,
     /// The delivery's status before the claim (`pending`, `deferred`, or `sending` when it
     /// was taken back from a dead worker), to put it back if it is released unsent.
@@ -172,9 +170,7 @@ pub async fn count_reclaimed(pool: &PgPool, issue_id: i64, n: i32) -> sqlx::Resu
 /// The result of one attempt, to be written.
 #[derive(Debug, Clone)]
 pub struct Settled {
-    /// The issue.
     pub issue_id: i64,
-    /// The recipient.
     pub subscriber_id: i64,
     /// `sent`, `deferred`, `bounced`, `failed` or `skipped`.
     pub status: DeliveryStatus,

@@ -10,20 +10,16 @@ use crate::domain::{Item, ItemKind};
 /// An issue as stored.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct IssueRow {
-    /// Key.
     pub issue_id: i64,
     /// 1, 2, …; `None` when the slot was skipped.
     pub number: Option<i32>,
-    /// The slot it belongs to.
     pub slot: DateTime<Utc>,
-    /// Subject line.
     pub subject: String,
     /// Where it stands.
     #[sqlx(try_from = "String")]
     pub status: IssueStatus,
     /// Why it is paused or skipped.
     pub status_reason: Option<String>,
-    /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When its last delivery settled.
     pub finished_at: Option<DateTime<Utc>>,
@@ -191,7 +187,6 @@ where
 
 /// What to insert for a new issue.
 pub struct NewIssue<'a> {
-    /// The slot.
     pub slot: DateTime<Utc>,
     /// `None` for a skipped slot.
     pub number: Option<i32>,
@@ -201,7 +196,6 @@ pub struct NewIssue<'a> {
     pub status: IssueStatus,
     /// Why it was skipped.
     pub reason: Option<&'a str>,
-    /// The snapshot.
     pub items: &'a [Candidate],
 }
 

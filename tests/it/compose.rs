@@ -71,7 +71,7 @@ fn raw_message(s: &Settings, content: &IssueContent, r: &Recipient) -> Vec<u8> {
     render::render_issue(
         &s.newsletter,
         &keys(),
-        s.schedule.schedule.zone(),
+        s.schedule.cron.zone(),
         content,
         &s.bounces.address,
     )
@@ -517,7 +517,7 @@ fn the_plain_text_part_matches_the_golden_file() {
     let rendered = render::render_issue(
         &s.newsletter,
         &keys(),
-        s.schedule.schedule.zone(),
+        s.schedule.cron.zone(),
         &golden_content(),
         &s.bounces.address,
     )
@@ -545,7 +545,7 @@ fn the_html_references_nothing_external_and_every_image_has_alt() {
     let rendered = render::render_issue(
         &s.newsletter,
         &keys(),
-        s.schedule.schedule.zone(),
+        s.schedule.cron.zone(),
         &golden_content(),
         &s.bounces.address,
     )
@@ -636,7 +636,7 @@ async fn content_cannot_pull_in_a_recipients_link_or_name(pool: PgPool) {
     let rendered = render::render_issue(
         &s.newsletter,
         &keys(),
-        s.schedule.schedule.zone(),
+        s.schedule.cron.zone(),
         &content,
         &s.bounces.address,
     )

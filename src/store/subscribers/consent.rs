@@ -11,7 +11,6 @@ use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus};
 pub enum ConfirmRequest {
     /// Send a confirmation email with this nonce.
     Send {
-        /// The subscriber.
         subscriber_id: i64,
         /// Bound into the link; a newer request makes older links useless.
         nonce: i64,

@@ -35,7 +35,6 @@ pub struct SubscriberRow {
     pub unsubscribed_at: Option<DateTime<Utc>>,
     /// Hard bounces counted so far.
     pub hard_bounces: i32,
-    /// When the row was created.
     pub created_at: DateTime<Utc>,
 }
 
@@ -48,7 +47,6 @@ pub struct EventRow {
     pub method: String,
     /// Evidence (file name, SMTP reply…).
     pub detail: Option<String>,
-    /// When.
     pub created_at: DateTime<Utc>,
 }
 
@@ -57,12 +55,7 @@ pub struct EventRow {
 pub enum AddError {
     /// The address (in any letter case) is already stored.
     #[error("'{email}' is already a subscriber (status {status})")]
-    AlreadyStored {
-        /// The stored address.
-        email: String,
-        /// Its status.
-        status: String,
-    },
+    AlreadyStored { email: String, status: String },
     /// The address was erased on request before.
     #[error("'{0}' was erased on request; add --allow-erased if they asked to come back")]
     Erased(String),
