@@ -208,6 +208,34 @@ pub struct SettleOutcome {
     pub held: Vec<(i64, i64)>,
 }
 
+/// The hard-bounce rule, written once for both ways a bounce arrives (a 5xx at send time, a DSN
+/// later): the subscriber's counter goes up, an active subscriber is suppressed once it reaches
+/// the threshold (the statement's parameter `$threshold`), and the event log says which, with
+/// `$method`. It reads a CTE `upd(subscriber_id, status, last_error)` of the deliveries just
+/// written and adds the CTEs `bounced` and `events`. A macro, so each statement stays one
+/// string literal (prepared once per connection).
+macro_rules! hard_bounce_rule {
+    ($threshold:literal, $method:literal) => {
+        concat!(
+            "bounced AS ( \
+                 UPDATE subscriber s SET hard_bounces = s.hard_bounces + 1, \
+                        status = CASE WHEN s.status = 'active' AND s.hard_bounces + 1 >= ",
+            $threshold,
+            " THEN 'bounced' ELSE s.status END \
+                 FROM upd WHERE upd.status = 'bounced' AND s.subscriber_id = upd.subscriber_id \
+                 RETURNING s.subscriber_id, s.status, s.hard_bounces, upd.last_error), \
+             events AS ( \
+                 INSERT INTO subscriber_event (subscriber_id, kind, method, detail) \
+                 SELECT subscriber_id, 'bounced', '",
+            $method,
+            "', left(CASE WHEN status = 'bounced' THEN 'suppressed after ' || hard_bounces \
+                              || ' hard bounce(s): ' ELSE 'hard bounce: ' END \
+                         || coalesce(last_error, ''), 500) \
+                 FROM bounced)"
+        )
+    };
+}
+
 /// Writes many results in one statement: delivery rows, and for hard bounces the subscriber's
 /// counter, suppression at `threshold`, and the event log. In the same statement it checks
 /// that the claims in `confirm` (messages about to be handed over) are still `worker`'s (a
@@ -238,8 +266,9 @@ pub async fn settle(
     }
     let (confirm_issues, confirm_subscribers): (Vec<i64>, Vec<i64>) =
         confirm.iter().copied().unzip();
-    let (written, held_issues, held_subscribers): (i64, Vec<i64>, Vec<i64>) = sqlx::query_as(
-        "WITH v AS ( \
+    let (written, held_issues, held_subscribers): (i64, Vec<i64>, Vec<i64>) =
+        sqlx::query_as(concat!(
+            "WITH v AS ( \
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], \
                                   $5::text[], $6::timestamptz[], $7::text[]) \
              AS v(issue_id, subscriber_id, status, code, error, next_at, message_id)), \
@@ -250,47 +279,35 @@ pub async fn settle(
                     sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END \
              FROM v WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
                AND d.status = $9 AND d.claimed_by = $10 \
-             RETURNING d.subscriber_id, d.status, d.last_error), \
-         bounced AS ( \
-             UPDATE subscriber s SET hard_bounces = s.hard_bounces + 1, \
-                    status = CASE WHEN s.status = 'active' AND s.hard_bounces + 1 >= $8 \
-                                  THEN 'bounced' ELSE s.status END \
-             FROM upd WHERE upd.status = 'bounced' AND s.subscriber_id = upd.subscriber_id \
-             RETURNING s.subscriber_id, s.status, s.hard_bounces, upd.last_error), \
-         events AS ( \
-             INSERT INTO subscriber_event (subscriber_id, kind, method, detail) \
-             SELECT subscriber_id, 'bounced', 'smtp', \
-                    left(CASE WHEN status = 'bounced' THEN 'suppressed after ' || hard_bounces \
-                              || ' hard bounce(s): ' ELSE 'hard bounce: ' END \
-                         || coalesce(last_error, ''), 500) \
-             FROM bounced), \
-         held AS ( \
+             RETURNING d.subscriber_id, d.status, d.last_error), ",
+            hard_bounce_rule!("$8", "smtp"),
+            ", held AS ( \
              SELECT d.issue_id, d.subscriber_id FROM delivery d \
              JOIN unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
                ON d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
              WHERE d.status = $9 AND d.claimed_by = $10) \
          SELECT (SELECT count(*) FROM upd), \
                 ARRAY(SELECT issue_id FROM held), ARRAY(SELECT subscriber_id FROM held)",
-    )
-    .bind(&issue_ids)
-    .bind(&subscriber_ids)
-    .bind(&statuses)
-    .bind(&codes)
-    .bind(&errors)
-    .bind(&next)
-    .bind(&message_ids)
-    .bind(i64::from(threshold))
-    // 'sending' as a parameter, not a literal: with the literal, the generic plan this
-    // statement runs with (see settle_connection) scanned the whole partial index of leased
-    // rows, dead entries included, for every group of results: 52 µs a call at 30,000
-    // deliveries, 430 µs at 400,000. A parameter cannot prove that index's predicate, so the
-    // plan looks each row up by its keys.
-    .bind(DeliveryStatus::Sending.as_str())
-    .bind(worker)
-    .bind(&confirm_issues)
-    .bind(&confirm_subscribers)
-    .fetch_one(&mut *conn)
-    .await?;
+        ))
+        .bind(&issue_ids)
+        .bind(&subscriber_ids)
+        .bind(&statuses)
+        .bind(&codes)
+        .bind(&errors)
+        .bind(&next)
+        .bind(&message_ids)
+        .bind(i64::from(threshold))
+        // 'sending' as a parameter, not a literal: with the literal, the generic plan this
+        // statement runs with (see settle_connection) scanned the whole partial index of leased
+        // rows, dead entries included, for every group of results: 52 µs a call at 30,000
+        // deliveries, 430 µs at 400,000. A parameter cannot prove that index's predicate, so the
+        // plan looks each row up by its keys.
+        .bind(DeliveryStatus::Sending.as_str())
+        .bind(worker)
+        .bind(&confirm_issues)
+        .bind(&confirm_subscribers)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(SettleOutcome {
         written: written as u64,
         held: held_issues.into_iter().zip(held_subscribers).collect(),
@@ -438,38 +455,21 @@ pub async fn record_bounce(
     detail: &str,
     threshold: u32,
 ) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
-    let changed = sqlx::query(
-        "UPDATE delivery SET status = 'bounced', last_error = $3, lease_until = NULL \
-         WHERE issue_id = $1 AND subscriber_id = $2 AND status = 'sent'",
-    )
+    let changed: i64 = sqlx::query_scalar(concat!(
+        "WITH upd AS ( \
+             UPDATE delivery SET status = 'bounced', last_error = $3, lease_until = NULL \
+             WHERE issue_id = $1 AND subscriber_id = $2 AND status = 'sent' \
+             RETURNING subscriber_id, status, last_error), ",
+        hard_bounce_rule!("$4", "dsn"),
+        " SELECT count(*) FROM upd"
+    ))
     .bind(issue_id)
     .bind(subscriber_id)
     .bind(detail)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok(false);
-    }
-    let (status, bounces): (String, i32) = sqlx::query_as(
-        "UPDATE subscriber SET hard_bounces = hard_bounces + 1, \
-                status = CASE WHEN status = 'active' AND hard_bounces + 1 >= $2 \
-                              THEN 'bounced' ELSE status END \
-         WHERE subscriber_id = $1 RETURNING status, hard_bounces",
-    )
-    .bind(subscriber_id)
     .bind(i64::from(threshold))
-    .fetch_one(&mut *tx)
+    .fetch_one(pool)
     .await?;
-    let note = if status == "bounced" {
-        format!("suppressed after {bounces} hard bounce(s): {detail}")
-    } else {
-        format!("hard bounce: {detail}")
-    };
-    super::subscribers::record_event(&mut tx, subscriber_id, "bounced", "dsn", Some(&note)).await?;
-    tx.commit().await?;
-    Ok(true)
+    Ok(changed == 1)
 }
 
 /// Records a permanent failure that arrived later as a DSN (a relayed policy block, a local
