@@ -112,4 +112,30 @@ async fn a_base64_report_with_several_recipients_counts_the_failure(pool: PgPool
         "{out}"
     );
     assert!(error.contains("user unknown"), "{error}");
+    // The subscriber's history says why they were suppressed, and that a DSN said so.
+    let (method, detail): (String, String) =
+        sqlx::query_as("SELECT method, detail FROM subscriber_event WHERE kind = 'bounced'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(method, "dsn");
+    assert!(
+        detail.starts_with("suppressed after 1 hard bounce(s): ")
+            && detail.contains("user unknown"),
+        "{detail}"
+    );
+    // The same report again counts nothing twice.
+    let again = Digestif::new(&pool).run_with_stdin(
+        &["inbound", "--recipient", &verp],
+        report(&verp, &part).as_bytes(),
+    );
+    assert!(again.output.status.success(), "{again}");
+    let (hard_bounces, events): (i32, i64) = sqlx::query_as(
+        "SELECT hard_bounces, (SELECT count(*) FROM subscriber_event WHERE kind = 'bounced') \
+         FROM subscriber",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((hard_bounces, events), (1, 1));
 }
