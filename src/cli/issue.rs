@@ -314,16 +314,11 @@ async fn deliver_and_report(pool: sqlx::PgPool, settings: &Settings) -> anyhow::
         .await?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    let attempts = report.sent + report.deferred + report.bounced + report.failed;
     println!(
-        "sent {}, deferred {}, bounced {}, failed {}, skipped {} in {:.1} s ({:.0} msg/s)",
-        report.sent,
-        report.deferred,
-        report.bounced,
-        report.failed,
-        report.skipped,
+        "{} in {:.1} s ({:.0} msg/s)",
+        report.outcomes,
         secs,
-        attempts as f64 / secs.max(0.001)
+        report.outcomes.attempts() as f64 / secs.max(0.001)
     );
     for n in &report.finished {
         println!("issue #{n} is complete");

@@ -86,10 +86,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         (None, None) => println!("no slot is due"),
     }
     let r = &pass.report;
-    println!(
-        "sent {}, deferred {}, bounced {}, failed {}, skipped {}",
-        r.sent, r.deferred, r.bounced, r.failed, r.skipped
-    );
+    println!("{}", r.outcomes);
     for reason in &r.paused {
         println!("paused: {reason}");
     }

@@ -24,18 +24,90 @@ use crate::send::{Failure, Mailer, Outcome, rate::Pacer};
 use crate::store::deliveries::{self, Claimed, Settled};
 use crate::store::issues;
 
-/// What a delivery run did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Report {
+/// Attempts counted by how they ended: the one list of delivery outcomes, in one order, that
+/// reports, progress lines, logs and `/metrics` all read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Outcomes {
     /// Accepted by the server (or written to the outbox).
     pub sent: u64,
     /// Temporary failures, to be retried.
     pub deferred: u64,
+    /// Hard bounces: they count toward suppression.
     pub bounced: u64,
-    /// Refused for good.
+    /// Refused for good; the subscriber is kept.
     pub failed: u64,
     /// Not sent: the subscriber left after fan-out.
     pub skipped: u64,
+}
+
+/// The settled states an attempt ends in, in [`Outcomes`]' order.
+const OUTCOMES: [DeliveryStatus; 5] = [
+    DeliveryStatus::Sent,
+    DeliveryStatus::Deferred,
+    DeliveryStatus::Bounced,
+    DeliveryStatus::Failed,
+    DeliveryStatus::Skipped,
+];
+
+impl Outcomes {
+    fn from_array([sent, deferred, bounced, failed, skipped]: [u64; 5]) -> Self {
+        Self {
+            sent,
+            deferred,
+            bounced,
+            failed,
+            skipped,
+        }
+    }
+
+    fn to_array(self) -> [u64; 5] {
+        [
+            self.sent,
+            self.deferred,
+            self.bounced,
+            self.failed,
+            self.skipped,
+        ]
+    }
+
+    /// Each outcome as `delivery.status` spells it, with its count.
+    pub fn by_status(&self) -> [(DeliveryStatus, u64); 5] {
+        let counts = self.to_array();
+        std::array::from_fn(|i| (OUTCOMES[i], counts[i]))
+    }
+
+    /// Messages handed to the relay or refused by it (every outcome but `skipped`).
+    pub fn attempts(&self) -> u64 {
+        self.sent + self.deferred + self.bounced + self.failed
+    }
+
+    /// Every outcome, `skipped` included.
+    pub fn total(&self) -> u64 {
+        self.attempts() + self.skipped
+    }
+
+    fn since(self, earlier: Self) -> Self {
+        let (now, then) = (self.to_array(), earlier.to_array());
+        Self::from_array(std::array::from_fn(|i| now[i].saturating_sub(then[i])))
+    }
+}
+
+impl std::fmt::Display for Outcomes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (status, n)) in self.by_status().into_iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{status} {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a delivery run did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    /// Attempts by outcome in this run.
+    #[serde(flatten)]
+    pub outcomes: Outcomes,
     /// Issues paused by the breaker, with the reason.
     pub paused: Vec<String>,
     /// Issues whose every delivery is now settled.
@@ -47,15 +119,8 @@ pub struct Report {
 /// Attempts by outcome since the process started (for `/metrics` and progress lines).
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Accepted.
-    pub sent: AtomicU64,
-    /// Temporary failures.
-    pub deferred: AtomicU64,
-    pub bounced: AtomicU64,
-    /// Permanent failures.
-    pub failed: AtomicU64,
-    /// Skipped at send time.
-    pub skipped: AtomicU64,
+    /// In [`Outcomes`]' order.
+    outcomes: [AtomicU64; 5],
     /// Claims taken over from workers that died (or ran out their lease).
     pub reclaimed: AtomicU64,
     /// Claims this process found taken over before it handed the message over (not sent).
@@ -71,28 +136,19 @@ impl Counters {
         self.heartbeat
             .store(Utc::now().timestamp(), Ordering::Relaxed);
     }
-}
 
-impl Counters {
-    fn snapshot(&self) -> [u64; 5] {
-        [
-            self.sent.load(Ordering::Relaxed),
-            self.deferred.load(Ordering::Relaxed),
-            self.bounced.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            self.skipped.load(Ordering::Relaxed),
-        ]
+    /// Counts one settled attempt. A state that is not an outcome (`pending`, `sending`)
+    /// counts as `failed`: it cannot happen, and if it did, nothing would be claimed sent.
+    pub fn count(&self, status: DeliveryStatus) {
+        let i = OUTCOMES.iter().position(|o| *o == status).unwrap_or(3);
+        self.outcomes[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn line(&self) -> String {
-        format!(
-            "sent {} · deferred {} · bounced {} · failed {} · skipped {}",
-            self.sent.load(Ordering::Relaxed),
-            self.deferred.load(Ordering::Relaxed),
-            self.bounced.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            self.skipped.load(Ordering::Relaxed),
-        )
+    /// The attempts counted so far.
+    pub fn outcomes(&self) -> Outcomes {
+        Outcomes::from_array(std::array::from_fn(|i| {
+            self.outcomes[i].load(Ordering::Relaxed)
+        }))
     }
 }
 
@@ -170,7 +226,7 @@ impl Deliverer {
         }
         let _pass = self.worker.pass();
         let counters = &*self.counters;
-        let before = counters.snapshot();
+        let before = counters.outcomes();
         let writer = Writer::spawn(
             self.pool.clone(),
             self.worker.id,
@@ -190,7 +246,7 @@ impl Deliverer {
                         .extend(deliveries::finish_issues(&self.pool).await?);
                     let due = deliveries::next_due(&self.pool).await?;
                     let mut wait = due
-                        .map(|t| (t - Utc::now()).to_std().unwrap_or_default())
+                        .map(|(_, after)| after)
                         .filter(|w| *w <= patience.wait_within);
                     // Claims other workers hold: such a worker may finish soon, or be dying
                     // (its session takes a moment to end after a kill -9), so watch them for as
@@ -239,14 +295,8 @@ impl Deliverer {
         report
             .finished
             .extend(deliveries::finish_issues(&self.pool).await?);
-        report.next_due = deliveries::next_due(&self.pool).await?;
-        let after = counters.snapshot();
-        let delta = |i: usize| after[i] - before[i];
-        report.sent = delta(0);
-        report.deferred = delta(1);
-        report.bounced = delta(2);
-        report.failed = delta(3);
-        report.skipped = delta(4);
+        report.next_due = deliveries::next_due(&self.pool).await?.map(|(at, _)| at);
+        report.outcomes = counters.outcomes().since(before);
         Ok(report)
     }
 

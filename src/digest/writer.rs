@@ -38,18 +38,11 @@ pub(super) async fn settle_pending(
     if !durable {
         return Err(anyhow!(WRITE_FAILED));
     }
-    let counter = match status {
-        DeliveryStatus::Sent => &counters.sent,
-        DeliveryStatus::Deferred => &counters.deferred,
-        DeliveryStatus::Bounced => &counters.bounced,
-        DeliveryStatus::Skipped => &counters.skipped,
-        _ => &counters.failed,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
+    counters.count(status);
     if counters.heartbeat.load(Ordering::Relaxed) != 0 {
         counters.beat();
     }
-    progress(&counters.line());
+    progress(&counters.outcomes().to_string());
     Ok(())
 }
 

@@ -369,18 +369,8 @@ async fn render_metrics(app: &AppState) -> anyhow::Result<String> {
         "# HELP digestif_attempts_total Send attempts by this process, by outcome."
     )?;
     writeln!(out, "# TYPE digestif_attempts_total counter")?;
-    for (outcome, n) in [
-        ("sent", &c.sent),
-        ("deferred", &c.deferred),
-        ("bounced", &c.bounced),
-        ("failed", &c.failed),
-        ("skipped", &c.skipped),
-    ] {
-        writeln!(
-            out,
-            "digestif_attempts_total{{outcome=\"{outcome}\"}} {}",
-            n.load(Ordering::Relaxed)
-        )?;
+    for (outcome, n) in c.outcomes().by_status() {
+        writeln!(out, "digestif_attempts_total{{outcome=\"{outcome}\"}} {n}")?;
     }
     writeln!(
         out,

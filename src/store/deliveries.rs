@@ -396,10 +396,12 @@ pub async fn resume_cooled(pool: &PgPool) -> sqlx::Result<Vec<i32>> {
 }
 
 /// When the next delivery of a sending issue becomes claimable (a retry, a lease running out,
-/// or at once for a claim whose worker is gone), if any is waiting.
-pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(
-        "SELECT min(t) FROM ( \
+/// or at once for a claim whose worker is gone), if any is waiting: the time, and how long
+/// until then. The wait is measured by the database's clock, the one claims compare with, so
+/// a process whose clock differs from the database's still wakes when the row is ready.
+pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<(DateTime<Utc>, std::time::Duration)>> {
+    let due: (Option<DateTime<Utc>>, Option<f64>) = sqlx::query_as(
+        "SELECT min(t), extract(epoch FROM greatest(min(t) - now(), interval '0'))::float8 FROM ( \
              SELECT min(next_attempt_at) AS t FROM delivery \
              WHERE status IN ('pending', 'deferred') \
                AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
@@ -414,7 +416,14 @@ pub async fn next_due(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     )
     .bind(WORKER_LOCK_CLASS)
     .fetch_one(pool)
-    .await
+    .await?;
+    Ok(match due {
+        (Some(at), Some(secs)) => Some((
+            at,
+            std::time::Duration::try_from_secs_f64(secs).unwrap_or_default(),
+        )),
+        _ => None,
+    })
 }
 
 /// Whether any delivery is claimed right now (by any worker).

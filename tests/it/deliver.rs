@@ -60,7 +60,7 @@ async fn transient_rcpt_failures_are_retried_until_everyone_has_exactly_one_copy
     seed(&pool, 50).await;
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
     let report = deliver_all(&pool, &s).await;
-    assert_eq!(report.deferred, 10, "{report:?}");
+    assert_eq!(report.outcomes.deferred, 10, "{report:?}");
     let c = copies(&server);
     assert_eq!(c.len(), 50);
     assert!(c.values().all(|&n| n == 1), "{c:?}");
@@ -87,7 +87,7 @@ async fn hard_bounces_suppress_the_subscriber_and_leave_them_out_of_the_next_iss
     seed(&pool, 20).await;
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
     let report = deliver_all(&pool, &s).await;
-    assert_eq!((report.sent, report.bounced), (18, 2));
+    assert_eq!((report.outcomes.sent, report.outcomes.bounced), (18, 2));
     for i in [3, 7] {
         let addr = format!("user{i}@example.com");
         assert_eq!(server.rcpt_times(&addr).len(), 1, "{addr} tried once");
@@ -186,7 +186,7 @@ async fn a_dropped_connection_and_a_stalled_server_are_retried_without_doubles(p
         started.elapsed() < Duration::from_secs(20),
         "a worker got stuck"
     );
-    assert_eq!(report.deferred, 2, "{report:?}");
+    assert_eq!(report.outcomes.deferred, 2, "{report:?}");
     let c = copies(&server);
     assert_eq!(c.len(), 10);
     assert!(c.values().all(|&n| n == 1), "{c:?}");
@@ -203,7 +203,7 @@ async fn a_subscriber_who_leaves_after_fan_out_is_skipped(pool: PgPool) {
         .await
         .unwrap();
     let report = deliver_all(&pool, &s).await;
-    assert_eq!((report.sent, report.skipped), (4, 1));
+    assert_eq!((report.outcomes.sent, report.outcomes.skipped), (4, 1));
     assert!(!copies(&server).contains_key("user2@example.com"));
     let st = statuses(&pool).await;
     assert_eq!(st.get("skipped"), Some(&1));
@@ -243,19 +243,19 @@ async fn two_senders_on_one_issue_never_send_a_copy_twice(pool: PgPool) {
         .await
         .expect("second pool");
     let (a, b) = tokio::join!(deliver_all(&pool, &s1), deliver_all(&other, &s2));
-    assert_eq!(a.sent + b.sent, 300, "{a:?} {b:?}");
+    assert_eq!(a.outcomes.sent + b.outcomes.sent, 300, "{a:?} {b:?}");
     assert_eq!(
-        (a.sent, b.sent),
+        (a.outcomes.sent, b.outcomes.sent),
         (
             first.accepted().len() as u64,
             second.accepted().len() as u64
         )
     );
     assert!(
-        a.sent > 0 && b.sent > 0,
+        a.outcomes.sent > 0 && b.outcomes.sent > 0,
         "both took part: {} and {}",
-        a.sent,
-        b.sent
+        a.outcomes.sent,
+        b.outcomes.sent
     );
     let mut c = copies(&first);
     for (rcpt, n) in copies(&second) {
@@ -326,7 +326,7 @@ async fn the_rate_ceiling_holds(pool: PgPool) {
     let started = Instant::now();
     let report = deliver_all(&pool, &s).await;
     let took = started.elapsed();
-    assert_eq!(report.sent, 500);
+    assert_eq!(report.outcomes.sent, 500);
     assert!(
         took >= Duration::from_millis(9_500),
         "500 messages at 50/s took {took:?}"
@@ -521,7 +521,10 @@ async fn a_long_lived_deliverer_sends_an_issue_again_once_it_is_resumed(pool: Pg
             .unwrap()
     );
     let second = run().await;
-    assert!(second.sent > 0, "the resumed issue is sent: {second:?}");
+    assert!(
+        second.outcomes.sent > 0,
+        "the resumed issue is sent: {second:?}"
+    );
     assert_eq!(second.finished, vec![1], "{second:?}");
 }
 
@@ -568,7 +571,7 @@ async fn the_results_connection_dropping_mid_send_neither_loses_nor_doubles_a_me
         killer.await.unwrap() >= 2,
         "the results connection was cut at least twice"
     );
-    assert_eq!(report.sent, 400, "{report:?}");
+    assert_eq!(report.outcomes.sent, 400, "{report:?}");
     let c = copies(&server);
     assert_eq!(c.len(), 400);
     assert!(c.values().all(|&n| n == 1), "one copy each: {c:?}");
@@ -581,7 +584,7 @@ async fn the_envelope_is_pipelined_only_when_the_server_offers_it(pool: PgPool) 
     let offers = SmtpServer::start(Policy::default()).await;
     let s = settings(&offers, "");
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
-    assert_eq!(deliver_all(&pool, &s).await.sent, 10);
+    assert_eq!(deliver_all(&pool, &s).await.outcomes.sent, 10);
     assert_eq!(
         offers.pipelined(),
         vec![true; 10],
@@ -593,7 +596,7 @@ async fn the_envelope_is_pipelined_only_when_the_server_offers_it(pool: PgPool) 
     digest::create_issue(&pool, &s, at("2026-12-07T08:00:00Z"))
         .await
         .unwrap();
-    assert_eq!(deliver_all(&pool, &s).await.sent, 10);
+    assert_eq!(deliver_all(&pool, &s).await.outcomes.sent, 10);
     assert_eq!(
         refuses.pipelined(),
         vec![false; 10],
@@ -640,7 +643,7 @@ async fn the_gate_holds(pool: &PgPool, s: &Settings, handed_over: impl Fn() -> i
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(checks > 20, "the run was watched ({checks} checks)");
-    assert_eq!(sending.await.unwrap().sent, 40);
+    assert_eq!(sending.await.unwrap().outcomes.sent, 40);
     assert_eq!(handed_over(), 40);
 }
 
@@ -739,7 +742,7 @@ async fn when_results_cannot_be_written_each_sender_stops_after_one_more_attempt
         .await
         .unwrap();
     let report = crate::helpers::drain(&d, Duration::ZERO).await;
-    assert_eq!(report.bounced, 40, "{report:?}");
+    assert_eq!(report.outcomes.bounced, 40, "{report:?}");
     assert_eq!(statuses(&pool).await.get("sending"), None);
 }
 
@@ -791,7 +794,11 @@ async fn at_a_hard_bounce_threshold_of_two_the_second_bounce_suppresses(pool: Pg
 
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
     let first = deliver_all(&pool, &s).await;
-    assert_eq!((first.sent, first.bounced), (4, 1), "{first:?}");
+    assert_eq!(
+        (first.outcomes.sent, first.outcomes.bounced),
+        (4, 1),
+        "{first:?}"
+    );
     assert_eq!(
         subscriber_state(&pool, "user3@example.com").await,
         ("active".to_owned(), 1),
@@ -807,7 +814,11 @@ async fn at_a_hard_bounce_threshold_of_two_the_second_bounce_suppresses(pool: Pg
         "still fanned out"
     );
     let report = deliver_all(&pool, &s).await;
-    assert_eq!((report.sent, report.bounced), (4, 1), "{report:?}");
+    assert_eq!(
+        (report.outcomes.sent, report.outcomes.bounced),
+        (4, 1),
+        "{report:?}"
+    );
     assert_eq!(
         subscriber_state(&pool, "user3@example.com").await,
         ("bounced".to_owned(), 2),
@@ -835,7 +846,11 @@ async fn temporary_failures_back_off_exponentially_and_fail_after_give_up_after(
     seed(&pool, 20).await;
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
     let report = deliver_all(&pool, &s).await;
-    assert_eq!((report.sent, report.failed), (19, 1), "{report:?}");
+    assert_eq!(
+        (report.outcomes.sent, report.outcomes.failed),
+        (19, 1),
+        "{report:?}"
+    );
 
     let times = server.rcpt_times("user2@example.com");
     // Attempt k waits base · 2^(k-1) · jitter (0.5 to 1.5) after the one before: with these
@@ -888,7 +903,12 @@ async fn a_4xx_to_the_final_dot_is_retried_once_and_a_5xx_fails_for_good(pool: P
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
     let report = deliver_all(&pool, &s).await;
     assert_eq!(
-        (report.sent, report.deferred, report.failed, report.bounced),
+        (
+            report.outcomes.sent,
+            report.outcomes.deferred,
+            report.outcomes.failed,
+            report.outcomes.bounced
+        ),
         (9, 1, 1, 0),
         "{report:?}"
     );
@@ -1004,7 +1024,7 @@ async fn no_transaction_is_held_while_the_smtp_server_talks(pool: PgPool) {
         samples += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(sending.await.unwrap().sent, 4);
+    assert_eq!(sending.await.unwrap().outcomes.sent, 4);
     assert!(samples > 20, "the send was watched ({samples} samples)");
     assert!(
         longest < 1.0,
@@ -1051,11 +1071,17 @@ async fn a_paused_issue_says_why_in_issue_list_and_resumes_after_the_cooldown(po
 
     blocked.store(false, Ordering::SeqCst);
     // Still paused before the cool-down is over: nothing is sent.
-    assert_eq!(crate::helpers::drain(&d, Duration::ZERO).await.sent, 0);
+    assert_eq!(
+        crate::helpers::drain(&d, Duration::ZERO)
+            .await
+            .outcomes
+            .sent,
+        0
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let report = loop {
         let r = crate::helpers::drain(&d, Duration::ZERO).await;
-        if r.sent > 0 {
+        if r.outcomes.sent > 0 {
             break r;
         }
         assert!(Instant::now() < deadline, "never resumed");
@@ -1083,7 +1109,11 @@ async fn an_address_the_relay_cannot_take_fails_at_once_with_the_reason(pool: Pg
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
     let report = deliver_all(&pool, &s).await;
     assert_eq!(
-        (report.sent, report.deferred, report.failed),
+        (
+            report.outcomes.sent,
+            report.outcomes.deferred,
+            report.outcomes.failed
+        ),
         (2, 0, 1),
         "{report:?}"
     );
@@ -1107,7 +1137,7 @@ async fn a_relay_with_smtputf8_gets_a_unicode_address_with_the_smtputf8_paramete
     seed(&pool, 0).await;
     Digestif::new(&pool).ok(&["subscribers", "add", "josé@example.org"]);
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
-    assert_eq!(deliver_all(&pool, &s).await.sent, 1);
+    assert_eq!(deliver_all(&pool, &s).await.outcomes.sent, 1);
     assert!(copies(&server).contains_key("josé@example.org"));
     assert!(
         server

@@ -72,7 +72,7 @@ async fn dkim_signatures_verify_independently_and_break_when_tampered(pool: PgPo
     digest::create_issue(&pool, &s, at("2026-11-30T08:00:00Z"))
         .await
         .unwrap();
-    assert_eq!(deliver_all(&pool, &s).await.sent, 1);
+    assert_eq!(deliver_all(&pool, &s).await.outcomes.sent, 1);
     let raw = server.accepted()[0].data.clone();
     let records = Signer::load(&s.dkim)
         .unwrap()
@@ -251,7 +251,7 @@ async fn keys_and_issue(pool: &PgPool, s: &Settings) -> (digestif::domain::Token
 #[sqlx::test]
 async fn inbound_handles_each_kind_of_message_as_the_rules_say(pool: PgPool) {
     let (_outbox, s) = issue_to_the_outbox(&pool, 4).await;
-    assert_eq!(deliver_all(&pool, &s).await.sent, 4);
+    assert_eq!(deliver_all(&pool, &s).await.outcomes.sent, 4);
     let (keys, issue_id) = keys_and_issue(&pool, &s).await;
     let id = |n: i64| n; // subscriber ids are 1..=4 in a fresh database
     let verp = |sub: i64| format!("bounces+{}@example.com", keys.sign_bounce(issue_id, sub));
@@ -518,7 +518,7 @@ async fn forged_bounces_and_complaints_change_nothing(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(deliver_all(&pool, &s).await.sent, 2);
+    assert_eq!(deliver_all(&pool, &s).await.outcomes.sent, 2);
     sqlx::query("UPDATE subscriber SET status = 'active' WHERE subscriber_id = 3")
         .execute(&pool)
         .await
@@ -606,7 +606,7 @@ async fn forged_bounces_and_complaints_change_nothing(pool: PgPool) {
 #[sqlx::test]
 async fn a_relayed_policy_block_fails_the_delivery_and_suppresses_nobody(pool: PgPool) {
     let (_outbox, s) = issue_to_the_outbox(&pool, 2).await;
-    assert_eq!(deliver_all(&pool, &s).await.sent, 2);
+    assert_eq!(deliver_all(&pool, &s).await.outcomes.sent, 2);
     let (keys, issue_id) = keys_and_issue(&pool, &s).await;
     let d = Digestif::new(&pool);
     for (sub, status) in [(1, "5.7.1"), (2, "5.2.0")] {

@@ -21,7 +21,10 @@ async fn sent_one(pool: &PgPool) -> (tempfile::TempDir, String) {
     let slot = DateTime::parse_from_rfc3339("2026-11-30T08:00:00Z").unwrap();
     digest::create_issue(pool, &s, slot.into()).await.unwrap();
     assert_eq!(
-        deliver_all(pool, &s, std::time::Duration::ZERO).await.sent,
+        deliver_all(pool, &s, std::time::Duration::ZERO)
+            .await
+            .outcomes
+            .sent,
         1
     );
     let keys = digest::token_keys(&s, pool).await.unwrap();

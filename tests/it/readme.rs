@@ -394,12 +394,13 @@ async fn serve_wakes_for_a_retry(pool: PgPool) {
         .env("DIGESTIF_DELIVERY__RETRY_BASE", "1s")
         .spawn()
         .unwrap();
-    let _log = collect_stderr(&mut child);
+    let log = collect_stderr(&mut child);
     let started = Instant::now();
     while server.accepted().len() < 2 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the retries did not go out within 30 s"
+            "the retries did not go out within 30 s: {}",
+            log.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -259,7 +259,7 @@ async fn one_click_post_unsubscribes_and_the_pending_delivery_is_skipped(pool: P
     );
 
     let report = crate::helpers::deliver_all(&pool, &app.settings, Duration::ZERO).await;
-    assert_eq!((report.sent, report.skipped), (2, 1));
+    assert_eq!((report.outcomes.sent, report.outcomes.skipped), (2, 1));
     let next = digest::create_issue(&pool, &app.settings, at("2026-12-07T08:00:00Z"))
         .await
         .unwrap();
