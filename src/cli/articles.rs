@@ -124,14 +124,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 );
             }
             let pool = store::connect_current(&settings.database).await?;
-            let mut tx = pool.begin().await?;
-            let mut added = 0;
-            for a in &articles {
-                if db::insert_article(&mut *tx, a).await?.is_some() {
-                    added += 1;
-                }
-            }
-            tx.commit().await?;
+            let added = db::insert_all(&pool, &articles).await?;
             println!(
                 "imported {added} article{} from {shown} ({} already stored)",
                 if added == 1 { "" } else { "s" },

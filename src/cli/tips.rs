@@ -103,14 +103,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 );
             }
             let pool = store::connect_current(&settings.database).await?;
-            let mut tx = pool.begin().await?;
-            let mut added = 0;
-            for tip in &tips {
-                if db::insert_tip(&mut *tx, tip).await?.is_some() {
-                    added += 1;
-                }
-            }
-            tx.commit().await?;
+            let added = db::insert_all(&pool, &tips).await?;
             println!(
                 "imported {added} tip{} from {} ({} already stored)",
                 if added == 1 { "" } else { "s" },

@@ -107,3 +107,44 @@ pub async fn list_articles(pool: &PgPool) -> sqlx::Result<Vec<ArticleRow>> {
     .fetch_all(pool)
     .await
 }
+
+/// A tip or an article ready to store: what [`insert_all`] takes.
+pub trait NewContent: Sync {
+    /// Stores it; `None` when it is already stored.
+    fn insert(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> impl Future<Output = sqlx::Result<Option<i64>>> + Send;
+}
+
+impl NewContent for NewTip {
+    fn insert(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> impl Future<Output = sqlx::Result<Option<i64>>> + Send {
+        insert_tip(conn, self)
+    }
+}
+
+impl NewContent for NewArticle {
+    fn insert(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> impl Future<Output = sqlx::Result<Option<i64>>> + Send {
+        insert_article(conn, self)
+    }
+}
+
+/// Stores every item in one transaction, so an import is all or nothing; returns how many were
+/// new (the rest were stored already).
+pub async fn insert_all<T: NewContent>(pool: &PgPool, items: &[T]) -> sqlx::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let mut added = 0;
+    for item in items {
+        if item.insert(&mut tx).await?.is_some() {
+            added += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(added)
+}
