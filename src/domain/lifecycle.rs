@@ -9,12 +9,15 @@ macro_rules! stored_as_text {
     ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-        #[serde(rename_all = "lowercase")]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vmeta])* $variant,)+
         }
 
         impl $name {
+            /// Every state, in the order written here.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
             /// The text stored in the database.
             pub fn as_str(self) -> &'static str {
                 match self {
@@ -85,6 +88,29 @@ stored_as_text! {
     }
 }
 
+stored_as_text! {
+    /// What happened to a subscriber (`subscriber_event.kind`): their consent and lifecycle
+    /// history, kept as evidence.
+    EventKind, "event kind" {
+        /// Added (by an operator, an import or the sign-up form; pending when unconfirmed).
+        Subscribed => "subscribed",
+        /// Double opt-in completed.
+        Confirmed => "confirmed",
+        /// Left (a link, one-click, a mail, or an operator).
+        Unsubscribed => "unsubscribed",
+        /// Confirmed again after leaving.
+        Resubscribed => "resubscribed",
+        /// A hard bounce (at send time or a later DSN), with the suppression it caused.
+        Bounced => "bounced",
+        /// A spam complaint (ARF); suppressed for good.
+        Complained => "complained",
+        /// Allowed by the schema; nothing records it yet.
+        NameChanged => "name_changed",
+        /// A confirmation mail went out.
+        ConfirmationSent => "confirmation_sent",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,24 +118,19 @@ mod tests {
     #[test]
     fn every_state_round_trips_through_its_text() {
         use DeliveryStatus as D;
-        for s in [
-            D::Pending,
-            D::Sending,
-            D::Sent,
-            D::Deferred,
-            D::Bounced,
-            D::Failed,
-            D::Skipped,
-        ] {
+        for &s in D::ALL {
             assert_eq!(s.as_str().parse::<D>(), Ok(s));
         }
-        for s in [
-            IssueStatus::Sending,
-            IssueStatus::Sent,
-            IssueStatus::Paused,
-            IssueStatus::Skipped,
-        ] {
+        for &s in IssueStatus::ALL {
             assert_eq!(IssueStatus::try_from(s.to_string()), Ok(s));
+        }
+        for &k in EventKind::ALL {
+            assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
+            // JSON output spells each kind as the database does.
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::json!(k.as_str())
+            );
         }
         assert_eq!(
             "lost".parse::<D>(),

@@ -10,7 +10,7 @@ mod subscriber_status;
 mod token;
 
 pub use content::{ArticleUrl, ContentError, Item, ItemKind, NewArticle, NewTip, TipBody, Title};
-pub use lifecycle::{DeliveryStatus, IssueStatus};
+pub use lifecycle::{DeliveryStatus, EventKind, IssueStatus};
 pub use schedule::{Schedule, ScheduleError};
 pub use subscriber_email::{EmailError, SubscriberEmail};
 pub use subscriber_name::{NameError, SubscriberName};

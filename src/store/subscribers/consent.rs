@@ -4,7 +4,7 @@
 use sqlx::PgPool;
 
 use super::{COLUMNS, SUPPRESSION_KEY, SubscriberRow, find, is_erased, record_event};
-use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus};
+use crate::domain::{EventKind, SubscriberEmail, SubscriberName, SubscriberStatus};
 
 /// What a confirmation request leads to.
 #[derive(Debug)]
@@ -116,7 +116,7 @@ pub async fn request_confirmation(
                     record_event(
                         &mut tx,
                         id,
-                        "subscribed",
+                        EventKind::Subscribed,
                         method,
                         Some("pending confirmation"),
                     )
@@ -134,7 +134,7 @@ pub async fn request_confirmation(
     .bind(nonce)
     .execute(&mut *tx)
     .await?;
-    record_event(&mut tx, id, "confirmation_sent", method, None).await?;
+    record_event(&mut tx, id, EventKind::ConfirmationSent, method, None).await?;
     tx.commit().await?;
     Ok(ConfirmRequest::Send {
         subscriber_id: id,
@@ -179,9 +179,9 @@ pub async fn confirm(
         return Ok(Confirmation::Stale);
     };
     let kind = if old_status == "unsubscribed" {
-        "resubscribed"
+        EventKind::Resubscribed
     } else {
-        "confirmed"
+        EventKind::Confirmed
     };
     record_event(&mut tx, subscriber_id, kind, method, detail).await?;
     // Confirmed by the person themselves: an earlier erasure no longer blocks the address.
@@ -229,7 +229,14 @@ pub async fn unsubscribe_by_link(
         .bind(subscriber_id)
         .execute(&mut *tx)
         .await?;
-        record_event(&mut tx, subscriber_id, "unsubscribed", method, None).await?;
+        record_event(
+            &mut tx,
+            subscriber_id,
+            EventKind::Unsubscribed,
+            method,
+            None,
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(true)
@@ -251,7 +258,7 @@ pub async fn record_complaint(pool: &PgPool, subscriber_id: i64, detail: &str) -
         record_event(
             &mut tx,
             subscriber_id,
-            "complained",
+            EventKind::Complained,
             "complaint",
             Some(detail),
         )

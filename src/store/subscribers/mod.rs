@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus};
+use crate::domain::{EventKind, SubscriberEmail, SubscriberName, SubscriberStatus};
 
 /// A subscriber as stored.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
@@ -41,8 +41,8 @@ pub struct SubscriberRow {
 /// One entry of a subscriber's consent and lifecycle history.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct EventRow {
-    /// What happened.
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: EventKind,
     /// Through which channel.
     pub method: String,
     /// Evidence (file name, SMTP reply…).
@@ -109,7 +109,7 @@ pub async fn add(
             .unwrap_or_else(|| (email.to_string(), "unknown".into()));
         return Err(AddError::AlreadyStored { email, status });
     };
-    record_event(&mut tx, id, "subscribed", method, None).await?;
+    record_event(&mut tx, id, EventKind::Subscribed, method, None).await?;
     tx.commit().await?;
     Ok(id)
 }
@@ -137,7 +137,7 @@ async fn forget_erasure(conn: &mut PgConnection, email: &SubscriberEmail) -> sql
 pub async fn record_event(
     conn: &mut PgConnection,
     subscriber_id: i64,
-    kind: &str,
+    kind: EventKind,
     method: &str,
     detail: Option<&str>,
 ) -> sqlx::Result<()> {
@@ -145,7 +145,7 @@ pub async fn record_event(
         "INSERT INTO subscriber_event (subscriber_id, kind, method, detail) VALUES ($1, $2, $3, $4)",
     )
     .bind(subscriber_id)
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(method)
     .bind(detail)
     .execute(conn)
@@ -228,7 +228,14 @@ pub async fn unsubscribe_by_admin(pool: &PgPool, email: &SubscriberEmail) -> sql
     .bind(row.subscriber_id)
     .execute(&mut *tx)
     .await?;
-    record_event(&mut tx, row.subscriber_id, "unsubscribed", "admin", None).await?;
+    record_event(
+        &mut tx,
+        row.subscriber_id,
+        EventKind::Unsubscribed,
+        "admin",
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Removal::Unsubscribed)
 }
