@@ -14,8 +14,6 @@ use crate::clock;
 use crate::config::{Settings, TransportKind};
 use crate::digest::{self, deliver};
 use crate::domain::SubscriberEmail;
-use crate::render::Recipient;
-use crate::send::{Mailer, Outcome};
 use crate::store::{self, deliveries, issues};
 
 #[derive(Debug, clap::Subcommand)]
@@ -221,50 +219,19 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
         }
         Command::TestSend { to } => {
             let to = SubscriberEmail::parse(&to)?;
-            let (content, rendered) =
-                match digest::render_next(&pool, settings, clock::now()).await? {
-                    digest::Next::Issue(next) => next,
-                    digest::Next::Skipped(reason) => {
-                        bail!("the next slot would be skipped: {reason}")
+            match digest::test_send(&pool, settings, clock::now(), &to).await? {
+                digest::Next::Issue(copy) => println!(
+                    "sent issue #{} to {to}{}",
+                    copy.number,
+                    if copy.own_copy {
+                        " (their own copy: its unsubscribe link works)"
+                    } else {
+                        " (not a subscriber: its unsubscribe link changes nothing)"
                     }
-                };
-            // A subscriber gets the copy they would get, with their own working links; anyone
-            // else a copy whose links name no subscriber (id 0) and so change nothing.
-            let subscriber = crate::store::subscribers::find(&pool, &to).await?;
-            let recipient = match &subscriber {
-                Some(row) => Recipient {
-                    subscriber_id: row.subscriber_id,
-                    email: row.email.clone(),
-                    name: row.name.clone(),
-                },
-                None => Recipient {
-                    subscriber_id: 0,
-                    email: to.to_string(),
-                    name: None,
-                },
-            };
-            let message = rendered.message(&recipient)?;
-            let mailer = Mailer::from_settings(settings)?;
-            match mailer
-                .send(message, None, &format!("test-issue{}", content.number))
-                .await
-            {
-                Outcome::Sent => {
-                    println!(
-                        "sent issue #{} to {to}{}",
-                        content.number,
-                        if subscriber.is_some() {
-                            " (their own copy: its unsubscribe link works)"
-                        } else {
-                            " (not a subscriber: its unsubscribe link changes nothing)"
-                        }
-                    );
-                    Ok(())
-                }
-                Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => {
-                    bail!("sending to {to} failed: {}", f.reason)
-                }
+                ),
+                digest::Next::Skipped(reason) => bail!("the next slot would be skipped: {reason}"),
             }
+            Ok(())
         }
         Command::List { format } => {
             let mut listing = Listing::new(format, io::stdout().lock())?;

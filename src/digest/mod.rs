@@ -312,18 +312,77 @@ pub async fn send_confirmation(
             name: name.map(|n| n.to_string()),
         };
         let message = render::confirmation_message(&settings.newsletter, keys, &recipient, nonce)?;
-        let mailer = Mailer::from_settings(settings)?;
-        match mailer
-            .send(message, None, &format!("confirm-s{subscriber_id}-{nonce}"))
-            .await
-        {
-            Outcome::Sent => tracing::info!(subscriber_id, "confirmation sent"),
-            Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => {
-                anyhow::bail!("sending the confirmation failed: {}", f.reason)
-            }
-        }
+        send_single(
+            settings,
+            message,
+            &format!("confirm-s{subscriber_id}-{nonce}"),
+        )
+        .await
+        .context("sending the confirmation failed")?;
+        tracing::info!(subscriber_id, "confirmation sent");
     }
     Ok(request)
+}
+
+/// Sends one message outside the delivery queue (a confirmation, a test copy) through the
+/// configured transport, DKIM-signed like every issue; the error says why it was not sent.
+/// `name` names the file with the file transport.
+async fn send_single(
+    settings: &Settings,
+    message: lettre::Message,
+    name: &str,
+) -> anyhow::Result<()> {
+    let mailer = Mailer::from_settings(settings)?;
+    match mailer.send(message, None, name).await {
+        Outcome::Sent => Ok(()),
+        Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => Err(anyhow!(f.reason)),
+    }
+}
+
+/// A test copy sent by `issue test-send`.
+#[derive(Debug)]
+pub struct TestCopy {
+    /// The number the next issue will have.
+    pub number: i32,
+    /// The address is a subscriber's, so the copy is theirs and its unsubscribe link works;
+    /// otherwise its links name no subscriber and change nothing.
+    pub own_copy: bool,
+}
+
+/// `issue test-send`: the next issue, as `to` would receive it, sent to `to` alone. A
+/// subscriber gets the copy they would get, with their own working links; anyone else a copy
+/// whose links name no subscriber (id 0) and so change nothing. Nothing is recorded.
+pub async fn test_send(
+    pool: &PgPool,
+    settings: &Settings,
+    now: DateTime<Utc>,
+    to: &SubscriberEmail,
+) -> anyhow::Result<Next<TestCopy>> {
+    let (content, rendered) = match render_next(pool, settings, now).await? {
+        Next::Issue(next) => next,
+        Next::Skipped(reason) => return Ok(Next::Skipped(reason)),
+    };
+    let subscriber = subscribers::find(pool, to).await?;
+    let recipient = match &subscriber {
+        Some(row) => Recipient {
+            subscriber_id: row.subscriber_id,
+            email: row.email.clone(),
+            name: row.name.clone(),
+        },
+        None => Recipient {
+            subscriber_id: 0,
+            email: to.to_string(),
+            name: None,
+        },
+    };
+    let message = rendered.message(&recipient)?;
+    send_single(settings, message, &format!("test-issue{}", content.number))
+        .await
+        .with_context(|| format!("sending to {to} failed"))?;
+    Ok(Next::Issue(TestCopy {
+        number: content.number,
+        own_copy: subscriber.is_some(),
+    }))
 }
 
 /// A rendered preview.
