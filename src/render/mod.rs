@@ -3,6 +3,7 @@
 //! with lettre's typed headers.
 
 pub mod markdown;
+pub mod palette;
 
 use askama::Template;
 use chrono::{DateTime, Utc};
