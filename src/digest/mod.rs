@@ -3,6 +3,7 @@
 //! scheduler and the tests all come through here.
 
 mod breaker;
+mod counters;
 pub mod deliver;
 mod worker;
 mod writer;

@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::deliver::{Counters, Progress};
+use super::counters::{Counters, Progress};
 use crate::domain::DeliveryStatus;
 use crate::store::deliveries::{self, Settled};
 
