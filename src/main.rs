@@ -20,7 +20,9 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("digestif: {e:#}");
-            if e.downcast_ref::<digestif::cli::TempFail>().is_some() {
+            if let Some(u) = e.downcast_ref::<digestif::cli::exit::Unfinished>() {
+                ExitCode::from(u.code)
+            } else if e.downcast_ref::<digestif::cli::TempFail>().is_some() {
                 ExitCode::from(digestif::cli::EX_TEMPFAIL)
             } else if e.downcast_ref::<digestif::cli::ConfigFail>().is_some() {
                 ExitCode::from(digestif::cli::EX_CONFIG)

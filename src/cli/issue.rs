@@ -258,7 +258,7 @@ async fn deliver_and_report(pool: sqlx::PgPool, settings: &Settings) -> anyhow::
     } else {
         ProgressBar::hidden()
     };
-    let deliverer = deliver::Deliverer::new(pool, Arc::new(settings.clone())).await?;
+    let deliverer = deliver::Deliverer::new(pool.clone(), Arc::new(settings.clone())).await?;
     // Ctrl-C stops claiming and lets messages in flight finish.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -290,11 +290,6 @@ async fn deliver_and_report(pool: sqlx::PgPool, settings: &Settings) -> anyhow::
     for n in &report.finished {
         println!("issue #{n} is complete");
     }
-    for reason in &report.paused {
-        println!(
-            "paused: {reason} (resumes after delivery.breaker_cooldown, or `digestif issue resume N`)"
-        );
-    }
     if let Some(t) = report.next_due {
         println!(
             "more deliveries are waiting; the next is due at {}",
@@ -304,7 +299,7 @@ async fn deliver_and_report(pool: sqlx::PgPool, settings: &Settings) -> anyhow::
     if settings.delivery.transport == TransportKind::File {
         println!("messages are in {}/", settings.delivery.outbox.display());
     }
-    Ok(())
+    super::exit::after_delivery(&pool, &report, None, false).await
 }
 
 impl Record for issues::IssueRow {

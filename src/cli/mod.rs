@@ -3,6 +3,7 @@
 
 mod articles;
 mod doctor;
+pub mod exit;
 mod issue;
 pub mod output;
 mod run;
@@ -22,7 +23,12 @@ use crate::store;
 /// over SMTP. Configuration: config/digestif.toml, overridable by DIGESTIF_<SECTION>__<KEY>
 /// environment variables and DATABASE_URL.
 #[derive(Debug, Parser)]
-#[command(name = "digestif", version, propagate_version = true)]
+#[command(
+    name = "digestif",
+    version,
+    propagate_version = true,
+    after_long_help = exit::TABLE
+)]
 pub struct Cli {
     /// Configuration file [default: config/digestif.toml if present, else built-in defaults]
     #[arg(long, global = true, env = "DIGESTIF_CONFIG", value_name = "PATH")]
@@ -69,7 +75,11 @@ enum Command {
     /// Only a slot within schedule.grace is sent; an older missed slot is reported, not sent.
     /// Running it again, or twice at once, does nothing more. SIGTERM stops claiming and lets
     /// messages in flight finish within delivery.shutdown_grace.
-    Run,
+    Run {
+        /// Exit 5 when a slot was missed (by more than schedule.grace) and not sent
+        #[arg(long)]
+        fail_on_missed: bool,
+    },
     /// Long-running: the schedule, delivery and the HTTP server (health, metrics, links)
     ///
     /// Sleeps until the next slot or the next retry is due. SIGTERM or SIGINT: stop claiming,
@@ -117,7 +127,7 @@ impl Command {
     fn sends_mail(&self) -> bool {
         match self {
             Command::Issue(cmd) => cmd.sends_mail(),
-            Command::Run => true,
+            Command::Run { .. } => true,
             Command::Serve { no_schedule } => !no_schedule,
             _ => false,
         }
@@ -184,7 +194,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             run::schedule_next(&settings, count);
             Ok(())
         }
-        Command::Run => run::run(&settings).await,
+        Command::Run { fail_on_missed } => run::run(&settings, fail_on_missed).await,
         Command::Serve { no_schedule } => run::serve(&settings, no_schedule).await,
         Command::Inbound { recipient } => inbound(&settings, recipient.as_deref()).await,
         Command::Doctor { postfix: true } => {
@@ -210,17 +220,13 @@ fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
 #[error("{0:#}")]
 pub struct TempFail(anyhow::Error);
 
-/// Exit code for [`TempFail`] (sysexits.h EX_TEMPFAIL), which MTAs treat as "retry later".
-pub const EX_TEMPFAIL: u8 = 75;
+pub use exit::{EX_CONFIG, EX_TEMPFAIL};
 
 /// The configuration (file, environment, keys it names) is wrong: starting again will not help
 /// until the operator fixes it, so the units name this code in `RestartPreventExitStatus=`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]
 pub struct ConfigFail(anyhow::Error);
-
-/// Exit code for [`ConfigFail`] (sysexits.h EX_CONFIG).
-pub const EX_CONFIG: u8 = 78;
 
 async fn inbound(settings: &Settings, recipient: Option<&str>) -> anyhow::Result<()> {
     use std::io::Read;

@@ -65,7 +65,7 @@ pub fn schedule_next(settings: &Settings, count: usize) {
 }
 
 /// `digestif run`.
-pub async fn run(settings: &Settings) -> anyhow::Result<()> {
+pub async fn run(settings: &Settings, fail_on_missed: bool) -> anyhow::Result<()> {
     let pool = store::connect_current(&settings.database).await?;
     let stop = stop_on_signals()?;
     let deliverer = Deliverer::new(pool.clone(), Arc::new(settings.clone())).await?;
@@ -85,12 +85,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         (None, Some(missed)) => println!("{missed}"),
         (None, None) => println!("no slot is due"),
     }
-    let r = &pass.report;
-    println!("{}", r.outcomes);
-    for reason in &r.paused {
-        println!("paused: {reason}");
-    }
-    Ok(())
+    println!("{}", pass.report.outcomes);
+    super::exit::after_delivery(&pool, &pass.report, pass.missed.as_deref(), fail_on_missed).await
 }
 
 /// `digestif serve`.

@@ -131,12 +131,26 @@ impl Deliverer {
                     // Claims other workers hold: such a worker may finish soon, or be dying
                     // (its session takes a moment to end after a kill -9), so watch them for as
                     // long as patience lasts rather than leave on the first look.
+                    let first_look = idle_since.is_none();
                     let idle = idle_since.get_or_insert_with(std::time::Instant::now);
                     if wait.is_none()
                         && idle.elapsed() < patience.wait_within
                         && deliveries::any_claimed(&self.pool).await?
                     {
                         wait = Some(Duration::from_secs(1));
+                        if first_look {
+                            tracing::info!(
+                                "waiting up to {} s for deliveries other workers hold",
+                                patience.wait_within.as_secs()
+                            );
+                        }
+                    } else if let (true, Some((at, after))) = (first_look, due.filter(|_| wait.is_some())) {
+                        // Say what the wait is for: a silent pause of minutes reads as a hang.
+                        tracing::info!(
+                            "waiting for retries: the next is due at {} (in {} s); Ctrl-C stops, and `run` or `serve` sends them later",
+                            at.to_rfc3339(),
+                            after.as_secs()
+                        );
                     }
                     match wait {
                         // Poll at least every second: another worker may settle what it holds.

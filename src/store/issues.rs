@@ -25,10 +25,12 @@ pub struct IssueRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// Claims taken back from workers that died (or ran out their lease).
     pub reclaimed: i32,
+    /// When a paused issue resumes on its own.
+    pub paused_until: Option<DateTime<Utc>>,
 }
 
-const ISSUE_COLUMNS: &str =
-    "issue_id, number, slot, subject, status, status_reason, created_at, finished_at, reclaimed";
+const ISSUE_COLUMNS: &str = "issue_id, number, slot, subject, status, status_reason, created_at, finished_at, reclaimed, \
+     paused_until";
 
 /// A candidate item with the id of its source row.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -166,6 +168,18 @@ where
 {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ISSUE_COLUMNS} FROM issue ORDER BY slot DESC"
+    )))
+    .fetch_all(conn)
+    .await
+}
+
+/// The issues paused by the breaker now, oldest first.
+pub async fn paused<'e, E>(conn: E) -> sqlx::Result<Vec<IssueRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ISSUE_COLUMNS} FROM issue WHERE status = 'paused' ORDER BY slot"
     )))
     .fetch_all(conn)
     .await

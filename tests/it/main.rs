@@ -11,6 +11,7 @@ mod deliver;
 mod deliverability;
 mod dns_server;
 mod dsn;
+mod exit_codes;
 mod helpers;
 mod ownership;
 mod readme;

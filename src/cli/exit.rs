@@ -1,0 +1,97 @@
+//! Exit codes beyond 0, 1 and 2: what a timer, cron or a monitor can tell apart without reading
+//! the output (README "Exit codes", `digestif man`).
+
+use sqlx::PgPool;
+
+use crate::digest::deliver::Report;
+use crate::store::issues;
+
+/// The exit codes as `digestif --help` and the man page list them (README has the same table).
+pub const TABLE: &str = "Exit status:
+  0   done
+  1   the command failed (bad input, a failed doctor check, a database error)
+  2   usage error (unknown command or flag)
+  3   an issue is paused by the breaker (the relay refused or could not be reached)
+  4   deliveries failed permanently in this run (hard bounces do not count)
+  5   run --fail-on-missed: a slot was missed by more than schedule.grace
+  75  inbound: try again later (the MTA keeps the mail)
+  78  configuration error: fix it before starting again";
+
+/// sysexits.h EX_TEMPFAIL: try again later (the database could not be reached). MTAs keep the
+/// mail on it.
+pub const EX_TEMPFAIL: u8 = 75;
+/// sysexits.h EX_CONFIG: fix the configuration before starting again; the units do not restart.
+pub const EX_CONFIG: u8 = 78;
+/// An issue is paused by the breaker (the relay refused or could not be reached): nothing more
+/// of it goes out until its cool-down ends or `issue resume`.
+pub const EX_PAUSED: u8 = 3;
+/// Deliveries failed permanently in this run (refused for good or given up after retries).
+/// Hard bounces do not count: they are the subscriber's address, handled by suppression.
+pub const EX_FAILED: u8 = 4;
+/// `run --fail-on-missed`: a slot was missed by more than `schedule.grace` and not sent.
+pub const EX_MISSED: u8 = 5;
+
+/// A command that did its work and printed its summary, but must not read as success.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Unfinished {
+    /// The exit code.
+    pub code: u8,
+    message: String,
+}
+
+/// Says what a delivery run left undone, and picks the exit code: a paused issue first (nothing
+/// of it goes out), then permanent failures, then a missed slot when the operator asked.
+pub async fn after_delivery(
+    pool: &PgPool,
+    report: &Report,
+    missed: Option<&str>,
+    fail_on_missed: bool,
+) -> anyhow::Result<()> {
+    let paused = issues::paused(pool).await?;
+    for issue in &paused {
+        let n = issue.number.unwrap_or_default();
+        let until = issue
+            .paused_until
+            .map(|t| format!(" at {}", t.to_rfc3339()))
+            .unwrap_or_default();
+        println!(
+            "issue #{n} is paused by the breaker: {}; it resumes on its own{until} \
+             (delivery.breaker_cooldown), or now with `digestif issue resume {n}`",
+            issue
+                .status_reason
+                .as_deref()
+                .unwrap_or("no reason recorded")
+        );
+    }
+    if !paused.is_empty() {
+        let numbers: Vec<String> = paused
+            .iter()
+            .map(|i| format!("#{}", i.number.unwrap_or_default()))
+            .collect();
+        return Err(Unfinished {
+            code: EX_PAUSED,
+            message: format!("paused by the breaker: issue {}", numbers.join(", ")),
+        }
+        .into());
+    }
+    let failed = report.outcomes.failed;
+    if failed > 0 {
+        return Err(Unfinished {
+            code: EX_FAILED,
+            message: format!(
+                "{failed} deliver{} failed permanently in this run (`digestif issue status N` lists them by status)",
+                if failed == 1 { "y" } else { "ies" }
+            ),
+        }
+        .into());
+    }
+    if let Some(missed) = missed.filter(|_| fail_on_missed) {
+        return Err(Unfinished {
+            code: EX_MISSED,
+            message: missed.to_owned(),
+        }
+        .into());
+    }
+    Ok(())
+}
