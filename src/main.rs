@@ -6,7 +6,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = digestif::cli::Cli::parse();
-    init_logging(cli.log_format);
+    let log_format = digestif::cli::LogFormat::chosen(cli.log_format);
+    init_logging(log_format);
+    // The last line, the error, carries its severity too when journald reads it.
+    let error_prefix = match log_format {
+        digestif::cli::LogFormat::Journald => "<3>",
+        _ => "",
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -19,7 +25,7 @@ fn main() -> ExitCode {
         // `digestif subscribers list | head` closing the pipe early is not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("digestif: {e:#}");
+            eprintln!("{error_prefix}digestif: {e:#}");
             if let Some(u) = e.downcast_ref::<digestif::cli::exit::Unfinished>() {
                 ExitCode::from(u.code)
             } else if e.downcast_ref::<digestif::cli::TempFail>().is_some() {
@@ -56,6 +62,16 @@ fn init_logging(format: digestif::cli::LogFormat) {
     let layer = match format {
         digestif::cli::LogFormat::Text => base.boxed(),
         digestif::cli::LogFormat::Json => base.json().with_ansi(false).boxed(),
+        digestif::cli::LogFormat::Journald => base
+            .with_ansi(false)
+            .event_format(SyslogPrefixed(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_target(false)
+                    .with_level(false)
+                    .with_ansi(false),
+            ))
+            .boxed(),
     };
     tracing_subscriber::registry()
         .with(layer.with_filter(level).with_filter(ours))
@@ -68,4 +84,31 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Puts each event's syslog severity in front of its line (`<3>` error, `<4>` warning, `<6>`
+/// info, `<7>` debug): journald reads it into PRIORITY (`SyslogLevelPrefix=`, on by default).
+struct SyslogPrefixed<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPrefixed<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let severity = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{severity}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }

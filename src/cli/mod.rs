@@ -34,9 +34,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "DIGESTIF_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Log format on stderr: human-readable text, or one JSON object per line
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    /// Log format on stderr: human-readable text, one JSON object per line, or journald's
+    /// (each line's severity as a <N> prefix, no timestamp); journald is the default when
+    /// stderr is the journal (JOURNAL_STREAM), text otherwise
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -49,6 +51,38 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+    /// Lines with their syslog severity as a `<N>` prefix, which journald turns into each
+    /// entry's PRIORITY (so `journalctl -p warning` works), and no timestamp of our own.
+    Journald,
+}
+
+impl LogFormat {
+    /// `--log-format`, or journald's when stderr is connected to the journal: systemd says so
+    /// in `JOURNAL_STREAM` (the device and inode of that stream), which a child whose stderr
+    /// was redirected also inherits, hence the comparison.
+    pub fn chosen(flag: Option<Self>) -> Self {
+        flag.unwrap_or_else(|| {
+            if stderr_is_journal() {
+                Self::Journald
+            } else {
+                Self::Text
+            }
+        })
+    }
+}
+
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -37,7 +37,8 @@ impl Digestif {
         self.env("DIGESTIF_NEWSLETTER__BASE_URL", &web.url())
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The command [`Digestif::run`] would run, to start it another way.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_digestif"));
         cmd.args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))

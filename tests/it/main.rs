@@ -13,6 +13,7 @@ mod dns_server;
 mod dsn;
 mod exit_codes;
 mod helpers;
+mod logs;
 mod ownership;
 mod readme;
 mod relay_tls;
