@@ -101,6 +101,17 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
         tracing::info!("metrics on http://{addr}/metrics");
     }
     let server = tokio::spawn(server.run_until_stopped(stop.clone()));
+    // Type=notify: started once the listeners are bound (before this, a unit ordered after
+    // ours could find nothing listening).
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(watchdog(
+            period,
+            deliverer.counters(),
+            !no_schedule,
+            stop.clone(),
+        ));
+    }
     if no_schedule {
         tracing::info!("--no-schedule: serving HTTP only");
     } else {
@@ -109,6 +120,7 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
     }
     let mut stopped = stop.clone();
     let _ = stopped.wait_for(|s| *s).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(result)) => result.context("HTTP server")?,
         Ok(Err(e)) => return Err(anyhow!("HTTP server task: {e}")),
@@ -116,4 +128,40 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `WatchdogSec=`: tells systemd every half period that `serve` is alive, but only while its
+/// scheduler loop shows signs of life (a pass begins at least every minute; a delivery beats
+/// with every result). A loop that hangs stops the pings, and systemd restarts the service. HTTP
+/// alone (`--no-schedule`) pings as long as the runtime runs.
+async fn watchdog(
+    period: Duration,
+    counters: Arc<crate::digest::deliver::Counters>,
+    scheduling: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(period / 2);
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let beat = counters
+            .heartbeat
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let silent = chrono::Utc::now().timestamp() - beat;
+        // Before the loop's first beat (beat == 0) it is starting: alive.
+        let alive = !scheduling || beat == 0 || silent < period.as_secs() as i64;
+        if alive {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            warned = false;
+        } else if !warned {
+            tracing::error!(
+                silent,
+                "the scheduler loop shows no sign of life: no longer telling systemd's watchdog it is alive"
+            );
+            warned = true;
+        }
+    }
 }

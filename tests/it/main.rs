@@ -20,6 +20,7 @@ mod relay_tls;
 mod schedule;
 mod send_now;
 mod smtp_server;
+mod systemd_notify;
 mod unsubscribe_mail;
 mod web;
 mod web_abuse;
