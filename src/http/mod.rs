@@ -3,12 +3,11 @@
 
 pub mod client;
 pub mod error;
+mod metrics;
 pub mod pages;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -200,7 +199,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/readyz", get(readyz))
         .route("/healthz", get(readyz));
     if with_metrics {
-        routes = routes.route("/metrics", get(metrics));
+        routes = routes.route("/metrics", get(metrics::metrics));
     }
     layered(
         routes
@@ -240,7 +239,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
 fn metrics_router(state: AppState) -> Router {
     layered(
         Router::new()
-            .route("/metrics", get(metrics))
+            .route("/metrics", get(metrics::metrics))
             .route("/livez", get(livez))
             .route("/readyz", get(readyz))
             .route("/healthz", get(readyz)),
@@ -340,98 +339,4 @@ async fn readyz(State(app): State<AppState>) -> Response {
         }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database timed out\n").into_response(),
     }
-}
-
-/// Prometheus text format: the latest issue's deliveries by status, the queue depth, the
-/// latest issue and its state, and this process's attempts by outcome.
-async fn metrics(State(app): State<AppState>) -> Response {
-    match render_metrics(&app).await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::warn!("metrics: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
-        }
-    }
-}
-
-async fn render_metrics(app: &AppState) -> anyhow::Result<String> {
-    let mut out = String::new();
-    let c = &app.counters;
-    writeln!(
-        out,
-        "# HELP digestif_attempts_total Send attempts by this process, by outcome."
-    )?;
-    writeln!(out, "# TYPE digestif_attempts_total counter")?;
-    for (outcome, n) in c.outcomes().by_status() {
-        writeln!(out, "digestif_attempts_total{{outcome=\"{outcome}\"}} {n}")?;
-    }
-    writeln!(
-        out,
-        "# HELP digestif_claims_reclaimed_total Claims this process took over from workers that died or ran out their lease."
-    )?;
-    writeln!(out, "# TYPE digestif_claims_reclaimed_total counter")?;
-    writeln!(
-        out,
-        "digestif_claims_reclaimed_total {}",
-        c.reclaimed.load(Ordering::Relaxed)
-    )?;
-    writeln!(
-        out,
-        "# HELP digestif_claims_lost_total Claims this process found taken over before the final dot (not sent by it)."
-    )?;
-    writeln!(out, "# TYPE digestif_claims_lost_total counter")?;
-    writeln!(
-        out,
-        "digestif_claims_lost_total {}",
-        c.lost.load(Ordering::Relaxed)
-    )?;
-    let depth = crate::store::deliveries::open_count(&app.pool).await?;
-    writeln!(
-        out,
-        "# HELP digestif_queue_depth Deliveries waiting or in flight for sending issues."
-    )?;
-    writeln!(out, "# TYPE digestif_queue_depth gauge")?;
-    writeln!(out, "digestif_queue_depth {depth}")?;
-    let latest = crate::store::issues::list(&app.pool)
-        .await?
-        .into_iter()
-        .find(|i| i.number.is_some());
-    if let Some(issue) = latest {
-        let number = issue.number.unwrap_or_default();
-        writeln!(
-            out,
-            "# HELP digestif_last_issue_number The latest issue's number."
-        )?;
-        writeln!(out, "# TYPE digestif_last_issue_number gauge")?;
-        writeln!(out, "digestif_last_issue_number {number}")?;
-        writeln!(
-            out,
-            "# HELP digestif_last_issue_info The latest issue's state (value 1)."
-        )?;
-        writeln!(out, "# TYPE digestif_last_issue_info gauge")?;
-        writeln!(
-            out,
-            "digestif_last_issue_info{{number=\"{number}\",status=\"{}\"}} 1",
-            issue.status
-        )?;
-        writeln!(
-            out,
-            "# HELP digestif_deliveries The latest issue's deliveries by status."
-        )?;
-        writeln!(out, "# TYPE digestif_deliveries gauge")?;
-        for (status, n) in crate::store::deliveries::counts(&app.pool, issue.issue_id).await? {
-            writeln!(
-                out,
-                "digestif_deliveries{{issue=\"{number}\",status=\"{status}\"}} {n}"
-            )?;
-        }
-    }
-    Ok(out)
 }

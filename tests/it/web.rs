@@ -13,7 +13,7 @@ use digestif::http::Server;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{Digestif, at};
+use crate::helpers::{Digestif, at, seed};
 use crate::smtp_server::{Policy, SmtpServer};
 
 pub(crate) const OPERATOR: digestif::store::subscribers::Asker =
@@ -749,4 +749,99 @@ async fn metrics_can_leave_the_public_listener(pool: PgPool) {
     // By default /metrics is on the one listener.
     let app = App::start(&pool, "").await;
     assert_eq!(app.request("GET", "/metrics", None).await.status, 200);
+}
+
+/// `/metrics` as Prometheus reads it: parsed by a Prometheus text parser, with the names and
+/// labels dashboards depend on, the latest issue's deliveries without a per-issue label.
+#[sqlx::test]
+async fn metrics_parse_as_prometheus_text_with_stable_names(pool: PgPool) {
+    use prometheus_parse::{Scrape, Value};
+    let app = App::start(&pool, "").await;
+    seed(&pool, 3).await;
+    digest::create_issue(&pool, &app.settings, at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    crate::helpers::deliver_all(&pool, &app.settings, Duration::ZERO).await;
+    app.counters.count(digestif::domain::DeliveryStatus::Sent);
+    let r = app.request("GET", "/metrics", None).await;
+    assert_eq!(r.status, 200);
+    let scrape = Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("no {name} {label:?} in\n{}", r.body));
+        match sample.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => panic!("{name}: not a plain value"),
+        }
+    };
+    assert_eq!(value("digestif_deliveries", Some(("status", "sent"))), 3.0);
+    assert_eq!(
+        value("digestif_deliveries", Some(("status", "pending"))),
+        0.0
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "digestif_deliveries")
+            .all(|s| s.labels.get("issue").is_none()),
+        "{}",
+        r.body
+    );
+    assert_eq!(value("digestif_last_issue_number", None), 1.0);
+    assert_eq!(
+        value("digestif_last_issue_status", Some(("status", "sent"))),
+        1.0
+    );
+    assert!(value("digestif_last_issue_sent_timestamp_seconds", None) > 1.7e9);
+    let next = value("digestif_next_slot_timestamp_seconds", None);
+    assert!(next > digestif::clock::now().timestamp() as f64, "{next}");
+    assert_eq!(
+        value("digestif_attempts_total", Some(("outcome", "sent"))),
+        1.0
+    );
+    assert_eq!(value("digestif_issues_paused", None), 0.0);
+    assert_eq!(value("digestif_queue_depth", None), 0.0);
+    assert_eq!(value("digestif_database_up", None), 1.0);
+    assert_eq!(
+        value(
+            "digestif_build_info",
+            Some(("version", env!("CARGO_PKG_VERSION")))
+        ),
+        1.0
+    );
+    assert!(value("process_resident_memory_bytes", None) > 1e6);
+    assert!(value("process_open_fds", None) > 0.0);
+}
+
+/// With the database gone, `/metrics` still answers with what the process knows (its own
+/// counters, the process metrics) and says the database did not answer.
+#[sqlx::test]
+async fn metrics_still_answer_when_the_database_does_not(_pool: PgPool) {
+    let dead = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/digestif")
+        .unwrap();
+    let s = settings("[http]\ntoken_secret = \"a-test-secret-long-enough-for-the-token-keys\"\n");
+    let down = App::start_with(dead, s).await;
+    down.counters
+        .count(digestif::domain::DeliveryStatus::Deferred);
+    let r = down.request("GET", "/metrics", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("digestif_database_up 0"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("digestif_attempts_total{outcome=\"deferred\"} 1"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("process_resident_memory_bytes "),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("digestif_queue_depth"), "{}", r.body);
 }
