@@ -28,7 +28,7 @@ pub struct Options {
 }
 
 /// One line left out, and why (for the operator, after `<file>: line N: `).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Remark {
     /// The line in the file.
     pub line: u64,
@@ -37,7 +37,7 @@ pub struct Remark {
 }
 
 /// What an import did (or, in a dry run, would do).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Outcome {
     /// Subscribers added.
     pub added: u64,

@@ -57,7 +57,11 @@ fn init_logging(format: digestif::cli::LogFormat) {
     });
     let base = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Colour only for a person at a terminal who has not asked for none (no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_target(false);
     let layer = match format {
         digestif::cli::LogFormat::Text => base.boxed(),

@@ -17,12 +17,28 @@ use crate::store::{deliveries, issues};
 /// What one pass did, for the operator.
 #[derive(Debug, Default)]
 pub struct Pass {
-    /// The issue of the due slot: number (None when skipped), status, subject or reason.
-    pub issue: Option<String>,
+    /// The issue of the due slot (a skipped slot's has no number and says why).
+    pub issue: Option<issues::IssueRow>,
     /// A slot that was missed by more than the grace window and is not sent.
     pub missed: Option<String>,
     /// What delivery did.
     pub report: deliver::Report,
+}
+
+impl Pass {
+    /// The issue of the due slot in one line: number, status and subject, or why the slot was
+    /// skipped.
+    pub fn issue_line(&self) -> Option<String> {
+        let issue = self.issue.as_ref()?;
+        Some(match issue.number {
+            Some(n) => format!("issue #{n} ({}): {}", issue.status, issue.subject),
+            None => format!(
+                "slot {} skipped: {}",
+                issue.slot.to_rfc3339(),
+                issue.status_reason.as_deref().unwrap_or_default()
+            ),
+        })
+    }
 }
 
 /// Creates the issue of the slot due at `now` (if within `schedule.grace`; older missed slots
@@ -41,14 +57,7 @@ pub async fn run_once(
     match digest::due_slot(settings, now) {
         Some(slot) => {
             let issue = digest::create_issue(pool, settings, slot).await?;
-            pass.issue = Some(match issue.number {
-                Some(n) => format!("issue #{n} ({}): {}", issue.status, issue.subject),
-                None => format!(
-                    "slot {} skipped: {}",
-                    slot.to_rfc3339(),
-                    issue.status_reason.unwrap_or_default()
-                ),
-            });
+            pass.issue = Some(issue);
         }
         None => {
             if let Some(latest) = settings.schedule.cron.latest_at_or_before(now)

@@ -3,27 +3,69 @@
 
 use anyhow::bail;
 
+use super::output::{Output, print_json};
 use crate::config::{Settings, TransportKind};
 use crate::send::Mailer;
 use crate::send::dkim::Signer;
 use crate::store;
 
+/// The checks' lines: printed as they come for people, or collected into one JSON object
+/// (`{"ok": bool, "checks": [{"status": "ok|fail|note|dns", "check": …, "fix": …}]}`).
 struct Report {
     failed: usize,
+    json: Option<Vec<serde_json::Value>>,
 }
 
 impl Report {
-    fn ok(&self, what: &str) {
-        println!("ok    {what}");
+    fn new(format: Output) -> Self {
+        Self {
+            failed: 0,
+            json: (format == Output::Json).then(Vec::new),
+        }
+    }
+
+    fn line(&mut self, status: &str, what: &str, fix: Option<&str>) {
+        match &mut self.json {
+            Some(lines) => lines.push(serde_json::json!({
+                "status": status,
+                "check": what,
+                "fix": fix,
+            })),
+            None => match fix {
+                Some(fix) => println!("{:<5} {what}: {fix}", status.to_uppercase()),
+                None => println!("{status:<5} {what}"),
+            },
+        }
+    }
+
+    fn ok(&mut self, what: &str) {
+        self.line("ok", what, None);
     }
 
     fn fail(&mut self, what: &str, fix: &str) {
         self.failed += 1;
-        println!("FAIL  {what}: {fix}");
+        self.line("fail", what, Some(fix));
     }
 
-    fn note(&self, what: &str) {
-        println!("note  {what}");
+    fn note(&mut self, what: &str) {
+        self.line("note", what, None);
+    }
+
+    /// The last word: the JSON object, or the text summary; an error when a check failed.
+    fn finish(self) -> anyhow::Result<()> {
+        if let Some(checks) = self.json {
+            print_json(&serde_json::json!({ "ok": self.failed == 0, "checks": checks }))?;
+        } else if self.failed == 0 {
+            println!("all checks passed");
+        }
+        if self.failed > 0 {
+            bail!(
+                "{} check{} failed",
+                self.failed,
+                if self.failed == 1 { "" } else { "s" }
+            );
+        }
+        Ok(())
     }
 }
 
@@ -73,9 +115,12 @@ digestif  unix  -       n       n       -       -       pipe
 }
 
 /// Prints the configuration failure as a check line (doctor runs even when the config is bad).
-pub fn config_failed(e: &dyn std::fmt::Display) -> anyhow::Error {
-    println!("FAIL  config: {e}");
-    anyhow::anyhow!("1 check failed")
+pub fn config_failed(e: &dyn std::fmt::Display, format: Output) -> anyhow::Error {
+    let mut r = Report::new(format);
+    r.fail("config", &e.to_string());
+    r.finish()
+        .err()
+        .unwrap_or_else(|| anyhow::anyhow!("1 check failed"))
 }
 
 /// What to do about an SMTP failure, from lettre's error text.
@@ -139,8 +184,8 @@ async fn web_check(r: &mut Report, settings: &Settings) {
 const WEB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs every check.
-pub async fn run(settings: &Settings) -> anyhow::Result<()> {
-    let mut r = Report { failed: 0 };
+pub async fn run(settings: &Settings, format: Output) -> anyhow::Result<()> {
+    let mut r = Report::new(format);
     r.ok("config: every value parses");
 
     let pool = match store::connect_current(&settings.database).await {
@@ -250,7 +295,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     }
     if let Some(s) = &signer {
         for (name, value) in s.dns_records() {
-            println!("dns   {name}. IN TXT \"{value}\"");
+            r.line("dns", &format!("{name}. IN TXT \"{value}\""), None);
         }
     }
     let domain = settings.newsletter.from.email.domain();
@@ -260,13 +305,5 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     r.note(&format!(
         "DMARC: publish _dmarc.{domain} TXT \"v=DMARC1; p=none; rua=mailto:dmarc@{domain}\", then tighten p= once reports are clean"
     ));
-    if r.failed > 0 {
-        bail!(
-            "{} check{} failed",
-            r.failed,
-            if r.failed == 1 { "" } else { "s" }
-        );
-    }
-    println!("all checks passed");
-    Ok(())
+    r.finish()
 }

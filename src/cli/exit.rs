@@ -3,6 +3,7 @@
 
 use sqlx::PgPool;
 
+use super::output::Output;
 use crate::digest::deliver::Report;
 use crate::store::issues;
 
@@ -40,58 +41,84 @@ pub struct Unfinished {
     message: String,
 }
 
-/// Says what a delivery run left undone, and picks the exit code: a paused issue first (nothing
-/// of it goes out), then permanent failures, then a missed slot when the operator asked.
+/// What a delivery run left undone, and the exit code it earns.
+#[derive(Debug)]
+pub struct Verdict {
+    /// The issues paused by the breaker now.
+    pub paused: Vec<issues::IssueRow>,
+    /// The exit code: 0, [`EX_PAUSED`], [`EX_FAILED`] or [`EX_MISSED`].
+    pub code: u8,
+    message: String,
+}
+
+impl Verdict {
+    /// Ok for 0; otherwise the error `main` prints and exits with.
+    pub fn into_result(self) -> anyhow::Result<()> {
+        match self.code {
+            0 => Ok(()),
+            code => Err(Unfinished {
+                code,
+                message: self.message,
+            }
+            .into()),
+        }
+    }
+}
+
+/// Judges a delivery run: a paused issue first (nothing of it goes out), then permanent
+/// failures, then a missed slot when the operator asked. With text output, says for each
+/// paused issue why, when it resumes on its own and how to resume it now.
 pub async fn after_delivery(
     pool: &PgPool,
     report: &Report,
     missed: Option<&str>,
     fail_on_missed: bool,
-) -> anyhow::Result<()> {
+    format: Output,
+) -> anyhow::Result<Verdict> {
     let paused = issues::paused(pool).await?;
-    for issue in &paused {
-        let n = issue.number.unwrap_or_default();
-        let until = issue
-            .paused_until
-            .map(|t| format!(" at {}", t.to_rfc3339()))
-            .unwrap_or_default();
-        println!(
-            "issue #{n} is paused by the breaker: {}; it resumes on its own{until} \
-             (delivery.breaker_cooldown), or now with `digestif issue resume {n}`",
-            issue
-                .status_reason
-                .as_deref()
-                .unwrap_or("no reason recorded")
-        );
+    if format == Output::Text {
+        for issue in &paused {
+            let n = issue.number.unwrap_or_default();
+            let until = issue
+                .paused_until
+                .map(|t| format!(" at {}", t.to_rfc3339()))
+                .unwrap_or_default();
+            println!(
+                "issue #{n} is paused by the breaker: {}; it resumes on its own{until} \
+                 (delivery.breaker_cooldown), or now with `digestif issue resume {n}`",
+                issue
+                    .status_reason
+                    .as_deref()
+                    .unwrap_or("no reason recorded")
+            );
+        }
     }
-    if !paused.is_empty() {
+    let failed = report.outcomes.failed;
+    let (code, message) = if !paused.is_empty() {
         let numbers: Vec<String> = paused
             .iter()
             .map(|i| format!("#{}", i.number.unwrap_or_default()))
             .collect();
-        return Err(Unfinished {
-            code: EX_PAUSED,
-            message: format!("paused by the breaker: issue {}", numbers.join(", ")),
-        }
-        .into());
-    }
-    let failed = report.outcomes.failed;
-    if failed > 0 {
-        return Err(Unfinished {
-            code: EX_FAILED,
-            message: format!(
+        (
+            EX_PAUSED,
+            format!("paused by the breaker: issue {}", numbers.join(", ")),
+        )
+    } else if failed > 0 {
+        (
+            EX_FAILED,
+            format!(
                 "{failed} deliver{} failed permanently in this run (`digestif issue status N` lists them by status)",
                 if failed == 1 { "y" } else { "ies" }
             ),
-        }
-        .into());
-    }
-    if let Some(missed) = missed.filter(|_| fail_on_missed) {
-        return Err(Unfinished {
-            code: EX_MISSED,
-            message: missed.to_owned(),
-        }
-        .into());
-    }
-    Ok(())
+        )
+    } else if let Some(missed) = missed.filter(|_| fail_on_missed) {
+        (EX_MISSED, missed.to_owned())
+    } else {
+        (0, String::new())
+    };
+    Ok(Verdict {
+        paused,
+        code,
+        message,
+    })
 }

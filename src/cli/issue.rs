@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::output::{Format, Listing, Record, time_cell};
+use super::output::{Format, Listing, Output, Record, print_json, time_cell};
 use crate::clock;
 use crate::config::{Settings, TransportKind};
 use crate::digest::{self, deliver};
@@ -23,6 +23,9 @@ pub enum Command {
         /// Folder for the files
         #[arg(long, default_value = "preview")]
         out: PathBuf,
+        /// Output format: one JSON object naming the issue and the files
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
     },
     /// Create the due issue (or reuse it) and deliver until nothing is ready
     ///
@@ -43,6 +46,9 @@ pub enum Command {
         /// With --next-slot: send it even if that makes two issues in one period
         #[arg(long, requires = "next_slot")]
         force: bool,
+        /// Output format: one JSON object with the issue, the outcomes and the exit code
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
     },
     /// List issues, newest first, with their status (skipped and paused ones say why)
     List {
@@ -97,8 +103,20 @@ const WAIT_WITHIN: Duration = Duration::from_secs(120);
 pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
     let pool = store::connect_current(&settings.database).await?;
     match cmd {
-        Command::Preview { out } => {
-            match digest::preview(&pool, settings, clock::now(), &out).await? {
+        Command::Preview { out, format } => {
+            let preview = digest::preview(&pool, settings, clock::now(), &out).await?;
+            if format == Output::Json {
+                return print_json(&match &preview {
+                    digest::Next::Issue(p) => serde_json::json!({
+                        "number": p.content.number,
+                        "slot": p.content.slot,
+                        "subject": p.rendered.subject(),
+                        "files": p.files,
+                    }),
+                    digest::Next::Skipped(reason) => serde_json::json!({ "skipped": reason }),
+                });
+            }
+            match preview {
                 digest::Next::Issue(p) => {
                     println!(
                         "issue #{} for {} ({}):",
@@ -123,7 +141,10 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             now,
             next_slot,
             force,
+            format,
         } => {
+            let text = format == Output::Text;
+            let mut json = serde_json::Map::new();
             let request = match (now, next_slot) {
                 (true, _) => digest::SendRequest::Now,
                 (_, true) => digest::SendRequest::NextSlot { force },
@@ -140,17 +161,21 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     let local = slot
                         .with_timezone(&settings.schedule.cron.zone())
                         .format("%a %Y-%m-%d %H:%M %Z");
+                    let total: i64 = deliveries::counts(&pool, issue.issue_id)
+                        .await?
+                        .iter()
+                        .map(|(_, n)| n)
+                        .sum();
+                    json.insert("created_here".into(), made_here.into());
+                    json.insert("deliveries".into(), total.into());
+                    json.insert("issue".into(), serde_json::to_value(&issue)?);
                     match (issue.number, issue.status.as_str()) {
+                        _ if !text => {}
                         (None, _) => println!(
                             "the slot {local} is skipped: {}",
                             issue.status_reason.unwrap_or_default()
                         ),
                         (Some(n), status) => {
-                            let total: i64 = deliveries::counts(&pool, issue.issue_id)
-                                .await?
-                                .iter()
-                                .map(|(_, n)| n)
-                                .sum();
                             let how = if made_here {
                                 format!("created in {:.2} s", took.as_secs_f64())
                             } else {
@@ -163,9 +188,14 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                         }
                     }
                 }
-                digest::SendPlan::Nothing(why) => println!("{why}; delivering what is ready"),
+                digest::SendPlan::Nothing(why) if text => {
+                    println!("{why}; delivering what is ready")
+                }
+                digest::SendPlan::Nothing(why) => {
+                    json.insert("nothing_created".into(), why.into());
+                }
             }
-            deliver_and_report(pool, settings).await
+            deliver_and_report(pool, settings, format, json).await
         }
         Command::Status { number, format } => {
             let Some(issue) = issues::find_by_number(&pool, number).await? else {
@@ -215,7 +245,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 bail!("issue #{number} is not paused (it is {})", issue.status);
             }
             println!("issue #{number} resumed");
-            deliver_and_report(pool, settings).await
+            deliver_and_report(pool, settings, Output::Text, serde_json::Map::new()).await
         }
         Command::TestSend { to } => {
             let to = SubscriberEmail::parse(&to)?;
@@ -245,7 +275,14 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// Delivers what is ready with a progress bar on a terminal and a summary line when piped.
-async fn deliver_and_report(pool: sqlx::PgPool, settings: &Settings) -> anyhow::Result<()> {
+/// With JSON output, prints one object: `json` (what the command did before delivering) with
+/// the run's report, the paused issues and the exit code added.
+async fn deliver_and_report(
+    pool: sqlx::PgPool,
+    settings: &Settings,
+    format: Output,
+    mut json: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
     let total = deliveries::open_count(&pool).await?;
     let bar = if io::stderr().is_terminal() {
         let bar = ProgressBar::new(total.max(0) as u64);
@@ -281,6 +318,15 @@ async fn deliver_and_report(pool: sqlx::PgPool, settings: &Settings) -> anyhow::
         .await?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    if format == Output::Json {
+        let verdict = super::exit::after_delivery(&pool, &report, None, false, format).await?;
+        json.insert("report".into(), serde_json::to_value(&report)?);
+        json.insert("seconds".into(), secs.into());
+        json.insert("paused".into(), serde_json::to_value(&verdict.paused)?);
+        json.insert("exit_code".into(), verdict.code.into());
+        print_json(&json)?;
+        return verdict.into_result();
+    }
     println!(
         "{} in {:.1} s ({:.0} msg/s)",
         report.outcomes,
@@ -299,7 +345,9 @@ async fn deliver_and_report(pool: sqlx::PgPool, settings: &Settings) -> anyhow::
     if settings.delivery.transport == TransportKind::File {
         println!("messages are in {}/", settings.delivery.outbox.display());
     }
-    super::exit::after_delivery(&pool, &report, None, false).await
+    super::exit::after_delivery(&pool, &report, None, false, format)
+        .await?
+        .into_result()
 }
 
 impl Record for issues::IssueRow {

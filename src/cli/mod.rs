@@ -113,6 +113,9 @@ enum Command {
         /// Exit 5 when a slot was missed (by more than schedule.grace) and not sent
         #[arg(long)]
         fail_on_missed: bool,
+        /// Output format: one JSON object with the issue, the outcomes and the exit code
+        #[arg(long, value_enum, default_value = "text")]
+        format: output::Output,
     },
     /// Long-running: the schedule, delivery and the HTTP server (health, metrics, links)
     ///
@@ -153,6 +156,9 @@ enum Command {
         /// (for this binary, this --config and bounces.address) instead of checking
         #[arg(long)]
         postfix: bool,
+        /// Output format: one JSON object with every check
+        #[arg(long, value_enum, default_value = "text", conflicts_with = "postfix")]
+        format: output::Output,
     },
 }
 
@@ -175,6 +181,9 @@ enum ScheduleCommand {
         /// How many slots
         #[arg(long, default_value_t = 5)]
         count: usize,
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        format: output::Output,
     },
 }
 
@@ -200,7 +209,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) if matches!(cli.command, Command::Doctor { .. }) => {
-            return Err(doctor::config_failed(&e));
+            let format = match cli.command {
+                Command::Doctor { format, .. } => format,
+                _ => output::Output::Text,
+            };
+            return Err(doctor::config_failed(&e, format));
         }
         // Run by the MTA: a configuration the operator can fix must not lose the mail, so the
         // MTA is told to try again later rather than to bounce or drop it.
@@ -224,17 +237,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tips(cmd) => tips::run(cmd, &settings).await,
         Command::Articles(cmd) => articles::run(cmd, &settings).await,
         Command::Issue(cmd) => issue::run(cmd, &settings).await,
-        Command::Schedule(ScheduleCommand::Next { count }) => {
-            run::schedule_next(&settings, count);
-            Ok(())
+        Command::Schedule(ScheduleCommand::Next { count, format }) => {
+            run::schedule_next(&settings, count, format)
         }
-        Command::Run { fail_on_missed } => run::run(&settings, fail_on_missed).await,
+        Command::Run {
+            fail_on_missed,
+            format,
+        } => run::run(&settings, fail_on_missed, format).await,
         Command::Serve { no_schedule } => run::serve(&settings, no_schedule).await,
         Command::Inbound { recipient } => inbound(&settings, recipient.as_deref()).await,
-        Command::Doctor { postfix: true } => {
+        Command::Doctor { postfix: true, .. } => {
             doctor::postfix_recipe(&settings, cli.config.as_deref())
         }
-        Command::Doctor { postfix: false } => doctor::run(&settings).await,
+        Command::Doctor {
+            postfix: false,
+            format,
+        } => doctor::run(&settings, format).await,
         // Answered before the configuration was read.
         Command::Completions { .. } | Command::Man => Ok(()),
     }

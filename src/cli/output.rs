@@ -17,6 +17,25 @@ pub enum Format {
     Json,
 }
 
+/// How a command reports what it did (`--format`): lines for people, or one JSON object on
+/// stdout for scripts (documented in README "Output for scripts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// Lines for reading.
+    #[default]
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// Prints `value` as one line of JSON on stdout.
+pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
 /// A row that can be listed: JSON takes its serde form, table and CSV take `cells`.
 pub trait Record: Serialize {
     /// Column names for table and CSV output.

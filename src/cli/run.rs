@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use tokio::sync::watch;
 
+use super::output::{Output, print_json};
 use crate::config::Settings;
 use crate::digest::deliver::{self, Deliverer};
 use crate::{clock, http, schedule, store};
@@ -52,20 +53,33 @@ pub async fn drain_within<T: Default>(
 }
 
 /// `digestif schedule next`.
-pub fn schedule_next(settings: &Settings, count: usize) {
+pub fn schedule_next(settings: &Settings, count: usize, format: Output) -> anyhow::Result<()> {
     let s = &settings.schedule.cron;
+    let slots = s.upcoming(clock::now(), count);
+    let local = |slot: &chrono::DateTime<chrono::Utc>| slot.with_timezone(&s.zone());
+    if format == Output::Json {
+        return print_json(&serde_json::json!({
+            "expression": s.expression(),
+            "timezone": s.zone().name(),
+            "slots": slots.iter().map(|slot| serde_json::json!({
+                "local": local(slot).to_rfc3339(),
+                "utc": slot.to_rfc3339(),
+            })).collect::<Vec<_>>(),
+        }));
+    }
     println!("schedule: {} in {}", s.expression(), s.zone());
-    for slot in s.upcoming(clock::now(), count) {
+    for slot in &slots {
         println!(
             "{}   {}",
-            slot.with_timezone(&s.zone()).format("%a %Y-%m-%d %H:%M %Z"),
+            local(slot).format("%a %Y-%m-%d %H:%M %Z"),
             slot.format("%Y-%m-%d %H:%M UTC")
         );
     }
+    Ok(())
 }
 
 /// `digestif run`.
-pub async fn run(settings: &Settings, fail_on_missed: bool) -> anyhow::Result<()> {
+pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> anyhow::Result<()> {
     let pool = store::connect_current(&settings.database).await?;
     let stop = stop_on_signals()?;
     let deliverer = Deliverer::new(pool.clone(), Arc::new(settings.clone())).await?;
@@ -80,13 +94,32 @@ pub async fn run(settings: &Settings, fail_on_missed: bool) -> anyhow::Result<()
         },
     );
     let pass = drain_within(work, stop, settings.delivery.shutdown_grace).await?;
-    match (&pass.issue, &pass.missed) {
-        (Some(issue), _) => println!("{issue}"),
-        (None, Some(missed)) => println!("{missed}"),
-        (None, None) => println!("no slot is due"),
+    if format == Output::Text {
+        match (pass.issue_line(), &pass.missed) {
+            (Some(issue), _) => println!("{issue}"),
+            (None, Some(missed)) => println!("{missed}"),
+            (None, None) => println!("no slot is due"),
+        }
+        println!("{}", pass.report.outcomes);
     }
-    println!("{}", pass.report.outcomes);
-    super::exit::after_delivery(&pool, &pass.report, pass.missed.as_deref(), fail_on_missed).await
+    let verdict = super::exit::after_delivery(
+        &pool,
+        &pass.report,
+        pass.missed.as_deref(),
+        fail_on_missed,
+        format,
+    )
+    .await?;
+    if format == Output::Json {
+        print_json(&serde_json::json!({
+            "issue": pass.issue,
+            "missed": pass.missed,
+            "report": pass.report,
+            "paused": verdict.paused,
+            "exit_code": verdict.code,
+        }))?;
+    }
+    verdict.into_result()
 }
 
 /// `digestif serve`.

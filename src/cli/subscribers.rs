@@ -8,7 +8,7 @@ use anyhow::{Context, anyhow, bail};
 use futures_util::TryStreamExt;
 use sqlx::PgPool;
 
-use super::output::{Format, Listing, Record, progress, time_cell};
+use super::output::{Format, Listing, Output, Record, print_json, progress, time_cell};
 use crate::config::Settings;
 use crate::digest;
 use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus, one_line};
@@ -77,6 +77,10 @@ pub enum Command {
         /// Import addresses that were erased on request (they asked to come back)
         #[arg(long)]
         allow_erased: bool,
+        /// Output format: JSON lines on stdout, one per line left out ({"line", "text"}), then
+        /// one with the totals
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
     },
     /// List subscribers
     List {
@@ -192,9 +196,10 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             skip_invalid,
             dry_run,
             allow_erased,
+            format,
         } => {
             let pool = store::connect_current(&settings.database).await?;
-            import(&pool, &file, skip_invalid, dry_run, allow_erased).await
+            import(&pool, &file, skip_invalid, dry_run, allow_erased, format).await
         }
         Command::List { status, format } => {
             let pool = store::connect_current(&settings.database).await?;
@@ -318,8 +323,10 @@ async fn import(
     skip_invalid: bool,
     dry_run: bool,
     allow_erased: bool,
+    format: Output,
 ) -> anyhow::Result<()> {
     let shown = path.display().to_string();
+    let json = format == Output::Json;
     let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = progress(len, "importing");
@@ -335,6 +342,9 @@ async fn import(
         BufReader::with_capacity(1 << 16, file),
         options,
         &mut |remark| {
+            if json {
+                return print_json(&remark).map_err(std::io::Error::other);
+            }
             bar.suspend(|| writeln!(stderr, "{shown}: line {}: {}", remark.line, remark.text))
         },
         &|read| bar.set_position(read),
@@ -343,6 +353,20 @@ async fn import(
     bar.finish_and_clear();
     let outcome = outcome?;
     let refused = outcome.refused;
+    if json {
+        print_json(&serde_json::json!({
+            "file": shown,
+            "dry_run": dry_run,
+            "totals": outcome,
+        }))?;
+        if dry_run && refused > 0 {
+            return Err(anyhow!(
+                "{shown}: {refused} invalid line{}",
+                plural(refused)
+            ));
+        }
+        return Ok(());
+    }
     let summary = format!(
         "{} {} subscriber{} from {shown} ({} rows read: {} duplicate{} in the file, {} already stored, {} invalid{})",
         if dry_run { "would import" } else { "imported" },

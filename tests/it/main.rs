@@ -13,6 +13,7 @@ mod dns_server;
 mod dsn;
 mod exit_codes;
 mod helpers;
+mod json_output;
 mod logs;
 mod ownership;
 mod readme;
