@@ -293,7 +293,13 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
+    /// Nobody set `database.url` or `DATABASE_URL`: the built-in default (a local Postgres)
+    /// is in use, so a failure to reach it says how to point digestif at a database.
+    pub url_is_default: bool,
 }
+
+/// The built-in `database.url`.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/digestif";
 
 // ---- the raw shape of the file ---------------------------------------------------------------
 
@@ -727,6 +733,7 @@ impl Raw {
             return Err(ConfigError::new("database.url", "not a postgres:// URL"));
         }
         let database = DatabaseSettings {
+            url_is_default: b.url.expose_secret() == DEFAULT_DATABASE_URL,
             url: b.url,
             max_connections: in_range("database.max_connections", b.max_connections, 1, 100)?,
             connect_timeout: duration("database.connect_timeout", &b.connect_timeout)?,
@@ -970,6 +977,11 @@ mod tests {
         assert_eq!(s.delivery.transport, TransportKind::File);
         assert_eq!(s.schedule.grace, Duration::from_secs(6 * 3600));
         assert_eq!(s.delivery.rate_per_second, None);
+        // Nobody chose this database: errors reaching it say how to choose one.
+        assert!(s.database.url_is_default);
+        let chosen =
+            Settings::from_toml("[database]\nurl = \"postgres://u@db.example.com/x\"").unwrap();
+        assert!(!chosen.database.url_is_default);
     }
 
     #[test]

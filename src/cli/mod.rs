@@ -229,8 +229,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Migrate => {
-            store::migrate(&settings.database).await?;
-            println!("database is up to date");
+            let m = store::migrate(&settings.database).await?;
+            if m.created {
+                println!("created the database {}", m.place);
+            }
+            match m.applied.as_slice() {
+                [] => println!(
+                    "the database at {} is up to date (schema version {})",
+                    m.place, m.version
+                ),
+                applied => {
+                    for (version, description) in applied {
+                        println!("applied migration {version}: {description}");
+                    }
+                    println!(
+                        "the database at {} is at schema version {} ({} migration{} applied now)",
+                        m.place,
+                        m.version,
+                        applied.len(),
+                        if applied.len() == 1 { "" } else { "s" }
+                    );
+                }
+            }
             Ok(())
         }
         Command::Subscribers(cmd) => subscribers::run(cmd, &settings).await,

@@ -42,15 +42,16 @@ fn options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
 pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let opts = options(db)?;
     let place = describe(&opts);
+    let hint = unset_hint(db);
     // The pool retries until its timeout and then reports only "timed out"; one direct attempt
     // first gives the operator the real reason (refused, unknown host, bad password…).
     match tokio::time::timeout(db.connect_timeout, opts.connect()).await {
         Ok(Ok(conn)) => drop(conn),
         Ok(Err(e)) => bail!(
-            "cannot connect to the database at {place}: {}",
+            "cannot connect to the database at {place}: {}{hint}",
             db_reason(&e)
         ),
-        Err(_) => bail!("cannot connect to the database at {place}: timed out"),
+        Err(_) => bail!("cannot connect to the database at {place}: timed out{hint}"),
     }
     PgPoolOptions::new()
         .max_connections(db.max_connections)
@@ -66,13 +67,39 @@ pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
 }
 
 /// Creates the database if it does not exist yet, then applies pending migrations.
-pub async fn migrate(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
+/// With the built-in `database.url`, how to point digestif at a database instead.
+fn unset_hint(db: &DatabaseSettings) -> &'static str {
+    if db.url_is_default {
+        " (that is the built-in default: set DATABASE_URL or database.url to your database, \
+         or start a private one with scripts/pg-up)"
+    } else {
+        ""
+    }
+}
+
+/// What `migrate` did.
+#[derive(Debug)]
+pub struct Migrated {
+    /// The database, migrated.
+    pub pool: PgPool,
+    /// host:port/database, without credentials.
+    pub place: String,
+    /// The database did not exist and was created.
+    pub created: bool,
+    /// The migrations applied now: version and description.
+    pub applied: Vec<(i64, String)>,
+    /// The schema's version now.
+    pub version: i64,
+}
+
+pub async fn migrate(db: &DatabaseSettings) -> anyhow::Result<Migrated> {
     let opts = options(db)?;
     let place = describe(&opts);
     let url = db.url.expose_secret();
+    let hint = unset_hint(db);
     let exists = Postgres::database_exists(url).await.map_err(|e| {
         anyhow!(
-            "cannot connect to the database at {place}: {}",
+            "cannot connect to the database at {place}: {}{hint}",
             db_reason(&e)
         )
     })?;
@@ -82,11 +109,32 @@ pub async fn migrate(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
             .map_err(|e| anyhow!("cannot create the database {place}: {}", db_reason(&e)))?;
     }
     let pool = connect(db).await?;
+    let before = applied_versions(&pool).await;
     MIGRATOR
         .run(&pool)
         .await
         .with_context(|| format!("failed to migrate the database at {place}"))?;
-    Ok(pool)
+    let applied: Vec<(i64, String)> = MIGRATOR
+        .iter()
+        .filter(|m| !before.contains(&m.version))
+        .map(|m| (m.version, m.description.to_string()))
+        .collect();
+    let version = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    Ok(Migrated {
+        pool,
+        place,
+        created: !exists,
+        applied,
+        version,
+    })
+}
+
+/// The migrations recorded as applied (none in a database digestif never migrated).
+async fn applied_versions(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
 }
 
 /// Connects and checks that the schema is the one this binary was built for, so an operator

@@ -276,3 +276,49 @@ async fn completions_and_the_man_page_need_no_configuration(pool: PgPool) {
     assert!(page.contains(".TH digestif 1"), "{man}");
     assert!(page.contains("newsletter digest mailer"), "{man}");
 }
+
+/// `migrate` says what it did: the database it created (where), each migration it applied,
+/// and, run again, that there was nothing to do.
+#[sqlx::test]
+async fn migrate_says_what_it_created_and_applied(pool: PgPool) {
+    let fresh = format!("digestif_migrate_{}", std::process::id());
+    let o = pool.connect_options();
+    let url = format!(
+        "postgres://{}@{}:{}/{fresh}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port()
+    );
+    let place = format!("{}:{}/{fresh}", o.get_host(), o.get_port());
+    let d = Digestif::new(&pool).env("DATABASE_URL", &url);
+    let first = d.ok(&["migrate"]).stdout();
+    let second = d.ok(&["migrate"]).stdout();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {fresh} WITH (FORCE)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let latest = digestif::store::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap();
+    assert!(
+        first.starts_with(&format!("created the database {place}\n")),
+        "{first}"
+    );
+    assert_eq!(
+        first.matches("applied migration ").count(),
+        digestif::store::MIGRATOR.iter().count(),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!("is at schema version {latest} (")),
+        "{first}"
+    );
+    assert_eq!(
+        second.trim(),
+        format!("the database at {place} is up to date (schema version {latest})")
+    );
+}
