@@ -490,26 +490,57 @@ impl Settings {
 }
 
 fn figment_error(err: figment::Error) -> ConfigError {
-    let key = if err.path.is_empty() {
-        "(file)".to_owned()
-    } else {
-        err.path.join(".")
-    };
+    let key = err.path.join(".");
+    // Where the bad value came from: the file, or the environment variable as the operator
+    // typed it (figment would say `DELIVERY.CONCURENCY`).
     let source = err.metadata.as_ref().map(|m| match &m.source {
         Some(src) => src.to_string(),
+        None if m.name.contains("environment") => {
+            if key == "database.url" {
+                "DATABASE_URL".to_owned()
+            } else {
+                format!("DIGESTIF_{}", err.path.join("__").to_uppercase())
+            }
+        }
         None => {
             let profile = err.profile.clone().unwrap_or_default();
             m.interpolate(&profile, &err.path)
         }
     });
+    if key.is_empty() {
+        // The file itself does not parse: TOML's report spans lines (a snippet with a caret);
+        // keep its words in one line.
+        let text = err.kind.to_string();
+        let words: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | "))
+            .collect();
+        let message = words
+            .join(": ")
+            .replacen("TOML parse error at line", "line", 1);
+        return ConfigError::new(source.as_deref().unwrap_or("(file)"), message);
+    }
     let secret = SECRET_KEYS
         .iter()
         .any(|k| key == *k || key.starts_with(&format!("{k}.")));
-    let mut message = if secret {
+    let mut message = match &err.kind {
         // figment's message quotes the value ("found unsigned int '84736251'").
-        "not a valid value (not shown: this key holds a secret)".to_owned()
-    } else {
-        err.kind.to_string()
+        _ if secret => "not a valid value (not shown: this key holds a secret)".to_owned(),
+        figment::error::Kind::UnknownField(_, expected) => {
+            let field = err.path.last().map(String::as_str).unwrap_or_default();
+            let closest = expected
+                .iter()
+                .map(|k| (strsim::damerau_levenshtein(field, k), *k))
+                .min()
+                // A third of the letters wrong at most, so `port` suggests nothing.
+                .filter(|(distance, _)| *distance <= (field.len() / 3).max(1));
+            match closest {
+                Some((_, k)) => format!("unknown key; did you mean `{k}`?"),
+                None => format!("unknown key; the keys here are {}", expected.join(", ")),
+            }
+        }
+        kind => kind.to_string(),
     };
     if let Some(source) = source {
         message.push_str(&format!(" (set in {source})"));
@@ -599,7 +630,36 @@ impl Raw {
         let m = self.smtp;
         let smtp_url = m.url.expose_secret();
         match url::Url::parse(smtp_url) {
-            Ok(u) if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some() => {}
+            Ok(u) if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some() => {
+                // Checked here, with every other value, rather than at the first send. The
+                // value of `tls` is one of ours, never a secret, so it may be shown.
+                for (k, v) in u.query_pairs() {
+                    match (u.scheme(), k.as_ref(), v.as_ref()) {
+                        ("smtp", "tls", "required" | "opportunistic" | "none") => {}
+                        ("smtp", "tls", other) => {
+                            return Err(ConfigError::new(
+                                "smtp.url",
+                                format!(
+                                    "tls={}: expected tls=required, tls=opportunistic or tls=none",
+                                    crate::domain::one_line(other)
+                                ),
+                            ));
+                        }
+                        ("smtps", "tls", _) => {
+                            return Err(ConfigError::new(
+                                "smtp.url",
+                                "smtps:// is TLS from the first byte: drop ?tls= (it is for smtp://)",
+                            ));
+                        }
+                        _ => {
+                            return Err(ConfigError::new(
+                                "smtp.url",
+                                "an unknown parameter after `?`: only tls= is understood",
+                            ));
+                        }
+                    }
+                }
+            }
             // The value is not echoed: operators put passwords in this URL.
             _ => {
                 return Err(ConfigError::new(
@@ -1019,7 +1079,26 @@ mod tests {
                 "[smtp]\nurl = \"http://user:hunter2@x\"",
                 "config: smtp.url: not an smtp://",
             ),
-            ("[smtp]\nport = 25", "config: smtp.port: unknown field"),
+            (
+                "[smtp]\nport = 25",
+                "config: smtp.port: unknown key; the keys here are",
+            ),
+            (
+                "[delivery]\nconcurency = 3",
+                "config: delivery.concurency: unknown key; did you mean `concurrency`?",
+            ),
+            (
+                "[smtp]\nurl = \"smtp://user:hunter2@relay.example.com:587?tls=sometimes\"",
+                "config: smtp.url: tls=sometimes: expected tls=required, tls=opportunistic or tls=none",
+            ),
+            (
+                "[smtp]\nurl = \"smtps://user:hunter2@relay.example.com?tls=required\"",
+                "config: smtp.url: smtps:// is TLS from the first byte",
+            ),
+            (
+                "[smtp]\nurl = \"smtp://relay.example.com?secret=hunter2\"",
+                "config: smtp.url: an unknown parameter after `?`",
+            ),
             (
                 "[bounces]\ncomplaint_senders = [\"fbl.example-isp.net\", \"isp dot net\"]",
                 "config: bounces.complaint_senders: 'isp dot net' is not a domain name like fbl.example-isp.net",
@@ -1094,6 +1173,33 @@ mod tests {
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(
                 err.starts_with("config: delivery.concurrency: 500 is out of range"),
+                "{err}"
+            );
+            // A typo'd variable is named as it was typed, not as figment's path.
+            jail.set_env("DIGESTIF_DELIVERY__CONCURRENCY", "5");
+            jail.set_env("DIGESTIF_DELIVERY__CONCURENCY", "5");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "config: delivery.concurency: unknown key; did you mean `concurrency`? \
+                 (set in DIGESTIF_DELIVERY__CONCURENCY)"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn a_file_that_is_not_toml_is_one_line_naming_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[delivery\nconcurrency = 3\n")?;
+            let err = Settings::load(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains('\n'), "{err}");
+            assert!(
+                err.starts_with("config: ")
+                    && err.contains("bad.toml: line 1, column 10: invalid table header"),
                 "{err}"
             );
             Ok(())

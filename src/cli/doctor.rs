@@ -117,7 +117,8 @@ digestif  unix  -       n       n       -       -       pipe
 /// Prints the configuration failure as a check line (doctor runs even when the config is bad).
 pub fn config_failed(e: &dyn std::fmt::Display, format: Output) -> anyhow::Error {
     let mut r = Report::new(format);
-    r.fail("config", &e.to_string());
+    let e = e.to_string();
+    r.fail("config", e.strip_prefix("config: ").unwrap_or(&e));
     r.finish()
         .err()
         .unwrap_or_else(|| anyhow::anyhow!("1 check failed"))

@@ -32,7 +32,7 @@ async fn a_bad_file_value_names_the_key_and_the_file(pool: PgPool) {
     let (_dir2, typo) = file_with("digestif.toml", b"[smtp]\nurll = \"smtp://x\"\n");
     d.config_fails(
         &["--config", arg(&typo), "subscribers", "list"],
-        "config: smtp.urll: unknown field",
+        "config: smtp.urll: unknown key; did you mean `url`? (set in ",
     );
     d.config_fails(
         &["--config", "nope.toml", "migrate"],
