@@ -236,7 +236,7 @@ pub async fn run(settings: &Settings, format: Output) -> anyhow::Result<()> {
     bare.dkim.enabled = false;
     let what = match settings.delivery.transport {
         TransportKind::File => format!(
-            "transport: file, outbox {} is writable",
+            "transport: file, into {}/ (writable)",
             settings.delivery.outbox.display()
         ),
         TransportKind::Smtp => format!(

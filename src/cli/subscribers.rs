@@ -368,11 +368,12 @@ async fn import(
         return Ok(());
     }
     let summary = format!(
-        "{} {} subscriber{} from {shown} ({} rows read: {} duplicate{} in the file, {} already stored, {} invalid{})",
+        "{} {} subscriber{} from {shown} ({} row{} read: {} duplicate{} in the file, {} already stored, {} invalid{})",
         if dry_run { "would import" } else { "imported" },
         outcome.added,
         plural(outcome.added),
         outcome.read,
+        plural(outcome.read),
         outcome.duplicates,
         plural(outcome.duplicates),
         outcome.stored,

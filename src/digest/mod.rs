@@ -135,7 +135,11 @@ pub async fn create_issue(
     if row.status == IssueStatus::Sending {
         // In the same transaction: the issue never exists without its recipients.
         let recipients = deliveries::fan_out(&mut tx, row.issue_id).await?;
-        tracing::info!(number = ?row.number, recipients, "issue created");
+        tracing::info!(
+            number = row.number.unwrap_or_default(),
+            recipients,
+            "issue created"
+        );
     }
     tx.commit().await?;
     Ok(row)

@@ -132,13 +132,37 @@ impl Mailer {
     }
 
     /// Opens a connection and says EHLO (and STARTTLS and AUTH when configured): for `doctor`.
-    /// The file transport checks that its folder can be created.
+    /// The file transport checks that its folder, or the folder it would be created in, is a
+    /// folder this process can write to, without creating anything (a check changes nothing).
     pub async fn check(&self) -> anyhow::Result<()> {
         match &self.inner {
             Inner::Smtp(pool) => pool.check().await,
-            Inner::File(dir) => crate::files::create_dir_async(dir)
-                .await
-                .map_err(|e| anyhow!("{}: {e}", dir.display())),
+            Inner::File(dir) => {
+                let (target, exists) = match tokio::fs::metadata(dir).await {
+                    Ok(m) if m.is_dir() => (dir.clone(), true),
+                    Ok(_) => anyhow::bail!("{}: not a folder", dir.display()),
+                    Err(_) => {
+                        let parent = dir
+                            .parent()
+                            .filter(|p| !p.as_os_str().is_empty())
+                            .unwrap_or(std::path::Path::new("."));
+                        (parent.to_path_buf(), false)
+                    }
+                };
+                let probe = target.join(format!(".digestif-check-{}", std::process::id()));
+                tokio::fs::write(&probe, b"")
+                    .await
+                    .map_err(|e| match exists {
+                        true => anyhow!("{}: cannot write there: {e}", dir.display()),
+                        false => anyhow!(
+                            "{}: does not exist, and {} cannot be written to create it: {e}",
+                            dir.display(),
+                            target.display()
+                        ),
+                    })?;
+                let _ = tokio::fs::remove_file(&probe).await;
+                Ok(())
+            }
         }
     }
 }

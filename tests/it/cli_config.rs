@@ -322,3 +322,44 @@ async fn migrate_says_what_it_created_and_applied(pool: PgPool) {
         format!("the database at {place} is up to date (schema version {latest})")
     );
 }
+
+/// `doctor` checks that the file transport could write its outbox without creating it: a
+/// check changes nothing (it used to leave an `outbox/` in whatever folder it ran in).
+#[sqlx::test]
+async fn doctor_checks_the_outbox_without_creating_it(pool: PgPool) {
+    let web = crate::web::App::start(&pool, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let run = Digestif::new(&pool)
+        .links_to(&web)
+        .env("DIGESTIF_DELIVERY__OUTBOX", outbox.to_str().unwrap())
+        .run_async(&["doctor"])
+        .await;
+    assert!(run.output.status.success(), "{run}");
+    assert!(
+        run.stdout().contains(&format!(
+            "ok    transport: file, into {}/ (writable)",
+            outbox.display()
+        )),
+        "{run}"
+    );
+    assert!(!outbox.exists(), "doctor created {}", outbox.display());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "doctor left a file"
+    );
+
+    // A folder that cannot be made: the check fails and says where.
+    let run = Digestif::new(&pool)
+        .links_to(&web)
+        .env("DIGESTIF_DELIVERY__OUTBOX", "/proc/digestif-outbox")
+        .run_async(&["doctor"])
+        .await;
+    assert_eq!(run.output.status.code(), Some(1), "{run}");
+    assert!(
+        run.stdout()
+            .contains("/proc/digestif-outbox: does not exist, and /proc cannot be written"),
+        "{run}"
+    );
+}
