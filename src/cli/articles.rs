@@ -86,6 +86,26 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 .headers()
                 .with_context(|| format!("{shown}: cannot read the header line"))?
                 .clone();
+            // A wrong header is one mistake: say it once, not once for every row below it.
+            let missing: Vec<&str> = ["title", "url", "published_at"]
+                .into_iter()
+                .filter(|want| {
+                    !headers
+                        .iter()
+                        .any(|h| h.trim_start_matches('\u{feff}').trim() == *want)
+                })
+                .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "{shown}: line 1: the header has no {} column{} (expected `title,url,summary,author,published_at`; summary and author may be left out)",
+                    missing
+                        .iter()
+                        .map(|m| format!("'{m}'"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if missing.len() == 1 { "" } else { "s" }
+                );
+            }
             let mut articles = Vec::new();
             let mut bad = 0usize;
             let mut record = csv::StringRecord::new();

@@ -31,13 +31,19 @@ use crate::store;
 )]
 pub struct Cli {
     /// Configuration file [default: config/digestif.toml if present, else built-in defaults]
-    #[arg(long, global = true, env = "DIGESTIF_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "DIGESTIF_CONFIG",
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
     pub config: Option<PathBuf>,
 
     /// Log format on stderr: human-readable text, one JSON object per line, or journald's
     /// (each line's severity as a <N> prefix, no timestamp); journald is the default when
     /// stderr is the journal (JOURNAL_STREAM), text otherwise
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, global = true, value_enum, help_heading = "Global options")]
     pub log_format: Option<LogFormat>,
 
     #[command(subcommand)]

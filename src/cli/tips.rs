@@ -13,16 +13,13 @@ use crate::store::{self, content as db};
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Add one tip
+    #[command(group = clap::ArgGroup::new("the_body").required(true).args(["body", "body_file"]))]
     Add {
         /// One-line title (also the subject line when the tip leads an issue)
         #[arg(long)]
         title: String,
         /// The body in Markdown
-        #[arg(
-            long,
-            conflicts_with = "body_file",
-            required_unless_present = "body_file"
-        )]
+        #[arg(long, conflicts_with = "body_file")]
         body: Option<String>,
         /// Read the Markdown body from this file
         #[arg(long, value_name = "FILE")]

@@ -128,3 +128,26 @@ async fn hostile_content_is_refused_before_storage(pool: PgPool) {
         "1 invalid tip file; nothing imported",
     );
 }
+
+/// Mistakes in how a command is called are named once: a tip without a body names both ways
+/// to give one; an articles file with the wrong header is one error, not one per row.
+#[sqlx::test]
+async fn a_missing_body_or_a_wrong_header_is_one_clear_error(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let run = d.run(&["tips", "add", "--title", "T"]);
+    assert_eq!(run.output.status.code(), Some(2), "{run}");
+    assert!(run.stderr().contains("--body-file"), "{run}");
+
+    let (_dir, path) = file_with(
+        "articles.csv",
+        b"name,link,published_at\nA,https://example.com/a,2026-11-01\nB,https://example.com/b,2026-11-02\n",
+    );
+    let line = d.fails(
+        &["articles", "import", arg(&path)],
+        "line 1: the header has no 'title', 'url' columns",
+    );
+    assert!(
+        line.contains("expected `title,url,summary,author,published_at`"),
+        "{line}"
+    );
+}
