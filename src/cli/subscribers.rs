@@ -161,6 +161,13 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 )
                 .await?;
                 match outcome {
+                    db::ConfirmRequest::Send {
+                        subscriber_id,
+                        status: SubscriberStatus::Unsubscribed,
+                        ..
+                    } => println!(
+                        "{email} stays unsubscribed until they click the confirmation link just sent (subscriber {subscriber_id})"
+                    ),
                     db::ConfirmRequest::Send { subscriber_id, .. } => println!(
                         "{email} is pending (subscriber {subscriber_id}); a confirmation link was sent"
                     ),

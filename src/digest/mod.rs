@@ -309,6 +309,7 @@ pub async fn send_confirmation(
     if let ConfirmRequest::Send {
         subscriber_id,
         nonce,
+        ..
     } = request
     {
         let recipient = Recipient {

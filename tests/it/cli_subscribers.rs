@@ -300,3 +300,27 @@ async fn an_internationalised_domain_in_either_form_is_one_subscriber(pool: PgPo
         "'bob@xn--a.example' is not a valid email address",
     );
 }
+
+/// Inviting back someone who unsubscribed says where they stand: still unsubscribed until
+/// they click (it said "pending", while `show` said unsubscribed).
+#[sqlx::test]
+async fn inviting_back_an_unsubscribed_address_says_it_stays_unsubscribed(pool: PgPool) {
+    let outbox = tempfile::tempdir().unwrap();
+    let d = Digestif::new(&pool).env("DIGESTIF_DELIVERY__OUTBOX", outbox.path().to_str().unwrap());
+    d.ok(&["subscribers", "add", "ada@example.com", "--name", "Ada"]);
+    d.ok(&["subscribers", "remove", "ada@example.com"]);
+    let out = d
+        .ok_async(&["subscribers", "add", "ada@example.com", "--confirm"])
+        .await
+        .stdout();
+    assert!(
+        out.starts_with(
+            "ada@example.com stays unsubscribed until they click the confirmation link just sent"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("pending"), "{out}");
+    let show = d.ok(&["subscribers", "show", "ada@example.com"]).stdout();
+    assert!(show.contains("unsubscribed"), "{show}");
+    assert_eq!(std::fs::read_dir(outbox.path()).unwrap().count(), 1);
+}

@@ -198,6 +198,7 @@ async fn get_and_head_change_nothing(pool: PgPool) {
     let digestif::store::subscribers::ConfirmRequest::Send {
         subscriber_id,
         nonce,
+        ..
     } = pending
     else {
         panic!("expected a confirmation request");
@@ -650,6 +651,7 @@ async fn a_newer_confirmation_request_voids_the_older_link(pool: PgPool) {
         let digestif::store::subscribers::ConfirmRequest::Send {
             subscriber_id,
             nonce,
+            ..
         } = request
         else {
             panic!("expected a confirmation request");

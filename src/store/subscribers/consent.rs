@@ -14,6 +14,9 @@ pub enum ConfirmRequest {
         subscriber_id: i64,
         /// Bound into the link; a newer request makes older links useless.
         nonce: i64,
+        /// Where they stand until they click: `pending`, or (invited back by the operator)
+        /// still `unsubscribed`.
+        status: SubscriberStatus,
     },
     /// Already receiving the digest: nothing to confirm.
     AlreadyActive,
@@ -66,7 +69,7 @@ pub async fn request_confirmation(
     let mut tx = pool.begin().await?;
     let nonce = fastrand::i64(1..i64::MAX);
     let existing = find(&mut *tx, email).await?;
-    let id = match (existing, asker) {
+    let (id, status) = match (existing, asker) {
         (Some(row), _) if row.status == SubscriberStatus::Active => {
             return Ok(ConfirmRequest::AlreadyActive);
         }
@@ -82,7 +85,7 @@ pub async fn request_confirmation(
             if recent {
                 return Ok(ConfirmRequest::AskedRecently);
             }
-            row.subscriber_id
+            (row.subscriber_id, row.status)
         }
         (Some(row), Asker::Operator { .. })
             if matches!(
@@ -90,7 +93,7 @@ pub async fn request_confirmation(
                 SubscriberStatus::Pending | SubscriberStatus::Unsubscribed
             ) =>
         {
-            row.subscriber_id
+            (row.subscriber_id, row.status)
         }
         (Some(row), _) => return Ok(ConfirmRequest::Suppressed(row.status)),
         (None, _) => {
@@ -121,7 +124,7 @@ pub async fn request_confirmation(
                         Some("pending confirmation"),
                     )
                     .await?;
-                    id
+                    (id, SubscriberStatus::Pending)
                 }
                 None => return Ok(ConfirmRequest::AlreadyActive),
             }
@@ -139,6 +142,7 @@ pub async fn request_confirmation(
     Ok(ConfirmRequest::Send {
         subscriber_id: id,
         nonce,
+        status,
     })
 }
 
