@@ -28,13 +28,13 @@ pub struct Pass {
 impl Pass {
     /// The issue of the due slot in one line: number, status and subject, or why the slot was
     /// skipped.
-    pub fn issue_line(&self) -> Option<String> {
+    pub fn issue_line(&self, schedule: &crate::domain::Schedule) -> Option<String> {
         let issue = self.issue.as_ref()?;
         Some(match issue.number {
             Some(n) => format!("issue #{n} ({}): {}", issue.status, issue.subject),
             None => format!(
                 "slot {} skipped: {}",
-                issue.slot.to_rfc3339(),
+                schedule.local(issue.slot),
                 issue.status_reason.as_deref().unwrap_or_default()
             ),
         })
@@ -71,7 +71,7 @@ pub async fn run_once(
                 ));
                 let msg = format!(
                     "missed the slot {} by {late}, more than schedule.grace ({}); not sent",
-                    latest.to_rfc3339(),
+                    settings.schedule.cron.local(latest),
                     humantime::format_duration(settings.schedule.grace)
                 );
                 pass.missed = Some(msg);

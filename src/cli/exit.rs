@@ -70,6 +70,7 @@ impl Verdict {
 /// paused issue why, when it resumes on its own and how to resume it now.
 pub async fn after_delivery(
     pool: &PgPool,
+    schedule: &crate::domain::Schedule,
     report: &Report,
     missed: Option<&str>,
     fail_on_missed: bool,
@@ -81,7 +82,7 @@ pub async fn after_delivery(
             let n = issue.number.unwrap_or_default();
             let until = issue
                 .paused_until
-                .map(|t| format!(" at {}", t.to_rfc3339()))
+                .map(|t| format!(" at {}", schedule.local(t)))
                 .unwrap_or_default();
             println!(
                 "issue #{n} is paused by the breaker: {}; it resumes on its own{until} \

@@ -121,10 +121,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     println!(
                         "issue #{} for {} ({}):",
                         p.content.number,
-                        p.content
-                            .slot
-                            .with_timezone(&settings.schedule.cron.zone())
-                            .format("%a %-d %b %Y %H:%M %Z"),
+                        settings.schedule.cron.local(p.content.slot),
                         p.rendered.subject()
                     );
                     for f in &p.files {
@@ -158,9 +155,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     let took = started.elapsed();
                     // Another process may have made it first; then this one took no time.
                     let made_here = issue.created_at >= asked_at - chrono::Duration::seconds(1);
-                    let local = slot
-                        .with_timezone(&settings.schedule.cron.zone())
-                        .format("%a %Y-%m-%d %H:%M %Z");
+                    let local = settings.schedule.cron.local(slot);
                     let total: i64 = deliveries::counts(&pool, issue.issue_id)
                         .await?
                         .iter()
@@ -319,7 +314,15 @@ async fn deliver_and_report(
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if format == Output::Json {
-        let verdict = super::exit::after_delivery(&pool, &report, None, false, format).await?;
+        let verdict = super::exit::after_delivery(
+            &pool,
+            &settings.schedule.cron,
+            &report,
+            None,
+            false,
+            format,
+        )
+        .await?;
         json.insert("report".into(), serde_json::to_value(&report)?);
         json.insert("seconds".into(), secs.into());
         json.insert("paused".into(), serde_json::to_value(&verdict.paused)?);
@@ -339,13 +342,13 @@ async fn deliver_and_report(
     if let Some(t) = report.next_due {
         println!(
             "more deliveries are waiting; the next is due at {}",
-            t.to_rfc3339()
+            settings.schedule.cron.local(t)
         );
     }
     if settings.delivery.transport == TransportKind::File {
         println!("messages are in {}/", settings.delivery.outbox.display());
     }
-    super::exit::after_delivery(&pool, &report, None, false, format)
+    super::exit::after_delivery(&pool, &settings.schedule.cron, &report, None, false, format)
         .await?
         .into_result()
 }

@@ -69,11 +69,7 @@ pub fn schedule_next(settings: &Settings, count: usize, format: Output) -> anyho
     }
     println!("schedule: {} in {}", s.expression(), s.zone());
     for slot in &slots {
-        println!(
-            "{}   {}",
-            local(slot).format("%a %Y-%m-%d %H:%M %Z"),
-            slot.format("%Y-%m-%d %H:%M UTC")
-        );
+        println!("{}   {}", s.local(*slot), slot.format("%Y-%m-%d %H:%M UTC"));
     }
     Ok(())
 }
@@ -95,7 +91,7 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
     );
     let pass = drain_within(work, stop, settings.delivery.shutdown_grace).await?;
     if format == Output::Text {
-        match (pass.issue_line(), &pass.missed) {
+        match (pass.issue_line(&settings.schedule.cron), &pass.missed) {
             (Some(issue), _) => println!("{issue}"),
             (None, Some(missed)) => println!("{missed}"),
             (None, None) => println!("no slot is due"),
@@ -104,6 +100,7 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
     }
     let verdict = super::exit::after_delivery(
         &pool,
+        &settings.schedule.cron,
         &pass.report,
         pass.missed.as_deref(),
         fail_on_missed,

@@ -148,7 +148,7 @@ impl Deliverer {
                         // Say what the wait is for: a silent pause of minutes reads as a hang.
                         tracing::info!(
                             "waiting for retries: the next is due at {} (in {} s); Ctrl-C stops, and `run` or `serve` sends them later",
-                            at.to_rfc3339(),
+                            self.settings.schedule.cron.local(at),
                             after.as_secs()
                         );
                     }

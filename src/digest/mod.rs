@@ -201,8 +201,7 @@ pub async fn plan_send(
     request: SendRequest,
 ) -> anyhow::Result<SendPlan> {
     let schedule = &settings.schedule.cron;
-    let zone = schedule.zone();
-    let local = |t: DateTime<Utc>| t.with_timezone(&zone).format("%a %Y-%m-%d %H:%M %Z");
+    let local = |t: DateTime<Utc>| schedule.local(t);
     match request {
         SendRequest::Due => Ok(match due_slot(settings, now) {
             Some(slot) => SendPlan::Create(slot),

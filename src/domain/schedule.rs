@@ -170,6 +170,14 @@ impl Schedule {
         self.zone
     }
 
+    /// `t` as every message for people shows a time: on the schedule's wall clock, with the
+    /// weekday and the zone (`Mon 2026-12-07 09:00 CET`). Listings for scripts use UTC.
+    pub fn local(&self, t: DateTime<Utc>) -> String {
+        t.with_timezone(&self.zone)
+            .format("%a %Y-%m-%d %H:%M %Z")
+            .to_string()
+    }
+
     /// The first slot strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // Candidates up to a DST shift before `t` on the wall clock can still fire after it

@@ -110,7 +110,12 @@ async fn a_missed_slot_exits_5_only_when_asked(pool: PgPool) {
         .unwrap();
     let plain = d.run_async(&["run"]).await;
     assert_eq!(code(&plain), Some(0), "{plain}");
-    assert!(plain.stdout().contains("missed the slot"), "{plain}");
+    assert!(
+        plain
+            .stdout()
+            .contains("missed the slot Mon 2026-11-30 09:00 CET by 12h"),
+        "{plain}"
+    );
     let strict = d.run_async(&["run", "--fail-on-missed"]).await;
     assert_eq!(code(&strict), Some(5), "{strict}");
     assert!(
