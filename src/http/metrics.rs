@@ -42,12 +42,10 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             0
         }
     };
-    let database_up = Gauge::<i64>::default();
-    database_up.set(up);
     registry.register(
         "digestif_database_up",
         "1 when the database answered this scrape, 0 when it did not (the figures from it are then missing)",
-        database_up,
+        gauge(up),
     );
     let mut text = String::new();
     if let Err(e) = encode(&mut text, &registry) {
@@ -61,6 +59,13 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// A gauge reading `v`: every figure here is read fresh for each scrape.
+fn gauge(v: i64) -> Gauge {
+    let g = Gauge::<i64>::default();
+    g.set(v);
+    g
 }
 
 /// What this process knows without asking the database.
@@ -107,11 +112,6 @@ fn process_metrics(app: &AppState, registry: &mut Registry) {
         next_slot,
     );
     if let Some(p) = ProcStat::read() {
-        let gauge = |v: i64| {
-            let g = Gauge::<i64>::default();
-            g.set(v);
-            g
-        };
         registry.register(
             "process_resident_memory_bytes",
             "Resident memory size in bytes",
@@ -174,11 +174,6 @@ async fn database_metrics(pool: &PgPool) -> anyhow::Result<DatabaseMetrics> {
 
 impl DatabaseMetrics {
     fn register(self, registry: &mut Registry) {
-        let gauge = |v: i64| {
-            let g = Gauge::<i64>::default();
-            g.set(v);
-            g
-        };
         registry.register(
             "digestif_queue_depth",
             "Deliveries waiting or in flight for issues being sent",

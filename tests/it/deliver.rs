@@ -119,10 +119,7 @@ async fn hard_bounces_suppress_the_subscriber_and_leave_them_out_of_the_next_iss
 
 #[sqlx::test]
 async fn policy_blocks_pause_the_issue_and_suppress_nobody(pool: PgPool) {
-    let server = SmtpServer::start(
-        Policy::default().rcpt(|_, _| Some("550 5.7.1 message refused by policy".to_owned())),
-    )
-    .await;
+    let server = SmtpServer::start(Policy::refusing_by_policy()).await;
     let s = settings(&server, "");
     seed(&pool, 60).await;
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();

@@ -25,10 +25,7 @@ fn code(run: &Run) -> Option<i32> {
 /// the next run while the issue stays paused.
 #[sqlx::test]
 async fn a_paused_issue_exits_3_and_names_itself(pool: PgPool) {
-    let server = SmtpServer::start(
-        Policy::default().rcpt(|_, _| Some("550 5.7.1 message refused by policy".to_owned())),
-    )
-    .await;
+    let server = SmtpServer::start(Policy::refusing_by_policy()).await;
     seed(&pool, 60).await;
     let d = through(&pool, &server);
     let run = d.run_async(&["issue", "send", "--now"]).await;

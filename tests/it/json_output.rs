@@ -66,10 +66,7 @@ async fn run_and_issue_send_report_the_issue_the_outcomes_and_the_exit_code(pool
 
 #[sqlx::test]
 async fn a_paused_send_says_so_in_json_with_exit_code_3(pool: PgPool) {
-    let server = SmtpServer::start(
-        Policy::default().rcpt(|_, _| Some("550 5.7.1 message refused by policy".to_owned())),
-    )
-    .await;
+    let server = SmtpServer::start(Policy::refusing_by_policy()).await;
     seed(&pool, 60).await;
     let run = Digestif::new(&pool)
         .env("DIGESTIF_NOW", MONDAY_MORNING)

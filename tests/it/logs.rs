@@ -41,10 +41,7 @@ async fn log_of_a_paused_send(pool: &PgPool, server: &SmtpServer, journal: bool)
 
 #[sqlx::test]
 async fn on_the_journal_every_line_carries_its_severity(pool: PgPool) {
-    let server = SmtpServer::start(
-        Policy::default().rcpt(|_, _| Some("550 5.7.1 message refused by policy".to_owned())),
-    )
-    .await;
+    let server = SmtpServer::start(Policy::refusing_by_policy()).await;
     seed(&pool, 60).await;
     let log = log_of_a_paused_send(&pool, &server, true).await;
     for line in log.lines() {
@@ -76,10 +73,7 @@ async fn on_the_journal_every_line_carries_its_severity(pool: PgPool) {
 
 #[sqlx::test]
 async fn elsewhere_lines_are_text_with_timestamps(pool: PgPool) {
-    let server = SmtpServer::start(
-        Policy::default().rcpt(|_, _| Some("550 5.7.1 message refused by policy".to_owned())),
-    )
-    .await;
+    let server = SmtpServer::start(Policy::refusing_by_policy()).await;
     seed(&pool, 60).await;
     let log = log_of_a_paused_send(&pool, &server, false).await;
     assert!(!log.contains("<4>") && !log.contains("<6>"), "{log}");

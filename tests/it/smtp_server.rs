@@ -81,6 +81,12 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// A relay that refuses every recipient by policy (`550 5.7.1`): the breaker trips and
+    /// pauses the issue once enough attempts fail so.
+    pub fn refusing_by_policy() -> Self {
+        Self::default().rcpt(|_, _| Some("550 5.7.1 message refused by policy".to_owned()))
+    }
+
     /// Answer RCPT with this reply (e.g. `"450 4.2.0 busy"`) instead of 250 when it says so.
     pub fn rcpt(
         mut self,

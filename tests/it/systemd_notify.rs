@@ -28,6 +28,18 @@ fn receive_until(socket: &UnixDatagram, until: &str, within: Duration) -> Vec<St
     got
 }
 
+/// [`receive_until`] off the test's runtime (the socket blocks).
+async fn next(
+    socket: &std::sync::Arc<UnixDatagram>,
+    until: &'static str,
+    within: Duration,
+) -> Vec<String> {
+    let s = socket.clone();
+    tokio::task::spawn_blocking(move || receive_until(&s, until, within))
+        .await
+        .unwrap()
+}
+
 #[sqlx::test]
 async fn serve_says_ready_pings_the_watchdog_and_says_stopping(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
@@ -51,12 +63,7 @@ async fn serve_says_ready_pings_the_watchdog_and_says_stopping(pool: PgPool) {
     let child = cmd.spawn().unwrap();
 
     let socket = std::sync::Arc::new(socket);
-    let s = socket.clone();
-    let first = tokio::task::spawn_blocking(move || {
-        receive_until(&s, "WATCHDOG=1", Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
+    let first = next(&socket, "WATCHDOG=1", Duration::from_secs(30)).await;
     assert_eq!(
         first.first().map(String::as_str),
         Some("READY=1"),
@@ -68,12 +75,7 @@ async fn serve_says_ready_pings_the_watchdog_and_says_stopping(pool: PgPool) {
         "{first:?}"
     );
     // And again a second later: pings keep coming while the loop lives.
-    let s = socket.clone();
-    let more = tokio::task::spawn_blocking(move || {
-        receive_until(&s, "WATCHDOG=1", Duration::from_secs(5))
-    })
-    .await
-    .unwrap();
+    let more = next(&socket, "WATCHDOG=1", Duration::from_secs(5)).await;
     assert_eq!(
         more.last().map(String::as_str),
         Some("WATCHDOG=1"),
@@ -81,12 +83,7 @@ async fn serve_says_ready_pings_the_watchdog_and_says_stopping(pool: PgPool) {
     );
 
     sigterm(&child);
-    let s = socket.clone();
-    let last = tokio::task::spawn_blocking(move || {
-        receive_until(&s, "STOPPING=1", Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
+    let last = next(&socket, "STOPPING=1", Duration::from_secs(30)).await;
     assert_eq!(
         last.last().map(String::as_str),
         Some("STOPPING=1"),
