@@ -123,7 +123,7 @@ pub async fn subscribers_csv(
                 }
                 Err(text) => {
                     invalid += 1;
-                    remark(Remark { line, text })?;
+                    db::Import::encode_refused(&mut buf, line, &text)?;
                 }
             }
         }
@@ -147,6 +147,8 @@ pub async fn subscribers_csv(
                     outcome.stored += 1;
                     format!("'{email}' is already a subscriber ({status}); left as it is")
                 }
+                // Counted when it was read.
+                db::NoteKind::Invalid(reason) => reason,
                 db::NoteKind::Erased if options.allow_erased => continue,
                 db::NoteKind::Erased => {
                     erased += 1;

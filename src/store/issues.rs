@@ -264,7 +264,9 @@ pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result
         "UPDATE tip SET times_sent = times_sent + 1, last_sent_at = $2 WHERE tip_id = ANY($1)",
     )
     .bind(&tip_ids)
-    .bind(new.slot)
+    // When it went out: the slot, or now for an issue sent ahead of its slot (`--next-slot`),
+    // so `tips list` never shows a tip as sent in the future.
+    .bind(new.slot.min(crate::clock::now()))
     .execute(&mut *conn)
     .await?;
     Ok(Some(row))

@@ -257,3 +257,24 @@ async fn an_address_added_while_the_import_inserts_is_skipped_not_an_error(pool:
         ]
     );
 }
+
+/// Every line left out is reported in line order, whatever the reason: a bad address found
+/// while reading and a duplicate found in the database afterwards come out as in the file.
+#[sqlx::test]
+async fn lines_left_out_are_reported_in_line_order(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&["subscribers", "add", "stored@example.com"]);
+    let (_dir, csv) = file_with(
+        "subscribers.csv",
+        b"email,name\nada@example.com,Ada\nada@example.com,Ada again\nbob@,Bob\nstored@example.com,\nnot an address,\ncy@example.com,Cy\n",
+    );
+    let run = d.run(&["subscribers", "import", arg(&csv), "--skip-invalid"]);
+    assert!(run.output.status.success(), "{run}");
+    let lines: Vec<u64> = run
+        .stderr()
+        .lines()
+        .filter_map(|l| l.split(": line ").nth(1)?.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(lines, [3, 4, 5, 6], "{run}");
+    assert!(run.stdout().contains("imported 2 subscribers"), "{run}");
+}

@@ -155,3 +155,24 @@ async fn a_bad_clock_value_is_one_line_naming_the_variable(pool: PgPool) {
         "DIGESTIF_NOW: 'next monday' is not an RFC 3339 time",
     );
 }
+
+/// A tip that went into an issue sent ahead of its slot shows when it was sent, not the
+/// slot's future date.
+#[sqlx::test]
+async fn tips_sent_early_are_not_listed_as_sent_in_the_future(pool: PgPool) {
+    seed(&pool, 1).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let d = digestif_at(&pool, &outbox, MONDAY_MORNING);
+    d.ok_async(&["issue", "send", "--now"]).await;
+    d.ok_async(&["issue", "send", "--next-slot", "--force"])
+        .await;
+    let latest: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(last_sent_at) FROM tip")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let next_slot = chrono::DateTime::parse_from_rfc3339("2026-12-07T08:00:00Z").unwrap();
+    assert!(latest < next_slot, "{latest}");
+    let listed = d.ok(&["tips", "list", "--format", "csv"]).stdout();
+    assert!(!listed.contains("2026-12-07"), "{listed}");
+}

@@ -34,6 +34,8 @@ pub enum NoteKind {
     AlreadyStored(String),
     /// Erased on request before: an error unless `--allow-erased`.
     Erased,
+    /// Not a valid row, and why (staged with the rest so every note comes in line order).
+    Invalid(String),
 }
 
 impl Import {
@@ -47,9 +49,12 @@ impl Import {
             .await?;
         // email_key in "C", like the unique index: sorting and comparing keys bytewise is what
         // makes checking a million of them quick (migration 7).
+        // A refused line is staged too, with its reason and no address, so the notes about
+        // every line come back in line order from one query (memory stays flat).
         sqlx::query(
-            r#"CREATE TEMP TABLE import_row (line bigint NOT NULL, email text NOT NULL,
-               email_key text COLLATE "C" NOT NULL, name text) ON COMMIT DROP"#,
+            r#"CREATE TEMP TABLE import_row (line bigint NOT NULL, email text,
+               email_key text COLLATE "C", name text, reason text,
+               CHECK ((reason IS NULL) = (email_key IS NOT NULL))) ON COMMIT DROP"#,
         )
         .execute(&mut *tx)
         .await?;
@@ -59,7 +64,9 @@ impl Import {
     /// Opens the COPY stream into the staging table; feed it with [`Import::encode`]d rows.
     pub async fn copy_in(&mut self) -> sqlx::Result<PgCopyIn<&mut PgConnection>> {
         self.tx
-            .copy_in_raw("COPY import_row (line, email, email_key, name) FROM STDIN (FORMAT csv)")
+            .copy_in_raw(
+                "COPY import_row (line, email, email_key, name, reason) FROM STDIN (FORMAT csv)",
+            )
             .await
     }
 
@@ -78,10 +85,22 @@ impl Import {
             email.as_str(),
             key.as_str(),
             name.map_or("", SubscriberName::as_str),
+            "",
         ])
     }
 
-    /// Streams the rows that will not be imported, in line order within each kind.
+    /// Appends a refused line, with why, to `buf`: it comes back among the notes, in order.
+    pub fn encode_refused(
+        buf: &mut csv::Writer<Vec<u8>>,
+        line: u64,
+        reason: &str,
+    ) -> csv::Result<()> {
+        let line = line.to_string();
+        // Empty unquoted fields are NULL; the reason is never empty.
+        buf.write_record([line.as_str(), "", "", "", reason])
+    }
+
+    /// Streams the rows that will not be imported, in line order.
     pub fn notes(&mut self) -> impl Stream<Item = sqlx::Result<ImportNote>> + '_ {
         use futures_util::TryStreamExt;
         // Inner joins only: with an empty suppression list Postgres never hashes a single
@@ -89,13 +108,15 @@ impl Import {
         sqlx::query_as::<_, (i64, String, String, Option<String>, Option<i64>)>(
             r#"SELECT line, email, 'duplicate', NULL, first_line FROM (
                  SELECT line, email, min(line) OVER (PARTITION BY email_key) AS first_line
-                 FROM import_row) d WHERE line <> first_line
+                 FROM import_row WHERE reason IS NULL) d WHERE line <> first_line
              UNION ALL
              SELECT r.line, r.email, 'stored', s.status, NULL FROM import_row r
                  JOIN subscriber s ON lower(s.email) COLLATE "C" = r.email_key
              UNION ALL
              SELECT r.line, r.email, 'erased', NULL, NULL FROM import_row r
                  JOIN suppression p ON p.email_sha256 = sha256(convert_to(r.email_key, 'UTF8'))
+             UNION ALL
+             SELECT line, '', 'invalid', reason, NULL FROM import_row WHERE reason IS NOT NULL
              ORDER BY 1"#,
         )
         .fetch(&mut *self.tx)
@@ -105,6 +126,7 @@ impl Import {
             kind: match kind.as_str() {
                 "duplicate" => NoteKind::DuplicateOf(first.unwrap_or(0)),
                 "stored" => NoteKind::AlreadyStored(status.unwrap_or_default()),
+                "invalid" => NoteKind::Invalid(status.unwrap_or_default()),
                 _ => NoteKind::Erased,
             },
         })
@@ -159,7 +181,7 @@ impl Import {
             "INSERT INTO subscriber (email, name, status, consent_source, import_id) \
              SELECT DISTINCT ON (r.email_key) r.email, r.name, 'active', 'import', $1 \
              FROM import_row r \
-             WHERE NOT EXISTS (SELECT 1 FROM subscriber s \
+             WHERE r.reason IS NULL AND NOT EXISTS (SELECT 1 FROM subscriber s \
                  WHERE lower(s.email) COLLATE \"C\" = r.email_key) \
              ORDER BY r.email_key, r.line {on_conflict}"
         )))
