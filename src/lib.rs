@@ -30,6 +30,9 @@ pub mod digest;
 /// The subscriber import use case (CSV in, every refused line reported).
 pub mod import;
 
+/// Articles from RSS, Atom and JSON feeds (reading entries so far).
+pub mod feeds;
+
 /// Bounce, complaint and unsubscribe-by-mail intake.
 pub mod inbound;
 
