@@ -2,3 +2,4 @@
 //! articles ([`entry`]). Fetching, the feed table and the `feeds` commands come next.
 
 pub mod entry;
+pub mod fetch;

@@ -12,6 +12,7 @@ mod deliverability;
 mod dns_server;
 mod dsn;
 mod exit_codes;
+mod feeds;
 mod helpers;
 mod json_output;
 mod logs;

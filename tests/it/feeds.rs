@@ -1,0 +1,222 @@
+//! Fetching feeds from a real HTTP server on 127.0.0.1:0: conditional GET (a 304 costs
+//! nothing), the body cap, a server that stalls, redirect loops, Retry-After, and the address
+//! check that keeps feed URLs away from loopback and private networks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use digestif::feeds::entry;
+use digestif::feeds::fetch::{FetchError, Fetched, Fetcher, Validators};
+use url::Url;
+
+const RSS: &str = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>Blog</title>
+<link>https://blog.example.com/</link>
+<item><title>Indexes</title><link>https://blog.example.com/indexes?utm_source=rss</link>
+<guid>p1</guid><pubDate>Mon, 23 Nov 2026 10:00:00 +0000</pubDate></item>
+<item><title>Vacuum</title><link>https://blog.example.com/vacuum</link>
+<guid>p2</guid><pubDate>Tue, 24 Nov 2026 10:00:00 +0000</pubDate></item>
+</channel></rss>"#;
+
+/// The request headers each request to /rss carried.
+type Seen = Arc<Mutex<Vec<HeaderMap>>>;
+
+async fn rss(State(seen): State<Seen>, headers: HeaderMap) -> Response {
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some("\"v1\"");
+    seen.lock().unwrap().push(headers);
+    if unchanged {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    (
+        [
+            (header::ETAG, "\"v1\""),
+            (header::LAST_MODIFIED, "Mon, 23 Nov 2026 10:00:00 GMT"),
+            (header::CONTENT_TYPE, "application/rss+xml"),
+        ],
+        RSS,
+    )
+        .into_response()
+}
+
+async fn hop(Path(n): Path<u32>) -> Response {
+    if n == 0 {
+        return ([(header::CONTENT_TYPE, "application/rss+xml")], RSS).into_response();
+    }
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, format!("/hops/{}", n - 1))],
+    )
+        .into_response()
+}
+
+/// A feed server on 127.0.0.1:0 and the headers /rss saw.
+async fn server() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let app = Router::new()
+        .route("/rss", get(rss))
+        .route("/hops/{n}", get(hop))
+        .route("/big", get(|| async { "x".repeat(6 * 1024 * 1024) }))
+        .route(
+            "/stall",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                RSS
+            }),
+        )
+        .route(
+            "/busy",
+            get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "120")],
+                    "",
+                )
+            }),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+fn fetcher(allow_private: bool) -> Fetcher {
+    Fetcher::new(
+        Duration::from_secs(2),
+        5 * 1024 * 1024,
+        allow_private,
+        "digestif/test (+https://news.example.com/)",
+    )
+    .unwrap()
+}
+
+fn url(s: &str) -> Url {
+    Url::parse(s).unwrap()
+}
+
+#[tokio::test]
+async fn a_second_fetch_sends_the_validators_and_a_304_costs_nothing() {
+    let (base, seen) = server().await;
+    let f = fetcher(true);
+    let feed = url(&format!("{base}/rss"));
+    let Fetched::Body {
+        bytes, validators, ..
+    } = f.get(&feed, &Validators::default()).await.unwrap()
+    else {
+        panic!("expected the feed");
+    };
+    assert_eq!(validators.etag.as_deref(), Some("\"v1\""));
+    let entries = entry::read(&bytes, &feed, chrono::Utc::now(), 300).unwrap();
+    let urls: Vec<&str> = entries
+        .articles
+        .iter()
+        .map(|a| a.article.url.as_str())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "https://blog.example.com/indexes",
+            "https://blog.example.com/vacuum"
+        ]
+    );
+
+    let again = f.get(&feed, &validators).await.unwrap();
+    assert!(matches!(again, Fetched::NotModified), "{again:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].get(header::IF_NONE_MATCH).is_none());
+    assert_eq!(seen[1].get(header::IF_NONE_MATCH).unwrap(), "\"v1\"");
+    assert_eq!(
+        seen[1].get(header::IF_MODIFIED_SINCE).unwrap(),
+        "Mon, 23 Nov 2026 10:00:00 GMT"
+    );
+    assert!(
+        seen[0]
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| ua.starts_with("digestif/") && ua.contains("news.example.com")),
+        "{:?}",
+        seen[0]
+    );
+}
+
+#[tokio::test]
+async fn oversized_stalling_looping_and_busy_feeds_fail_in_one_line() {
+    let (base, _) = server().await;
+    let f = fetcher(true);
+    let err = |e: FetchError| {
+        let line = e.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        (e, line)
+    };
+    let (e, line) = err(f
+        .get(&url(&format!("{base}/big")), &Validators::default())
+        .await
+        .unwrap_err());
+    assert!(matches!(e, FetchError::TooLarge(_)), "{line}");
+
+    let started = std::time::Instant::now();
+    let (e, line) = err(f
+        .get(&url(&format!("{base}/stall")), &Validators::default())
+        .await
+        .unwrap_err());
+    assert!(matches!(e, FetchError::Timeout(_)), "{line}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let (e, line) = err(f
+        .get(&url(&format!("{base}/hops/10")), &Validators::default())
+        .await
+        .unwrap_err());
+    assert!(matches!(e, FetchError::TooManyRedirects), "{line}");
+    // Five redirects are followed.
+    let ok = f
+        .get(&url(&format!("{base}/hops/5")), &Validators::default())
+        .await
+        .unwrap();
+    let Fetched::Body { url: last, .. } = ok else {
+        panic!("expected the feed")
+    };
+    assert!(last.path().ends_with("/hops/0"), "{last}");
+
+    let (e, line) = err(f
+        .get(&url(&format!("{base}/busy")), &Validators::default())
+        .await
+        .unwrap_err());
+    assert!(
+        matches!(e, FetchError::Status { status: 503, retry_after: Some(d) } if d == Duration::from_secs(120)),
+        "{line}"
+    );
+}
+
+/// Without feeds.allow_private, neither an address in the URL nor a name that resolves to one
+/// reaches this machine or its network; other schemes are refused outright.
+#[tokio::test]
+async fn loopback_and_private_addresses_are_refused() {
+    let (base, seen) = server().await;
+    let f = fetcher(false);
+    let port = base.rsplit(':').next().unwrap();
+    for u in [
+        format!("http://127.0.0.1:{port}/rss"),
+        format!("http://[::1]:{port}/rss"),
+        format!("http://localhost:{port}/rss"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://10.0.0.1/feed".to_owned(),
+    ] {
+        let e = f.get(&url(&u), &Validators::default()).await.unwrap_err();
+        let line = e.to_string();
+        assert!(line.contains("feeds.allow_private"), "{u}: {line}");
+    }
+    let e = f
+        .get(&url("file:///etc/passwd"), &Validators::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::NotHttp(_)), "{e}");
+    assert!(seen.lock().unwrap().is_empty(), "a request got through");
+}
