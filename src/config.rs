@@ -113,6 +113,23 @@ pub struct Settings {
     pub http: HttpSettings,
     /// The PostgreSQL database.
     pub database: DatabaseSettings,
+    /// Fetching articles from feeds.
+    pub feeds: FeedSettings,
+}
+
+/// `[feeds]`
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    /// How often a feed is fetched when it answers.
+    pub interval: Duration,
+    /// Time for one feed's whole answer.
+    pub timeout: Duration,
+    /// The most one feed may send, after decompression.
+    pub max_bytes: usize,
+    /// Summaries taken from feeds are cut at a word after this many characters.
+    pub summary_chars: usize,
+    /// Fetch from loopback, private and link-local addresses too.
+    pub allow_private: bool,
 }
 
 /// `[newsletter]`
@@ -315,6 +332,17 @@ struct Raw {
     bounces: RawBounces,
     http: RawHttp,
     database: RawDatabase,
+    feeds: RawFeeds,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeeds {
+    interval: String,
+    timeout: String,
+    max_bytes: u32,
+    summary_chars: u32,
+    allow_private: bool,
 }
 
 #[derive(Deserialize)]
@@ -799,6 +827,15 @@ impl Raw {
             connect_timeout: duration("database.connect_timeout", &b.connect_timeout)?,
         };
 
+        let f = self.feeds;
+        let feeds = FeedSettings {
+            interval: duration("feeds.interval", &f.interval)?,
+            timeout: duration("feeds.timeout", &f.timeout)?,
+            max_bytes: in_range("feeds.max_bytes", f.max_bytes, 1024, 100 * 1024 * 1024)? as usize,
+            summary_chars: in_range("feeds.summary_chars", f.summary_chars, 20, 2000)? as usize,
+            allow_private: f.allow_private,
+        };
+
         Ok(Settings {
             newsletter,
             schedule,
@@ -809,6 +846,7 @@ impl Raw {
             bounces,
             http,
             database,
+            feeds,
         })
     }
 }

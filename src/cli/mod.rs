@@ -4,6 +4,7 @@
 mod articles;
 mod doctor;
 pub mod exit;
+mod feeds;
 mod issue;
 pub mod output;
 mod run;
@@ -104,6 +105,9 @@ enum Command {
     /// Add, import and list articles
     #[command(subcommand)]
     Articles(articles::Command),
+    /// Add, list, remove and fetch the RSS, Atom and JSON feeds articles come from
+    #[command(subcommand)]
+    Feeds(feeds::Command),
     /// Preview, send, list, inspect and resume issues of the digest
     #[command(subcommand)]
     Issue(issue::Command),
@@ -262,6 +266,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscribers(cmd) => subscribers::run(cmd, &settings).await,
         Command::Tips(cmd) => tips::run(cmd, &settings).await,
         Command::Articles(cmd) => articles::run(cmd, &settings).await,
+        Command::Feeds(cmd) => feeds::run(cmd, &settings).await,
         Command::Issue(cmd) => issue::run(cmd, &settings).await,
         Command::Schedule(ScheduleCommand::Next { count, format }) => {
             run::schedule_next(&settings, count, format)

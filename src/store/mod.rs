@@ -4,6 +4,7 @@
 
 pub mod content;
 pub mod deliveries;
+pub mod feeds;
 pub mod issues;
 pub mod subscribers;
 

@@ -12,7 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use digestif::feeds::entry;
 use digestif::feeds::fetch::{FetchError, Fetched, Fetcher, Validators};
+use sqlx::PgPool;
 use url::Url;
+
+use crate::helpers::Digestif;
 
 const RSS: &str = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>Blog</title>
 <link>https://blog.example.com/</link>
@@ -21,6 +24,17 @@ const RSS: &str = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>Blo
 <item><title>Vacuum</title><link>https://blog.example.com/vacuum</link>
 <guid>p2</guid><pubDate>Tue, 24 Nov 2026 10:00:00 +0000</pubDate></item>
 </channel></rss>"#;
+
+/// Another blog's Atom feed, sharing one article with RSS (the same page, another campaign).
+const ATOM: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>Other</title><id>urn:other</id>
+<updated>2026-11-25T10:00:00Z</updated>
+<entry><title>Indexes, again</title><id>urn:other:1</id>
+<link href="https://blog.example.com/indexes?utm_source=atom&amp;utm_medium=feed"/>
+<updated>2026-11-25T10:00:00Z</updated></entry>
+<entry><title>The WAL</title><id>urn:other:2</id><link href="https://other.example.org/wal"/>
+<updated>2026-11-26T10:00:00Z</updated></entry>
+</feed>"#;
 
 /// The request headers each request to /rss carried.
 type Seen = Arc<Mutex<Vec<HeaderMap>>>;
@@ -69,6 +83,14 @@ async fn server() -> (String, Seen) {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 RSS
             }),
+        )
+        .route(
+            "/atom",
+            get(|| async { ([(header::CONTENT_TYPE, "application/atom+xml")], ATOM) }),
+        )
+        .route(
+            "/broken",
+            get(|| async { "<html><body>moved</body></html>" }),
         )
         .route(
             "/busy",
@@ -219,4 +241,109 @@ async fn loopback_and_private_addresses_are_refused() {
         .unwrap_err();
     assert!(matches!(e, FetchError::NotHttp(_)), "{e}");
     assert!(seen.lock().unwrap().is_empty(), "a request got through");
+}
+
+/// The `feeds` commands through the binary against a real Postgres: each format stored, the
+/// same article from two feeds (and two campaigns) stored once, a broken feed's error kept
+/// while the others are fetched, a second fetch adding nothing, a 304, and loopback refused
+/// unless allowed.
+#[sqlx::test]
+async fn feeds_fill_the_article_store_once_and_keep_their_errors(pool: PgPool) {
+    let (base, seen) = server().await;
+    let d = Digestif::new(&pool).env("DIGESTIF_FEEDS__ALLOW_PRIVATE", "true");
+    d.ok(&["feeds", "add", &format!("{base}/rss")]);
+    d.ok(&[
+        "feeds",
+        "add",
+        &format!("{base}/atom"),
+        "--name",
+        "Other blog",
+    ]);
+    d.ok(&["feeds", "add", &format!("{base}/broken")]);
+    d.fails(
+        &["feeds", "add", &format!("{base}/rss")],
+        "is already listed",
+    );
+    d.fails(
+        &["feeds", "add", "javascript:alert(1)"],
+        "is not an http or https URL",
+    );
+
+    let run = d.run_async(&["feeds", "fetch"]).await;
+    assert_eq!(run.output.status.code(), Some(1), "{run}");
+    let out = run.stdout();
+    assert!(
+        out.contains("feed 1 ") && out.contains(": ok (2 new articles)"),
+        "{run}"
+    );
+    assert!(out.contains(": ok (1 new article)"), "{out}");
+    assert!(
+        out.contains("feed 3 ") && out.contains("FAILED: not a feed"),
+        "{out}"
+    );
+    assert!(run.stderr().contains("1 of 3 feeds failed"), "{run}");
+    let urls: Vec<String> = sqlx::query_scalar("SELECT url FROM article ORDER BY url")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        urls,
+        [
+            "https://blog.example.com/indexes",
+            "https://blog.example.com/vacuum",
+            "https://other.example.org/wal"
+        ]
+    );
+
+    // Nothing is due again for feeds.interval; the failed one waits out its backoff.
+    let again = d.ok_async(&["feeds", "fetch"]).await.stdout();
+    assert_eq!(again.trim(), "no feed is due");
+    // Asked for by id: fetched now, and the server says nothing changed.
+    let one = d.ok_async(&["feeds", "fetch", "1"]).await.stdout();
+    assert!(one.contains(": not modified (0 new articles)"), "{one}");
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .get(header::IF_NONE_MATCH)
+            .unwrap(),
+        "\"v1\""
+    );
+
+    let list = d.ok(&["feeds", "list", "--format", "json"]).stdout();
+    let feeds: serde_json::Value = serde_json::from_str(&list).unwrap();
+    // Fetched side by side, either feed may be first to bring the shared article.
+    let taken = |i: usize| feeds[i]["entries_taken"].as_i64().unwrap();
+    assert_eq!(taken(0) + taken(1), 3, "{feeds}");
+    assert!(taken(0) >= 1 && taken(1) >= 1, "{feeds}");
+    assert_eq!(feeds[1]["name"], "Other blog");
+    assert!(
+        feeds[2]["last_status"]
+            .as_str()
+            .unwrap()
+            .starts_with("not a feed"),
+        "{feeds}"
+    );
+    assert_eq!(feeds[2]["failures"], 1);
+
+    // The same feed without feeds.allow_private: refused before any request.
+    let before = seen.lock().unwrap().len();
+    let refused = Digestif::new(&pool)
+        .run_async(&["feeds", "fetch", "1"])
+        .await;
+    assert_eq!(refused.output.status.code(), Some(1), "{refused}");
+    assert!(
+        refused.stdout().contains("feeds.allow_private"),
+        "{refused}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), before);
+
+    d.ok(&["feeds", "remove", "3"]);
+    d.fails(&["feeds", "remove", "3"], "no feed 3");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM article")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 3, "removing a feed keeps its articles");
 }
