@@ -130,6 +130,8 @@ pub struct FeedSettings {
     pub summary_chars: usize,
     /// Fetch from loopback, private and link-local addresses too.
     pub allow_private: bool,
+    /// `run` and `serve` fetch the due feeds before they compose an issue.
+    pub fetch_before_compose: bool,
 }
 
 /// `[newsletter]`
@@ -343,6 +345,7 @@ struct RawFeeds {
     max_bytes: u32,
     summary_chars: u32,
     allow_private: bool,
+    fetch_before_compose: bool,
 }
 
 #[derive(Deserialize)]
@@ -834,6 +837,7 @@ impl Raw {
             max_bytes: in_range("feeds.max_bytes", f.max_bytes, 1024, 100 * 1024 * 1024)? as usize,
             summary_chars: in_range("feeds.summary_chars", f.summary_chars, 20, 2000)? as usize,
             allow_private: f.allow_private,
+            fetch_before_compose: f.fetch_before_compose,
         };
 
         Ok(Settings {

@@ -41,6 +41,28 @@ impl Pass {
     }
 }
 
+/// Fetches the feeds that are due, logging each outcome; never fails the pass.
+async fn fetch_feeds(pool: &PgPool, settings: &Settings) {
+    match crate::feeds::fetch_due(pool, settings, None).await {
+        Ok(reports) => {
+            for r in reports {
+                if r.ok {
+                    tracing::info!(
+                        feed = r.feed_id,
+                        added = r.added,
+                        "feed {}: {}",
+                        r.url,
+                        r.status
+                    );
+                } else {
+                    tracing::warn!(feed = r.feed_id, "feed {}: {}", r.url, r.status);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("fetching feeds failed: {e:#}"),
+    }
+}
+
 /// Creates the issue of the slot due at `now` (if within `schedule.grace`; older missed slots
 /// are reported, not sent, unless they came before the first `migrate`) and delivers whatever
 /// is ready. Running it again, or twice at once, does nothing more: one issue per slot, and
@@ -54,6 +76,11 @@ pub async fn run_once(
     patience: deliver::Patience,
 ) -> anyhow::Result<Pass> {
     let mut pass = Pass::default();
+    // Feeds first, so an issue composed now holds what they just brought. A feed that fails
+    // keeps its error and is skipped; nothing here stops the issue.
+    if settings.feeds.fetch_before_compose {
+        fetch_feeds(pool, settings).await;
+    }
     match digest::due_slot(settings, now) {
         Some(slot) => {
             let issue = digest::create_issue(pool, settings, slot).await?;

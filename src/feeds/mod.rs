@@ -44,6 +44,9 @@ pub async fn fetch_due(
     only: Option<i64>,
 ) -> anyhow::Result<Vec<FeedReport>> {
     let feeds = db::to_fetch(pool, only).await?;
+    if feeds.is_empty() {
+        return Ok(Vec::new());
+    }
     let f = &settings.feeds;
     let user_agent = format!(
         "digestif/{} (+{})",

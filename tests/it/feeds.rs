@@ -347,3 +347,39 @@ async fn feeds_fill_the_article_store_once_and_keep_their_errors(pool: PgPool) {
         .unwrap();
     assert_eq!(n, 3, "removing a feed keeps its articles");
 }
+
+/// `digestif run` with a due feed: the feed is fetched first, and the issue composed right
+/// after holds its new entries.
+#[sqlx::test]
+async fn run_fetches_due_feeds_before_it_composes(pool: PgPool) {
+    let (base, _) = server().await;
+    crate::helpers::seed(&pool, 1).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_FEEDS__ALLOW_PRIVATE", "true")
+        .env("DIGESTIF_NOW", crate::helpers::MONDAY_MORNING)
+        .env("DIGESTIF_DELIVERY__OUTBOX", outbox.path().to_str().unwrap());
+    d.ok(&["feeds", "add", &format!("{base}/atom")]);
+    let run = d.ok_async(&["run"]).await;
+    assert!(run.stdout().contains("issue #1"), "{run}");
+    let titles: Vec<String> = sqlx::query_scalar(
+        "SELECT i.title FROM issue_item i JOIN issue USING (issue_id) \
+         WHERE i.kind = 'article' ORDER BY i.title",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        titles.iter().any(|t| t == "The WAL") && titles.iter().any(|t| t == "Indexes, again"),
+        "{titles:?}\n{run}"
+    );
+    let mail = std::fs::read_dir(outbox.path())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .next()
+        .unwrap();
+    assert!(
+        mail.contains("The WAL"),
+        "the sent issue lists the fetched article"
+    );
+}
