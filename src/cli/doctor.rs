@@ -210,6 +210,31 @@ pub async fn run(settings: &Settings, format: Output) -> anyhow::Result<()> {
             },
             Err(e) => r.fail("link tokens", &format!("{e:#}")),
         }
+        // A broken feed is not a broken install (its articles are missed, the issue still
+        // goes out): a note with its stored error, not a failed check.
+        match crate::store::feeds::list(pool).await {
+            Ok(feeds) => {
+                let failing: Vec<_> = feeds.iter().filter(|f| f.failures > 0).collect();
+                if !feeds.is_empty() && failing.is_empty() {
+                    r.ok(&format!(
+                        "feeds: {} feed{}, the last fetch of each worked",
+                        feeds.len(),
+                        if feeds.len() == 1 { "" } else { "s" }
+                    ));
+                }
+                for f in failing {
+                    r.note(&format!(
+                        "feeds: feed {} ({}) failed {} time{} in a row: {}",
+                        f.feed_id,
+                        f.url,
+                        f.failures,
+                        if f.failures == 1 { "" } else { "s" },
+                        f.last_status.as_deref().unwrap_or("no error recorded")
+                    ));
+                }
+            }
+            Err(e) => r.fail("feeds", &format!("{e:#}")),
+        }
     }
 
     let signer = match Signer::load(&settings.dkim) {

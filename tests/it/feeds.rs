@@ -339,6 +339,21 @@ async fn feeds_fill_the_article_store_once_and_keep_their_errors(pool: PgPool) {
     );
     assert_eq!(seen.lock().unwrap().len(), before);
 
+    // doctor names the broken feed and its error, as a note: the issue still goes out.
+    let web = crate::web::App::start(&pool, "").await;
+    let doctor = Digestif::new(&pool)
+        .links_to(&web)
+        .run_async(&["doctor"])
+        .await;
+    assert!(doctor.output.status.success(), "{doctor}");
+    assert!(
+        doctor.stdout().contains("note  feeds: feed 3 (")
+            && doctor
+                .stdout()
+                .contains("failed 1 time in a row: not a feed"),
+        "{doctor}"
+    );
+
     d.ok(&["feeds", "remove", "3"]);
     d.fails(&["feeds", "remove", "3"], "no feed 3");
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM article")
