@@ -132,6 +132,16 @@ pub struct FeedSettings {
     pub allow_private: bool,
     /// `run` and `serve` fetch the due feeds before they compose an issue.
     pub fetch_before_compose: bool,
+    /// `[[feeds.sources]]`: feeds kept in the config file (for operators who keep it in git).
+    pub sources: Vec<FeedSource>,
+}
+
+/// One `[[feeds.sources]]` entry.
+#[derive(Debug, Clone)]
+pub struct FeedSource {
+    pub url: url::Url,
+    pub name: Option<String>,
+    pub tags: Vec<String>,
 }
 
 /// `[newsletter]`
@@ -346,6 +356,18 @@ struct RawFeeds {
     summary_chars: u32,
     allow_private: bool,
     fetch_before_compose: bool,
+    #[serde(default)]
+    sources: Vec<RawFeedSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeedSource {
+    url: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -838,6 +860,36 @@ impl Raw {
             summary_chars: in_range("feeds.summary_chars", f.summary_chars, 20, 2000)? as usize,
             allow_private: f.allow_private,
             fetch_before_compose: f.fetch_before_compose,
+            sources: f
+                .sources
+                .into_iter()
+                .map(|s| {
+                    let url = url::Url::parse(s.url.trim())
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                "feeds.sources",
+                                format!(
+                                    "'{}' is not an http or https URL",
+                                    crate::domain::one_line(&s.url)
+                                ),
+                            )
+                        })?;
+                    let name = s.name.trim().to_owned();
+                    if name.chars().count() > 200 {
+                        return Err(ConfigError::new(
+                            "feeds.sources",
+                            format!("{url}: name longer than 200 characters"),
+                        ));
+                    }
+                    Ok(FeedSource {
+                        url,
+                        name: (!name.is_empty()).then_some(name),
+                        tags: s.tags,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
 
         Ok(Settings {

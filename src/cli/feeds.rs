@@ -70,6 +70,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::List { format } => {
+            db::sync_config(&pool, &settings.feeds.sources).await?;
             let mut listing = Listing::new(format, io::stdout().lock())?;
             for feed in db::list(&pool).await? {
                 listing.push(&feed)?;
@@ -78,6 +79,11 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Remove { id } => {
+            if db::from_config(&pool, id).await? {
+                bail!(
+                    "feed {id} is listed in the config file ([[feeds.sources]]): remove it there"
+                );
+            }
             if !db::remove(&pool, id).await? {
                 bail!("no feed {id}");
             }

@@ -43,6 +43,7 @@ pub async fn fetch_due(
     settings: &Settings,
     only: Option<i64>,
 ) -> anyhow::Result<Vec<FeedReport>> {
+    db::sync_config(pool, &settings.feeds.sources).await?;
     let feeds = db::to_fetch(pool, only).await?;
     if feeds.is_empty() {
         return Ok(Vec::new());

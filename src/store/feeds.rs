@@ -48,6 +48,42 @@ pub async fn add(
     .await
 }
 
+/// Brings the feeds from the config file into the table: each listed one added or given the
+/// file's name and tags (the file wins), and any that came from the file but is no longer in
+/// it removed (its articles stay). Feeds added by command are left alone.
+pub async fn sync_config(pool: &PgPool, sources: &[crate::config::FeedSource]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    for s in sources {
+        sqlx::query(
+            "INSERT INTO feed (url, name, tags, from_config) VALUES ($1, $2, $3, true) \
+             ON CONFLICT (url) DO UPDATE SET name = EXCLUDED.name, tags = EXCLUDED.tags, \
+                 from_config = true",
+        )
+        .bind(s.url.as_str())
+        .bind(s.name.as_deref())
+        .bind(&s.tags)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let urls: Vec<&str> = sources.iter().map(|s| s.url.as_str()).collect();
+    sqlx::query("DELETE FROM feed WHERE from_config AND url <> ALL($1)")
+        .bind(&urls)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Whether a feed came from the config file (so removing it by command would not last).
+pub async fn from_config(pool: &PgPool, feed_id: i64) -> sqlx::Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT from_config FROM feed WHERE feed_id = $1")
+            .bind(feed_id)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(false),
+    )
+}
+
 /// Every feed, in the order they were added.
 pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<FeedRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -398,3 +398,60 @@ async fn run_fetches_due_feeds_before_it_composes(pool: PgPool) {
         "the sent issue lists the fetched article"
     );
 }
+
+/// Feeds kept in the config file: listed, named as the file says (the file wins over the
+/// table), gone when taken out of the file, and not removable by command (they would come back).
+#[sqlx::test]
+async fn feeds_in_the_config_file_follow_the_file(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("digestif.toml");
+    let write = |toml: &str| std::fs::write(&config, toml).unwrap();
+    let d = Digestif::new(&pool);
+    let cfg = config.to_str().unwrap().to_owned();
+    d.ok(&["feeds", "add", "https://mine.example.com/feed.xml"]);
+    write(
+        "[[feeds.sources]]\nurl = \"https://a.example.com/rss\"\nname = \"A\"\n\
+         [[feeds.sources]]\nurl = \"https://b.example.com/atom\"\ntags = [\"pg\"]\n",
+    );
+    let list = d
+        .ok(&["--config", &cfg, "feeds", "list", "--format", "json"])
+        .stdout();
+    let feeds: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let urls: Vec<&str> = feeds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "https://mine.example.com/feed.xml",
+            "https://a.example.com/rss",
+            "https://b.example.com/atom"
+        ]
+    );
+    assert_eq!(feeds[1]["name"], "A");
+    assert_eq!(feeds[2]["tags"], serde_json::json!(["pg"]));
+    d.fails(
+        &["--config", &cfg, "feeds", "remove", "2"],
+        "is listed in the config file",
+    );
+
+    // Out of the file, out of the table; the feed added by command stays.
+    write("[[feeds.sources]]\nurl = \"https://b.example.com/atom\"\nname = \"B\"\n");
+    let list = d
+        .ok(&["--config", &cfg, "feeds", "list", "--format", "csv"])
+        .stdout();
+    assert!(!list.contains("a.example.com"), "{list}");
+    assert!(
+        list.contains("mine.example.com") && list.contains(",B,"),
+        "{list}"
+    );
+
+    write("[[feeds.sources]]\nurl = \"ftp://c.example.com/\"\n");
+    Digestif::new(&pool).config_fails(
+        &["--config", &cfg, "feeds", "list"],
+        "config: feeds.sources: 'ftp://c.example.com/' is not an http or https URL",
+    );
+}
