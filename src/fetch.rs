@@ -48,7 +48,7 @@ pub async fn get(client: &reqwest::Client, url: &str, cap: usize) -> Result<Answ
 }
 
 /// reqwest's error with its causes on one line ("error sending request" alone says nothing).
-fn reason(e: &reqwest::Error) -> String {
+pub fn reason(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -230,14 +230,7 @@ impl Fetcher {
         if e.is_timeout() {
             return FetchError::Timeout(self.timeout);
         }
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        FetchError::Http(crate::domain::one_line(&text))
+        FetchError::Http(crate::domain::one_line(&crate::fetch::reason(e)))
     }
 }
 
