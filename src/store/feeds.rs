@@ -55,9 +55,13 @@ pub async fn sync_config(pool: &PgPool, sources: &[crate::config::FeedSource]) -
     let mut tx = pool.begin().await?;
     for s in sources {
         sqlx::query(
+            // Only a change is written: serve syncs at every pass, and an unconditional
+            // update would leave a dead row version per feed per minute.
             "INSERT INTO feed (url, name, tags, from_config) VALUES ($1, $2, $3, true) \
              ON CONFLICT (url) DO UPDATE SET name = EXCLUDED.name, tags = EXCLUDED.tags, \
-                 from_config = true",
+                 from_config = true \
+             WHERE feed.name IS DISTINCT FROM EXCLUDED.name OR feed.tags <> EXCLUDED.tags \
+                OR NOT feed.from_config",
         )
         .bind(s.url.as_str())
         .bind(s.name.as_deref())

@@ -437,6 +437,16 @@ async fn feeds_in_the_config_file_follow_the_file(pool: PgPool) {
         &["--config", &cfg, "feeds", "remove", "2"],
         "is listed in the config file",
     );
+    // Syncing an unchanged file writes nothing (serve syncs at every pass).
+    let version = || async {
+        sqlx::query_scalar::<_, String>("SELECT xmin::text FROM feed WHERE feed_id = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let before = version().await;
+    d.ok(&["--config", &cfg, "feeds", "list"]);
+    assert_eq!(version().await, before, "an unchanged feed was rewritten");
 
     // Out of the file, out of the table; the feed added by command stays.
     write("[[feeds.sources]]\nurl = \"https://b.example.com/atom\"\nname = \"B\"\n");
