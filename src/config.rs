@@ -142,6 +142,7 @@ pub struct FeedSource {
     pub url: url::Url,
     pub name: Option<String>,
     pub tags: Vec<String>,
+    pub selection: crate::domain::FeedSelection,
 }
 
 /// `[newsletter]`
@@ -368,6 +369,11 @@ struct RawFeedSource {
     name: String,
     #[serde(default)]
     tags: Vec<String>,
+    max_per_issue: Option<u32>,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -883,10 +889,17 @@ impl Raw {
                             format!("{url}: name longer than 200 characters"),
                         ));
                     }
+                    let selection = crate::domain::FeedSelection::parse(
+                        s.max_per_issue,
+                        &s.include,
+                        &s.exclude,
+                    )
+                    .map_err(|e| ConfigError::new("feeds.sources", format!("{url}: {e}")))?;
                     Ok(FeedSource {
                         url,
                         name: (!name.is_empty()).then_some(name),
                         tags: s.tags,
+                        selection,
                     })
                 })
                 .collect::<Result<_, _>>()?,

@@ -6,6 +6,7 @@ use anyhow::bail;
 
 use super::output::{Format, Listing, Output, Record, print_json, time_cell};
 use crate::config::Settings;
+use crate::domain::FeedSelection;
 use crate::store::{self, feeds as db};
 
 #[derive(Debug, clap::Subcommand)]
@@ -20,6 +21,26 @@ pub enum Command {
         /// A tag (repeatable)
         #[arg(long = "tag")]
         tags: Vec<String>,
+        #[command(flatten)]
+        selection: SelectionArgs,
+    },
+    /// Change a feed added by command: its name, tags, or which of its articles an issue takes
+    ///
+    /// Options not given keep their value. Feeds listed in the config file are changed there.
+    Edit {
+        /// The feed's id (`feeds list`)
+        id: i64,
+        /// A new name (an empty one shows the URL again)
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace the tags with these (repeatable)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Remove every include and exclude keyword
+        #[arg(long, conflicts_with_all = ["include", "exclude"])]
+        no_keywords: bool,
     },
     /// List the feeds: last fetch, its outcome, entries taken, next fetch
     List {
@@ -46,27 +67,122 @@ pub enum Command {
     },
 }
 
+/// Which of a feed's articles go into an issue.
+#[derive(Debug, clap::Args)]
+pub struct SelectionArgs {
+    /// At most this many of its articles per issue, its newest (0: no limit)
+    #[arg(long, value_name = "N")]
+    max_per_issue: Option<u32>,
+    /// Only articles whose title or summary holds one of these words, case-insensitive
+    /// (repeatable; on `edit`, replaces the list)
+    #[arg(long, value_name = "WORD")]
+    include: Vec<String>,
+    /// Never articles whose title or summary holds one of these words (repeatable; on
+    /// `edit`, replaces the list)
+    #[arg(long, value_name = "WORD")]
+    exclude: Vec<String>,
+}
+
+fn http_url(raw: &str) -> anyhow::Result<url::Url> {
+    url::Url::parse(raw.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "'{}' is not an http or https URL",
+                crate::domain::one_line(raw)
+            )
+        })
+}
+
+fn feed_name(raw: String) -> anyhow::Result<Option<String>> {
+    let name = raw.trim().to_owned();
+    if name.chars().count() > 200 {
+        bail!("--name: longer than 200 characters");
+    }
+    if name.chars().any(crate::domain::is_forbidden_char) {
+        bail!("--name: contains a control character");
+    }
+    Ok((!name.is_empty()).then_some(name))
+}
+
 pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
     let pool = store::connect_current(&settings.database).await?;
     match cmd {
-        Command::Add { url, name, tags } => {
-            let parsed = url::Url::parse(url.trim())
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-            let Some(parsed) = parsed else {
-                bail!(
-                    "'{}' is not an http or https URL",
-                    crate::domain::one_line(&url)
-                );
-            };
-            let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
-            if name.as_ref().is_some_and(|n| n.chars().count() > 200) {
-                bail!("--name: longer than 200 characters");
-            }
-            match db::add(&pool, parsed.as_str(), name.as_deref(), &tags).await? {
+        Command::Add {
+            url,
+            name,
+            tags,
+            selection,
+        } => {
+            let parsed = http_url(&url)?;
+            let name = name.map(feed_name).transpose()?.flatten();
+            let selection = FeedSelection::parse(
+                selection.max_per_issue,
+                &selection.include,
+                &selection.exclude,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            match db::add(&pool, parsed.as_str(), name.as_deref(), &tags, &selection).await? {
                 Some(feed) => println!("added feed {}: {}", feed.feed_id, feed.url),
                 None => bail!("the feed {} is already listed", parsed),
             }
+            Ok(())
+        }
+        Command::Edit {
+            id,
+            name,
+            tags,
+            selection: args,
+            no_keywords,
+        } => {
+            let Some(feed) = db::find(&pool, id).await? else {
+                bail!("no feed {id}");
+            };
+            if feed.from_config {
+                bail!(
+                    "feed {id} is listed in the config file ([[feeds.sources]]): change it there"
+                );
+            }
+            let old = &feed.selection;
+            let keep = |given: Vec<String>, was: &[String]| {
+                if no_keywords {
+                    Vec::new()
+                } else if given.is_empty() {
+                    was.to_vec()
+                } else {
+                    given
+                }
+            };
+            let selection = FeedSelection::parse(
+                args.max_per_issue
+                    .or(old.max_per_issue.and_then(|n| u32::try_from(n).ok())),
+                &keep(args.include, &old.include),
+                &keep(args.exclude, &old.exclude),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let name = name.map(feed_name).transpose()?;
+            let tags = (!tags.is_empty()).then_some(tags);
+            let Some(feed) = db::edit(
+                &pool,
+                id,
+                name.as_ref().map(Option::as_deref),
+                tags.as_deref(),
+                &selection,
+            )
+            .await?
+            else {
+                bail!("no feed {id}");
+            };
+            let shown = feed.selection.summary();
+            println!(
+                "feed {id}: {}",
+                if shown.is_empty() {
+                    "every new article goes into the next issue".to_owned()
+                } else {
+                    shown
+                }
+            );
             Ok(())
         }
         Command::List { format } => {
@@ -140,6 +256,7 @@ impl Record for db::FeedRow {
         "last_status",
         "entries_taken",
         "next_fetch",
+        "selection",
     ];
 
     fn cells(&self) -> Vec<String> {
@@ -151,6 +268,7 @@ impl Record for db::FeedRow {
             self.last_status.clone().unwrap_or_default(),
             self.entries_taken.to_string(),
             time_cell(Some(self.next_fetch_at)),
+            self.selection.summary(),
         ]
     }
 }

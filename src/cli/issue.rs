@@ -112,6 +112,14 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                         "slot": p.content.slot,
                         "subject": p.rendered.subject(),
                         "files": p.files,
+                        "items": p.content.items.iter().map(|i| serde_json::json!({
+                            "kind": match i.kind {
+                                crate::domain::ItemKind::Tip => "tip",
+                                crate::domain::ItemKind::Article => "article",
+                            },
+                            "title": i.title,
+                            "url": i.url,
+                        })).collect::<Vec<_>>(),
                     }),
                     digest::Next::Skipped(reason) => serde_json::json!({ "skipped": reason }),
                 });

@@ -258,6 +258,85 @@ fn one_line(what: &'static str, raw: &str, max: usize) -> Result<String, Content
     Ok(trimmed.to_owned())
 }
 
+/// The most of one feed's articles an issue may hold.
+pub const MAX_PER_ISSUE: u32 = 100;
+const MAX_KEYWORD_CHARS: usize = 100;
+const MAX_KEYWORDS: usize = 50;
+
+/// Which of a feed's articles go into an issue: its newest `max_per_issue`, among those whose
+/// title or summary holds one of `include` (when there are any) and none of `exclude`, each
+/// matched as whole words, case-insensitive ("rust" does not match "trust").
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct FeedSelection {
+    pub max_per_issue: Option<i32>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl FeedSelection {
+    /// Checks a selection; `max_per_issue` 0 means no limit.
+    pub fn parse(
+        max_per_issue: Option<u32>,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Self, String> {
+        let max_per_issue = match max_per_issue {
+            None | Some(0) => None,
+            Some(n) if n <= MAX_PER_ISSUE => i32::try_from(n).ok(),
+            Some(n) => return Err(format!("max_per_issue {n} is above {MAX_PER_ISSUE}")),
+        };
+        Ok(Self {
+            max_per_issue,
+            include: keywords("include", include)?,
+            exclude: keywords("exclude", exclude)?,
+        })
+    }
+
+    /// The selection as one short cell: `3 newest, +rust -hiring`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = self.max_per_issue {
+            parts.push(format!("{n} newest"));
+        }
+        let words: Vec<String> = (self.include.iter().map(|k| format!("+{k}")))
+            .chain(self.exclude.iter().map(|k| format!("-{k}")))
+            .collect();
+        if !words.is_empty() {
+            parts.push(words.join(" "));
+        }
+        parts.join(", ")
+    }
+}
+
+fn keywords(which: &str, raw: &[String]) -> Result<Vec<String>, String> {
+    if raw.len() > MAX_KEYWORDS {
+        return Err(format!("more than {MAX_KEYWORDS} {which} keywords"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for k in raw {
+        let k = k.split_whitespace().collect::<Vec<_>>().join(" ");
+        if k.is_empty() {
+            return Err(format!("an empty {which} keyword"));
+        }
+        if k.chars().any(is_forbidden_char) {
+            return Err(format!(
+                "{which} keyword '{}' contains a control character",
+                shown(&k)
+            ));
+        }
+        if k.chars().count() > MAX_KEYWORD_CHARS {
+            return Err(format!(
+                "{which} keyword '{}' is longer than {MAX_KEYWORD_CHARS} characters",
+                shown(&k)
+            ));
+        }
+        if !out.iter().any(|o| o.to_lowercase() == k.to_lowercase()) {
+            out.push(k);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +376,24 @@ mod tests {
         let a = NewArticle::parse("T", "https://example.com", "", "", "2026-11-20").unwrap();
         assert_eq!(a.published_at.to_rfc3339(), "2026-11-20T00:00:00+00:00");
         assert!(NewArticle::parse("T", "https://example.com", "", "", "last week").is_err());
+    }
+
+    #[test]
+    fn feed_selection_checks_its_keywords() {
+        let s = FeedSelection::parse(Some(3), &["  Rust  lang ".into(), "rust LANG".into()], &[])
+            .unwrap();
+        assert_eq!(s.include, ["Rust lang"]);
+        assert_eq!(s.summary(), "3 newest, +Rust lang");
+        assert_eq!(
+            FeedSelection::parse(Some(0), &[], &[])
+                .unwrap()
+                .max_per_issue,
+            None
+        );
+        assert!(FeedSelection::parse(Some(101), &[], &[]).is_err());
+        assert!(FeedSelection::parse(None, &[" ".into()], &[]).is_err());
+        let err = FeedSelection::parse(None, &[], &["a\u{1b}[2J".into()]).unwrap_err();
+        assert!(err.contains("exclude") && !err.contains('\u{1b}'), "{err}");
     }
 
     #[test]

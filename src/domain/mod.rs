@@ -9,7 +9,9 @@ mod subscriber_name;
 mod subscriber_status;
 mod token;
 
-pub use content::{ArticleUrl, ContentError, Item, ItemKind, NewArticle, NewTip, TipBody, Title};
+pub use content::{
+    ArticleUrl, ContentError, FeedSelection, Item, ItemKind, NewArticle, NewTip, TipBody, Title,
+};
 pub use lifecycle::{DeliveryStatus, EventKind, IssueStatus};
 pub use schedule::{Schedule, ScheduleError};
 pub use subscriber_email::{EmailError, SubscriberEmail};

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::domain::FeedSelection;
 use crate::feeds::entry::FeedArticle;
 
 /// A feed as stored.
@@ -25,10 +26,17 @@ pub struct FeedRow {
     pub failures: i32,
     pub entries_taken: i64,
     pub next_fetch_at: DateTime<Utc>,
+    /// Which of its articles go into an issue.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub selection: FeedSelection,
+    /// Listed in the config file (which wins over `feeds edit`).
+    pub from_config: bool,
 }
 
 const COLUMNS: &str = "feed_id, url, name, tags, etag, last_modified, last_fetch_at, last_status, \
-                       failures, entries_taken, next_fetch_at";
+                       failures, entries_taken, next_fetch_at, max_per_issue, include, exclude, \
+                       from_config";
 
 /// Adds a feed, due at once; `None` when its URL is already listed.
 pub async fn add(
@@ -36,20 +44,59 @@ pub async fn add(
     url: &str,
     name: Option<&str>,
     tags: &[String],
+    selection: &FeedSelection,
 ) -> sqlx::Result<Option<FeedRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO feed (url, name, tags) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING \
-         RETURNING {COLUMNS}"
+        "INSERT INTO feed (url, name, tags, max_per_issue, include, exclude) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
     )))
     .bind(url)
     .bind(name)
     .bind(tags)
+    .bind(selection.max_per_issue)
+    .bind(&selection.include)
+    .bind(&selection.exclude)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Gives a feed added by command a new name, tags or selection (each `None` left as it is);
+/// `None` when there is no such feed.
+pub async fn edit(
+    pool: &PgPool,
+    feed_id: i64,
+    name: Option<Option<&str>>,
+    tags: Option<&[String]>,
+    selection: &FeedSelection,
+) -> sqlx::Result<Option<FeedRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE feed SET name = CASE WHEN $2 THEN $3 ELSE name END, \
+                tags = COALESCE($4, tags), max_per_issue = $5, include = $6, exclude = $7 \
+         WHERE feed_id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(feed_id)
+    .bind(name.is_some())
+    .bind(name.flatten())
+    .bind(tags)
+    .bind(selection.max_per_issue)
+    .bind(&selection.include)
+    .bind(&selection.exclude)
+    .fetch_optional(pool)
+    .await
+}
+
+/// One feed by id.
+pub async fn find(pool: &PgPool, feed_id: i64) -> sqlx::Result<Option<FeedRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM feed WHERE feed_id = $1"
+    )))
+    .bind(feed_id)
     .fetch_optional(pool)
     .await
 }
 
 /// Brings the feeds from the config file into the table: each listed one added or given the
-/// file's name and tags (the file wins), and any that came from the file but is no longer in
+/// file's name, tags and selection (the file wins), and any that came from the file but is no longer in
 /// it removed (its articles stay). Feeds added by command are left alone.
 pub async fn sync_config(pool: &PgPool, sources: &[crate::config::FeedSource]) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
@@ -57,15 +104,22 @@ pub async fn sync_config(pool: &PgPool, sources: &[crate::config::FeedSource]) -
         sqlx::query(
             // Only a change is written: serve syncs at every pass, and an unconditional
             // update would leave a dead row version per feed per minute.
-            "INSERT INTO feed (url, name, tags, from_config) VALUES ($1, $2, $3, true) \
+            "INSERT INTO feed (url, name, tags, max_per_issue, include, exclude, from_config) \
+             VALUES ($1, $2, $3, $4, $5, $6, true) \
              ON CONFLICT (url) DO UPDATE SET name = EXCLUDED.name, tags = EXCLUDED.tags, \
-                 from_config = true \
-             WHERE feed.name IS DISTINCT FROM EXCLUDED.name OR feed.tags <> EXCLUDED.tags \
+                 max_per_issue = EXCLUDED.max_per_issue, include = EXCLUDED.include, \
+                 exclude = EXCLUDED.exclude, from_config = true \
+             WHERE (feed.name, feed.tags, feed.max_per_issue, feed.include, feed.exclude) \
+                   IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.tags, EXCLUDED.max_per_issue, \
+                                     EXCLUDED.include, EXCLUDED.exclude) \
                 OR NOT feed.from_config",
         )
         .bind(s.url.as_str())
         .bind(s.name.as_deref())
         .bind(&s.tags)
+        .bind(s.selection.max_per_issue)
+        .bind(&s.selection.include)
+        .bind(&s.selection.exclude)
         .execute(&mut *tx)
         .await?;
     }

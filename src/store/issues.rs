@@ -56,19 +56,34 @@ pub async fn pick_tips(conn: &mut PgConnection, n: u32) -> sqlx::Result<Vec<Cand
 }
 
 /// Articles published after `since` (all of them before the first issue) and at or before
-/// `until`, newest first.
+/// `until`, newest first, as each feed's selection allows: its keywords, then its newest
+/// `max_per_issue`. A feed's articles left out by its limit are not carried into a later
+/// issue (the next one starts where this one ended, as for every article).
 pub async fn pick_articles(
     conn: &mut PgConnection,
     since: Option<DateTime<Utc>>,
     until: DateTime<Utc>,
     n: u32,
 ) -> sqlx::Result<Vec<Candidate>> {
-    sqlx::query_as(
-        "SELECT article_id AS source_id, 'article' AS kind, title, summary AS body, url, author, \
-                published_at \
-         FROM article WHERE ($1::timestamptz IS NULL OR published_at > $1) AND published_at <= $2 \
-         ORDER BY published_at DESC, article_id DESC LIMIT $3",
-    )
+    // A keyword matches as whole words: bounded by a non-word character or the text's end,
+    // with the regex characters in it escaped (so "c++" and "node.js" mean themselves).
+    const MATCHES: &str = "(a.title || ' ' || coalesce(a.summary, '')) ~* \
+        ('(^|\\W)' || regexp_replace(k, '([]^$.*+?(){}|[\\\\-])', '\\\\\\1', 'g') || '(\\W|$)')";
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT source_id, 'article' AS kind, title, body, url, author, published_at FROM ( \
+             SELECT a.article_id AS source_id, a.title, a.summary AS body, a.url, a.author, \
+                    a.published_at, f.max_per_issue, \
+                    row_number() OVER (PARTITION BY a.feed_id \
+                                       ORDER BY a.published_at DESC, a.article_id DESC) AS nth \
+             FROM article a LEFT JOIN feed f ON f.feed_id = a.feed_id \
+             WHERE ($1::timestamptz IS NULL OR a.published_at > $1) AND a.published_at <= $2 \
+               AND (f.feed_id IS NULL OR ( \
+                   (cardinality(f.include) = 0 \
+                    OR EXISTS (SELECT FROM unnest(f.include) k WHERE {MATCHES})) \
+                   AND NOT EXISTS (SELECT FROM unnest(f.exclude) k WHERE {MATCHES}))) \
+         ) picked WHERE max_per_issue IS NULL OR nth <= max_per_issue \
+         ORDER BY published_at DESC, source_id DESC LIMIT $3"
+    )))
     .bind(since)
     .bind(until)
     .bind(i64::from(n))

@@ -465,3 +465,248 @@ async fn feeds_in_the_config_file_follow_the_file(pool: PgPool) {
         "config: feeds.sources: 'ftp://c.example.com/' is not an http or https URL",
     );
 }
+
+/// One feed with five posts, for the per-feed selection.
+const SELECTIVE: &str = r#"{"version": "https://jsonfeed.org/version/1.1", "title": "Mixed",
+ "items": [
+  {"id": "m1", "url": "https://mixed.example.com/1", "title": "Rust and Postgres",
+   "date_published": "2026-11-27T10:00:00Z"},
+  {"id": "m2", "url": "https://mixed.example.com/2", "title": "Trust your planner",
+   "content_html": "<p>Postgres <b>plans</b></p>", "date_published": "2026-11-27T11:00:00Z"},
+  {"id": "m3", "url": "https://mixed.example.com/3", "title": "We are hiring: Rust",
+   "date_published": "2026-11-27T12:00:00Z"},
+  {"id": "m4", "url": "https://mixed.example.com/4", "title": "Learning C++ in 2026",
+   "date_published": "2026-11-27T13:00:00Z"},
+  {"id": "m5", "url": "https://mixed.example.com/5", "title": "Cooking pasta",
+   "date_published": "2026-11-27T14:00:00Z"}
+ ]}"#;
+
+/// A feed written by an attacker: markup, a script and `javascript:` links in every field.
+const HOSTILE: &str = r#"{"version": "https://jsonfeed.org/version/1.1", "title": "Evil",
+ "items": [
+  {"id": "h1", "url": "https://evil.example.com/post?x=\"><script>alert(0)</script>",
+   "title": "<script>alert(1)</script>Tags &lt;script&gt;alert(2)&lt;/script&gt; here",
+   "content_html": "<p>Hi <a href=\"javascript:alert(3)\">click</a><script>alert(4)</script> <img src=x onerror=alert(5)> &lt;iframe src=javascript:alert(6)&gt;</p>",
+   "authors": [{"name": "<b onmouseover=alert(7)>Mallory</b>"}],
+   "date_published": "2026-11-28T10:00:00Z"},
+  {"id": "h2", "url": "javascript:alert(8)", "title": "A link that runs code",
+   "date_published": "2026-11-28T11:00:00Z"}
+ ]}"#;
+
+/// A server for one JSON Feed document.
+async fn json_feed(body: &'static str) -> String {
+    let app = Router::new().route(
+        "/feed.json",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/feed+json")], body) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/feed.json")
+}
+
+/// The article titles the issue of `run` holds, in its order.
+async fn issue_titles(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT title FROM issue_item WHERE kind = 'article' ORDER BY position")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Per-feed `max_per_issue` and keywords decide what an issue takes from a feed, as whole
+/// words ("rust" is not in "trust", "c++" means itself); articles added by hand are not
+/// filtered; a changed selection applies to the next composition.
+#[sqlx::test]
+async fn a_feeds_limit_and_keywords_choose_what_an_issue_takes(pool: PgPool) {
+    let feed = json_feed(SELECTIVE).await;
+    crate::helpers::seed(&pool, 1).await;
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_FEEDS__ALLOW_PRIVATE", "true")
+        .env("DIGESTIF_NOW", crate::helpers::MONDAY_MORNING);
+    d.ok(&[
+        "feeds",
+        "add",
+        &feed,
+        "--include",
+        "rust",
+        "--include",
+        "C++",
+        "--exclude",
+        "HIRING",
+    ]);
+    d.ok(&[
+        "articles",
+        "add",
+        "--title",
+        "Cooking by hand",
+        "--url",
+        "https://hand.example.com/1",
+        "--published-at",
+        "2026-11-27",
+    ]);
+    let list = d.ok(&["feeds", "list"]).stdout();
+    assert!(list.contains("+rust +C++ -HIRING"), "{list}");
+    d.ok_async(&["feeds", "fetch"]).await;
+    let preview = d.ok(&["issue", "preview", "--format", "json"]).stdout();
+    let preview: serde_json::Value = serde_json::from_str(&preview).unwrap();
+    let titles: Vec<&str> = preview["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{preview}"))
+        .iter()
+        .filter(|i| i["kind"] == "article")
+        .map(|a| a["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        titles,
+        [
+            "Learning C++ in 2026",
+            "Rust and Postgres",
+            "Cooking by hand"
+        ]
+    );
+
+    // Now the newest one only, any subject.
+    d.ok(&[
+        "feeds",
+        "edit",
+        "1",
+        "--no-keywords",
+        "--max-per-issue",
+        "1",
+    ]);
+    d.fails(
+        &["feeds", "edit", "1", "--max-per-issue", "101"],
+        "above 100",
+    );
+    d.fails(&["feeds", "edit", "9", "--max-per-issue", "1"], "no feed 9");
+    d.fails(
+        &["feeds", "edit", "1", "--include", " "],
+        "empty include keyword",
+    );
+    let run = d.ok_async(&["run"]).await;
+    assert_eq!(
+        issue_titles(&pool).await,
+        ["Cooking pasta", "Cooking by hand"],
+        "{run}"
+    );
+}
+
+/// The selection in the config file is the file's: synced, shown, and not editable by command.
+#[sqlx::test]
+async fn a_config_feeds_selection_comes_from_the_file(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("digestif.toml");
+    let cfg = config.to_str().unwrap().to_owned();
+    std::fs::write(
+        &config,
+        "[[feeds.sources]]\nurl = \"https://a.example.com/rss\"\nmax_per_issue = 2\n\
+         include = [\"postgres\"]\nexclude = [\"ads\"]\n",
+    )
+    .unwrap();
+    let d = Digestif::new(&pool);
+    let list = d
+        .ok(&["--config", &cfg, "feeds", "list", "--format", "json"])
+        .stdout();
+    let feeds: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(feeds[0]["max_per_issue"], 2, "{feeds}");
+    assert_eq!(feeds[0]["include"], serde_json::json!(["postgres"]));
+    assert_eq!(feeds[0]["exclude"], serde_json::json!(["ads"]));
+    d.fails(
+        &[
+            "--config",
+            &cfg,
+            "feeds",
+            "edit",
+            "1",
+            "--max-per-issue",
+            "3",
+        ],
+        "change it there",
+    );
+    std::fs::write(
+        &config,
+        "[[feeds.sources]]\nurl = \"https://a.example.com/rss\"\nmax_per_issue = 200\n",
+    )
+    .unwrap();
+    Digestif::new(&pool).config_fails(
+        &["--config", &cfg, "feeds", "list"],
+        "config: feeds.sources: https://a.example.com/rss: max_per_issue 200 is above 100",
+    );
+}
+
+/// Feed text is data: whatever markup a feed carries, no output shows it as markup — the
+/// HTML and text parts of the mail, the web view, the archive and the Atom feed.
+#[sqlx::test]
+async fn hostile_feed_text_never_reaches_any_output_as_markup(pool: PgPool) {
+    let feed = json_feed(HOSTILE).await;
+    crate::helpers::seed(&pool, 1).await;
+    // No tip: the hostile title leads the issue, so it is the subject the archive and the
+    // Atom feed show too.
+    sqlx::query("DELETE FROM tip").execute(&pool).await.unwrap();
+    let outbox = tempfile::tempdir().unwrap();
+    let d = Digestif::new(&pool)
+        .env("DIGESTIF_FEEDS__ALLOW_PRIVATE", "true")
+        .env("DIGESTIF_NOW", crate::helpers::MONDAY_MORNING)
+        .env("DIGESTIF_DELIVERY__OUTBOX", outbox.path().to_str().unwrap());
+    d.ok(&["feeds", "add", &feed]);
+    let fetch = d.ok_async(&["feeds", "fetch"]).await;
+    assert!(
+        fetch
+            .stderr()
+            .contains("'A link that runs code': its link is not an http(s) URL"),
+        "the entry with a javascript: link is left out, and said so: {fetch}"
+    );
+    let run = d.ok_async(&["run"]).await;
+    assert!(run.stdout().contains("issue #1"), "{run}");
+    assert_eq!(issue_titles(&pool).await.len(), 1, "{run}");
+
+    let raw = std::fs::read(
+        std::fs::read_dir(outbox.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    let mail = mail_parser::MessageParser::default().parse(&raw).unwrap();
+    let web = crate::web::App::start(&pool, "").await;
+    let outputs = [
+        (
+            "the mail's HTML part",
+            mail.body_html(0).unwrap().into_owned(),
+        ),
+        (
+            "the web view",
+            web.request("GET", "/issues/1", None).await.body,
+        ),
+        (
+            "the archive",
+            web.request("GET", "/issues", None).await.body,
+        ),
+        (
+            "the Atom feed",
+            web.request("GET", "/feed.xml", None).await.body,
+        ),
+    ];
+    for (what, out) in &outputs {
+        let lower = out.to_lowercase();
+        for markup in [
+            "<script",
+            "<img",
+            "<iframe",
+            "<b ",
+            "onerror=",
+            "onmouseover=",
+            "href=\"javascript:",
+        ] {
+            assert!(!lower.contains(markup), "{what} holds {markup}:\n{out}");
+        }
+        assert!(out.contains("Tags"), "{what} lacks the title:\n{out}");
+    }
+    // The text part is plain text: the title and summary are words, no link runs code.
+    let text = mail.body_text(0).unwrap();
+    assert!(text.contains("Tags"), "{text}");
+    assert!(!text.contains("javascript:alert(3)"), "{text}");
+    assert!(!text.contains("A link that runs code"), "{text}");
+}
