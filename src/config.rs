@@ -251,6 +251,30 @@ pub struct SmtpSettings {
     /// The name said in EHLO; `None`: the host name when fully qualified, else the From
     /// address's domain.
     pub helo_name: Option<String>,
+    /// The relays messages go out through: `[[smtp.relays]]`, or `smtp.url` alone. Never
+    /// empty.
+    pub relays: Vec<RelaySettings>,
+}
+
+/// One relay (`[[smtp.relays]]`; `smtp.url` with `smtp.username` and `smtp.password` is the
+/// one relay when there are none). `timeout`, `ca_file`, `allow_plaintext_auth` and
+/// `helo_name` come from `[smtp]` for every relay.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// How logs, `issue status` and `/metrics` name it: `name`, else the URL's host and port.
+    pub name: String,
+    /// Where its settings came from, for error messages (`smtp.url`, `smtp.relays[2]`).
+    pub key: String,
+    pub url: SecretString,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    /// Its share of the messages, against the other relays' weights.
+    pub weight: u32,
+    /// Connections to it at most (default: `delivery.concurrency`).
+    pub concurrency: u32,
+    /// Its own ceilings, shared by every worker on the database like `delivery.rate_*`.
+    pub rate_per_second: Option<f64>,
+    pub rate_per_hour: Option<u32>,
 }
 
 /// `[dkim]`
@@ -431,6 +455,32 @@ struct RawSmtp {
     ca_file: PathBuf,
     allow_plaintext_auth: bool,
     helo_name: String,
+    #[serde(default)]
+    relays: Vec<RawRelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default)]
+    name: String,
+    url: SecretString,
+    #[serde(default)]
+    username: String,
+    password: Option<SecretString>,
+    #[serde(default)]
+    password_file: PathBuf,
+    #[serde(default = "one")]
+    weight: u32,
+    concurrency: Option<u32>,
+    #[serde(default)]
+    rate_per_second: f64,
+    #[serde(default)]
+    rate_per_hour: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Deserialize)]
@@ -687,51 +737,30 @@ impl Raw {
         };
 
         let m = self.smtp;
-        let smtp_url = m.url.expose_secret();
-        match url::Url::parse(smtp_url) {
-            Ok(u) if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some() => {
-                // Checked here, with every other value, rather than at the first send. The
-                // value of `tls` is one of ours, never a secret, so it may be shown.
-                for (k, v) in u.query_pairs() {
-                    match (u.scheme(), k.as_ref(), v.as_ref()) {
-                        ("smtp", "tls", "required" | "opportunistic" | "none") => {}
-                        ("smtp", "tls", other) => {
-                            return Err(ConfigError::new(
-                                "smtp.url",
-                                format!(
-                                    "tls={}: expected tls=required, tls=opportunistic or tls=none",
-                                    crate::domain::one_line(other)
-                                ),
-                            ));
-                        }
-                        ("smtps", "tls", _) => {
-                            return Err(ConfigError::new(
-                                "smtp.url",
-                                "smtps:// is TLS from the first byte: drop ?tls= (it is for smtp://)",
-                            ));
-                        }
-                        _ => {
-                            return Err(ConfigError::new(
-                                "smtp.url",
-                                "an unknown parameter after `?`: only tls= is understood",
-                            ));
-                        }
-                    }
-                }
-            }
-            // The value is not echoed: operators put passwords in this URL.
-            _ => {
-                return Err(ConfigError::new(
-                    "smtp.url",
-                    "not an smtp:// or smtps:// URL with a host",
-                ));
-            }
-        }
+        smtp_url("smtp.url", &m.url)?;
         let password = secret_or_file("smtp.password", m.password, &m.password_file)?;
+        let username = Some(m.username.trim().to_owned()).filter(|u| !u.is_empty());
+        let password = (!password.expose_secret().is_empty()).then_some(password);
+        let relays = if m.relays.is_empty() {
+            vec![RelaySettings {
+                name: relay_name(&m.url),
+                key: "smtp.url".into(),
+                url: m.url.clone(),
+                username: username.clone(),
+                password: password.clone(),
+                weight: 1,
+                concurrency: delivery.concurrency,
+                rate_per_second: None,
+                rate_per_hour: None,
+            }]
+        } else {
+            relays(m.relays, delivery.concurrency)?
+        };
         let smtp = SmtpSettings {
+            relays,
             url: m.url,
-            username: Some(m.username.trim().to_owned()).filter(|u| !u.is_empty()),
-            password: (!password.expose_secret().is_empty()).then_some(password),
+            username,
+            password,
             timeout: duration("smtp.timeout", &m.timeout)?,
             ca_file: (!m.ca_file.as_os_str().is_empty()).then_some(m.ca_file),
             allow_plaintext_auth: m.allow_plaintext_auth,
@@ -1116,6 +1145,119 @@ impl SecretList {
 }
 
 /// A secret given directly or, with `<key>_file`, read from that file; not both.
+/// Checks a relay URL at start-up rather than at the first send. The value is never echoed:
+/// operators put passwords in it.
+fn smtp_url(key: &str, url: &SecretString) -> Result<(), ConfigError> {
+    let smtp_url = url.expose_secret();
+    match url::Url::parse(smtp_url) {
+        Ok(u) if matches!(u.scheme(), "smtp" | "smtps") && u.host_str().is_some() => {
+            // Checked here, with every other value, rather than at the first send. The
+            // value of `tls` is one of ours, never a secret, so it may be shown.
+            for (k, v) in u.query_pairs() {
+                match (u.scheme(), k.as_ref(), v.as_ref()) {
+                    ("smtp", "tls", "required" | "opportunistic" | "none") => {}
+                    ("smtp", "tls", other) => {
+                        return Err(ConfigError::new(
+                            key,
+                            format!(
+                                "tls={}: expected tls=required, tls=opportunistic or tls=none",
+                                crate::domain::one_line(other)
+                            ),
+                        ));
+                    }
+                    ("smtps", "tls", _) => {
+                        return Err(ConfigError::new(
+                            key,
+                            "smtps:// is TLS from the first byte: drop ?tls= (it is for smtp://)",
+                        ));
+                    }
+                    _ => {
+                        return Err(ConfigError::new(
+                            key,
+                            "an unknown parameter after `?`: only tls= is understood",
+                        ));
+                    }
+                }
+            }
+        }
+        // The value is not echoed: operators put passwords in this URL.
+        _ => {
+            return Err(ConfigError::new(
+                key,
+                "not an smtp:// or smtps:// URL with a host",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A relay's name when it has none: its URL's host and port (never its credentials).
+fn relay_name(url: &SecretString) -> String {
+    url::Url::parse(url.expose_secret())
+        .ok()
+        .and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            Some(match u.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            })
+        })
+        .unwrap_or_else(|| "relay".into())
+}
+
+fn relays(raw: Vec<RawRelay>, concurrency: u32) -> Result<Vec<RelaySettings>, ConfigError> {
+    let mut out: Vec<RelaySettings> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("smtp.relays[{}]", i + 1);
+        smtp_url(&format!("{key}.url"), &r.url)?;
+        let name = match r.name.trim() {
+            "" => relay_name(&r.url),
+            n => n.to_owned(),
+        };
+        if name.chars().count() > 60 || !name.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                &format!("{key}.name"),
+                format!(
+                    "'{}': use at most 60 letters, digits and punctuation, no spaces",
+                    shown(&name)
+                ),
+            ));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(ConfigError::new(
+                &format!("{key}.name"),
+                format!("'{name}' names two relays: give each its own name"),
+            ));
+        }
+        if !(r.rate_per_second.is_finite() && r.rate_per_second >= 0.0) {
+            return Err(ConfigError::new(
+                &format!("{key}.rate_per_second"),
+                "must be a number of messages per second, 0 for no ceiling",
+            ));
+        }
+        let password = secret_or_file(
+            &format!("{key}.password"),
+            r.password.unwrap_or_else(|| SecretString::from("")),
+            &r.password_file,
+        )?;
+        out.push(RelaySettings {
+            weight: in_range(&format!("{key}.weight"), r.weight, 1, 1000)?,
+            concurrency: match r.concurrency {
+                Some(c) => in_range(&format!("{key}.concurrency"), c, 1, 64)?,
+                None => concurrency,
+            },
+            rate_per_second: (r.rate_per_second > 0.0).then_some(r.rate_per_second),
+            rate_per_hour: (r.rate_per_hour > 0).then_some(r.rate_per_hour),
+            username: Some(r.username.trim().to_owned()).filter(|u| !u.is_empty()),
+            password: (!password.expose_secret().is_empty()).then_some(password),
+            url: r.url,
+            name,
+            key,
+        });
+    }
+    Ok(out)
+}
+
 fn secret_or_file(
     key: &str,
     value: SecretString,

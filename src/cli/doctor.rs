@@ -264,6 +264,17 @@ pub async fn run(settings: &Settings, format: Output) -> anyhow::Result<()> {
             "transport: file, into {}/ (writable)",
             settings.delivery.outbox.display()
         ),
+        TransportKind::Smtp if settings.smtp.relays.len() > 1 => format!(
+            "smtp: {} relays connected ({}), EHLO, TLS as configured",
+            settings.smtp.relays.len(),
+            settings
+                .smtp
+                .relays
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         TransportKind::Smtp => format!(
             "smtp: connected, EHLO{}, TLS as configured",
             if settings.smtp.username.is_some() {

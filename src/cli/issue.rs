@@ -205,6 +205,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 bail!("no issue #{number}");
             };
             let counts = deliveries::counts(&pool, issue.issue_id).await?;
+            let by_relay = deliveries::counts_by_relay(&pool, issue.issue_id).await?;
             match format {
                 StatusFormat::Json => {
                     let mut v = serde_json::to_value(&issue)?;
@@ -213,6 +214,14 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                         .map(|(k, n)| (k.clone(), serde_json::Value::from(*n)))
                         .collect();
                     v["deliveries"] = serde_json::Value::Object(map);
+                    let mut relays = serde_json::Map::new();
+                    for (relay, status, n) in &by_relay {
+                        relays
+                            .entry(relay.clone())
+                            .or_insert_with(|| serde_json::json!({}))[status] =
+                            serde_json::Value::from(*n);
+                    }
+                    v["relays"] = serde_json::Value::Object(relays);
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 }
                 StatusFormat::Table => {
@@ -228,6 +237,14 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     let total: i64 = counts.iter().map(|(_, n)| n).sum();
                     println!("deliveries: {total}");
                     for (status, n) in &counts {
+                        println!("  {status:<9} {n}");
+                    }
+                    let mut relay = None;
+                    for (name, status, n) in &by_relay {
+                        if relay != Some(name) {
+                            println!("relay {}:", one_line(name));
+                            relay = Some(name);
+                        }
                         println!("  {status:<9} {n}");
                     }
                     if issue.reclaimed > 0 {

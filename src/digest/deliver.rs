@@ -65,6 +65,9 @@ impl Deliverer {
     /// A deliverer with the configured transport, keys and rate ceiling.
     pub async fn new(pool: PgPool, settings: Arc<Settings>) -> anyhow::Result<Self> {
         let mailer = Mailer::from_settings(&settings)?;
+        if let Some(relays) = mailer.relays() {
+            relays.pace_with(pool.clone());
+        }
         let keys = super::token_keys(&settings, &pool).await?;
         let worker = Worker::start(&pool, settings.delivery.lease).await?;
         Ok(Self {
@@ -363,6 +366,7 @@ impl Deliverer {
             error: failure.map(|f| f.reason.clone()),
             next_attempt_at: None,
             message_id: None,
+            relay: None,
         };
         if c.subscriber_status != crate::domain::SubscriberStatus::Active {
             tracing::debug!(subscriber_id = c.subscriber_id, "skipped: no longer active");
@@ -397,7 +401,7 @@ impl Deliverer {
             .context("failed to reserve send rate")?;
         let name = format!("issue{}-s{}", rendered.number(), c.subscriber_id);
         let return_path = self.return_path(c.issue_id, c.subscriber_id);
-        let Some(outcome) = self
+        let Some(crate::send::Handed { outcome, relay }) = self
             .mailer
             .send_after(message, return_path, &name, gate)
             .await
@@ -433,6 +437,7 @@ impl Deliverer {
         if s.status == DeliveryStatus::Sent {
             s.message_id = message_id;
         }
+        s.relay = relay;
         tracing::debug!(
             subscriber_id = c.subscriber_id,
             issue_id = c.issue_id,

@@ -137,8 +137,14 @@ fn process_metrics(app: &AppState, registry: &mut Registry) {
     }
 }
 
-/// The latest numbered issue: its number, its state, its deliveries by status.
-type Latest = (i32, IssueStatus, Vec<(String, i64)>);
+/// The latest numbered issue: its number, its state, its deliveries by status, and by relay
+/// and status.
+type Latest = (
+    i32,
+    IssueStatus,
+    Vec<(String, i64)>,
+    Vec<(String, String, i64)>,
+);
 
 /// The figures read from the database for one scrape.
 struct DatabaseMetrics {
@@ -158,6 +164,7 @@ async fn database_metrics(pool: &PgPool) -> anyhow::Result<DatabaseMetrics> {
             i.number.unwrap_or_default(),
             i.status,
             deliveries::counts(pool, i.issue_id).await?,
+            deliveries::counts_by_relay(pool, i.issue_id).await?,
         )),
         None => None,
     };
@@ -184,7 +191,7 @@ impl DatabaseMetrics {
             "Issues paused by the breaker now (the relay refused or could not be reached)",
             gauge(self.paused),
         );
-        if let Some((number, status, counts)) = self.latest {
+        if let Some((number, status, counts, by_relay)) = self.latest {
             registry.register(
                 "digestif_last_issue_number",
                 "The latest issue's number",
@@ -217,6 +224,19 @@ impl DatabaseMetrics {
                 "The latest issue's deliveries by status",
                 by_status,
             );
+            if !by_relay.is_empty() {
+                let relays = Family::<Labels, Gauge>::default();
+                for (relay, status, n) in by_relay {
+                    relays
+                        .get_or_create(&vec![("relay", relay), ("status", status)])
+                        .set(n);
+                }
+                registry.register(
+                    "digestif_relay_deliveries",
+                    "The latest issue's deliveries by the relay that had the last word, by status",
+                    relays,
+                );
+            }
         }
         if let Some(t) = self.last_sent {
             registry.register(

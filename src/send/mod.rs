@@ -5,6 +5,7 @@
 pub mod classify;
 pub mod dkim;
 pub mod rate;
+pub mod relays;
 pub mod smtp;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use lettre::{Address, Message};
 
 use crate::config::{Settings, TransportKind};
 pub use classify::{Failure, Outcome};
+pub use relays::Handed;
 
 /// Where messages go, signed on the way when DKIM is on.
 pub struct Mailer {
@@ -24,7 +26,7 @@ pub struct Mailer {
 }
 
 enum Inner {
-    Smtp(Box<smtp::SmtpPool>),
+    Smtp(Box<relays::Relays>),
     File(PathBuf),
 }
 
@@ -44,13 +46,17 @@ impl Mailer {
         let signer = dkim::Signer::load(&settings.dkim)?.map(Arc::new);
         let inner = match settings.delivery.transport {
             TransportKind::File => Inner::File(settings.delivery.outbox.clone()),
-            TransportKind::Smtp => Inner::Smtp(Box::new(smtp::SmtpPool::new(
-                &settings.smtp,
-                settings.delivery.concurrency,
-                settings.newsletter.from.email.domain(),
-            )?)),
+            TransportKind::Smtp => Inner::Smtp(Box::new(relays::Relays::new(settings)?)),
         };
         Ok(Self { inner, signer })
+    }
+
+    /// The relays, when sending over SMTP.
+    pub fn relays(&self) -> Option<&relays::Relays> {
+        match &self.inner {
+            Inner::Smtp(r) => Some(r),
+            Inner::File(_) => None,
+        }
     }
 
     /// The DKIM signer, when DKIM is on.
@@ -70,6 +76,7 @@ impl Mailer {
         let outcome = self
             .send_after(message, return_path, name, std::future::ready(true))
             .await
+            .map(|h| h.outcome)
             // An open gate never says no; should it, nothing was handed over.
             .unwrap_or_else(|| classify::connection_failure("not handed over"));
         self.close().await;
@@ -79,8 +86,8 @@ impl Mailer {
     /// Says QUIT on every idle connection and closes it: the polite end of a session, which
     /// relays log as a clean one.
     pub async fn close(&self) {
-        if let Inner::Smtp(pool) = &self.inner {
-            pool.close().await;
+        if let Inner::Smtp(relays) = &self.inner {
+            relays.close().await;
         }
     }
 
@@ -93,7 +100,7 @@ impl Mailer {
         return_path: Option<Address>,
         name: &str,
         gate: impl std::future::Future<Output = bool>,
-    ) -> Option<Outcome> {
+    ) -> Option<Handed> {
         let envelope = envelope_for(&message, return_path);
         let bytes = match &self.signer {
             // An RSA signature is most of a message's CPU time: on the blocking pool it runs
@@ -103,29 +110,36 @@ impl Mailer {
                 match tokio::task::spawn_blocking(move || signer.sign(message)).await {
                     Ok(bytes) => bytes,
                     Err(e) => {
-                        return Some(Outcome::Transient(Failure {
-                            code: None,
-                            enhanced: None,
-                            reason: format!("DKIM signing did not finish: {e}"),
-                            systemic: false,
-                        }));
+                        return Some(Handed {
+                            outcome: Outcome::Transient(Failure {
+                                code: None,
+                                enhanced: None,
+                                reason: format!("DKIM signing did not finish: {e}"),
+                                systemic: false,
+                            }),
+                            relay: None,
+                        });
                     }
                 }
             }
             None => message.formatted(),
         };
         match &self.inner {
-            Inner::Smtp(pool) => pool.send(&envelope, &bytes, gate).await,
+            Inner::Smtp(relays) => relays.send(&envelope, &bytes, gate).await,
             Inner::File(dir) => {
                 if !gate.await {
                     return None;
                 }
-                Some(match write_eml(dir, name, &envelope, &bytes).await {
+                let outcome = match write_eml(dir, name, &envelope, &bytes).await {
                     Ok(()) => Outcome::Sent,
                     Err(e) => classify::connection_failure(&format!(
                         "writing {}: {e}",
                         dir.join(name).display()
                     )),
+                };
+                Some(Handed {
+                    outcome,
+                    relay: None,
                 })
             }
         }
@@ -136,7 +150,7 @@ impl Mailer {
     /// folder this process can write to, without creating anything (a check changes nothing).
     pub async fn check(&self) -> anyhow::Result<()> {
         match &self.inner {
-            Inner::Smtp(pool) => pool.check().await,
+            Inner::Smtp(relays) => relays.check().await,
             Inner::File(dir) => {
                 let (target, exists) = match tokio::fs::metadata(dir).await {
                     Ok(m) if m.is_dir() => (dir.clone(), true),

@@ -8,14 +8,17 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::config::DeliverySettings;
+use crate::config::{DeliverySettings, RelaySettings};
 
-/// The row all workers share.
+/// The row of `delivery.rate_*`, which all workers share; each relay's own ceiling has a row
+/// named `relay:<name>`.
 const ROW: &str = "send";
 
 /// Paces one worker's sends under the shared ceiling; cheap to share between tasks.
 #[derive(Debug)]
 pub struct Pacer {
+    /// Its row in `rate_limit`.
+    row: String,
     /// Time between two messages: the stricter of `rate_per_second` and `rate_per_hour`
     /// (an hourly ceiling is spread evenly over the hour). `None`: no ceiling.
     interval: Option<Duration>,
@@ -33,8 +36,21 @@ struct Reserved {
 impl Pacer {
     /// A pacer for the configured ceilings.
     pub fn new(delivery: &DeliverySettings) -> Self {
-        let per_second = delivery.rate_per_second.map(|r| 1.0 / r);
-        let per_hour = delivery.rate_per_hour.map(|r| 3600.0 / f64::from(r));
+        Self::with(ROW.into(), delivery.rate_per_second, delivery.rate_per_hour)
+    }
+
+    /// A pacer for one relay's own ceilings.
+    pub fn for_relay(relay: &RelaySettings) -> Self {
+        Self::with(
+            format!("relay:{}", relay.name),
+            relay.rate_per_second,
+            relay.rate_per_hour,
+        )
+    }
+
+    fn with(row: String, rate_per_second: Option<f64>, rate_per_hour: Option<u32>) -> Self {
+        let per_second = rate_per_second.map(|r| 1.0 / r);
+        let per_hour = rate_per_hour.map(|r| 3600.0 / f64::from(r));
         let interval = match (per_second, per_hour) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -44,6 +60,7 @@ impl Pacer {
             (1.0 / i.as_secs_f64()).ceil().clamp(1.0, 1000.0) as u32
         });
         Self {
+            row,
             interval,
             chunk,
             state: Mutex::new(Reserved::default()),
@@ -67,7 +84,7 @@ impl Pacer {
         let at = {
             let mut s = self.state.lock().await;
             if s.left == 0 {
-                let offset = reserve(pool, self.chunk, interval).await?;
+                let offset = reserve(pool, &self.row, self.chunk, interval).await?;
                 s.next = Some(Instant::now() + offset);
                 s.left = self.chunk;
             }
@@ -82,10 +99,10 @@ impl Pacer {
 }
 
 /// Reserves `n` permits spaced by `interval` and returns how long from now the first one is.
-async fn reserve(pool: &PgPool, n: u32, interval: Duration) -> sqlx::Result<Duration> {
+async fn reserve(pool: &PgPool, row: &str, n: u32, interval: Duration) -> sqlx::Result<Duration> {
     let span = interval.as_secs_f64() * f64::from(n);
     sqlx::query("INSERT INTO rate_limit (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(ROW)
+        .bind(row)
         .execute(pool)
         .await?;
     // The database clock decides, so workers on machines with skewed clocks still agree.
@@ -93,7 +110,7 @@ async fn reserve(pool: &PgPool, n: u32, interval: Duration) -> sqlx::Result<Dura
         "UPDATE rate_limit SET tat = greatest(tat, clock_timestamp()) + make_interval(secs => $2) \
          WHERE name = $1 RETURNING EXTRACT(EPOCH FROM tat - clock_timestamp())::float8",
     )
-    .bind(ROW)
+    .bind(row)
     .bind(span)
     .fetch_one(pool)
     .await?;

@@ -23,7 +23,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
 use super::classify::{self, Outcome};
-use crate::config::SmtpSettings;
+use crate::config::{RelaySettings, SmtpSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tls {
@@ -200,12 +200,15 @@ enum Done {
 }
 
 impl SmtpPool {
-    /// A pool for `smtp.url` keeping up to `max_idle` connections open. `from_domain` is the
-    /// EHLO name when neither `smtp.helo_name` nor a fully qualified host name gives one.
-    pub fn new(s: &SmtpSettings, max_idle: u32, from_domain: &str) -> anyhow::Result<Self> {
+    /// A pool for one relay keeping up to its `concurrency` connections open. `from_domain`
+    /// is the EHLO name when neither `smtp.helo_name` nor a fully qualified host name gives
+    /// one.
+    pub fn new(s: &SmtpSettings, relay: &RelaySettings, from_domain: &str) -> anyhow::Result<Self> {
+        let max_idle = relay.concurrency;
+        let key = relay.key.as_str();
         // The URL may hold a password, so errors do not repeat it.
-        let bad = || anyhow!("config: smtp.url: not a usable SMTP URL");
-        let url = url::Url::parse(s.url.expose_secret()).map_err(|_| bad())?;
+        let bad = || anyhow!("config: {key}: not a usable SMTP URL");
+        let url = url::Url::parse(relay.url.expose_secret()).map_err(|_| bad())?;
         let host = url.host_str().ok_or_else(bad)?.to_owned();
         let query_tls = url
             .query_pairs()
@@ -225,7 +228,7 @@ impl SmtpPool {
             .port()
             .unwrap_or(if tls == Tls::Wrapper { 465 } else { 25 });
         let decode = |v: &str| {
-            percent_decode(v).ok_or_else(|| anyhow!("config: smtp.url: bad percent-encoding"))
+            percent_decode(v).ok_or_else(|| anyhow!("config: {key}: bad percent-encoding"))
         };
         let from_url = (!url.username().is_empty())
             .then(|| -> anyhow::Result<Credentials> {
@@ -235,10 +238,11 @@ impl SmtpPool {
                 ))
             })
             .transpose()?;
-        let credentials = match &s.username {
+        let credentials = match &relay.username {
             Some(user) => Some(Credentials::new(
                 user.clone(),
-                s.password
+                relay
+                    .password
                     .as_ref()
                     .map(|p| p.expose_secret().to_owned())
                     .unwrap_or_default(),
@@ -637,7 +641,7 @@ mod tls_default_tests {
     fn tls_of(url: &str) -> Tls {
         let settings = crate::config::Settings::from_toml(&format!("[smtp]\nurl = \"{url}\"\n"))
             .expect("settings");
-        SmtpPool::new(&settings.smtp, 1, "example.com")
+        SmtpPool::new(&settings.smtp, &settings.smtp.relays[0], "example.com")
             .expect("pool")
             .tls
     }

@@ -182,6 +182,8 @@ pub struct Settled {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The Message-ID sent.
     pub message_id: Option<String>,
+    /// The relay that had the last word (SMTP only).
+    pub relay: Option<String>,
 }
 
 /// Opens the connection [`settle`] runs on. It is the hot path of sending (one call per few
@@ -255,7 +257,9 @@ pub async fn settle(
     let mut errors = Vec::with_capacity(results.len());
     let mut next = Vec::with_capacity(results.len());
     let mut message_ids = Vec::with_capacity(results.len());
+    let mut relays = Vec::with_capacity(results.len());
     for r in results {
+        relays.push(r.relay.as_deref());
         issue_ids.push(r.issue_id);
         subscriber_ids.push(r.subscriber_id);
         statuses.push(r.status.as_str());
@@ -270,12 +274,13 @@ pub async fn settle(
         sqlx::query_as(concat!(
             "WITH v AS ( \
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], \
-                                  $5::text[], $6::timestamptz[], $7::text[]) \
-             AS v(issue_id, subscriber_id, status, code, error, next_at, message_id)), \
+                                  $5::text[], $6::timestamptz[], $7::text[], $13::text[]) \
+             AS v(issue_id, subscriber_id, status, code, error, next_at, message_id, relay)), \
          upd AS ( \
              UPDATE delivery d SET status = v.status, last_code = v.code, last_error = v.error, \
                     next_attempt_at = COALESCE(v.next_at, d.next_attempt_at), lease_until = NULL, \
                     claimed_by = NULL, message_id = COALESCE(v.message_id, d.message_id), \
+                    relay = COALESCE(v.relay, d.relay), \
                     sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END \
              FROM v WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
                AND d.status = $9 AND d.claimed_by = $10 \
@@ -306,6 +311,7 @@ pub async fn settle(
         .bind(worker)
         .bind(&confirm_issues)
         .bind(&confirm_subscribers)
+        .bind(&relays)
         .fetch_one(&mut *conn)
         .await?;
     Ok(SettleOutcome {
@@ -437,6 +443,21 @@ pub async fn any_claimed(pool: &PgPool) -> sqlx::Result<bool> {
 pub async fn counts(pool: &PgPool, issue_id: i64) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query_as(
         "SELECT status, count(*) FROM delivery WHERE issue_id = $1 GROUP BY status ORDER BY status",
+    )
+    .bind(issue_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// An issue's deliveries by the relay that had the last word and their status (relays only:
+/// the file transport names none).
+pub async fn counts_by_relay(
+    pool: &PgPool,
+    issue_id: i64,
+) -> sqlx::Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        "SELECT relay, status, count(*) FROM delivery WHERE issue_id = $1 AND relay IS NOT NULL \
+         GROUP BY relay, status ORDER BY relay, status",
     )
     .bind(issue_id)
     .fetch_all(pool)

@@ -19,6 +19,7 @@ mod logs;
 mod ownership;
 mod readme;
 mod relay_tls;
+mod relays;
 mod schedule;
 mod send_now;
 mod smtp_server;

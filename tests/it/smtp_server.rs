@@ -179,6 +179,8 @@ struct State {
     logins: Vec<String>,
     tls_sessions: usize,
     sessions: usize,
+    /// Set by [`SmtpServer::go_down`]: every session closes before its next command.
+    down: bool,
 }
 
 /// A running test server; it stops when dropped.
@@ -217,6 +219,13 @@ impl SmtpServer {
     /// The URL for `smtp.url`.
     pub fn url(&self) -> String {
         format!("smtp://{}", self.addr)
+    }
+
+    /// The server goes away: it stops listening (new connections are refused) and every open
+    /// session closes before its next command.
+    pub fn go_down(&self) {
+        self.state.lock().expect("state").down = true;
+        self.task.abort();
     }
 
     /// Every accepted message so far.
@@ -300,7 +309,15 @@ async fn session_on(
             return Ok(());
         }
         let cmd = line.trim_end().to_owned();
-        st.lock().expect("state").commands.push(cmd.clone());
+        {
+            let mut st = st.lock().expect("state");
+            // Gone: the connection closes between transactions, never inside one, so every
+            // message this server acknowledged is one it keeps.
+            if st.down {
+                return Ok(());
+            }
+            st.commands.push(cmd.clone());
+        }
         let upper = cmd.to_ascii_uppercase();
         if upper.starts_with("EHLO") {
             let mut lines = vec!["test.example".to_owned()];

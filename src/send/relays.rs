@@ -1,0 +1,283 @@
+//! Several relays (`[[smtp.relays]]`): which one carries the next message (by weight, among
+//! those in rotation), each relay's own connection cap and rate ceiling, its own breaker that
+//! takes it out of rotation after connection or policy failures and back after a cool-down,
+//! and failover: a message a relay could not take is tried on the next one at once.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use lettre::address::Envelope;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+
+use super::classify::{self, Failure, Outcome};
+use super::rate::Pacer;
+use super::smtp::SmtpPool;
+use crate::config::Settings;
+
+/// A relay breaker judges the last this many attempts …
+const WINDOW: usize = 20;
+/// … once there are at least this many …
+const MIN_ATTEMPTS: usize = 10;
+/// … and takes the relay out when this share of them failed for relay reasons.
+const RATIO: f64 = 0.8;
+
+/// One relay: its connections, its ceilings and its health.
+pub struct Relay {
+    pub name: String,
+    pool: SmtpPool,
+    weight: u32,
+    permits: Semaphore,
+    pacer: Pacer,
+    health: Mutex<Health>,
+    /// Attempts by outcome in this process: sent, deferred, bounced, failed.
+    pub attempts: [AtomicU64; 4],
+}
+
+#[derive(Default)]
+struct Health {
+    /// True for an attempt that failed because of the relay (connection, policy, 4xx).
+    window: VecDeque<bool>,
+    /// Out of rotation until then, and why.
+    out: Option<(Instant, String)>,
+}
+
+/// What a relay's attempt counts as, for its breaker: the relay's fault, or not.
+fn relay_fault(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Sent | Outcome::Bounced(_) => false,
+        Outcome::Transient(_) => true,
+        Outcome::Failed(f) => f.systemic,
+    }
+}
+
+/// Where a failed attempt is worth repeating on another relay at once: the relay could not
+/// take it (connection, 4xx) or refused it by its policy; never a recipient's own refusal.
+fn try_elsewhere(outcome: &Outcome) -> bool {
+    relay_fault(outcome)
+}
+
+/// The relays of a process, shared by its senders.
+pub struct Relays {
+    relays: Vec<Relay>,
+    cooldown: Duration,
+    /// The database the relays' own rate ceilings are kept in, when they are paced.
+    pacing: std::sync::OnceLock<PgPool>,
+}
+
+/// A message handed to a relay: what came of it, and which relay had the last word.
+pub struct Handed {
+    pub outcome: Outcome,
+    /// `None` when no relay was tried (all out of rotation).
+    pub relay: Option<String>,
+}
+
+impl Relays {
+    /// Every relay of the settings, with its pool (a bad URL or CA file fails here).
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let from = settings.newsletter.from.email.domain();
+        let relays = settings
+            .smtp
+            .relays
+            .iter()
+            .map(|r| {
+                Ok(Relay {
+                    name: r.name.clone(),
+                    pool: SmtpPool::new(&settings.smtp, r, from)?,
+                    weight: r.weight,
+                    permits: Semaphore::new(r.concurrency as usize),
+                    pacer: Pacer::for_relay(r),
+                    health: Mutex::new(Health::default()),
+                    attempts: Default::default(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            relays,
+            cooldown: settings.delivery.breaker_cooldown,
+            pacing: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Paces sends under each relay's own ceiling, kept in this database.
+    pub fn pace_with(&self, pool: PgPool) {
+        let _ = self.pacing.set(pool);
+    }
+
+    /// The relays, for `/metrics` and `doctor`.
+    pub fn all(&self) -> &[Relay] {
+        &self.relays
+    }
+
+    /// Sends one message on a relay chosen by weight; when it cannot take the message, on
+    /// the next, until one answers for the recipient or every relay in rotation was tried.
+    /// The message is handed over only once `gate` says yes (`None`: it said no).
+    pub async fn send(
+        &self,
+        envelope: &Envelope,
+        bytes: &[u8],
+        gate: impl Future<Output = bool>,
+    ) -> Option<Handed> {
+        // Shared: a relay that fails after asking has the answer ready for the next one.
+        let gate = gate.shared();
+        let mut tried = Vec::with_capacity(self.relays.len());
+        let mut last: Option<Handed> = None;
+        while let Some(i) = self.choose(&tried) {
+            tried.push(i);
+            let relay = &self.relays[i];
+            let Ok(_permit) = relay.permits.acquire().await else {
+                continue;
+            };
+            if let Some(db) = self.pacing.get()
+                && let Err(e) = relay.pacer.wait(db).await
+            {
+                tracing::warn!(relay = %relay.name, "cannot reserve the relay's send rate: {e}");
+                last = Some(Handed {
+                    outcome: classify::connection_failure(&format!(
+                        "cannot reserve relay {}'s send rate: {e}",
+                        relay.name
+                    )),
+                    relay: Some(relay.name.clone()),
+                });
+                continue;
+            }
+            let outcome = relay.pool.send(envelope, bytes, gate.clone()).await?;
+            self.record(i, &outcome);
+            let again = try_elsewhere(&outcome) && self.relays.len() > 1;
+            let handed = Handed {
+                outcome,
+                relay: Some(relay.name.clone()),
+            };
+            if !again {
+                return Some(handed);
+            }
+            last = Some(handed);
+        }
+        Some(last.unwrap_or_else(|| Handed {
+            outcome: Outcome::Transient(Failure {
+                code: None,
+                enhanced: None,
+                reason: classify::truncate(
+                    &format!("every relay is out of rotation: {}", self.out_reasons()),
+                    400,
+                ),
+                systemic: true,
+            }),
+            relay: None,
+        }))
+    }
+
+    /// Says QUIT on every relay's idle connections.
+    pub async fn close(&self) {
+        futures_util::future::join_all(self.relays.iter().map(|r| r.pool.close())).await;
+    }
+
+    /// Checks every relay (EHLO, TLS, AUTH); the first error names its relay.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        for r in &self.relays {
+            r.pool.check().await.map_err(|e| match self.relays.len() {
+                1 => e,
+                _ => e.context(format!("relay {}", r.name)),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether relay `i` is in rotation now (a relay whose cool-down is over comes back, with
+    /// a clean slate).
+    pub fn in_rotation(&self, i: usize) -> bool {
+        let Ok(mut h) = self.relays[i].health.lock() else {
+            return false;
+        };
+        match &h.out {
+            Some((until, _)) if Instant::now() < *until => false,
+            Some(_) => {
+                tracing::info!(relay = %self.relays[i].name, "relay back in rotation after its cool-down");
+                h.out = None;
+                h.window.clear();
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// A relay in rotation not yet tried, at random by weight.
+    fn choose(&self, tried: &[usize]) -> Option<usize> {
+        let open: Vec<usize> = (0..self.relays.len())
+            .filter(|i| !tried.contains(i) && self.in_rotation(*i))
+            .collect();
+        let total: u64 = open.iter().map(|i| u64::from(self.relays[*i].weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut pick = fastrand::u64(0..total);
+        for i in open {
+            let w = u64::from(self.relays[i].weight);
+            if pick < w {
+                return Some(i);
+            }
+            pick -= w;
+        }
+        None
+    }
+
+    /// Counts one attempt on relay `i`; with several relays, one whose recent attempts mostly
+    /// failed for its own reasons leaves the rotation for the cool-down. A single relay stays:
+    /// the breaker judges it, as before relays existed.
+    fn record(&self, i: usize, outcome: &Outcome) {
+        let relay = &self.relays[i];
+        let slot = match outcome {
+            Outcome::Sent => 0,
+            Outcome::Transient(_) => 1,
+            Outcome::Bounced(_) => 2,
+            Outcome::Failed(_) => 3,
+        };
+        relay.attempts[slot].fetch_add(1, Ordering::Relaxed);
+        if self.relays.len() < 2 {
+            return;
+        }
+        let Ok(mut h) = relay.health.lock() else {
+            return;
+        };
+        h.window.push_back(relay_fault(outcome));
+        if h.window.len() > WINDOW {
+            h.window.pop_front();
+        }
+        let bad = h.window.iter().filter(|b| **b).count();
+        let n = h.window.len();
+        if h.out.is_none() && n >= MIN_ATTEMPTS && bad as f64 >= RATIO * n as f64 {
+            let reason = match outcome {
+                Outcome::Transient(f) | Outcome::Failed(f) | Outcome::Bounced(f) => {
+                    f.reason.clone()
+                }
+                Outcome::Sent => String::new(),
+            };
+            tracing::warn!(
+                relay = %relay.name,
+                "relay out of rotation for {}: {bad} of its last {n} attempts failed ({reason})",
+                humantime::format_duration(self.cooldown)
+            );
+            h.out = Some((Instant::now() + self.cooldown, reason));
+            h.window.clear();
+        }
+    }
+
+    fn out_reasons(&self) -> String {
+        self.relays
+            .iter()
+            .map(|r| {
+                let why = r
+                    .health
+                    .lock()
+                    .ok()
+                    .and_then(|h| h.out.as_ref().map(|(_, w)| w.clone()))
+                    .unwrap_or_default();
+                format!("{} ({why})", r.name)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
