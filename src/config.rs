@@ -1481,6 +1481,49 @@ mod tests {
     }
 
     #[test]
+    fn hooks_are_off_until_configured_and_checked_when_they_are() {
+        let s = Settings::from_toml("").unwrap();
+        assert!(s.hooks.ses.is_none() && s.hooks.postmark.is_none() && s.hooks.mailgun.is_none());
+        assert!(s.hooks.sendgrid.is_none() && s.hooks.generic.is_none());
+        let key = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEVs/o5+uQbTjL3chynL4wXgUg2R9q9UU8I5mEovUf86QZ7kOBIjJwqnzD1omageEHWwHdBO6B+dFabmdT9POxg==";
+        let s = Settings::from_toml(&format!(
+            "[hooks]\nses_topic_arns = [\"arn:aws:sns:eu-west-1:123456789012:ses-bounces\"]\n\
+             sendgrid_public_key = \"{key}\"\npostmark_username = \"pm\"\n\
+             postmark_password = \"hunter2\"\nmailgun_signing_key = \"hunter3\""
+        ))
+        .unwrap();
+        assert_eq!(s.hooks.sendgrid.as_ref().map(Vec::len), Some(65));
+        assert!(s.hooks.ses.is_some() && s.hooks.postmark.is_some() && s.hooks.mailgun.is_some());
+        let dbg = format!("{s:?}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("hunter3"),
+            "{dbg}"
+        );
+        for (toml, want) in [
+            (
+                "[hooks]\nses_topic_arns = [\"arn:aws:s3:::bucket\"]",
+                "config: hooks.ses_topic_arns: 'arn:aws:s3:::bucket' is not an SNS topic ARN",
+            ),
+            (
+                "[hooks]\nsendgrid_public_key = \"hunter2\"",
+                "config: hooks.sendgrid_public_key: not a P-256 public key",
+            ),
+            (
+                "[hooks]\npostmark_password = \"hunter2\"",
+                "config: hooks.postmark_username: must be set with hooks.postmark_password",
+            ),
+            (
+                "[hooks]\ngeneric_secret = \"hunter2\"",
+                "config: hooks.generic_secret: must be at least 32 characters",
+            ),
+        ] {
+            let err = Settings::from_toml(toml).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{toml}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug_output() {
         let s = Settings::from_toml(
             "[smtp]\npassword = \"hunter2\"\n[http]\ntoken_secret = \"s3cr3t-token-that-is-long-enough-for-hmac\"",
