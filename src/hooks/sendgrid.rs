@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use serde_json::Value;
+use sha2::Digest as _;
 
 use super::{FRESH, Refused, Verified, fresh_unix, header_text, json, status_from, text};
 use crate::config::HookSettings;
@@ -45,8 +46,12 @@ pub(super) fn verify(
             "a SendGrid batch is a JSON array".into(),
         ));
     };
-    // ECDSA signatures are randomised, so one signature marks one request.
-    let token = base64::engine::general_purpose::STANDARD.encode(&signature);
+    // The request is named by what was signed, not by the signature: an ECDSA signature has
+    // a twin (s and n - s) that verifies as well, and would pass for a new request.
+    let token: String = sha2::Sha256::digest(&signed)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(Verified {
         replay: Some((token, FRESH * 2 + Duration::from_secs(60))),
         events: events.iter().filter_map(sendgrid_event).collect(),
