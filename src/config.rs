@@ -46,6 +46,9 @@ const SECRET_KEYS: &[&str] = &[
     "http.token_secret",
     "http.previous_token_secrets",
     "database.url",
+    "hooks.postmark_password",
+    "hooks.mailgun_signing_key",
+    "hooks.generic_secret",
 ];
 
 /// `smtp.password` → `DIGESTIF_SMTP__PASSWORD`.
@@ -115,6 +118,36 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Fetching articles from feeds.
     pub feeds: FeedSettings,
+    /// Bounce and complaint webhooks of hosted relays.
+    pub hooks: HookSettings,
+}
+
+/// `[hooks]`: each provider's webhook, `None` (404) when not configured.
+#[derive(Debug, Clone, Default)]
+pub struct HookSettings {
+    /// Amazon SES through SNS: the topics whose messages count.
+    pub ses: Option<SesHook>,
+    /// Postmark: basic auth.
+    pub postmark: Option<PostmarkHook>,
+    /// Mailgun: the webhook signing key.
+    pub mailgun: Option<SecretString>,
+    /// SendGrid: the signed event webhook's P-256 public key, as an uncompressed point.
+    pub sendgrid: Option<Vec<u8>>,
+    /// The generic JSON form: the shared HMAC secret.
+    pub generic: Option<SecretString>,
+}
+
+/// `hooks.ses_topic_arns`
+#[derive(Debug, Clone)]
+pub struct SesHook {
+    pub topic_arns: Vec<String>,
+}
+
+/// `hooks.postmark_username` and `hooks.postmark_password`
+#[derive(Debug, Clone)]
+pub struct PostmarkHook {
+    pub username: String,
+    pub password: SecretString,
 }
 
 /// `[feeds]`
@@ -370,6 +403,21 @@ struct Raw {
     http: RawHttp,
     database: RawDatabase,
     feeds: RawFeeds,
+    hooks: RawHooks,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    ses_topic_arns: Vec<String>,
+    postmark_username: String,
+    postmark_password: SecretString,
+    postmark_password_file: PathBuf,
+    mailgun_signing_key: SecretString,
+    mailgun_signing_key_file: PathBuf,
+    sendgrid_public_key: String,
+    generic_secret: SecretString,
+    generic_secret_file: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -934,6 +982,8 @@ impl Raw {
                 .collect::<Result<_, _>>()?,
         };
 
+        let hooks = self.hooks.validate()?;
+
         Ok(Settings {
             newsletter,
             schedule,
@@ -945,7 +995,137 @@ impl Raw {
             http,
             database,
             feeds,
+            hooks,
         })
+    }
+}
+
+impl RawHooks {
+    fn validate(self) -> Result<HookSettings, ConfigError> {
+        let ses = self
+            .ses_topic_arns
+            .iter()
+            .map(|arn| topic_arn("hooks.ses_topic_arns", arn))
+            .collect::<Result<Vec<_>, _>>()?;
+        let username = self.postmark_username.trim().to_owned();
+        let password = secret_or_file(
+            "hooks.postmark_password",
+            self.postmark_password,
+            &self.postmark_password_file,
+        )?;
+        let postmark = match (username.is_empty(), password.expose_secret().is_empty()) {
+            (true, true) => None,
+            (false, false)
+                if !username.contains(':') && !username.chars().any(is_forbidden_char) =>
+            {
+                Some(PostmarkHook { username, password })
+            }
+            (false, false) => {
+                return Err(ConfigError::new(
+                    "hooks.postmark_username",
+                    "must not contain ':' or control characters (basic auth cannot carry them)",
+                ));
+            }
+            (true, false) => {
+                return Err(ConfigError::new(
+                    "hooks.postmark_username",
+                    "must be set with hooks.postmark_password",
+                ));
+            }
+            (false, true) => {
+                return Err(ConfigError::new(
+                    "hooks.postmark_password",
+                    "must be set with hooks.postmark_username",
+                ));
+            }
+        };
+        let mailgun = secret_or_file(
+            "hooks.mailgun_signing_key",
+            self.mailgun_signing_key,
+            &self.mailgun_signing_key_file,
+        )?;
+        let generic = secret_or_file(
+            "hooks.generic_secret",
+            self.generic_secret,
+            &self.generic_secret_file,
+        )?;
+        let generic_len = generic.expose_secret().len();
+        if generic_len > 0 && generic_len < crate::domain::MIN_SECRET_LEN {
+            return Err(ConfigError::new(
+                "hooks.generic_secret",
+                format!(
+                    "must be at least {} characters (e.g. `openssl rand -hex 32`)",
+                    crate::domain::MIN_SECRET_LEN
+                ),
+            ));
+        }
+        let sendgrid = match self.sendgrid_public_key.trim() {
+            "" => None,
+            key => Some(p256_public_key("hooks.sendgrid_public_key", key)?),
+        };
+        Ok(HookSettings {
+            ses: (!ses.is_empty()).then_some(SesHook { topic_arns: ses }),
+            postmark,
+            mailgun: (!mailgun.expose_secret().is_empty()).then_some(mailgun),
+            sendgrid,
+            generic: (generic_len > 0).then_some(generic),
+        })
+    }
+}
+
+/// An SNS topic ARN, `arn:aws:sns:<region>:<account>:<name>`.
+fn topic_arn(key: &str, raw: &str) -> Result<String, ConfigError> {
+    let v = raw.trim();
+    let parts: Vec<&str> = v.split(':').collect();
+    let ok = matches!(parts.as_slice(), ["arn", partition, "sns", region, account, name]
+        if partition.starts_with("aws")
+            && !region.is_empty()
+            && account.len() == 12
+            && account.bytes().all(|b| b.is_ascii_digit())
+            && !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!(
+                "'{}' is not an SNS topic ARN like arn:aws:sns:eu-west-1:123456789012:ses-bounces",
+                shown(v)
+            ),
+        ))
+    }
+}
+
+/// The DER SubjectPublicKeyInfo of a P-256 key starts with these bytes (the algorithm, the
+/// curve and the bit string's header); the uncompressed point (65 bytes, 0x04 first) follows.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// A P-256 public key as SendGrid shows it (base64 of the DER SubjectPublicKeyInfo, or the
+/// same in a PEM block): the uncompressed point.
+fn p256_public_key(key: &str, raw: &str) -> Result<Vec<u8>, ConfigError> {
+    use base64::Engine as _;
+    let body: String = raw
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("-----"))
+        .flat_map(|l| l.split_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .ok();
+    match der
+        .as_deref()
+        .and_then(|d| d.strip_prefix(&P256_SPKI_PREFIX[..]))
+    {
+        Some(point) if point.len() == 65 && point[0] == 0x04 => Ok(point.to_vec()),
+        _ => Err(ConfigError::new(
+            key,
+            "not a P-256 public key in base64 (copy SendGrid's verification key whole, \
+             it starts with MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE)",
+        )),
     }
 }
 
@@ -1453,6 +1633,49 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn hooks_are_off_until_configured_and_checked_when_they_are() {
+        let s = Settings::from_toml("").unwrap();
+        assert!(s.hooks.ses.is_none() && s.hooks.postmark.is_none() && s.hooks.mailgun.is_none());
+        assert!(s.hooks.sendgrid.is_none() && s.hooks.generic.is_none());
+        let key = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEVs/o5+uQbTjL3chynL4wXgUg2R9q9UU8I5mEovUf86QZ7kOBIjJwqnzD1omageEHWwHdBO6B+dFabmdT9POxg==";
+        let s = Settings::from_toml(&format!(
+            "[hooks]\nses_topic_arns = [\"arn:aws:sns:eu-west-1:123456789012:ses-bounces\"]\n\
+             sendgrid_public_key = \"{key}\"\npostmark_username = \"pm\"\n\
+             postmark_password = \"hunter2\"\nmailgun_signing_key = \"hunter3\""
+        ))
+        .unwrap();
+        assert_eq!(s.hooks.sendgrid.as_ref().map(Vec::len), Some(65));
+        assert!(s.hooks.ses.is_some() && s.hooks.postmark.is_some() && s.hooks.mailgun.is_some());
+        let dbg = format!("{s:?}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("hunter3"),
+            "{dbg}"
+        );
+        for (toml, want) in [
+            (
+                "[hooks]\nses_topic_arns = [\"arn:aws:s3:::bucket\"]",
+                "config: hooks.ses_topic_arns: 'arn:aws:s3:::bucket' is not an SNS topic ARN",
+            ),
+            (
+                "[hooks]\nsendgrid_public_key = \"hunter2\"",
+                "config: hooks.sendgrid_public_key: not a P-256 public key",
+            ),
+            (
+                "[hooks]\npostmark_password = \"hunter2\"",
+                "config: hooks.postmark_username: must be set with hooks.postmark_password",
+            ),
+            (
+                "[hooks]\ngeneric_secret = \"hunter2\"",
+                "config: hooks.generic_secret: must be at least 32 characters",
+            ),
+        ] {
+            let err = Settings::from_toml(toml).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{toml}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

@@ -167,52 +167,16 @@ pub async fn handle(
             }
             Verp::Absent => attribute_by_message_id(pool, keys, body).await?,
         };
-        let Some((issue_id, subscriber_id)) = target else {
+        let Some(delivery) = target else {
             return Ok(Handled::Ignored(
                 "bounce that names no delivery of ours".into(),
             ));
         };
-        let outcome = classify_dsn(&status, dsn.diagnostic.as_deref());
-        let detail = match &outcome {
-            Outcome::Sent => String::new(),
-            Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => f.reason.clone(),
+        let report = Report::Bounce {
+            status,
+            diagnostic: dsn.diagnostic,
         };
-        let detail = crate::send::classify::truncate(&one_line(&detail), 400);
-        let recorded = match outcome {
-            Outcome::Bounced(_) => {
-                deliveries::record_bounce(
-                    pool,
-                    issue_id,
-                    subscriber_id,
-                    &detail,
-                    settings.delivery.hard_bounce_threshold,
-                )
-                .await?
-            }
-            Outcome::Transient(_) => return Ok(Handled::Delayed(status)),
-            Outcome::Failed(_) | Outcome::Sent => {
-                return Ok(
-                    if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail)
-                        .await?
-                    {
-                        Handled::Failed {
-                            subscriber_id,
-                            status,
-                        }
-                    } else {
-                        Handled::AlreadyBounced(subscriber_id)
-                    },
-                );
-            }
-        };
-        return Ok(if recorded {
-            Handled::Bounced {
-                subscriber_id,
-                status,
-            }
-        } else {
-            Handled::AlreadyBounced(subscriber_id)
-        });
+        return apply(pool, settings, delivery, &report, None).await;
     }
 
     if is_report && report_type.as_deref() == Some("feedback-report") {
@@ -220,8 +184,11 @@ pub async fn handle(
         let feedback = crate::send::classify::truncate(&one_line(&feedback), 100);
         // Our VERP return path in the returned copy: only we can make one, so it counts
         // whoever forwards the report.
-        if let Some((_, subscriber_id)) = verp_in(settings, keys, body) {
-            return complaint(pool, subscriber_id, &format!("ARF {feedback}")).await;
+        if let Some(delivery) = verp_in(settings, keys, body) {
+            let report = Report::Complaint {
+                detail: format!("ARF {feedback}"),
+            };
+            return apply(pool, settings, delivery, &report, None).await;
         }
         // Anything else only from a feedback loop that proves who it is. Our signed Message-ID
         // alone is not enough: the recipient of the message can put it in a report of their
@@ -268,6 +235,166 @@ pub async fn handle(
     Ok(Handled::Ignored(
         "not a bounce, complaint or unsubscribe request".into(),
     ))
+}
+
+/// What a report says happened to one delivery, whoever brought it: a DSN by mail or a
+/// provider's webhook. [`apply`] is the one place these turn into database changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The message did not arrive: classified by its DSN status (`5.1.1`) and diagnostic
+    /// (`smtp; 550 5.1.1 user unknown`) by the same rules as a synchronous SMTP reply.
+    Bounce {
+        status: String,
+        diagnostic: Option<String>,
+    },
+    /// Still trying (a 4.x.x status): nothing changes.
+    Delay { status: String },
+    /// The recipient reported the message as spam: unsubscribed and suppressed.
+    Complaint { detail: String },
+}
+
+/// How a report names the delivery it is about: only ways that only we can make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// Our Message-ID header (`<issue<n>.s<id>.<mac>@domain>`, brackets optional): signed, so
+    /// it names one subscriber's copy of one issue.
+    MessageId(String),
+    /// Our VERP return path (`bounces+<tag>@domain`, brackets optional): signed, one delivery.
+    ReturnPath(String),
+}
+
+/// A report from a provider's webhook: what happened, which delivery it names, and who said so
+/// (for the stored detail and the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub report: Report,
+    /// Every reference the provider passed on; the first that verifies counts. A recipient
+    /// address is deliberately not among them: anyone can name an address.
+    pub references: Vec<Reference>,
+    /// `ses`, `postmark`…: prefixed to the stored detail.
+    pub via: &'static str,
+}
+
+/// The delivery (issue id, subscriber id) the first genuine reference names.
+pub async fn find_delivery(
+    pool: &PgPool,
+    settings: &Settings,
+    keys: &TokenKeys,
+    references: &[Reference],
+) -> anyhow::Result<Option<(i64, i64)>> {
+    for reference in references {
+        match reference {
+            Reference::MessageId(id) => {
+                let local = id.trim().trim_start_matches('<');
+                let local = local.split('@').next().unwrap_or_default();
+                if let Some((number, subscriber_id)) = keys.verify_message_id(local)
+                    && let Some(issue) = issues::find_by_number(pool, number).await?
+                {
+                    return Ok(Some((issue.issue_id, subscriber_id)));
+                }
+            }
+            Reference::ReturnPath(address) => {
+                let address = address.trim().trim_start_matches('<');
+                if let Some(found) = verp_tag(settings, address)
+                    .filter(|t| !t.starts_with("u."))
+                    .and_then(|tag| keys.verify_bounce(&tag))
+                {
+                    return Ok(Some(found));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Records a provider's report: found by our Message-ID or VERP tag, then [`apply`]. An event
+/// that names no delivery of ours changes nothing.
+pub async fn record(
+    pool: &PgPool,
+    settings: &Settings,
+    keys: &TokenKeys,
+    event: &Event,
+) -> anyhow::Result<Handled> {
+    if let Report::Delay { status } = &event.report {
+        return Ok(Handled::Delayed(status.clone()));
+    }
+    match find_delivery(pool, settings, keys, &event.references).await? {
+        Some(delivery) => apply(pool, settings, delivery, &event.report, Some(event.via)).await,
+        None => Ok(Handled::Ignored(format!(
+            "{} report that names no delivery of ours (no Message-ID or VERP tag of ours that verifies)",
+            event.via
+        ))),
+    }
+}
+
+/// Applies a report to the delivery `(issue id, subscriber id)` it names, by the rules shared
+/// by mail and webhooks: a bounce is classified like the SMTP reply it stands for (a mailbox
+/// error counts toward suppression, a policy block fails the delivery and keeps the subscriber,
+/// a 4.x.x changes nothing), each counted once; a complaint unsubscribes and suppresses.
+/// `via` names the provider whose webhook reported it.
+pub async fn apply(
+    pool: &PgPool,
+    settings: &Settings,
+    (issue_id, subscriber_id): (i64, i64),
+    report: &Report,
+    via: Option<&str>,
+) -> anyhow::Result<Handled> {
+    let (status, diagnostic) = match report {
+        Report::Bounce { status, diagnostic } => (status, diagnostic.as_deref()),
+        Report::Delay { status } => return Ok(Handled::Delayed(status.clone())),
+        Report::Complaint { detail } => {
+            let detail = match via {
+                Some(via) => format!("{via} {detail}"),
+                None => detail.clone(),
+            };
+            let detail = crate::send::classify::truncate(&one_line(&detail), 200);
+            return complaint(pool, subscriber_id, &detail).await;
+        }
+    };
+    let outcome = classify_dsn(status, diagnostic);
+    let detail = match &outcome {
+        Outcome::Sent => String::new(),
+        Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => f.reason.clone(),
+    };
+    let detail = match via {
+        Some(via) => format!("{via}: {detail}"),
+        None => detail,
+    };
+    let detail = crate::send::classify::truncate(&one_line(&detail), 400);
+    let status = status.clone();
+    let recorded = match outcome {
+        Outcome::Bounced(_) => {
+            deliveries::record_bounce(
+                pool,
+                issue_id,
+                subscriber_id,
+                &detail,
+                settings.delivery.hard_bounce_threshold,
+            )
+            .await?
+        }
+        Outcome::Transient(_) => return Ok(Handled::Delayed(status)),
+        Outcome::Failed(_) | Outcome::Sent => {
+            return Ok(
+                if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail).await? {
+                    Handled::Failed {
+                        subscriber_id,
+                        status,
+                    }
+                } else {
+                    Handled::AlreadyBounced(subscriber_id)
+                },
+            );
+        }
+    };
+    Ok(if recorded {
+        Handled::Bounced {
+            subscriber_id,
+            status,
+        }
+    } else {
+        Handled::AlreadyBounced(subscriber_id)
+    })
 }
 
 /// Why a complaint that is neither VERP-tagged nor from a proved feedback loop is ignored.

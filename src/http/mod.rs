@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sqlx::PgPool;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub keys: TokenKeys,
     /// Per-client limit on sign-ups.
     pub signup_limiter: Arc<client::SignupLimiter>,
+    /// What the bounce webhooks keep between requests (SNS certificates).
+    pub hooks: Arc<crate::hooks::Hooks>,
 }
 
 impl AppState {
@@ -45,6 +47,7 @@ impl AppState {
         settings: Arc<Settings>,
         counters: Arc<Counters>,
         keys: TokenKeys,
+        hooks: Arc<crate::hooks::Hooks>,
     ) -> Self {
         let limiter = Arc::new(client::SignupLimiter::new(settings.http.signup_per_hour));
         Self {
@@ -53,6 +56,7 @@ impl AppState {
             counters,
             keys,
             signup_limiter: limiter,
+            hooks,
         }
     }
 }
@@ -76,6 +80,17 @@ impl Server {
         pool: PgPool,
         counters: Arc<Counters>,
     ) -> anyhow::Result<Self> {
+        Self::build_with(settings, pool, counters, crate::hooks::Hooks::new()?).await
+    }
+
+    /// [`Server::build`] with the webhooks' state given: tests pass one whose SNS certificates
+    /// come from a local server ([`crate::hooks::sns::CertFetcher::for_tests`]).
+    pub async fn build_with(
+        settings: Arc<Settings>,
+        pool: PgPool,
+        counters: Arc<Counters>,
+        hooks: crate::hooks::Hooks,
+    ) -> anyhow::Result<Self> {
         let bind = |key: &'static str, addr: SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -88,7 +103,7 @@ impl Server {
         };
         let keys = crate::digest::token_keys(&settings, &pool).await?;
         let limits = settings.http.clone();
-        let state = AppState::new(pool, settings, counters, keys.clone());
+        let state = AppState::new(pool, settings, counters, keys.clone(), Arc::new(hooks));
         let with_metrics = metrics.is_none();
         Ok(Self {
             public: (public, router(state.clone(), with_metrics)),
@@ -227,6 +242,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
             .route("/issues", get(pages::archive))
             .route("/issues/{number}", get(pages::web_view))
             .route("/feed.xml", get(pages::feed))
+            .route("/hooks/{provider}", post(crate::hooks::receive))
             .layer(axum::middleware::map_response_with_state(
                 state.clone(),
                 error::error_pages,

@@ -5,6 +5,7 @@
 pub mod content;
 pub mod deliveries;
 pub mod feeds;
+pub mod hooks;
 pub mod issues;
 pub mod subscribers;
 

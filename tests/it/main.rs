@@ -14,6 +14,7 @@ mod dsn;
 mod exit_codes;
 mod feeds;
 mod helpers;
+mod hooks;
 mod json_output;
 mod logs;
 mod ownership;
