@@ -14,6 +14,8 @@ mod dsn;
 mod exit_codes;
 mod feeds;
 mod helpers;
+mod imap;
+mod imap_server;
 mod json_output;
 mod logs;
 mod ownership;
