@@ -173,9 +173,14 @@ impl ImapSettings {
             ImapTls::Implicit => "imaps",
             ImapTls::StartTls | ImapTls::None => "imap",
         };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         format!(
-            "{scheme}://{}:{}/{} ({})",
-            self.host, self.port, self.folder, self.user
+            "{scheme}://{host}:{}/{} ({})",
+            self.port, self.folder, self.user
         )
     }
 }
@@ -1011,7 +1016,11 @@ impl RawInbound {
                 "no folder in the URL: name it in inbound.folder",
             ));
         }
-        let host = url.host_str().unwrap_or_default().to_owned();
+        // An IPv6 address without its brackets: as a socket address and a TLS name want it.
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            _ => url.host_str().unwrap_or_default().to_owned(),
+        };
         let mut asked = None;
         for (k, v) in url.query_pairs() {
             match (url.scheme(), k.as_ref(), v.as_ref()) {
@@ -1551,6 +1560,9 @@ mod tests {
             let m = mailbox(&format!("imap_url = \"{url}\"")).unwrap();
             assert_eq!((m.port, m.tls), (port, tls), "{url}");
         }
+        let m = mailbox("imap_url = \"imap://[::1]:10143\"").unwrap();
+        assert_eq!(m.host, "::1");
+        assert_eq!(m.mailbox(), "imap://[::1]:10143/INBOX (b)");
         let m = mailbox("imap_url = \"imaps://mail.example.com\"").unwrap();
         assert_eq!(m.mailbox(), "imaps://mail.example.com:993/INBOX (b)");
         assert_eq!(

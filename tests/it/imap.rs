@@ -245,7 +245,8 @@ async fn a_wrong_password_is_one_line_naming_the_mailbox(pool: PgPool) {
     let (_outbox, verp1, _) = sent_to_two(&pool).await;
     dovecot.deliver(&dsn(&verp1));
     let wrong = "not-the-password";
-    let d = reader(&pool, &dovecot.url(), wrong);
+    // At the most talkative log level, too: the LOGIN command is nowhere in the log.
+    let d = reader(&pool, &dovecot.url(), wrong).env("RUST_LOG", "trace");
     let line = d.fails(
         &["inbound", "--imap"],
         &format!(
@@ -253,6 +254,8 @@ async fn a_wrong_password_is_one_line_naming_the_mailbox(pool: PgPool) {
             dovecot.url()
         ),
     );
+    let run = d.run(&["inbound", "--imap"]);
+    assert!(!run.stderr().contains(wrong), "{run}");
     assert!(!line.contains(wrong), "{line}");
     assert_eq!(dovecot.count("INBOX"), 1);
     assert_eq!(delivery_status(&pool, 1).await, "sent");
@@ -442,4 +445,43 @@ async fn a_second_reader_leaves_the_mailbox_to_the_first(pool: PgPool) {
 #[sqlx::test]
 async fn imap_without_a_mailbox_is_a_configuration_error(pool: PgPool) {
     Digestif::new(&pool).config_fails(&["inbound", "--imap"], "config: inbound.imap_url: not set");
+}
+
+/// Something on the port that is not an IMAP server: one that never says a word, and one that
+/// speaks another protocol. Each is one line within `inbound.timeout`, exit 1.
+#[sqlx::test]
+async fn a_silent_or_foreign_server_is_one_line_within_the_timeout(pool: PgPool) {
+    for (greeting, want) in [
+        (
+            None,
+            "no greeting within inbound.timeout (1s): is this an IMAP server?",
+        ),
+        (Some("HTTP/1.1 400 Bad Request\r\n\r\n"), "no greeting: "),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("imap://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut sock, _) = listener.accept().await.unwrap();
+            if let Some(g) = greeting {
+                sock.write_all(g.as_bytes()).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(sock);
+        });
+        let started = std::time::Instant::now();
+        let run = reader(&pool, &url, PASSWORD)
+            .env("DIGESTIF_INBOUND__TIMEOUT", "1s")
+            .run_async(&["inbound", "--imap"])
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(10), "{run}");
+        assert_eq!(run.output.status.code(), Some(1), "{run}");
+        let stderr = run.stderr();
+        assert_eq!(stderr.lines().count(), 1, "{run}");
+        assert!(
+            stderr.starts_with(&format!("digestif: {url}/INBOX ({USER}): {want}")),
+            "{run}"
+        );
+        server.abort();
+    }
 }
