@@ -485,3 +485,71 @@ async fn a_silent_or_foreign_server_is_one_line_within_the_timeout(pool: PgPool)
         server.abort();
     }
 }
+
+/// A message the intake cannot finish now (a feedback loop's report whose DKIM key gets no
+/// DNS answer) stays in the folder, the messages after it are read, and the pass exits 75;
+/// the next pass, with DNS answering, counts it and moves it. Nothing is lost.
+#[sqlx::test]
+async fn a_message_that_fails_for_now_stays_for_the_next_pass(pool: PgPool) {
+    use crate::complaints::{FBL, SELECTOR, key_record, loop_report_about_user1};
+    use crate::dns_server::DnsServer;
+    let Some(dovecot) = Dovecot::start(Tls::None, "") else {
+        return;
+    };
+    let (_outbox, _, verp2) = sent_to_two(&pool).await;
+    let keys = digest::token_keys(&Settings::from_toml("").unwrap(), &pool)
+        .await
+        .unwrap();
+    dovecot.deliver(loop_report_about_user1(&keys).as_bytes());
+    dovecot.deliver(&dsn(&verp2));
+    let pass = |dns: &DnsServer| {
+        let toml = format!(
+            "[bounces]\ncomplaint_senders = [\"{FBL}\"]\ndns_server = \"{}\"\n",
+            dns.addr()
+        );
+        let (dir, config) = crate::helpers::file_with("digestif.toml", toml.as_bytes());
+        let d = reader(&pool, &dovecot.url(), PASSWORD);
+        async move {
+            let run = d
+                .run_async(&[
+                    "--config",
+                    crate::helpers::arg(&config),
+                    "inbound",
+                    "--imap",
+                ])
+                .await;
+            drop(dir);
+            run
+        }
+    };
+
+    let silent = DnsServer::silent();
+    let run = pass(&silent).await;
+    assert_eq!(run.output.status.code(), Some(75), "{run}");
+    assert!(
+        run.stderr()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .ends_with("/INBOX (bounces): 1 message left for the next pass (the log says why)"),
+        "{run}"
+    );
+    assert!(
+        run.stdout()
+            .contains("hard bounce 5.1.1 recorded for subscriber 2"),
+        "{run}"
+    );
+    assert_eq!(subscriber_status(&pool, 1).await, "active");
+    assert_eq!((dovecot.count("INBOX"), dovecot.count("processed")), (1, 1));
+
+    let answering = DnsServer::start(&[key_record(FBL, SELECTOR)]);
+    let run = pass(&answering).await;
+    assert!(run.output.status.success(), "{run}");
+    assert!(
+        run.stdout()
+            .contains("complaint: subscriber 1 unsubscribed and suppressed"),
+        "{run}"
+    );
+    assert_eq!(subscriber_status(&pool, 1).await, "complained");
+    assert_eq!((dovecot.count("INBOX"), dovecot.count("processed")), (0, 2));
+}
