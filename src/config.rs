@@ -49,6 +49,7 @@ const SECRET_KEYS: &[&str] = &[
     "hooks.postmark_password",
     "hooks.mailgun_signing_key",
     "hooks.generic_secret",
+    "inbound.imap_password",
 ];
 
 /// `smtp.password` → `DIGESTIF_SMTP__PASSWORD`.
@@ -120,6 +121,73 @@ pub struct Settings {
     pub feeds: FeedSettings,
     /// Bounce and complaint webhooks of hosted relays.
     pub hooks: HookSettings,
+    /// The bounce mailbox read over IMAP.
+    pub inbound: InboundSettings,
+}
+
+/// `[inbound]`
+#[derive(Debug, Clone)]
+pub struct InboundSettings {
+    /// The bounce mailbox; `None` when `inbound.imap_url` is empty.
+    pub imap: Option<ImapSettings>,
+}
+
+/// How the connection to the IMAP server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImapTls {
+    /// `imaps://`: TLS from the first byte.
+    Implicit,
+    /// `imap://`: STARTTLS, or no login at all.
+    StartTls,
+    /// `imap://…?tls=none`, or `imap://` to this machine: no TLS.
+    None,
+}
+
+/// A bounce mailbox read over IMAP (`inbound.imap_url` and the keys beside it).
+#[derive(Debug, Clone)]
+pub struct ImapSettings {
+    /// The server's host name or address.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// TLS as the URL asks.
+    pub tls: ImapTls,
+    /// The login name.
+    pub user: String,
+    /// The login password; never logged.
+    pub password: SecretString,
+    /// The folder read.
+    pub folder: String,
+    /// Where each message goes once it was handled.
+    pub processed_folder: String,
+    /// How often `serve` looks.
+    pub poll_interval: Duration,
+    /// How long the server may take for each step.
+    pub timeout: Duration,
+    /// Larger messages are not read (moved with a logged reason).
+    pub max_message_bytes: u32,
+    /// A PEM file of CA certificates to trust besides the public roots and the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ImapSettings {
+    /// The mailbox as errors and logs name it: `imaps://host:port/folder (user)`. Never the
+    /// password: the URL may not carry one.
+    pub fn mailbox(&self) -> String {
+        let scheme = match self.tls {
+            ImapTls::Implicit => "imaps",
+            ImapTls::StartTls | ImapTls::None => "imap",
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "{scheme}://{host}:{}/{} ({})",
+            self.port, self.folder, self.user
+        )
+    }
 }
 
 /// `[hooks]`: each provider's webhook, `None` (404) when not configured.
@@ -404,6 +472,7 @@ struct Raw {
     database: RawDatabase,
     feeds: RawFeeds,
     hooks: RawHooks,
+    inbound: RawInbound,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +487,21 @@ struct RawHooks {
     sendgrid_public_key: String,
     generic_secret: SecretString,
     generic_secret_file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    imap_url: String,
+    imap_user: String,
+    imap_password: SecretString,
+    imap_password_file: PathBuf,
+    folder: String,
+    processed_folder: String,
+    poll_interval: String,
+    timeout: String,
+    max_message_bytes: u32,
+    ca_file: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -996,6 +1080,7 @@ impl Raw {
             database,
             feeds,
             hooks,
+            inbound: self.inbound.validate()?,
         })
     }
 }
@@ -1073,6 +1158,133 @@ impl RawHooks {
     }
 }
 
+impl RawInbound {
+    fn validate(self) -> Result<InboundSettings, ConfigError> {
+        let raw_url = self.imap_url.trim();
+        if raw_url.is_empty() {
+            return Ok(InboundSettings { imap: None });
+        }
+        let key = "inbound.imap_url";
+        // The value is not echoed: someone may have put a password in it after all.
+        let url = url::Url::parse(raw_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "imap" | "imaps") && u.host_str().is_some())
+            .ok_or_else(|| ConfigError::new(key, "not an imap:// or imaps:// URL with a host"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ConfigError::new(
+                key,
+                "no credentials in the URL: set inbound.imap_user and inbound.imap_password (or imap_password_file)",
+            ));
+        }
+        if !matches!(url.path(), "" | "/") || url.fragment().is_some() {
+            return Err(ConfigError::new(
+                key,
+                "no folder in the URL: name it in inbound.folder",
+            ));
+        }
+        // An IPv6 address without its brackets: as a socket address and a TLS name want it.
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            _ => url.host_str().unwrap_or_default().to_owned(),
+        };
+        let mut asked = None;
+        for (k, v) in url.query_pairs() {
+            match (url.scheme(), k.as_ref(), v.as_ref()) {
+                ("imap", "tls", "required") => asked = Some(ImapTls::StartTls),
+                ("imap", "tls", "none") => asked = Some(ImapTls::None),
+                ("imap", "tls", other) => {
+                    return Err(ConfigError::new(
+                        key,
+                        format!(
+                            "tls={}: expected tls=required (STARTTLS) or tls=none",
+                            crate::domain::one_line(other)
+                        ),
+                    ));
+                }
+                ("imaps", "tls", _) => {
+                    return Err(ConfigError::new(
+                        key,
+                        "imaps:// is TLS from the first byte: drop ?tls= (it is for imap://)",
+                    ));
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        key,
+                        "an unknown parameter after `?`: only tls= is understood",
+                    ));
+                }
+            }
+        }
+        let tls = match (url.scheme(), asked) {
+            ("imaps", _) => ImapTls::Implicit,
+            (_, Some(tls)) => tls,
+            // As smtp.url: only a server on this machine is spoken to in the clear unless the
+            // URL says so (Dovecot, too, takes a password in the clear from there only).
+            _ if is_this_machine(&host) => ImapTls::None,
+            _ => ImapTls::StartTls,
+        };
+        let port = url.port().unwrap_or(match tls {
+            ImapTls::Implicit => 993,
+            _ => 143,
+        });
+        let user = self.imap_user.trim().to_owned();
+        if user.is_empty() || user.chars().any(is_forbidden_char) {
+            return Err(ConfigError::new(
+                "inbound.imap_user",
+                "must be the mailbox's login name when inbound.imap_url is set",
+            ));
+        }
+        let password = secret_or_file(
+            "inbound.imap_password",
+            self.imap_password,
+            &self.imap_password_file,
+        )?;
+        if password.expose_secret().is_empty() {
+            return Err(ConfigError::new(
+                "inbound.imap_password",
+                "must be set (or inbound.imap_password_file) when inbound.imap_url is set",
+            ));
+        }
+        // IMAP's quoted strings cannot carry a line break.
+        if password.expose_secret().contains(['\r', '\n']) {
+            return Err(ConfigError::new(
+                "inbound.imap_password",
+                "contains a line break (not shown)",
+            ));
+        }
+        let folder = imap_folder("inbound.folder", &self.folder)?;
+        let processed_folder = imap_folder("inbound.processed_folder", &self.processed_folder)?;
+        if folder.eq_ignore_ascii_case(&processed_folder) {
+            return Err(ConfigError::new(
+                "inbound.processed_folder",
+                format!(
+                    "must differ from inbound.folder ('{folder}'): handled messages are moved out of it"
+                ),
+            ));
+        }
+        Ok(InboundSettings {
+            imap: Some(ImapSettings {
+                host,
+                port,
+                tls,
+                user,
+                password,
+                folder,
+                processed_folder,
+                poll_interval: positive("inbound.poll_interval", &self.poll_interval)?,
+                timeout: positive("inbound.timeout", &self.timeout)?,
+                max_message_bytes: in_range(
+                    "inbound.max_message_bytes",
+                    self.max_message_bytes,
+                    1024,
+                    100 * 1024 * 1024,
+                )?,
+                ca_file: (!self.ca_file.as_os_str().is_empty()).then_some(self.ca_file),
+            }),
+        })
+    }
+}
+
 /// An SNS topic ARN, `arn:aws:sns:<region>:<account>:<name>`.
 fn topic_arn(key: &str, raw: &str) -> Result<String, ConfigError> {
     let v = raw.trim();
@@ -1127,6 +1339,34 @@ fn p256_public_key(key: &str, raw: &str) -> Result<Vec<u8>, ConfigError> {
              it starts with MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE)",
         )),
     }
+}
+
+/// 127.0.0.1, ::1 or localhost.
+fn is_this_machine(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An IMAP folder name as the server spells it: printable ASCII (IMAP writes other letters in
+/// its modified UTF-7, which the operator can copy from their mail client's settings).
+fn imap_folder(key: &str, raw: &str) -> Result<String, ConfigError> {
+    let v = raw.trim();
+    if v.is_empty() {
+        return Err(ConfigError::new(key, "must not be empty"));
+    }
+    if !v.bytes().all(|b| (0x20..0x7f).contains(&b)) || v.contains(['*', '%']) {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "'{}' is not a folder name in printable ASCII without * or % (write other letters in IMAP's modified UTF-7, e.g. 'Entw&APw-rfe')",
+                shown(v)
+            ),
+        ));
+    }
+    Ok(v.to_owned())
 }
 
 fn one_line(key: &str, raw: &str) -> Result<String, ConfigError> {
@@ -1676,6 +1916,124 @@ mod tests {
             assert!(err.starts_with(want), "{toml}: {err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_bounce_mailbox_is_off_until_its_url_is_set_and_then_checked() {
+        assert!(Settings::from_toml("").unwrap().inbound.imap.is_none());
+        let mailbox = |extra: &str| {
+            Settings::from_toml(&format!(
+                "[inbound]\nimap_user = \"b\"\nimap_password = \"hunter2\"\n{extra}"
+            ))
+            .map(|s| s.inbound.imap.expect("a mailbox"))
+        };
+        for (url, port, tls) in [
+            ("imaps://mail.example.com", 993, ImapTls::Implicit),
+            ("imap://mail.example.com", 143, ImapTls::StartTls),
+            ("imap://mail.example.com:1143?tls=none", 1143, ImapTls::None),
+            ("imap://127.0.0.1", 143, ImapTls::None),
+            ("imap://[::1]:10143", 10143, ImapTls::None),
+            ("imap://localhost?tls=required", 143, ImapTls::StartTls),
+        ] {
+            let m = mailbox(&format!("imap_url = \"{url}\"")).unwrap();
+            assert_eq!((m.port, m.tls), (port, tls), "{url}");
+        }
+        let m = mailbox("imap_url = \"imap://[::1]:10143\"").unwrap();
+        assert_eq!(m.host, "::1");
+        assert_eq!(m.mailbox(), "imap://[::1]:10143/INBOX (b)");
+        let m = mailbox("imap_url = \"imaps://mail.example.com\"").unwrap();
+        assert_eq!(m.mailbox(), "imaps://mail.example.com:993/INBOX (b)");
+        assert_eq!(
+            (m.folder.as_str(), m.processed_folder.as_str()),
+            ("INBOX", "processed")
+        );
+        assert!(!format!("{m:?}").contains("hunter2"));
+
+        let url = "imap_url = \"imaps://mail.example.com\"\n";
+        for (extra, want) in [
+            (
+                "imap_url = \"imaps://b:hunter2@mail.example.com\"".to_owned(),
+                "config: inbound.imap_url: no credentials in the URL",
+            ),
+            (
+                "imap_url = \"pop3://mail.example.com\"".to_owned(),
+                "config: inbound.imap_url: not an imap:// or imaps:// URL",
+            ),
+            (
+                "imap_url = \"imap://mail.example.com/Bounces\"".to_owned(),
+                "config: inbound.imap_url: no folder in the URL",
+            ),
+            (
+                "imap_url = \"imap://mail.example.com?tls=maybe\"".to_owned(),
+                "config: inbound.imap_url: tls=maybe: expected tls=required (STARTTLS) or tls=none",
+            ),
+            (
+                "imap_url = \"imaps://mail.example.com?tls=none\"".to_owned(),
+                "config: inbound.imap_url: imaps:// is TLS from the first byte",
+            ),
+            (
+                format!("{url}processed_folder = \"inbox\""),
+                "config: inbound.processed_folder: must differ from inbound.folder",
+            ),
+            (
+                format!("{url}folder = \"Entwürfe\""),
+                "config: inbound.folder: 'Entwürfe' is not a folder name in printable ASCII",
+            ),
+            (
+                format!("{url}poll_interval = \"0s\""),
+                "config: inbound.poll_interval: must be more than zero",
+            ),
+            (
+                format!("{url}max_message_bytes = 10"),
+                "config: inbound.max_message_bytes: 10 is out of range",
+            ),
+        ] {
+            let err = mailbox(&extra).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{extra}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        // A password that would end the LOGIN command and start another.
+        let err = Settings::from_toml(
+            "[inbound]\nimap_url = \"imaps://m.example.com\"\nimap_user = \"b\"\n\
+             imap_password = \"hunter2\\r\\nA1 DELETE INBOX\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "config: inbound.imap_password: contains a line break (not shown)"
+        );
+        let err = Settings::from_toml("[inbound]\nimap_url = \"imaps://m.example.com\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config: inbound.imap_user: must be"),
+            "{err}"
+        );
+        let err = Settings::from_toml(
+            "[inbound]\nimap_url = \"imaps://m.example.com\"\nimap_user = \"b\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("config: inbound.imap_password: must be set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn the_mailbox_password_may_come_from_a_file_named_in_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("imap-password", "84736251\n")?;
+            jail.set_env("DIGESTIF_INBOUND__IMAP_URL", "imaps://mail.example.com");
+            jail.set_env("DIGESTIF_INBOUND__IMAP_USER", "bounces");
+            jail.set_env("DIGESTIF_INBOUND__IMAP_PASSWORD_FILE", "imap-password");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let m = s.inbound.imap.expect("a mailbox");
+            assert_eq!(m.password.expose_secret(), "84736251");
+            Ok(())
+        });
     }
 
     #[test]

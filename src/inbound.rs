@@ -17,6 +17,8 @@ use crate::store::{deliveries, issues, subscribers};
 mod fbl;
 use fbl::Sender;
 
+pub mod imap;
+
 /// What was done with one inbound message; `Display` is the one line `digestif inbound` prints.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Handled {

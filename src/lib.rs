@@ -33,7 +33,7 @@ pub mod import;
 /// Articles from RSS, Atom and JSON feeds (reading entries so far).
 pub mod feeds;
 
-/// Bounce, complaint and unsubscribe-by-mail intake.
+/// Bounce, complaint and unsubscribe-by-mail intake, from an MTA's pipe or an IMAP mailbox.
 pub mod inbound;
 
 /// Bounce and complaint webhooks of hosted relays (SES through SNS, Postmark, Mailgun,

@@ -1,5 +1,6 @@
-//! `digestif doctor`: one line per check (config, database, link secret, transport, DKIM), the
-//! DNS records to publish, and SPF/DMARC reminders. Exit code 1 when any check fails.
+//! `digestif doctor`: one line per check (config, database, link secret, transport, DKIM, the
+//! bounce mailbox), the DNS records to publish, and SPF/DMARC reminders. Exit code 1 when any
+//! check fails.
 
 use anyhow::bail;
 
@@ -321,6 +322,12 @@ pub async fn run(settings: &Settings, format: Output) -> anyhow::Result<()> {
         (false, true) => r.note(
             "complaints: bounces.verp is off and bounces.complaint_senders is empty, so no complaint will ever count",
         ),
+    }
+    if let Some(imap) = &settings.inbound.imap {
+        match crate::inbound::imap::check(imap).await {
+            Ok(what) => r.ok(&format!("bounce mailbox: {}: {what}", imap.mailbox())),
+            Err(e) => r.fail(&format!("bounce mailbox: {}", imap.mailbox()), &e),
+        }
     }
     let h = &settings.http;
     if h.signup && h.listen.ip().is_loopback() && h.trusted_proxies.is_empty() {

@@ -15,7 +15,7 @@ pub const TABLE: &str = "Exit status:
   3   an issue is paused by the breaker (the relay refused or could not be reached)
   4   deliveries failed permanently in this run (hard bounces do not count)
   5   run --fail-on-missed: a slot was missed by more than schedule.grace
-  75  inbound: try again later (the MTA keeps the mail)
+  75  inbound: try again later (the MTA keeps the mail; with --imap, the mailbox does)
   78  configuration error: fix it before starting again";
 
 /// sysexits.h EX_TEMPFAIL: try again later (the database could not be reached). MTAs keep the

@@ -127,13 +127,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: output::Output,
     },
-    /// Long-running: the schedule, delivery and the HTTP server (health, metrics, links)
+    /// Long-running: the schedule, delivery, the HTTP server (health, metrics, links) and the
+    /// bounce mailbox (inbound.imap_url, read every inbound.poll_interval)
     ///
     /// Sleeps until the next slot or the next retry is due. SIGTERM or SIGINT: stop claiming,
     /// let messages in flight finish within delivery.shutdown_grace, give back unstarted
     /// claims, exit 0. Several `serve` processes may share one database.
     Serve {
-        /// Serve HTTP only (no schedule, no delivery)
+        /// Serve HTTP only (no schedule, no delivery, no bounce mailbox)
         #[arg(long)]
         no_schedule: bool,
     },
@@ -145,10 +146,19 @@ enum Command {
     /// Exit code 0 when handled or deliberately ignored, 75 (temporary failure, the MTA retries)
     /// when the database cannot be reached or a feedback loop's DKIM key gets no DNS answer in
     /// time.
+    ///
+    /// With --imap: one pass over the bounce mailbox (inbound.imap_url) instead of stdin, for
+    /// cron; `serve` does the same every inbound.poll_interval. One line per message; each is
+    /// moved to inbound.processed_folder once handled. Exit code 1 when the mailbox cannot be
+    /// reached or logged into, 75 when the database cannot be reached or a message was left
+    /// for the next pass.
     Inbound {
         /// The envelope recipient the MTA delivered to (the VERP address)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "imap")]
         recipient: Option<String>,
+        /// Read the bounce mailbox over IMAP (one pass) instead of one message on stdin
+        #[arg(long)]
+        imap: bool,
     },
     /// Print a shell completion script (bash: `digestif completions bash >
     /// /etc/bash_completion.d/digestif`)
@@ -159,8 +169,8 @@ enum Command {
     },
     /// Print the manual page, roff (`digestif man > digestif.1; man ./digestif.1`)
     Man,
-    /// Check the configuration, database, SMTP server and DKIM key; print the DNS records to
-    /// publish. Exit code 1 if any check fails
+    /// Check the configuration, database, SMTP server, DKIM key and bounce mailbox; print the
+    /// DNS records to publish. Exit code 1 if any check fails
     Doctor {
         /// Print the Postfix configuration that pipes the bounce address to `digestif inbound`
         /// (for this binary, this --config and bounces.address) instead of checking
@@ -227,7 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Run by the MTA: a configuration the operator can fix must not lose the mail, so the
         // MTA is told to try again later rather than to bounce or drop it.
-        Err(e) if matches!(cli.command, Command::Inbound { .. }) => {
+        Err(e) if matches!(cli.command, Command::Inbound { imap: false, .. }) => {
             return Err(TempFail(anyhow::Error::new(e)).into());
         }
         Err(e) => return Err(ConfigFail(anyhow::Error::new(e)).into()),
@@ -276,7 +286,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
         } => run::run(&settings, fail_on_missed, format).await,
         Command::Serve { no_schedule } => run::serve(&settings, no_schedule).await,
-        Command::Inbound { recipient } => inbound(&settings, recipient.as_deref()).await,
+        Command::Inbound { imap: true, .. } => inbound_imap(&settings).await,
+        Command::Inbound { recipient, .. } => inbound(&settings, recipient.as_deref()).await,
         Command::Doctor { postfix: true, .. } => {
             doctor::postfix_recipe(&settings, cli.config.as_deref())
         }
@@ -332,5 +343,47 @@ async fn inbound(settings: &Settings, recipient: Option<&str>) -> anyhow::Result
         .map_err(TempFail)?;
     tracing::info!("inbound: {handled}");
     println!("{handled}");
+    Ok(())
+}
+
+/// `digestif inbound --imap`: one pass over the bounce mailbox.
+async fn inbound_imap(settings: &Settings) -> anyhow::Result<()> {
+    use crate::inbound::imap::{self, PassError};
+    let Some(mailbox) = &settings.inbound.imap else {
+        return Err(ConfigFail(anyhow::anyhow!(
+            "config: inbound.imap_url: not set (--imap reads the mailbox it names)"
+        ))
+        .into());
+    };
+    let pool = store::connect_current(&settings.database)
+        .await
+        .map_err(TempFail)?;
+    let done = match imap::pass(&pool, settings, mailbox, None).await {
+        Ok(done) => done,
+        Err(PassError::Database(e)) => return Err(TempFail(e).into()),
+        Err(e) => return Err(e.into()),
+    };
+    if done.busy {
+        println!(
+            "{}: another digestif is reading it now; nothing done",
+            mailbox.mailbox()
+        );
+        return Ok(());
+    }
+    for line in &done.lines {
+        println!("{line}");
+    }
+    if done.left > 0 {
+        return Err(TempFail(anyhow::anyhow!(
+            "{}: {} message{} left for the next pass (the log says why)",
+            mailbox.mailbox(),
+            done.left,
+            if done.left == 1 { "" } else { "s" }
+        ))
+        .into());
+    }
+    if done.lines.is_empty() {
+        println!("{}: no messages", mailbox.mailbox());
+    }
     Ok(())
 }

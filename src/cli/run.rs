@@ -131,6 +131,15 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
         tracing::info!("metrics on http://{addr}/metrics");
     }
     let server = tokio::spawn(server.run_until_stopped(stop.clone()));
+    // The bounce mailbox, when one is configured: read beside the schedule, not by an
+    // HTTP-only process.
+    let mailbox = (!no_schedule && settings.inbound.imap.is_some()).then(|| {
+        tokio::spawn(crate::inbound::imap::run_until_stopped(
+            pool.clone(),
+            settings.clone(),
+            stop.clone(),
+        ))
+    });
     // Type=notify: started once the listeners are bound (before this, a unit ordered after
     // ours could find nothing listening).
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -151,6 +160,10 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
     let mut stopped = stop.clone();
     let _ = stopped.wait_for(|s| *s).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(mailbox) = mailbox {
+        // It stops between messages; one in hand is finished (handled, then moved).
+        let _ = tokio::time::timeout(settings.delivery.shutdown_grace, mailbox).await;
+    }
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(result)) => result.context("HTTP server")?,
         Ok(Err(e)) => return Err(anyhow!("HTTP server task: {e}")),

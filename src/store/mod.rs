@@ -168,6 +168,22 @@ pub async fn installed_at(pool: &PgPool) -> sqlx::Result<Option<chrono::DateTime
         .await
 }
 
+/// The advisory-lock namespace of the bounce mailbox reader (`'imap'`).
+const MAILBOX_LOCK_CLASS: i32 = 0x696d_6170;
+
+/// The bounce mailbox's lock, on a connection of its own taken out of the pool: only one
+/// process reads the mailbox at a time (two would hand the same message to the intake at
+/// once). `None` when another process holds it. The lock lasts as long as the connection:
+/// drop it (or close it) at the end of the pass; a process that dies lets go of it too.
+pub async fn try_lock_mailbox(pool: &PgPool) -> sqlx::Result<Option<sqlx::PgConnection>> {
+    let mut conn = pool.acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, 0)")
+        .bind(MAILBOX_LOCK_CLASS)
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(locked.then_some(conn))
+}
+
 /// The useful part of a driver error: the OS or server message without sqlx's prefixes.
 pub fn db_reason(e: &sqlx::Error) -> String {
     match e {

@@ -23,14 +23,14 @@ const RSA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/dkim-test-rsa.pem"
 );
-const FBL: &str = "fbl.example-isp.net";
-const SELECTOR: &str = "fbl2026";
+pub const FBL: &str = "fbl.example-isp.net";
+pub const SELECTOR: &str = "fbl2026";
 
 /// The phrase every unauthenticated complaint is ignored with.
 const UNAUTHENTICATED: &str = "complaint from a sender not in bounces.complaint_senders with a verifying DKIM signature, naming no VERP tag";
 
 /// The public key of the test RSA key as a DKIM TXT record for `selector._domainkey.domain`.
-fn key_record(domain: &str, selector: &str) -> (String, String) {
+pub fn key_record(domain: &str, selector: &str) -> (String, String) {
     let signer = Signer::load(&DkimSettings {
         enabled: true,
         domain: domain.into(),
@@ -69,7 +69,7 @@ fn signed(raw: &str, domain: &str, selector: &str, body_length: bool) -> String 
 /// An ARF report from `from` about `returned` (the copy of our message), naming `rcpt` in
 /// `Original-Rcpt-To` when given.
 /// A report from the loop, signed by it, about user 1's copy named by its Message-ID.
-fn loop_report_about_user1(keys: &TokenKeys) -> String {
+pub fn loop_report_about_user1(keys: &TokenKeys) -> String {
     signed(
         &report(
             &format!("fbl@{FBL}"),

@@ -15,6 +15,8 @@ mod exit_codes;
 mod feeds;
 mod helpers;
 mod hooks;
+mod imap;
+mod imap_server;
 mod json_output;
 mod logs;
 mod ownership;

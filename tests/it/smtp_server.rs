@@ -649,4 +649,14 @@ impl TestCa {
     pub fn ca_file(&self) -> String {
         self.dir.path().join("ca.pem").display().to_string()
     }
+
+    /// The server certificate and its key (PEM files), for a server of another kind
+    /// (Dovecot's `ssl_cert` and `ssl_key`).
+    pub fn server_files(&self) -> (String, String) {
+        let d = self.dir.path();
+        (
+            d.join("server.pem").display().to_string(),
+            d.join("server.key").display().to_string(),
+        )
+    }
 }
