@@ -377,3 +377,54 @@ async fn the_hourly_ceiling_spreads_messages_over_the_hour(pool: PgPool) {
         "6 messages in {span:?}"
     );
 }
+
+/// Worker locks count in their own database only: a session of another database on the same
+/// server (staging beside production, another test) holding the same worker id's lock does not
+/// make a dead worker here look alive, so its claims still come back at once.
+#[sqlx::test]
+async fn a_lock_in_another_database_does_not_keep_a_dead_workers_claims(pool: PgPool) {
+    use digestif::store::deliveries::{WORKER_LOCK_CLASS, claim, register_worker};
+    use sqlx::Connection;
+    seed(&pool, 10).await;
+    let s = digestif::config::Settings::from_toml("").unwrap();
+    digestif::digest::create_issue(&pool, &s, crate::helpers::at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    // A worker claims everything for an hour, then its session ends (it died).
+    let mut dead = pool.acquire().await.unwrap().detach();
+    let dead_id = register_worker(&mut dead).await.unwrap();
+    assert_eq!(claim(&pool, dead_id, 100, hour).await.unwrap().len(), 10);
+    dead.close().await.unwrap();
+    // Another database on the same server: a worker there with the same id is alive.
+    let o = pool.connect_options();
+    let mut elsewhere = sqlx::PgConnection::connect(&format!(
+        "postgres://{}@{}:{}/postgres",
+        o.get_username(),
+        o.get_host(),
+        o.get_port()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(WORKER_LOCK_CLASS)
+        .bind(dead_id)
+        .execute(&mut elsewhere)
+        .await
+        .unwrap();
+
+    let mut next = pool.acquire().await.unwrap().detach();
+    let next_id = register_worker(&mut next).await.unwrap();
+    let taken = claim(&pool, next_id, 100, hour).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+        .bind(WORKER_LOCK_CLASS)
+        .bind(dead_id)
+        .execute(&mut elsewhere)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.len(),
+        10,
+        "the dead worker's claims wait for their leases: another database's lock hides its death"
+    );
+}
