@@ -281,3 +281,77 @@ impl Relays {
             .join("; ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relays(weights: &str) -> Relays {
+        let mut toml = String::from("[delivery]\nbreaker_cooldown = \"200ms\"\n[smtp]\n");
+        for (i, w) in weights.split(',').enumerate() {
+            toml.push_str(&format!(
+                "[[smtp.relays]]\nname = \"r{i}\"\nurl = \"smtp://127.0.0.1:{}\"\nweight = {w}\n",
+                2525 + i
+            ));
+        }
+        Relays::new(&Settings::from_toml(&toml).expect("settings")).expect("relays")
+    }
+
+    fn refused() -> Outcome {
+        classify::connection_failure("connection refused")
+    }
+
+    #[test]
+    fn messages_spread_by_weight() {
+        let r = relays("1,3");
+        let mut n = [0u32; 2];
+        for _ in 0..4000 {
+            n[r.choose(&[]).unwrap()] += 1;
+        }
+        assert!((800..1200).contains(&n[0]), "{n:?}");
+        assert_eq!(r.choose(&[0, 1]), None, "every relay tried");
+        assert_eq!(r.choose(&[1]), Some(0));
+    }
+
+    #[test]
+    fn a_failing_relay_leaves_the_rotation_and_the_other_stays() {
+        let r = relays("1,1");
+        for _ in 0..MIN_ATTEMPTS - 1 {
+            r.record(0, &refused());
+            r.record(1, &Outcome::Sent);
+        }
+        assert!(r.in_rotation(0), "too few attempts to judge");
+        r.record(0, &refused());
+        assert!(!r.in_rotation(0));
+        assert!(r.in_rotation(1));
+        assert!((0..100).all(|_| r.choose(&[]) == Some(1)));
+        assert!(r.out_reasons().contains("r0 (connection refused)"));
+        // A recipient's own refusal is not the relay's fault.
+        let mailbox = classify::classify_reply(550, "5.1.1 no such user");
+        for _ in 0..50 {
+            r.record(1, &mailbox);
+        }
+        assert!(r.in_rotation(1));
+        // After its cool-down it is back, with a clean slate.
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(r.in_rotation(0));
+        r.record(0, &refused());
+        assert!(
+            r.in_rotation(0),
+            "one failure after the cool-down is not a verdict"
+        );
+    }
+
+    #[test]
+    fn a_single_relay_is_never_taken_out() {
+        let r = relays("1");
+        for _ in 0..50 {
+            r.record(0, &refused());
+        }
+        assert!(
+            r.in_rotation(0),
+            "the issue's breaker judges a single relay"
+        );
+        assert_eq!(r.relays[0].attempts[1].load(Ordering::Relaxed), 50);
+    }
+}
