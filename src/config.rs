@@ -1611,7 +1611,8 @@ fn smtp_url(key: &str, url: &SecretString) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A relay's name when it has none: its URL's host and port (never its credentials).
+/// A relay's name when it has none: its URL's host and port (never its credentials), at most
+/// 60 characters (it is stored with each delivery).
 fn relay_name(url: &SecretString) -> String {
     url::Url::parse(url.expose_secret())
         .ok()
@@ -1622,6 +1623,7 @@ fn relay_name(url: &SecretString) -> String {
                 None => host,
             })
         })
+        .map(|name| name.chars().take(60).collect())
         .unwrap_or_else(|| "relay".into())
 }
 

@@ -246,7 +246,16 @@ impl Deliverer {
                     lost.store(durable && !held, Ordering::Relaxed);
                     held
                 };
-                let attempt = self.attempt(&claimed, gate).await;
+                // Before a further relay's final dot: is the claim still this worker's?
+                let recheck = || async {
+                    let key = (claimed.issue_id, claimed.subscriber_id);
+                    let held = matches!(writer.confirm(key).await.await, Ok(true));
+                    if !held {
+                        lost.store(true, Ordering::Relaxed);
+                    }
+                    held
+                };
+                let attempt = self.attempt(&claimed, gate, recheck).await;
                 // The gate is not awaited when nothing was sent (a skipped subscriber, say).
                 if let Err(e) = settle_pending(&mut pending, counters, progress).await {
                     if let Ok(mut u) = unsent.lock() {
@@ -353,10 +362,11 @@ impl Deliverer {
 
     /// One delivery: re-check, render, wait for the rate ceiling, send once `gate` says the
     /// previous result is durable, classify.
-    async fn attempt(
+    async fn attempt<R: std::future::Future<Output = bool>>(
         &self,
         c: &Claimed,
         gate: impl std::future::Future<Output = bool>,
+        recheck: impl Fn() -> R,
     ) -> anyhow::Result<Settled> {
         let settled = |status, failure: Option<&Failure>| Settled {
             issue_id: c.issue_id,
@@ -403,7 +413,7 @@ impl Deliverer {
         let return_path = self.return_path(c.issue_id, c.subscriber_id);
         let Some(crate::send::Handed { outcome, relay }) = self
             .mailer
-            .send_after(message, return_path, &name, gate)
+            .send_after(message, return_path, &name, gate, recheck)
             .await
         else {
             return Err(anyhow!(WRITE_FAILED));

@@ -74,7 +74,9 @@ impl Mailer {
         name: &str,
     ) -> Outcome {
         let outcome = self
-            .send_after(message, return_path, name, std::future::ready(true))
+            .send_after(message, return_path, name, std::future::ready(true), || {
+                std::future::ready(true)
+            })
             .await
             .map(|h| h.outcome)
             // An open gate never says no; should it, nothing was handed over.
@@ -93,13 +95,15 @@ impl Mailer {
 
     /// Like [`Mailer::send`], but the message is handed over (for SMTP: its final dot sent)
     /// only once `gate` says yes; everything before that may overlap the wait. `None`: the
-    /// gate said no and nothing was handed over.
-    pub async fn send_after(
+    /// gate said no and nothing was handed over. A message that fails over to a further relay
+    /// is handed over there only once `recheck` says yes too.
+    pub async fn send_after<R: std::future::Future<Output = bool>>(
         &self,
         message: Message,
         return_path: Option<Address>,
         name: &str,
         gate: impl std::future::Future<Output = bool>,
+        recheck: impl Fn() -> R,
     ) -> Option<Handed> {
         let envelope = envelope_for(&message, return_path);
         let bytes = match &self.signer {
@@ -125,7 +129,7 @@ impl Mailer {
             None => message.formatted(),
         };
         match &self.inner {
-            Inner::Smtp(relays) => relays.send(&envelope, &bytes, gate).await,
+            Inner::Smtp(relays) => relays.send(&envelope, &bytes, gate, recheck).await,
             Inner::File(dir) => {
                 if !gate.await {
                     return None;

@@ -45,19 +45,28 @@ struct Health {
     out: Option<(Instant, String)>,
 }
 
-/// What a relay's attempt counts as, for its breaker: the relay's fault, or not.
+/// What a relay's attempt counts as, for its breaker: the relay's fault (its connection, its
+/// policy, "421 service not available"), or not (a recipient's own 4xx or 5xx).
 fn relay_fault(outcome: &Outcome) -> bool {
     match outcome {
         Outcome::Sent | Outcome::Bounced(_) => false,
-        Outcome::Transient(_) => true,
+        Outcome::Transient(f) => f.systemic || f.code == Some(421),
         Outcome::Failed(f) => f.systemic,
     }
 }
 
-/// Where a failed attempt is worth repeating on another relay at once: the relay could not
-/// take it (connection, 4xx) or refused it by its policy; never a recipient's own refusal.
-fn try_elsewhere(outcome: &Outcome) -> bool {
-    relay_fault(outcome)
+/// Where a failed attempt is worth repeating on another relay at once: any temporary failure
+/// (another relay may take it now) and a policy refusal; never a recipient's permanent
+/// refusal, and never when the relay may have the message after all (it went silent or the
+/// connection broke once the message was on its way): that waits for the normal retry, so a
+/// subscriber does not get it twice through two relays.
+fn try_elsewhere(outcome: &Outcome, maybe_sent: bool) -> bool {
+    !maybe_sent
+        && match outcome {
+            Outcome::Sent | Outcome::Bounced(_) => false,
+            Outcome::Transient(_) => true,
+            Outcome::Failed(f) => f.systemic,
+        }
 }
 
 /// The relays of a process, shared by its senders.
@@ -114,14 +123,17 @@ impl Relays {
 
     /// Sends one message on a relay chosen by weight; when it cannot take the message, on
     /// the next, until one answers for the recipient or every relay in rotation was tried.
-    /// The message is handed over only once `gate` says yes (`None`: it said no).
-    pub async fn send(
+    /// The message is handed over only once `gate` says yes (`None`: it said no); on a
+    /// further relay, only once `recheck` says yes again (the first relay may have taken
+    /// long enough to fail for the claim to have passed to another worker).
+    pub async fn send<R: Future<Output = bool>>(
         &self,
         envelope: &Envelope,
         bytes: &[u8],
         gate: impl Future<Output = bool>,
+        recheck: impl Fn() -> R,
     ) -> Option<Handed> {
-        // Shared: a relay that fails after asking has the answer ready for the next one.
+        // Shared: asked once, whichever relay asks first.
         let gate = gate.shared();
         let mut tried = Vec::with_capacity(self.relays.len());
         let mut last: Option<Handed> = None;
@@ -144,9 +156,15 @@ impl Relays {
                 });
                 continue;
             }
-            let outcome = relay.pool.send(envelope, bytes, gate.clone()).await?;
+            let first = tried.len() == 1;
+            let gate = {
+                let gate = gate.clone();
+                let recheck = &recheck;
+                async move { gate.await && (first || recheck().await) }
+            };
+            let (outcome, maybe_sent) = relay.pool.send(envelope, bytes, gate).await?;
             self.record(i, &outcome);
-            let again = try_elsewhere(&outcome) && self.relays.len() > 1;
+            let again = try_elsewhere(&outcome, maybe_sent) && self.relays.len() > 1;
             let handed = Handed {
                 outcome,
                 relay: Some(relay.name.clone()),

@@ -130,7 +130,7 @@ impl Conn {
         bytes: &[u8],
         gate: impl Future<Output = bool>,
         limit: Duration,
-    ) -> Done {
+    ) -> (Done, bool) {
         let ascii_addresses = ascii_envelope(envelope);
         let eight_bit = !bytes.is_ascii();
         let can_8bit = self
@@ -139,9 +139,11 @@ impl Conn {
             .supports_feature(Extension::EightBitMime);
         if !self.pipelining || !ascii_addresses || (eight_bit && !can_8bit) {
             if !gate.await {
-                return Done::Held;
+                return (Done::Held, false);
             }
-            return within(limit, self.smtp.send(envelope, bytes)).await;
+            // lettre's own send does not say how far it got: a lost connection may have been
+            // after the final dot.
+            return (within(limit, self.smtp.send(envelope, bytes)).await, true);
         }
         let parameters = if eight_bit {
             vec![MailParameter::Body(MailBodyParameter::EightBitMime)]
@@ -167,14 +169,14 @@ impl Conn {
         // Said no: whatever the server answered, the connection is dropped in the middle of
         // the transaction, so the server discards the message.
         if !open {
-            return Done::Held;
+            return (Done::Held, false);
         }
         match replies {
-            Err(_) => return Done::Silent,
-            Ok(Err(e)) => return Done::Reply(Err(e)),
+            Err(_) => return (Done::Silent, false),
+            Ok(Err(e)) => return (Done::Reply(Err(e)), false),
             Ok(Ok(_)) => {}
         }
-        within(limit, self.smtp.message(bytes)).await
+        (within(limit, self.smtp.message(bytes)).await, true)
     }
 }
 
@@ -448,12 +450,14 @@ impl SmtpPool {
 
     /// Sends one message, handing it over only once `gate` says yes (`None`: it said no,
     /// nothing was sent). Connecting, the envelope and the message each get `smtp.timeout`.
+    /// With the outcome comes whether the relay may have the message all the same: silence or
+    /// a lost connection once the message was on its way (the final dot may have arrived).
     pub async fn send(
         &self,
         envelope: &Envelope,
         bytes: &[u8],
         gate: impl Future<Output = bool>,
-    ) -> Option<Outcome> {
+    ) -> Option<(Outcome, bool)> {
         let silent = || {
             classify::connection_failure(&format!(
                 "no reply within smtp.timeout ({})",
@@ -463,8 +467,8 @@ impl SmtpPool {
         // A connection abandoned at a deadline is dropped: never reused mid-transaction.
         let mut conn = match tokio::time::timeout(self.timeout, self.take()).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Some(classify::connection_failure(&e.to_string())),
-            Err(_) => return Some(silent()),
+            Ok(Err(e)) => return Some((classify::connection_failure(&e.to_string()), false)),
+            Err(_) => return Some((silent(), false)),
         };
         // lettre refuses such an envelope with a client error that looks like a connection
         // failure, which would be retried for `delivery.give_up_after`; no retry can help.
@@ -476,15 +480,22 @@ impl SmtpPool {
                 .supports_feature(Extension::SmtpUtfEight)
         {
             self.give_back(conn).await;
-            return Some(Outcome::Failed(classify::Failure {
+            return Some((Outcome::Failed(classify::Failure {
                 code: None,
                 enhanced: None,
                 reason: "the relay does not offer SMTPUTF8, which this address (non-ASCII before the @) needs".into(),
                 systemic: false,
-            }));
+            }), false));
         }
-        Some(
-            match conn.transaction(envelope, bytes, gate, self.timeout).await {
+        let (done, data_phase) = conn.transaction(envelope, bytes, gate, self.timeout).await;
+        let unanswered = match &done {
+            Done::Silent => true,
+            Done::Reply(Err(e)) => e.status().is_none(),
+            _ => false,
+        };
+        let maybe_sent = data_phase && unanswered;
+        Some((
+            match done {
                 Done::Held => return None,
                 Done::Silent => silent(),
                 Done::Reply(Ok(response)) if response.is_positive() => {
@@ -502,7 +513,8 @@ impl SmtpPool {
                     None => classify::connection_failure(&e.to_string()),
                 },
             },
-        )
+            maybe_sent,
+        ))
     }
 
     /// Connects, says EHLO, STARTTLS and AUTH as configured, and quits: for `doctor`.

@@ -10,7 +10,7 @@ use digestif::digest;
 use sqlx::PgPool;
 
 use crate::helpers::{Digestif, at, deliver_all, seed};
-use crate::smtp_server::{Policy, SmtpServer};
+use crate::smtp_server::{DataAction, Policy, SmtpServer};
 
 const SLOT: &str = "2026-11-30T08:00:00Z";
 
@@ -210,4 +210,62 @@ async fn doctor_checks_each_relay(pool: PgPool) {
         &["--config", cfg, "schedule", "next"],
         "smtp.relays[1].weight",
     );
+}
+
+/// A relay that goes silent after the final dot may have the message: it is not sent again
+/// through the other relay at once (two copies), but waits for the normal retry.
+#[sqlx::test]
+async fn silence_after_the_final_dot_is_not_failed_over(pool: PgPool) {
+    let a = SmtpServer::start(Policy::default().data(|_, _| DataAction::Stall)).await;
+    let b = SmtpServer::start(Policy::default()).await;
+    // Everything goes to `a` first (weight), `b` is there to fail over to.
+    let s = Settings::from_toml(&toml(&a, &b, "weight = 1000", "")).unwrap();
+    seed(&pool, 1).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s, Duration::ZERO).await;
+    assert_eq!(report.outcomes.deferred, 1, "{report:?}");
+    assert!(b.accepted().is_empty(), "sent again through b at once");
+    let (status, relay): (String, Option<String>) =
+        sqlx::query_as("SELECT status, relay FROM delivery")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), relay.as_deref()), ("deferred", Some("a")));
+}
+
+/// A relay that takes long to refuse: by then the claim may have passed to another worker
+/// (this one's lease ran out); the message is not handed to the next relay without asking
+/// again whether the claim is still this worker's.
+#[sqlx::test]
+async fn a_failover_asks_again_whether_the_claim_is_still_ours(pool: PgPool) {
+    let a = SmtpServer::start(
+        Policy::default()
+            .delay(Duration::from_millis(1500))
+            .data(|_, _| DataAction::Reply("451 4.3.0 try another relay")),
+    )
+    .await;
+    let b = SmtpServer::start(Policy::default()).await;
+    let s = Settings::from_toml(&toml(&a, &b, "weight = 1000", "")).unwrap();
+    seed(&pool, 1).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let run = tokio::spawn({
+        let (pool, s) = (pool.clone(), s.clone());
+        async move { deliver_all(&pool, &s, Duration::ZERO).await }
+    });
+    // While `a` makes up its mind, another worker takes the delivery over.
+    crate::helpers::wait_for("the message to reach a", Duration::from_secs(10), || {
+        let seen = a.commands().iter().any(|c| c == "DATA");
+        async move { seen.then_some(()) }
+    })
+    .await;
+    sqlx::query("UPDATE delivery SET claimed_by = claimed_by + 1000")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = run.await.unwrap();
+    assert!(
+        b.accepted().is_empty(),
+        "handed to b without asking: {report:?}"
+    );
+    assert_eq!(report.outcomes.sent, 0, "{report:?}");
 }

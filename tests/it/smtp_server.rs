@@ -96,7 +96,7 @@ impl Policy {
         self
     }
 
-    /// Wait this long before answering the final dot: a slow server.
+    /// Wait this long before answering the final dot (accepting or not): a slow server.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
@@ -486,6 +486,9 @@ async fn session_on(
                 }
                 DataAction::DropMidData => return Ok(()),
                 DataAction::Reply(reply) => {
+                    if !policy.delay.is_zero() {
+                        tokio::time::sleep(policy.delay).await;
+                    }
                     w.write_all(format!("{reply}\r\n").as_bytes()).await?;
                     continue;
                 }
