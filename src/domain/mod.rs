@@ -17,6 +17,7 @@ pub use schedule::{Schedule, ScheduleError};
 pub use subscriber_email::{EmailError, SubscriberEmail};
 pub use subscriber_name::{NameError, SubscriberName};
 pub use subscriber_status::SubscriberStatus;
+pub(crate) use token::unhex;
 pub use token::{MIN_SECRET_LEN, Purpose, TokenKey, TokenKeys};
 
 /// Renders untrusted text for an error message on one line: control characters (CR, LF, NUL…)

@@ -90,7 +90,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Bytes from hex digits; `None` for anything else (multi-byte characters included).
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }

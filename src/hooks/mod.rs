@@ -120,29 +120,43 @@ pub async fn receive(
             return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
         }
     };
-    let pool = &app.pool;
-    if let Some((token, keep)) = &verified.replay {
-        match store::hooks::claim(pool, &provider, token, *keep).await {
-            Ok(true) => {}
-            Ok(false) => return unauthorized(&provider, "a replay: this request was seen before"),
-            Err(e) => return unavailable(&provider, &e.into()),
-        }
-    }
-    let result = act(&app, &provider, &verified).await;
-    match result {
-        Ok(summary) => (StatusCode::OK, summary).into_response(),
-        Err(e) => {
-            // Not acted on: the provider's retry of this very request must get through.
-            if let Some((token, _)) = &verified.replay
-                && let Err(release) = store::hooks::release(pool, &provider, token).await
-            {
-                tracing::warn!(
-                    provider,
-                    "webhook: cannot release its replay token: {release}"
-                );
+    // On a task of its own: a request cut short (its timeout, the provider hanging up) must
+    // not leave its replay token claimed with its events undone, or the provider's retry of
+    // the very same request would be refused as a replay and the events lost.
+    let task = tokio::spawn(async move {
+        let pool = &app.pool;
+        if let Some((token, keep)) = &verified.replay {
+            match store::hooks::claim(pool, &provider, token, *keep).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return unauthorized(&provider, "a replay: this request was seen before");
+                }
+                Err(e) => return unavailable(&provider, &e.into()),
             }
-            unavailable(&provider, &e)
         }
+        match act(&app, &provider, &verified).await {
+            Ok(summary) => (StatusCode::OK, summary).into_response(),
+            Err(e) => {
+                // Not acted on: the provider's retry of this very request must get through.
+                if let Some((token, _)) = &verified.replay
+                    && let Err(release) = store::hooks::release(pool, &provider, token).await
+                {
+                    tracing::warn!(
+                        provider,
+                        "webhook: cannot release its replay token: {release}"
+                    );
+                }
+                unavailable(&provider, &e)
+            }
+        }
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not recorded: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -228,16 +242,9 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Refuse
         .ok_or_else(|| Refused::unauthorized(format!("no {name} header")))
 }
 
-/// Bytes from hex digits, or `None`.
+/// Bytes from hex digits (spaces around them allowed), or `None`.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
+    crate::domain::unhex(s.trim())
 }
 
 /// `Ok` when `signature` is HMAC-SHA256 of `parts` (concatenated) under `key`; constant-time.

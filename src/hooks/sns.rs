@@ -63,6 +63,32 @@ pub fn sns_url(raw: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
+/// A certificate URL names one of SNS's signing certificates
+/// (`/SimpleNotificationService-<id>.pem`, no query): any other path on an SNS host would be a
+/// fetch a stranger who knows our topic could make us do, and an entry pushing the real
+/// certificate out of the cache.
+fn cert_path(url: url::Url) -> Result<url::Url, String> {
+    let id = url
+        .path()
+        .strip_prefix("/SimpleNotificationService-")
+        .and_then(|rest| rest.strip_suffix(".pem"));
+    match id {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 64
+                && id.bytes().all(|b| b.is_ascii_alphanumeric())
+                && url.query().is_none()
+                && url.fragment().is_none() =>
+        {
+            Ok(url)
+        }
+        _ => Err(format!(
+            "{}: not the path of an SNS signing certificate",
+            crate::domain::shown(&crate::send::classify::truncate(url.path(), 200))
+        )),
+    }
+}
+
 /// How certificates (and subscription confirmations) are fetched.
 pub struct CertFetcher {
     client: reqwest::Client,
@@ -283,6 +309,7 @@ pub(super) async fn verify(
         .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
         .ok_or_else(|| Refused::unauthorized("no Signature in base64"))?;
     let cert_url = sns_url(text(&msg, "SigningCertURL").unwrap_or_default())
+        .and_then(cert_path)
         .map_err(|why| Refused::unauthorized(format!("SigningCertURL {why}")))?;
     // The topic is checked before anything is fetched: a stranger's topic costs us nothing.
     let topic = text(&msg, "TopicArn").unwrap_or_default();
@@ -450,6 +477,17 @@ mod tests {
             "",
         ] {
             assert!(sns_url(bad).is_err(), "{bad}");
+        }
+        let cert = |raw: &str| sns_url(raw).and_then(cert_path);
+        assert!(cert("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem").is_ok());
+        for bad in [
+            "https://sns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-.pem",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-a/../b.pem",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?x=1",
+            "https://sns.us-east-1.amazonaws.com/?Action=Subscribe",
+        ] {
+            assert!(cert(bad).is_err(), "{bad}");
         }
     }
 
