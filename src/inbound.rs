@@ -44,6 +44,9 @@ pub enum Handled {
     Delayed(String),
     /// An abuse report: unsubscribed and suppressed.
     Complaint(i64),
+    /// An abuse report about a subscriber who already complained (the same report again,
+    /// say): nothing counted twice.
+    AlreadyComplained(i64),
     /// An unsubscribe request by mail.
     Unsubscribed(i64),
     /// Not attributable (or forged): left alone, with the reason.
@@ -77,6 +80,10 @@ impl std::fmt::Display for Handled {
             Self::Complaint(id) => {
                 write!(f, "complaint: subscriber {id} unsubscribed and suppressed")
             }
+            Self::AlreadyComplained(id) => write!(
+                f,
+                "complaint about subscriber {id} changes nothing: already recorded"
+            ),
             Self::Unsubscribed(id) => write!(f, "unsubscribe by mail: subscriber {id}"),
             Self::Ignored(why) => write!(f, "ignored: {why}"),
         }
@@ -409,8 +416,12 @@ async fn complaint(pool: &PgPool, subscriber_id: i64, detail: &str) -> anyhow::R
             "complaint about subscriber {subscriber_id}, who is no longer stored"
         )));
     }
-    subscribers::record_complaint(pool, subscriber_id, detail).await?;
-    Ok(Handled::Complaint(subscriber_id))
+    Ok(
+        match subscribers::record_complaint(pool, subscriber_id, detail).await? {
+            true => Handled::Complaint(subscriber_id),
+            false => Handled::AlreadyComplained(subscriber_id),
+        },
+    )
 }
 
 /// The stored subscriber a report names by address (see [`reported_address`]).

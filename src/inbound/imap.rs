@@ -147,6 +147,16 @@ async fn read_folder(
             let raw = fetch_body(session, t, uid, imap.max_message_bytes)
                 .await
                 .map_err(failed)?;
+            // A FETCH that brought no body (NIL, an odd reply) is not an empty message: left
+            // for the next pass rather than filed unread.
+            let Some(raw) = raw else {
+                tracing::warn!(
+                    "{} uid {uid}: left in the folder for the next pass: the server sent no body",
+                    imap.mailbox()
+                );
+                done.left += 1;
+                continue;
+            };
             match super::handle(pool, settings, keys, &raw, None).await {
                 Ok(handled) => {
                     tracing::info!("inbound: {} uid {uid}: {handled}", imap.folder);
@@ -243,7 +253,7 @@ async fn fetch_body(
     t: Duration,
     uid: u32,
     max: u32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Option<Vec<u8>>, String> {
     let fetched = step(t, "UID FETCH (BODY.PEEK[])", async {
         session
             .uid_fetch(uid.to_string(), format!("(UID BODY.PEEK[]<0.{max}>)"))
@@ -256,13 +266,12 @@ async fn fetch_body(
         .iter()
         .find(|f| f.uid == Some(uid))
         .and_then(|f| f.body())
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default())
+        .map(<[u8]>::to_vec))
 }
 
 /// Moves message `uid` to the processed folder: UID MOVE (RFC 6851) where the server has it,
-/// else COPY, \Deleted and EXPUNGE (UID EXPUNGE with UIDPLUS, so nothing else marked deleted
-/// goes with it).
+/// else COPY, \Deleted and UID EXPUNGE (UIDPLUS: nothing else marked deleted goes with it;
+/// without UIDPLUS the copy is left flagged \Deleted).
 async fn move_to_processed(
     session: &mut Session,
     imap: &ImapSettings,
@@ -287,16 +296,18 @@ async fn move_to_processed(
     let uidplus = step(t, "CAPABILITY", session.capabilities())
         .await?
         .has_str("UIDPLUS");
-    step(t, "EXPUNGE", async {
-        if uidplus {
-            session
-                .uid_expunge(&set)
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        } else {
-            session.expunge().await?.try_collect::<Vec<_>>().await
-        }
+    // Without UIDPLUS an EXPUNGE would also remove what others marked deleted: the copy stays
+    // flagged \Deleted instead (no pass reads it again: it searches UNDELETED) until the
+    // mailbox's owner or server expunges it.
+    if !uidplus {
+        return Ok(());
+    }
+    step(t, "UID EXPUNGE", async {
+        session
+            .uid_expunge(&set)
+            .await?
+            .try_collect::<Vec<_>>()
+            .await
     })
     .await?;
     Ok(())

@@ -195,6 +195,12 @@ async fn a_report_signed_by_a_configured_feedback_loop_unsubscribes_and_suppress
         [format!("{SELECTOR}._domainkey.{FBL}")],
         "the key came from the test DNS server"
     );
+    // The same report again (a retried pipe, a mailbox read twice) says it changes nothing.
+    let again = handle(&pool, &s, &keys, raw.as_bytes(), None)
+        .await
+        .unwrap();
+    assert_eq!(again, Handled::AlreadyComplained(1));
+    assert!(again.to_string().contains("changes nothing"), "{again}");
     let detail: String = sqlx::query_scalar(
         "SELECT detail FROM subscriber_event WHERE subscriber_id = 1 AND kind = 'complained'",
     )

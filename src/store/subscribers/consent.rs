@@ -248,7 +248,11 @@ pub async fn unsubscribe_by_link(
 
 /// Records a spam complaint (an ARF report): the subscriber is unsubscribed and suppressed
 /// (status `complained`), once.
-pub async fn record_complaint(pool: &PgPool, subscriber_id: i64, detail: &str) -> sqlx::Result<()> {
+pub async fn record_complaint(
+    pool: &PgPool,
+    subscriber_id: i64,
+    detail: &str,
+) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
     let changed = sqlx::query(
         "UPDATE subscriber SET status = 'complained', unsubscribed_at = coalesce(unsubscribed_at, now()) \
@@ -269,5 +273,5 @@ pub async fn record_complaint(pool: &PgPool, subscriber_id: i64, detail: &str) -
         .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(changed == 1)
 }
