@@ -724,3 +724,42 @@ async fn an_unconfigured_provider_is_404_and_a_huge_body_413(pool: PgPool) {
     let reply = web.request("POST", "/hooks/mailgun", Some("{}")).await;
     assert_eq!(reply.status, 404);
 }
+
+/// A request that proves itself but says nothing we can read is refused (400) and changes
+/// nothing; a batch with one event naming a forged delivery records the genuine ones only.
+#[sqlx::test]
+async fn a_signed_but_malformed_request_is_400_and_a_forged_reference_changes_nothing(
+    pool: PgPool,
+) {
+    let w = World::new(pool).await;
+    for body in [
+        "not json at all",
+        "{\"events\": \"bounce\"}",
+        "{\"events\": [{\"type\": \"explode\", \"return_path\": \"x\"}]}",
+        "[1, 2, 3]",
+    ] {
+        let (status, reply) = w
+            .post("generic", &w.generic_header(body, now()), body)
+            .await;
+        assert_eq!(status, 400, "{body}: {reply}");
+    }
+    w.untouched().await;
+    // A VERP address with a made-up tag next to the genuine one: only the genuine counts.
+    let forged = w.verp.replacen("bounces+", "bounces+0000", 1);
+    let body = serde_json::json!({"events": [
+        {"type": "complaint", "return_path": forged},
+        {"type": "bounce", "status": "5.1.1", "return_path": w.verp}
+    ]})
+    .to_string();
+    let (status, reply) = w
+        .post("generic", &w.generic_header(&body, now()), &body)
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    w.bounced().await;
+    let complained: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM subscriber WHERE status = 'complained'")
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(complained, 0, "a forged tag named someone");
+}
