@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -33,8 +32,6 @@ pub struct Relay {
     permits: Semaphore,
     pacer: Pacer,
     health: Mutex<Health>,
-    /// Attempts by outcome in this process: sent, deferred, bounced, failed.
-    pub attempts: [AtomicU64; 4],
 }
 
 #[derive(Default)]
@@ -100,7 +97,6 @@ impl Relays {
                     permits: Semaphore::new(r.concurrency as usize),
                     pacer: Pacer::for_relay(r),
                     health: Mutex::new(Health::default()),
-                    attempts: Default::default(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -114,11 +110,6 @@ impl Relays {
     /// Paces sends under each relay's own ceiling, kept in this database.
     pub fn pace_with(&self, pool: PgPool) {
         let _ = self.pacing.set(pool);
-    }
-
-    /// The relays, for `/metrics` and `doctor`.
-    pub fn all(&self) -> &[Relay] {
-        &self.relays
     }
 
     /// Sends one message on a relay chosen by weight; when it cannot take the message, on
@@ -247,13 +238,6 @@ impl Relays {
     /// the breaker judges it, as before relays existed.
     fn record(&self, i: usize, outcome: &Outcome) {
         let relay = &self.relays[i];
-        let slot = match outcome {
-            Outcome::Sent => 0,
-            Outcome::Transient(_) => 1,
-            Outcome::Bounced(_) => 2,
-            Outcome::Failed(_) => 3,
-        };
-        relay.attempts[slot].fetch_add(1, Ordering::Relaxed);
         if self.relays.len() < 2 {
             return;
         }
@@ -370,6 +354,5 @@ mod tests {
             r.in_rotation(0),
             "the issue's breaker judges a single relay"
         );
-        assert_eq!(r.relays[0].attempts[1].load(Ordering::Relaxed), 50);
     }
 }
