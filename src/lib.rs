@@ -36,10 +36,6 @@ pub mod feeds;
 /// Bounce, complaint and unsubscribe-by-mail intake, from an MTA's pipe or an IMAP mailbox.
 pub mod inbound;
 
-/// Bounce and complaint webhooks of hosted relays (SES through SNS, Postmark, Mailgun,
-/// SendGrid, a generic signed form), fed into the same rules as `inbound`.
-pub mod hooks;
-
 /// Running on the schedule: one shot (`run`) and the long-running loop (`serve`).
 pub mod schedule;
 

@@ -258,6 +258,16 @@ fn one_line(what: &'static str, raw: &str, max: usize) -> Result<String, Content
     Ok(trimmed.to_owned())
 }
 
+/// A feed's entry ready to store: its identity within the feed and the article (its URL
+/// canonical: `feeds::entry::canonical_url`).
+#[derive(Debug, Clone)]
+pub struct FeedArticle {
+    /// The entry's id (GUID in RSS, `id` in Atom and JSON Feed; feed-rs derives one from the
+    /// link and title when the feed gives none): one entry is stored once per feed.
+    pub guid: String,
+    pub article: NewArticle,
+}
+
 /// The most of one feed's articles an issue may hold.
 pub const MAX_PER_ISSUE: u32 = 100;
 const MAX_KEYWORD_CHARS: usize = 100;

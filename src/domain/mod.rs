@@ -10,7 +10,8 @@ mod subscriber_status;
 mod token;
 
 pub use content::{
-    ArticleUrl, ContentError, FeedSelection, Item, ItemKind, NewArticle, NewTip, TipBody, Title,
+    ArticleUrl, ContentError, FeedArticle, FeedSelection, Item, ItemKind, NewArticle, NewTip,
+    TipBody, Title,
 };
 pub use lifecycle::{DeliveryStatus, EventKind, IssueStatus};
 pub use schedule::{Schedule, ScheduleError};

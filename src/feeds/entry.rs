@@ -8,15 +8,7 @@ use url::Url;
 
 use crate::domain::NewArticle;
 
-/// An entry ready to store: its identity within the feed and the article.
-#[derive(Debug, Clone)]
-pub struct FeedArticle {
-    /// The entry's id (GUID in RSS, `id` in Atom and JSON Feed; feed-rs derives one from the
-    /// link and title when the feed gives none): one entry is stored once per feed.
-    pub guid: String,
-    /// The article, its URL canonical (see [`canonical_url`]).
-    pub article: NewArticle,
-}
+pub use crate::domain::FeedArticle;
 
 /// What reading a feed gave: the articles, and the entries left out with why.
 #[derive(Debug, Default)]

@@ -3,6 +3,9 @@
 
 pub mod client;
 pub mod error;
+/// Bounce and complaint webhooks of hosted relays (SES through SNS, Postmark, Mailgun,
+/// SendGrid, a generic signed form), fed into the same rules as `inbound`.
+pub mod hooks;
 mod metrics;
 pub mod pages;
 
@@ -37,7 +40,7 @@ pub struct AppState {
     /// Per-client limit on sign-ups.
     pub signup_limiter: Arc<client::SignupLimiter>,
     /// What the bounce webhooks keep between requests (SNS certificates).
-    pub hooks: Arc<crate::hooks::Hooks>,
+    pub hooks: Arc<hooks::Hooks>,
 }
 
 impl AppState {
@@ -47,7 +50,7 @@ impl AppState {
         settings: Arc<Settings>,
         counters: Arc<Counters>,
         keys: TokenKeys,
-        hooks: Arc<crate::hooks::Hooks>,
+        hooks: Arc<hooks::Hooks>,
     ) -> Self {
         let limiter = Arc::new(client::SignupLimiter::new(settings.http.signup_per_hour));
         Self {
@@ -80,16 +83,16 @@ impl Server {
         pool: PgPool,
         counters: Arc<Counters>,
     ) -> anyhow::Result<Self> {
-        Self::build_with(settings, pool, counters, crate::hooks::Hooks::new()?).await
+        Self::build_with(settings, pool, counters, hooks::Hooks::new()?).await
     }
 
     /// [`Server::build`] with the webhooks' state given: tests pass one whose SNS certificates
-    /// come from a local server ([`crate::hooks::sns::CertFetcher::for_tests`]).
+    /// come from a local server ([`hooks::sns::CertFetcher::for_tests`]).
     pub async fn build_with(
         settings: Arc<Settings>,
         pool: PgPool,
         counters: Arc<Counters>,
-        hooks: crate::hooks::Hooks,
+        hooks: hooks::Hooks,
     ) -> anyhow::Result<Self> {
         let bind = |key: &'static str, addr: SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)
@@ -242,7 +245,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
             .route("/issues", get(pages::archive))
             .route("/issues/{number}", get(pages::web_view))
             .route("/feed.xml", get(pages::feed))
-            .route("/hooks/{provider}", post(crate::hooks::receive))
+            .route("/hooks/{provider}", post(hooks::receive))
             .layer(axum::middleware::map_response_with_state(
                 state.clone(),
                 error::error_pages,

@@ -5,8 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::domain::FeedSelection;
-use crate::feeds::entry::FeedArticle;
+use crate::domain::{FeedArticle, FeedSelection};
 
 /// A feed as stored.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use chrono::DateTime;
 use digestif::config::Settings;
-use digestif::hooks::{Hooks, sns::CertFetcher};
+use digestif::http::hooks::{Hooks, sns::CertFetcher};
 use hmac::{Hmac, KeyInit, Mac};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -717,7 +717,7 @@ async fn the_generic_form_checks_signature_age_and_replay(pool: PgPool) {
 async fn an_unconfigured_provider_is_404_and_a_huge_body_413(pool: PgPool) {
     let w = World::new(pool).await;
     assert_eq!(w.post("sparkpost", &[], "{}").await.0, 404);
-    let huge = "x".repeat(digestif::hooks::MAX_BODY + 1);
+    let huge = "x".repeat(digestif::http::hooks::MAX_BODY + 1);
     assert_eq!(w.post("generic", &[], &huge).await.0, 413);
     // The web server without [hooks] answers 404 on every provider.
     let web = crate::web::App::start(&w.pool, "").await;
