@@ -114,6 +114,11 @@ pub async fn abandon(pool: &PgPool, worker: i32) -> sqlx::Result<u64> {
 /// deferred ones whose time has come, ones whose worker is gone (its lock went with its
 /// session), and, as a last resort, ones whose lease ran out. The short transaction of this
 /// one statement is all the locking there is; nothing is held while SMTP talks.
+///
+/// The sending issues are a list worked out first (`= ANY(ARRAY(…))`), not a join: with the
+/// join, custom plans for a batch read every ready row and sorted them (a seq scan and an
+/// external sort, 30 ms a claim at 100,000 ready rows); with the list, the ready rows come in
+/// order from `delivery_ready_idx` and the scan stops at the batch (0.3 ms).
 pub async fn claim(
     pool: &PgPool,
     worker: i32,
@@ -124,7 +129,7 @@ pub async fn claim(
         "WITH ready AS ( \
              SELECT issue_id, subscriber_id, status AS was FROM delivery \
              WHERE status IN ('pending', 'deferred') AND next_attempt_at <= now() \
-               AND issue_id IN (SELECT issue_id FROM issue WHERE status = 'sending') \
+               AND issue_id = ANY(ARRAY(SELECT issue_id FROM issue WHERE status = 'sending')) \
              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
          orphaned AS ( \
              SELECT issue_id, subscriber_id, status AS was FROM delivery \
