@@ -6,7 +6,7 @@
 //! (`CertFetcher::for_tests`), with the production URL checks.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -18,24 +18,12 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{deliver_all, seed};
+use crate::smtp_server::openssl;
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:ses-bounces";
 const SNS_HOST: &str = "sns.us-east-1.amazonaws.com";
 const MAILGUN_KEY: &str = "key-mailgun-signing-0123456789";
 const GENERIC_SECRET: &str = "generic-secret-0123456789abcdef0123456789";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A test CA, an https server certificate for the SNS host it signs, and an SNS signing key
 /// with its (self-signed) certificate.

@@ -553,6 +553,20 @@ fn unbase64(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Runs `openssl ARGS` in `dir`, failing the test with openssl's own words.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A throwaway certificate authority and a server certificate it signed for 127.0.0.1 and
 /// localhost, made with `openssl` in a temporary folder: what an operator's internal CA is.
 pub struct TestCa {
@@ -570,18 +584,7 @@ impl TestCa {
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
         )
         .expect("write extensions");
-        let openssl = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .expect("openssl runs (apt-get install openssl)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let openssl = |args: &[&str]| openssl(d, args);
         openssl(&[
             "req",
             "-x509",
