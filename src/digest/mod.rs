@@ -142,6 +142,9 @@ pub async fn create_issue(
         );
     }
     tx.commit().await?;
+    if row.status == IssueStatus::Sending {
+        deliveries::analyze(pool).await;
+    }
     Ok(row)
 }
 

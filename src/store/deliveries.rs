@@ -19,6 +19,17 @@ pub async fn fan_out(conn: &mut PgConnection, issue_id: i64) -> sqlx::Result<u64
     .rows_affected())
 }
 
+/// Refreshes the planner's statistics of `delivery` after a fan-out. The fan-out can grow the
+/// table from nothing to a million rows in one transaction, long before autovacuum looks at
+/// it; with the old figures the planner took `delivery` for a small table, and claims read
+/// every ready row through a bitmap and sorted them (10 ms of each 15 ms claim of 500 at
+/// 30,000 deliveries). Statistics only guide plans, so a failure is logged, not returned.
+pub async fn analyze(pool: &PgPool) {
+    if let Err(e) = sqlx::query("ANALYZE delivery").execute(pool).await {
+        tracing::warn!(error = %e, "could not refresh the statistics of the delivery table");
+    }
+}
+
 /// A delivery this worker now holds, with what sending needs to know.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -119,13 +130,26 @@ pub async fn abandon(pool: &PgPool, worker: i32) -> sqlx::Result<u64> {
 /// join, custom plans for a batch read every ready row and sorted them (a seq scan and an
 /// external sort, 30 ms a claim at 100,000 ready rows); with the list, the ready rows come in
 /// order from `delivery_ready_idx` and the scan stops at the batch (0.3 ms).
+///
+/// The plan is pinned to what a claim always wants, whatever the statistics say: the ready
+/// rows walked in index order (no bitmap scan, which reads every ready row and sorts them)
+/// and the picked rows looked up by key one by one (no hash or merge join, which reads the
+/// whole table to join a batch of 500). Below about 50,000 deliveries the planner chose the
+/// hash join (13–16 ms a claim of 500 at 30,000 deliveries; 5–8 ms by key).
 pub async fn claim(
     pool: &PgPool,
     worker: i32,
     limit: u32,
     lease: std::time::Duration,
 ) -> sqlx::Result<Vec<Claimed>> {
-    sqlx::query_as(
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(
+        "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
+         SET LOCAL enable_bitmapscan = off",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let claimed = sqlx::query_as(
         "WITH ready AS ( \
              SELECT issue_id, subscriber_id, status AS was FROM delivery \
              WHERE status IN ('pending', 'deferred') AND next_attempt_at <= now() \
@@ -158,8 +182,10 @@ pub async fn claim(
     .bind(lease.as_secs_f64())
     .bind(worker)
     .bind(WORKER_LOCK_CLASS)
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claimed)
 }
 
 /// Counts claims taken back from dead workers against their issue.
