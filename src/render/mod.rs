@@ -2,14 +2,16 @@
 //! each subscriber's message only fills in their greeting and unsubscribe link, and is built
 //! with lettre's typed headers.
 
+mod encoded;
 pub mod markdown;
 pub mod palette;
 
 use askama::Template;
 use chrono::{DateTime, Utc};
 use lettre::Message;
+use lettre::message::header::ContentType;
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 
 use crate::config::Newsletter;
 use crate::domain::{Purpose, TokenKeys};
@@ -190,6 +192,9 @@ pub struct RenderedIssue {
     subject: String,
     html: Vec<Segment>,
     text: Vec<Segment>,
+    /// The same parts, encoded for the wire but for the lines a recipient's values go in.
+    html_encoded: encoded::EncodedPart,
+    text_encoded: encoded::EncodedPart,
     html_len: usize,
     text_len: usize,
     from: Mailbox,
@@ -329,6 +334,8 @@ pub fn render_issue(
         text_len: text.len() + 256,
         html: segments(&html, &marks),
         text: segments(&text, &marks),
+        html_encoded: encoded::EncodedPart::new(&html, &marks),
+        text_encoded: encoded::EncodedPart::new(&text, &marks),
         from: newsletter.from.clone(),
         reply_to: newsletter.reply_to.clone(),
         list_id: list_id_header(&newsletter.name, &newsletter.list_id),
@@ -456,6 +463,19 @@ impl RenderedIssue {
 
     /// The complete message for one subscriber.
     pub fn message(&self, r: &Recipient) -> Result<Message, RenderError> {
+        self.build(r, Bodies::Encoded, None)
+    }
+
+    /// The message, its parts either put together from the lines encoded once per issue
+    /// (`Bodies::Encoded`, what is sent) or encoded whole by lettre (`Bodies::Lettre`, which
+    /// the first must equal byte for byte). `fixed`: a boundary and date instead of fresh ones,
+    /// so two builds can be compared.
+    fn build(
+        &self,
+        r: &Recipient,
+        bodies: Bodies,
+        fixed: Option<(&str, std::time::SystemTime)>,
+    ) -> Result<Message, RenderError> {
         let address = r
             .email
             .parse()
@@ -486,11 +506,43 @@ impl RenderedIssue {
         if let Some(reply_to) = &self.reply_to {
             builder = builder.reply_to(reply_to.clone());
         }
-        Ok(builder.multipart(MultiPart::alternative_plain_html(
-            self.text_for(r),
-            self.html_for(r),
-        ))?)
+        let url = format!("{}{token}", self.unsubscribe_base);
+        let greeting = Self::greeting(r);
+        let text = fill(&self.text, &url, &greeting, self.text_len);
+        let (url_html, greeting_html) = (html_escape(&url), html_escape(&greeting));
+        let html = fill(&self.html, &url_html, &greeting_html, self.html_len);
+        let (text, html) = match bodies {
+            Bodies::Encoded => (
+                match self.text_encoded.body(&text, &url, &greeting) {
+                    Some(body) => SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(body),
+                    None => SinglePart::plain(text),
+                },
+                match self.html_encoded.body(&html, &url_html, &greeting_html) {
+                    Some(body) => SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(body),
+                    None => SinglePart::html(html),
+                },
+            ),
+            Bodies::Lettre => (SinglePart::plain(text), SinglePart::html(html)),
+        };
+        let mut parts = MultiPart::alternative();
+        if let Some((boundary, date)) = fixed {
+            parts = parts.boundary(boundary);
+            builder = builder.date(date);
+        }
+        Ok(builder.multipart(parts.singlepart(text).singlepart(html))?)
     }
+}
+
+/// How [`RenderedIssue::build`] encodes the two parts.
+#[derive(Debug, Clone, Copy)]
+enum Bodies {
+    Encoded,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Lettre,
 }
 
 #[derive(Template)]
@@ -571,3 +623,83 @@ fn raw(name: &'static str, value: String) -> HeaderValue {
 
 /// Lines of the text part are wrapped at this width (URLs excepted).
 pub const TEXT_PART_WIDTH: usize = TEXT_WIDTH;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TokenKey;
+
+    fn content() -> IssueContent {
+        let item = |kind, title: &str, body: &str| Item {
+            kind,
+            title: title.into(),
+            body: body.into(),
+            url: Some("https://example.org/a?b=c&d=e".into()),
+            author: Some("Zoë Ümlaut".into()),
+            published_at: None,
+        };
+        IssueContent {
+            number: 7,
+            slot: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            items: vec![
+                item(
+                    ItemKind::Tip,
+                    "Read the source",
+                    "Pick a library and read its **core**.\n\n. a dot line\n\n```\n  code   \n```",
+                ),
+                item(
+                    ItemKind::Tip,
+                    "Ünïcödé everywhere — «quotes»",
+                    "日本語のテキスト and = signs = more",
+                ),
+                item(
+                    ItemKind::Article,
+                    "An article",
+                    "A summary that is long enough to be wrapped somewhere past seventy-six characters, surely.",
+                ),
+            ],
+        }
+    }
+
+    /// What is sent is, byte for byte, what lettre builds from the same parts: the once-per-issue
+    /// encoding changes the cost, never the message.
+    #[test]
+    fn messages_from_parts_encoded_once_equal_lettres_own() {
+        let settings = crate::config::Settings::from_toml("").expect("defaults");
+        let keys = TokenKeys::new(TokenKey::new(&[7u8; 32]).expect("key"), vec![]);
+        let rendered = render_issue(
+            &settings.newsletter,
+            &keys,
+            chrono_tz::UTC,
+            &content(),
+            &settings.bounces.address,
+        )
+        .expect("render");
+        let names = [
+            None,
+            Some("Ada Reader"),
+            Some("Zoë \"Zed\" O'Brien <x>"),
+            Some("漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字漢字"),
+            Some("A name long enough that the greeting line itself passes seventy-six characters"),
+            Some("Trailing space "),
+            Some("Two\nlines"),
+        ];
+        let date =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        for (i, name) in names.into_iter().enumerate() {
+            let r = Recipient {
+                subscriber_id: 1000 + i as i64,
+                email: format!("reader{i}@example.org"),
+                name: name.map(str::to_owned),
+            };
+            let fixed = Some(("0123456789abcdefghijABCDEFGHIJ0123456789", date));
+            let ours = rendered.build(&r, Bodies::Encoded, fixed).expect("ours");
+            let lettre = rendered.build(&r, Bodies::Lettre, fixed).expect("lettre");
+            assert_eq!(
+                String::from_utf8_lossy(&ours.formatted()),
+                String::from_utf8_lossy(&lettre.formatted()),
+                "{name:?}"
+            );
+        }
+    }
+}
