@@ -176,8 +176,33 @@ impl Conn {
             Ok(Err(e)) => return (Done::Reply(Err(e)), false),
             Ok(Ok(_)) => {}
         }
-        (within(limit, self.smtp.message(bytes)).await, true)
+        let done = match data_block(bytes) {
+            // One write and one reply, like lettre's `message`, which writes the final dot
+            // on its own: a second segment, and a second wake-up of the server, per message.
+            Some(block) => within(limit, self.smtp.command(block)).await,
+            None => within(limit, self.smtp.message(bytes)).await,
+        };
+        (done, true)
     }
+}
+
+/// The message as it goes out after the 354: dot-stuffed (RFC 5321 §4.5.2: a line that
+/// starts with a dot gets another) and closed with the final dot, as lettre's `message`
+/// writes it. `None` for a message that is not UTF-8, which lettre's `command` cannot carry.
+fn data_block(bytes: &[u8]) -> Option<String> {
+    let mut rest = std::str::from_utf8(bytes).ok()?;
+    let mut out = String::with_capacity(bytes.len() + 64);
+    if rest.starts_with('.') {
+        out.push('.');
+    }
+    while let Some(at) = rest.find("\r\n.") {
+        out.push_str(&rest[..at + 3]);
+        out.push('.');
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    out.push_str("\r\n.\r\n");
+    Some(out)
 }
 
 /// The server's reply to `exchange`, or `Silent` past `limit`.
@@ -656,6 +681,16 @@ mod tls_default_tests {
         SmtpPool::new(&settings.smtp, &settings.smtp.relays[0], "example.com")
             .expect("pool")
             .tls
+    }
+
+    #[test]
+    fn the_data_block_doubles_leading_dots_and_ends_with_the_final_dot() {
+        assert_eq!(
+            data_block(b".a\r\n.\r\nb.c\r\n..d\n.e\r\r\n.f").as_deref(),
+            Some("..a\r\n..\r\nb.c\r\n...d\n.e\r\r\n..f\r\n.\r\n")
+        );
+        assert_eq!(data_block(b"").as_deref(), Some("\r\n.\r\n"));
+        assert_eq!(data_block(b"\xff"), None);
     }
 
     #[test]
