@@ -23,6 +23,10 @@ enum Line {
 /// A part's lines, ready to be put together for each recipient.
 #[derive(Debug, Clone)]
 pub(super) struct EncodedPart {
+    /// The whole part, to fill in before choosing its encoding (and for lettre, when this
+    /// shortcut does not apply).
+    whole: Vec<Segment>,
+    capacity: usize,
     lines: Vec<Line>,
 }
 
@@ -58,22 +62,27 @@ impl EncodedPart {
                 }
             })
             .collect();
-        Self { lines }
+        Self {
+            whole: segments(rendered, marks),
+            capacity: rendered.len() + 256,
+            lines,
+        }
     }
 
-    /// The part for one recipient, encoded as lettre would encode `whole` (the part filled in
-    /// with `unsubscribe` and `greeting`), or `None` where this shortcut does not apply: an
-    /// encoding other than 7bit or quoted-printable (base64, for a part mostly not ASCII), or a
-    /// value with a line break in it.
-    pub(super) fn body(&self, whole: &str, unsubscribe: &str, greeting: &str) -> Option<Body> {
+    /// The part for one recipient, filled in with `unsubscribe` and `greeting` and encoded as
+    /// lettre would encode it; or, where this shortcut does not apply, the filled-in part for
+    /// lettre to encode: an encoding other than 7bit or quoted-printable (base64, for a part
+    /// mostly not ASCII), or a value with a line break in it.
+    pub(super) fn body(&self, unsubscribe: &str, greeting: &str) -> Result<Body, String> {
+        let whole = fill(&self.whole, unsubscribe, greeting, self.capacity);
         let breaks = |s: &str| s.contains(['\r', '\n']);
         if breaks(unsubscribe) || breaks(greeting) {
-            return None;
+            return Err(whole);
         }
-        let (encoding, quote) = match Encoding::choose(whole, false) {
+        let (encoding, quote) = match Encoding::choose(whole.as_str(), false) {
             Encoding::SevenBit => (ContentTransferEncoding::SevenBit, false),
             Encoding::QuotedPrintable => (ContentTransferEncoding::QuotedPrintable, true),
-            _ => return None,
+            _ => return Err(whole),
         };
         let mut out = String::with_capacity(whole.len() + whole.len() / 8);
         for line in &self.lines {
@@ -94,7 +103,7 @@ impl EncodedPart {
                 }
             }
         }
-        Some(Body::dangerous_pre_encoded(out.into_bytes(), encoding))
+        Ok(Body::dangerous_pre_encoded(out.into_bytes(), encoding))
     }
 }
 
@@ -166,8 +175,8 @@ mod tests {
             let greeting = values[rng.usize(0..values.len())];
             let whole = fill(&segments(&template, &marks), unsubscribe, greeting, 0);
             let expected = Body::new(whole.clone());
-            match EncodedPart::new(&template, &marks).body(&whole, unsubscribe, greeting) {
-                Some(body) => {
+            match EncodedPart::new(&template, &marks).body(unsubscribe, greeting) {
+                Ok(body) => {
                     assert_eq!(
                         String::from_utf8_lossy(body.as_ref()),
                         String::from_utf8_lossy(expected.as_ref()),
@@ -179,7 +188,8 @@ mod tests {
                         _ => seven_bit += 1,
                     }
                 }
-                None => {
+                Err(filled) => {
+                    assert_eq!(filled, whole);
                     assert_eq!(expected.encoding(), ContentTransferEncoding::Base64);
                     other += 1;
                 }
@@ -197,9 +207,10 @@ mod tests {
         let marks = Marks::new();
         let template = format!("Hello\n{}\nbye\n", marks.greeting);
         let part = EncodedPart::new(&template, &marks);
-        let whole = fill(&segments(&template, &marks), "u", "Hi\nthere", 0);
-        assert!(part.body(&whole, "u", "Hi\nthere").is_none());
-        let whole = fill(&segments(&template, &marks), "u", "Hi there", 0);
-        assert!(part.body(&whole, "u", "Hi there").is_some());
+        assert_eq!(
+            part.body("u", "Hi\nthere").err().as_deref(),
+            Some("Hello\nHi\nthere\nbye\n")
+        );
+        assert!(part.body("u", "Hi there").is_ok());
     }
 }

@@ -508,25 +508,26 @@ impl RenderedIssue {
         }
         let url = format!("{}{token}", self.unsubscribe_base);
         let greeting = Self::greeting(r);
-        let text = fill(&self.text, &url, &greeting, self.text_len);
         let (url_html, greeting_html) = (html_escape(&url), html_escape(&greeting));
-        let html = fill(&self.html, &url_html, &greeting_html, self.html_len);
         let (text, html) = match bodies {
             Bodies::Encoded => (
-                match self.text_encoded.body(&text, &url, &greeting) {
-                    Some(body) => SinglePart::builder()
+                match self.text_encoded.body(&url, &greeting) {
+                    Ok(body) => SinglePart::builder()
                         .header(ContentType::TEXT_PLAIN)
                         .body(body),
-                    None => SinglePart::plain(text),
+                    Err(whole) => SinglePart::plain(whole),
                 },
-                match self.html_encoded.body(&html, &url_html, &greeting_html) {
-                    Some(body) => SinglePart::builder()
+                match self.html_encoded.body(&url_html, &greeting_html) {
+                    Ok(body) => SinglePart::builder()
                         .header(ContentType::TEXT_HTML)
                         .body(body),
-                    None => SinglePart::html(html),
+                    Err(whole) => SinglePart::html(whole),
                 },
             ),
-            Bodies::Lettre => (SinglePart::plain(text), SinglePart::html(html)),
+            Bodies::Lettre => (
+                SinglePart::plain(fill(&self.text, &url, &greeting, self.text_len)),
+                SinglePart::html(fill(&self.html, &url_html, &greeting_html, self.html_len)),
+            ),
         };
         let mut parts = MultiPart::alternative();
         if let Some((boundary, date)) = fixed {

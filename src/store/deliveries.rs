@@ -23,9 +23,18 @@ pub async fn fan_out(conn: &mut PgConnection, issue_id: i64) -> sqlx::Result<u64
 /// table from nothing to a million rows in one transaction, long before autovacuum looks at
 /// it; with the old figures the planner took `delivery` for a small table, and claims read
 /// every ready row through a bitmap and sorted them (10 ms of each 15 ms claim of 500 at
-/// 30,000 deliveries). Statistics only guide plans, so a failure is logged, not returned.
+/// 30,000 deliveries). Statistics only guide plans, so a failure is logged, not returned, and
+/// the refresh never waits long: not behind a vacuum that holds the table (an anti-wraparound
+/// one is not cancelled for us), and not past a minute on a huge table.
 pub async fn analyze(pool: &PgPool) {
-    if let Err(e) = sqlx::query("ANALYZE delivery").execute(pool).await {
+    let refresh = async {
+        let mut tx = pool
+            .begin_with("BEGIN; SET LOCAL lock_timeout = '1s'; SET LOCAL statement_timeout = '60s'")
+            .await?;
+        sqlx::query("ANALYZE delivery").execute(&mut *tx).await?;
+        tx.commit().await
+    };
+    if let Err(e) = refresh.await {
         tracing::warn!(error = %e, "could not refresh the statistics of the delivery table");
     }
 }
@@ -142,13 +151,13 @@ pub async fn claim(
     limit: u32,
     lease: std::time::Duration,
 ) -> sqlx::Result<Vec<Claimed>> {
-    let mut tx = pool.begin().await?;
-    sqlx::raw_sql(
-        "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
-         SET LOCAL enable_bitmapscan = off",
-    )
-    .execute(&mut *tx)
-    .await?;
+    // The settings go with BEGIN (one round trip) and end with the transaction.
+    let mut tx = pool
+        .begin_with(
+            "BEGIN; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
+             SET LOCAL enable_bitmapscan = off",
+        )
+        .await?;
     let claimed = sqlx::query_as(
         "WITH ready AS ( \
              SELECT issue_id, subscriber_id, status AS was FROM delivery \
