@@ -69,12 +69,17 @@ impl EncodedPart {
         }
     }
 
+    /// The part filled in with `unsubscribe` and `greeting`, as it reads (not encoded).
+    pub(super) fn filled(&self, unsubscribe: &str, greeting: &str) -> String {
+        fill(&self.whole, unsubscribe, greeting, self.capacity)
+    }
+
     /// The part for one recipient, filled in with `unsubscribe` and `greeting` and encoded as
     /// lettre would encode it; or, where this shortcut does not apply, the filled-in part for
     /// lettre to encode: an encoding other than 7bit or quoted-printable (base64, for a part
     /// mostly not ASCII), or a value with a line break in it.
     pub(super) fn body(&self, unsubscribe: &str, greeting: &str) -> Result<Body, String> {
-        let whole = fill(&self.whole, unsubscribe, greeting, self.capacity);
+        let whole = self.filled(unsubscribe, greeting);
         let breaks = |s: &str| s.contains(['\r', '\n']);
         if breaks(unsubscribe) || breaks(greeting) {
             return Err(whole);

@@ -190,13 +190,10 @@ struct DigestText<'a> {
 pub struct RenderedIssue {
     number: i32,
     subject: String,
-    html: Vec<Segment>,
-    text: Vec<Segment>,
-    /// The same parts, encoded for the wire but for the lines a recipient's values go in.
-    html_encoded: encoded::EncodedPart,
-    text_encoded: encoded::EncodedPart,
-    html_len: usize,
-    text_len: usize,
+    /// The two parts, with the marks where each recipient's values go, and encoded for the
+    /// wire but for the lines those values are in.
+    html: encoded::EncodedPart,
+    text: encoded::EncodedPart,
     from: Mailbox,
     reply_to: Option<Mailbox>,
     list_id: String,
@@ -330,12 +327,8 @@ pub fn render_issue(
     Ok(RenderedIssue {
         number: content.number,
         subject,
-        html_len: html.len() + 256,
-        text_len: text.len() + 256,
-        html: segments(&html, &marks),
-        text: segments(&text, &marks),
-        html_encoded: encoded::EncodedPart::new(&html, &marks),
-        text_encoded: encoded::EncodedPart::new(&text, &marks),
+        html: encoded::EncodedPart::new(&html, &marks),
+        text: encoded::EncodedPart::new(&text, &marks),
         from: newsletter.from.clone(),
         reply_to: newsletter.reply_to.clone(),
         list_id: list_id_header(&newsletter.name, &newsletter.list_id),
@@ -440,25 +433,21 @@ impl RenderedIssue {
     /// The HTML part for one subscriber.
     pub fn html_for(&self, r: &Recipient) -> String {
         let url = self.unsubscribe_url(r.subscriber_id);
-        fill(
-            &self.html,
-            &html_escape(&url),
-            &html_escape(&Self::greeting(r)),
-            self.html_len,
-        )
+        self.html
+            .filled(&html_escape(&url), &html_escape(&Self::greeting(r)))
     }
 
     /// The plain-text part for one subscriber.
     pub fn text_for(&self, r: &Recipient) -> String {
         let url = self.unsubscribe_url(r.subscriber_id);
-        fill(&self.text, &url, &Self::greeting(r), self.text_len)
+        self.text.filled(&url, &Self::greeting(r))
     }
 
     /// The issue as a web page: no greeting by name, no token; the footer link leads to a page
     /// that explains how to unsubscribe.
     pub fn web_html(&self) -> String {
         let unsubscribe = self.unsubscribe_base.trim_end_matches('/');
-        fill(&self.html, unsubscribe, "Hi there,", self.html_len)
+        self.html.filled(unsubscribe, "Hi there,")
     }
 
     /// The complete message for one subscriber.
@@ -511,13 +500,13 @@ impl RenderedIssue {
         let (url_html, greeting_html) = (html_escape(&url), html_escape(&greeting));
         let (text, html) = match bodies {
             Bodies::Encoded => (
-                match self.text_encoded.body(&url, &greeting) {
+                match self.text.body(&url, &greeting) {
                     Ok(body) => SinglePart::builder()
                         .header(ContentType::TEXT_PLAIN)
                         .body(body),
                     Err(whole) => SinglePart::plain(whole),
                 },
-                match self.html_encoded.body(&url_html, &greeting_html) {
+                match self.html.body(&url_html, &greeting_html) {
                     Ok(body) => SinglePart::builder()
                         .header(ContentType::TEXT_HTML)
                         .body(body),
@@ -525,8 +514,8 @@ impl RenderedIssue {
                 },
             ),
             Bodies::Lettre => (
-                SinglePart::plain(fill(&self.text, &url, &greeting, self.text_len)),
-                SinglePart::html(fill(&self.html, &url_html, &greeting_html, self.html_len)),
+                SinglePart::plain(self.text.filled(&url, &greeting)),
+                SinglePart::html(self.html.filled(&url_html, &greeting_html)),
             ),
         };
         let mut parts = MultiPart::alternative();
