@@ -223,7 +223,17 @@ impl Deliverer {
         let sender = || async {
             let mut pending: Option<Pending> = None;
             // The guard is dropped inside the closure, never held across an await.
-            while let Some(claimed) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+            let pop = || queue.lock().ok().and_then(|mut q| q.pop_front());
+            // A sender takes its next delivery as it writes the current result (not earlier,
+            // which would hold a delivery back from an idle sender), so the statement that
+            // writes the result also checks the next claim.
+            let mut following: Option<Claimed> = None;
+            let give_back = |c: Option<Claimed>| {
+                if let (Some(c), Ok(mut u)) = (c, unsent.lock()) {
+                    u.push(c);
+                }
+            };
+            while let Some(claimed) = following.take().or_else(pop) {
                 let halted = *stop.borrow()
                     || fatal.lock().map(|f| f.is_some()).unwrap_or(true)
                     || self.breaker_open(claimed.issue_id);
@@ -238,7 +248,11 @@ impl Deliverer {
                 let lost = AtomicBool::new(false);
                 let gate = async {
                     let key = (claimed.issue_id, claimed.subscriber_id);
-                    let held = writer.confirm(key).await;
+                    let checked = pending.as_mut().and_then(|p| p.take_check(key));
+                    let held = match checked {
+                        Some(answer) => answer,
+                        None => writer.confirm(key).await,
+                    };
                     let durable = settle_pending(&mut pending, counters, progress)
                         .await
                         .is_ok();
@@ -258,9 +272,7 @@ impl Deliverer {
                 let attempt = self.attempt(&claimed, gate, recheck).await;
                 // The gate is not awaited when nothing was sent (a skipped subscriber, say).
                 if let Err(e) = settle_pending(&mut pending, counters, progress).await {
-                    if let Ok(mut u) = unsent.lock() {
-                        u.push(claimed);
-                    }
+                    give_back(Some(claimed));
                     fail(e);
                     break;
                 }
@@ -273,10 +285,13 @@ impl Deliverer {
                     counters.lost.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                following = pop();
+                let next = following.as_ref().map(|f| (f.issue_id, f.subscriber_id));
                 match attempt {
-                    Ok(settled) => match writer.submit(settled).await {
+                    Ok(settled) => match writer.submit(settled, next).await {
                         Ok(p) => pending = Some(p),
                         Err(e) => {
+                            give_back(following.take());
                             fail(e);
                             break;
                         }

@@ -19,6 +19,29 @@ pub(super) const WRITE_FAILED: &str = "cannot write delivery results to the data
 pub(super) struct Pending {
     done: oneshot::Receiver<bool>,
     status: DeliveryStatus,
+    /// The sender's next claim and the answer to whether it is still this worker's.
+    checked: Option<((i64, i64), oneshot::Receiver<bool>)>,
+    submitted: std::time::Instant,
+}
+
+/// An answer checked with the previous result is used for a final dot only this soon after:
+/// a sender held up longer (a rate ceiling, a slow connection) asks again.
+const CHECK_FRESH_FOR: Duration = Duration::from_millis(50);
+
+impl Pending {
+    /// The answer for `key`, when it was checked with this result.
+    pub(super) fn take_check(&mut self, key: (i64, i64)) -> Option<oneshot::Receiver<bool>> {
+        match self.checked.take() {
+            Some((k, answer)) if k == key && self.submitted.elapsed() < CHECK_FRESH_FOR => {
+                Some(answer)
+            }
+            Some((k, _)) if k == key => None,
+            other => {
+                self.checked = other;
+                None
+            }
+        }
+    }
 }
 
 /// Waits until the sender's previous result is durable, then counts it. `pending` is cleared
@@ -46,10 +69,14 @@ pub(super) async fn settle_pending(
     Ok(())
 }
 
+/// A claim to check, and where the answer goes.
+type Check = ((i64, i64), oneshot::Sender<bool>);
+
 /// What senders ask the writer.
 enum Job {
-    /// Write this result; answer once it is durable.
-    Result(Settled, oneshot::Sender<bool>),
+    /// Write this result; answer once it is durable. With it, the sender's next claim to
+    /// check, so one statement answers both.
+    Result(Settled, oneshot::Sender<bool>, Option<Check>),
     /// Is this claim still ours (renewing its lease)? Asked just before a final dot.
     Confirm((i64, i64), oneshot::Sender<bool>),
 }
@@ -79,7 +106,12 @@ impl Writer {
                 let mut confirm = Vec::new();
                 for job in &batch {
                     match job {
-                        Job::Result(s, _) => results.push(s.clone()),
+                        Job::Result(s, _, check) => {
+                            results.push(s.clone());
+                            if let Some((key, _)) = check {
+                                confirm.push(*key);
+                            }
+                        }
                         Job::Confirm(key, _) => confirm.push(*key),
                     }
                 }
@@ -118,12 +150,17 @@ impl Writer {
                         "results not written: their claims were taken over (this worker's lease ran out or its database session was lost); the new owner sends again"
                     );
                 }
+                let held =
+                    |key: &(i64, i64)| outcome.as_ref().is_some_and(|o| o.held.contains(key));
                 for job in batch {
                     let _ = match job {
-                        Job::Result(_, ack) => ack.send(outcome.is_some()),
-                        Job::Confirm(key, ack) => {
-                            ack.send(outcome.as_ref().is_some_and(|o| o.held.contains(&key)))
+                        Job::Result(_, ack, check) => {
+                            if let Some((key, answer)) = check {
+                                let _ = answer.send(held(&key));
+                            }
+                            ack.send(outcome.is_some())
                         }
+                        Job::Confirm(key, ack) => ack.send(held(&key)),
                     };
                 }
             }
@@ -135,15 +172,35 @@ impl Writer {
         Self { tx, task }
     }
 
-    /// Queues a result; the returned [`Pending`] resolves once it is durable.
-    pub(super) async fn submit(&self, settled: Settled) -> anyhow::Result<Pending> {
+    /// Queues a result; the returned [`Pending`] resolves once it is durable. `next`: the
+    /// sender's next claim, checked by the same statement (the answer comes back with the
+    /// pending result, for that claim's gate): asked separately, a check queued just after the
+    /// result can miss the statement the result went into and put a second statement into the
+    /// next message's wait.
+    pub(super) async fn submit(
+        &self,
+        settled: Settled,
+        next: Option<(i64, i64)>,
+    ) -> anyhow::Result<Pending> {
         let status = settled.status;
         let (ack, done) = oneshot::channel();
+        let (check, checked) = match next {
+            Some(key) => {
+                let (answer, checked) = oneshot::channel();
+                (Some((key, answer)), Some((key, checked)))
+            }
+            None => (None, None),
+        };
         self.tx
-            .send(Job::Result(settled, ack))
+            .send(Job::Result(settled, ack, check))
             .await
             .map_err(|_| anyhow!("the result writer stopped"))?;
-        Ok(Pending { done, status })
+        Ok(Pending {
+            done,
+            status,
+            checked,
+            submitted: std::time::Instant::now(),
+        })
     }
 
     /// Asks whether a claim is still this worker's; the answer is `Ok(true)` if it is.
