@@ -29,18 +29,10 @@ pub(super) struct Pending {
 const CHECK_FRESH_FOR: Duration = Duration::from_millis(50);
 
 impl Pending {
-    /// The answer for `key`, when it was checked with this result.
+    /// The answer for `key`, when it was checked with this result not long ago.
     pub(super) fn take_check(&mut self, key: (i64, i64)) -> Option<oneshot::Receiver<bool>> {
-        match self.checked.take() {
-            Some((k, answer)) if k == key && self.submitted.elapsed() < CHECK_FRESH_FOR => {
-                Some(answer)
-            }
-            Some((k, _)) if k == key => None,
-            other => {
-                self.checked = other;
-                None
-            }
-        }
+        let (checked, answer) = self.checked.take()?;
+        (checked == key && self.submitted.elapsed() < CHECK_FRESH_FOR).then_some(answer)
     }
 }
 
