@@ -89,6 +89,17 @@ fn bench(c: &mut Criterion) {
     c.bench_function("message per subscriber (DKIM rsa-sha256)", |b| {
         b.iter(|| rendered.message(black_box(&who)).map(|m| signer.sign(m)))
     });
+    // The signature alone, over a message of one short line: the denominator of issue 16's
+    // signing bound (cores ÷ this), without the canonicalisation of a whole issue.
+    let tiny = lettre::Message::builder()
+        .from("a@example.com".parse().expect("from"))
+        .to("b@example.org".parse().expect("to"))
+        .subject("x")
+        .body("x".to_owned())
+        .expect("message");
+    c.bench_function("one RSA-2048 signature (one-line message)", |b| {
+        b.iter(|| signer.sign(black_box(tiny.clone())))
+    });
 }
 
 criterion_group!(benches, bench);
