@@ -428,3 +428,77 @@ async fn a_lock_in_another_database_does_not_keep_a_dead_workers_claims(pool: Pg
         "the dead worker's claims wait for their leases: another database's lock hides its death"
     );
 }
+
+/// Index entries of `delivery` read so far, as this connection's backend has reported them
+/// (its pending counts flushed first).
+async fn delivery_reads(single: &PgPool) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(single)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT (SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes \
+                 WHERE relname = 'delivery')::bigint \
+              + (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables \
+                 WHERE relname = 'delivery')",
+    )
+    .fetch_one(single)
+    .await
+    .unwrap()
+}
+
+/// Last week's issue, paused by the breaker with 20,000 deliveries ready (and older than this
+/// week's), costs a claim of this week's issue nothing: the claim reads this week's rows, not
+/// every ready row in the table in time order until it reaches them (which made each claim of
+/// a million-subscriber send walk a paused million: 279 ms a claim instead of 2 ms).
+#[sqlx::test]
+async fn a_paused_issues_ready_rows_are_not_read_by_claims_for_another_issue(pool: PgPool) {
+    use digestif::store::deliveries::{claim, register_worker};
+    // One connection, so every count below is this backend's own.
+    let single = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    seed(&single, 50).await;
+    let s = digestif::config::Settings::from_toml("").unwrap();
+    let last_week =
+        digestif::digest::create_issue(&single, &s, crate::helpers::at("2026-11-23T08:00:00Z"))
+            .await
+            .unwrap();
+    sqlx::query(
+        "UPDATE issue SET status = 'paused', status_reason = 'breaker', \
+                paused_until = now() + interval '1 day' WHERE issue_id = $1",
+    )
+    .bind(last_week.issue_id)
+    .execute(&single)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO delivery (issue_id, subscriber_id, next_attempt_at) \
+         SELECT $1, 1000 + g, now() - interval '1 day' FROM generate_series(1, 20000) g",
+    )
+    .bind(last_week.issue_id)
+    .execute(&single)
+    .await
+    .unwrap();
+    let this_week =
+        digestif::digest::create_issue(&single, &s, crate::helpers::at("2026-11-30T08:00:00Z"))
+            .await
+            .unwrap();
+
+    let mut worker = pool.acquire().await.unwrap().detach();
+    let id = register_worker(&mut worker).await.unwrap();
+    let before = delivery_reads(&single).await;
+    let taken = claim(&single, id, 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let read = delivery_reads(&single).await - before;
+
+    assert_eq!(taken.len(), 10);
+    assert!(taken.iter().all(|c| c.issue_id == this_week.issue_id));
+    assert!(
+        read < 1_000,
+        "one claim of 10 read {read} entries of delivery: the paused issue's 20,000 rows were walked"
+    );
+}
