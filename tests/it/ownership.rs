@@ -487,8 +487,14 @@ async fn a_paused_issues_ready_rows_are_not_read_by_claims_for_another_issue(poo
             .await
             .unwrap();
 
+    // Registered on a connection of its own, whose counts are flushed before the first
+    // reading so they cannot land inside the measured claim.
     let mut worker = pool.acquire().await.unwrap().detach();
     let id = register_worker(&mut worker).await.unwrap();
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut worker)
+        .await
+        .unwrap();
     let before = delivery_reads(&single).await;
     let taken = claim(&single, id, 10, Duration::from_secs(3600))
         .await
@@ -501,4 +507,38 @@ async fn a_paused_issues_ready_rows_are_not_read_by_claims_for_another_issue(poo
         read < 1_000,
         "one claim of 10 read {read} entries of delivery: the paused issue's 20,000 rows were walked"
     );
+}
+
+/// Two issues sending at once: a claim takes the older issue's ready rows first and fills the
+/// batch from the newer one's.
+#[sqlx::test]
+async fn a_claim_takes_the_older_sending_issue_first_and_fills_up_from_the_next(pool: PgPool) {
+    use digestif::store::deliveries::{claim, register_worker};
+    seed(&pool, 20).await;
+    let s = digestif::config::Settings::from_toml("").unwrap();
+    let older =
+        digestif::digest::create_issue(&pool, &s, crate::helpers::at("2026-11-23T08:00:00Z"))
+            .await
+            .unwrap();
+    // The older issue has three left to send.
+    sqlx::query(
+        "UPDATE delivery SET status = 'sent', sent_at = now() \
+         WHERE issue_id = $1 AND subscriber_id > 3",
+    )
+    .bind(older.issue_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let newer =
+        digestif::digest::create_issue(&pool, &s, crate::helpers::at("2026-11-30T08:00:00Z"))
+            .await
+            .unwrap();
+
+    let mut worker = pool.acquire().await.unwrap().detach();
+    let id = register_worker(&mut worker).await.unwrap();
+    let taken = claim(&pool, id, 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let from = |issue: i64| taken.iter().filter(|c| c.issue_id == issue).count();
+    assert_eq!((from(older.issue_id), from(newer.issue_id)), (3, 7));
 }
