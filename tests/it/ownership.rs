@@ -429,6 +429,23 @@ async fn a_lock_in_another_database_does_not_keep_a_dead_workers_claims(pool: Pg
     );
 }
 
+/// The issue of the Monday slot `day` (YYYY-MM-DD), on the default settings.
+async fn issue_of(pool: &PgPool, day: &str) -> digestif::store::issues::IssueRow {
+    let s = digestif::config::Settings::from_toml("").unwrap();
+    digestif::digest::create_issue(pool, &s, crate::helpers::at(&format!("{day}T08:00:00Z")))
+        .await
+        .unwrap()
+}
+
+/// A live worker's id, registered on a connection of its own (kept open by the caller).
+async fn live_worker(pool: &PgPool) -> (sqlx::PgConnection, i32) {
+    let mut conn = pool.acquire().await.unwrap().detach();
+    let id = digestif::store::deliveries::register_worker(&mut conn)
+        .await
+        .unwrap();
+    (conn, id)
+}
+
 /// Index entries of `delivery` read so far, as this connection's backend has reported them
 /// (its pending counts flushed first).
 async fn delivery_reads(single: &PgPool) -> i64 {
@@ -453,7 +470,7 @@ async fn delivery_reads(single: &PgPool) -> i64 {
 /// a million-subscriber send walk a paused million: 272 ms a claim instead of 4.8 ms).
 #[sqlx::test]
 async fn a_paused_issues_ready_rows_are_not_read_by_claims_for_another_issue(pool: PgPool) {
-    use digestif::store::deliveries::{claim, register_worker};
+    use digestif::store::deliveries::claim;
     // One connection, so every count below is this backend's own.
     let single = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
@@ -461,11 +478,7 @@ async fn a_paused_issues_ready_rows_are_not_read_by_claims_for_another_issue(poo
         .await
         .unwrap();
     seed(&single, 50).await;
-    let s = digestif::config::Settings::from_toml("").unwrap();
-    let last_week =
-        digestif::digest::create_issue(&single, &s, crate::helpers::at("2026-11-23T08:00:00Z"))
-            .await
-            .unwrap();
+    let last_week = issue_of(&single, "2026-11-23").await;
     sqlx::query(
         "UPDATE issue SET status = 'paused', status_reason = 'breaker', \
                 paused_until = now() + interval '1 day' WHERE issue_id = $1",
@@ -482,15 +495,11 @@ async fn a_paused_issues_ready_rows_are_not_read_by_claims_for_another_issue(poo
     .execute(&single)
     .await
     .unwrap();
-    let this_week =
-        digestif::digest::create_issue(&single, &s, crate::helpers::at("2026-11-30T08:00:00Z"))
-            .await
-            .unwrap();
+    let this_week = issue_of(&single, "2026-11-30").await;
 
     // Registered on a connection of its own, whose counts are flushed before the first
     // reading so they cannot land inside the measured claim.
-    let mut worker = pool.acquire().await.unwrap().detach();
-    let id = register_worker(&mut worker).await.unwrap();
+    let (mut worker, id) = live_worker(&pool).await;
     sqlx::query("SELECT pg_stat_force_next_flush()")
         .execute(&mut worker)
         .await
@@ -513,13 +522,9 @@ async fn a_paused_issues_ready_rows_are_not_read_by_claims_for_another_issue(poo
 /// batch from the newer one's.
 #[sqlx::test]
 async fn a_claim_takes_the_older_sending_issue_first_and_fills_up_from_the_next(pool: PgPool) {
-    use digestif::store::deliveries::{claim, register_worker};
+    use digestif::store::deliveries::claim;
     seed(&pool, 20).await;
-    let s = digestif::config::Settings::from_toml("").unwrap();
-    let older =
-        digestif::digest::create_issue(&pool, &s, crate::helpers::at("2026-11-23T08:00:00Z"))
-            .await
-            .unwrap();
+    let older = issue_of(&pool, "2026-11-23").await;
     // The older issue has three left to send.
     sqlx::query(
         "UPDATE delivery SET status = 'sent', sent_at = now() \
@@ -529,13 +534,9 @@ async fn a_claim_takes_the_older_sending_issue_first_and_fills_up_from_the_next(
     .execute(&pool)
     .await
     .unwrap();
-    let newer =
-        digestif::digest::create_issue(&pool, &s, crate::helpers::at("2026-11-30T08:00:00Z"))
-            .await
-            .unwrap();
+    let newer = issue_of(&pool, "2026-11-30").await;
 
-    let mut worker = pool.acquire().await.unwrap().detach();
-    let id = register_worker(&mut worker).await.unwrap();
+    let (_worker, id) = live_worker(&pool).await;
     let taken = claim(&pool, id, 10, Duration::from_secs(3600))
         .await
         .unwrap();
