@@ -267,19 +267,6 @@ fn push_relaxed_header(out: &mut String, name: &str, value: &str) {
     }
 }
 
-/// Where the next CRLF starts; a lone LF does not end a line.
-fn next_crlf(s: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = s[from..].iter().position(|&b| b == b'\n') {
-        let at = from + i;
-        if at > 0 && s[at - 1] == b'\r' {
-            return Some(at - 1);
-        }
-        from = at + 1;
-    }
-    None
-}
-
 /// RFC 6376 §3.4.4, handed to `put` a line at a time (the body hash never needs the whole
 /// canonical body): no white space at line ends, runs of it as one space, no empty lines at
 /// the end, and a final CRLF. Octets, not text: lines end at CRLF only, and whatever else is
@@ -290,7 +277,8 @@ fn relaxed_body(body: &[u8], mut put: impl FnMut(&[u8])) {
     let mut blank = 0usize;
     let mut rest = body;
     loop {
-        let (raw, next) = match next_crlf(rest) {
+        // Only CRLF ends a line; a lone LF or CR is part of it.
+        let (raw, next) = match memchr::memmem::find(rest, b"\r\n") {
             Some(i) => (&rest[..i], Some(&rest[i + 2..])),
             None => (rest, None),
         };

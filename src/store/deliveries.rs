@@ -137,10 +137,11 @@ pub async fn abandon(pool: &PgPool, worker: i32) -> sqlx::Result<u64> {
 ///
 /// The ready rows of the oldest sending issue come in time order from `delivery_ready_idx`
 /// (issue, then time), and the scan stops at the batch; a later sending issue is read only to
-/// fill a batch the older one leaves short. Indexed by time alone, as first written, the scan went through every ready row in
-/// time order, a paused issue's included, until it reached a sending issue's (272 ms a claim
-/// behind a paused million, against 4.8 ms); joined to the issues instead, custom plans read
-/// every ready row and sorted them (30 ms a claim at 100,000).
+/// fill a batch the older one leaves short. Indexed by time alone, as first written, the scan
+/// went through every ready row in time order, a paused issue's included, until it reached a
+/// sending issue's (272 ms a claim behind a paused million, against 4.8 ms); joined to the
+/// issues instead, custom plans read every ready row and sorted them (30 ms a claim at
+/// 100,000).
 ///
 /// The plan is pinned to what a claim always wants, whatever the statistics say: the ready
 /// rows walked in index order (no bitmap scan, which reads every ready row and sorts them)
