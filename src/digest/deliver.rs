@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, watch};
 
@@ -308,7 +309,13 @@ impl Deliverer {
                 fail(e);
             }
         };
-        futures_util::future::join_all((0..concurrency).map(|_| sender())).await;
+        // Polled as they wake, not all at once: `join_all` of fewer than 30 futures polls every
+        // sender whenever any one of them wakes, several times a message each.
+        {
+            let mut senders: futures_util::stream::FuturesUnordered<_> =
+                (0..concurrency).map(|_| sender()).collect();
+            while senders.next().await.is_some() {}
+        }
         // Senders stop early on a fatal error; what they left in the queue goes back too.
         if let (Ok(mut u), Ok(mut q)) = (unsent.lock(), queue.lock()) {
             u.extend(q.drain(..));

@@ -195,7 +195,7 @@ fn data_block(bytes: &[u8]) -> Option<String> {
     if rest.starts_with('.') {
         out.push('.');
     }
-    while let Some(at) = rest.find("\r\n.") {
+    while let Some(at) = memchr::memmem::find(rest.as_bytes(), b"\r\n.") {
         out.push_str(&rest[..at + 3]);
         out.push('.');
         rest = &rest[at + 3..];
