@@ -13,15 +13,20 @@ fn main() -> ExitCode {
         digestif::cli::LogFormat::Journald => "<3>",
         _ => "",
     };
-    // One thread for every task. The SMTP senders already share one task, and the results
-    // writer, heartbeat and HTTP handlers are small beside them; what needs a core of its own
-    // (DKIM signing, file writes) goes to the blocking pool. With a worker thread per core,
-    // every result handed to the writer and every answer back woke another thread: 13 % more
-    // of digestif's CPU and 12 % more of Postgres's a message at 8 sessions (BENCHMARKS.md).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread for the async work of every command but `serve`. The SMTP senders already
+    // share one task, and the results writer and heartbeat are small beside them; what needs
+    // a core (DKIM signing, file writes) goes to the blocking pool. With a worker thread per
+    // core, every result handed to the writer and every answer back woke another thread: 13 %
+    // more of digestif's CPU and 10 % more of Postgres's a message at 8 sessions
+    // (BENCHMARKS.md). `serve` keeps a thread per core: its HTTP server renders public pages
+    // for anyone who asks, and a burst of them must not queue in front of the senders.
+    let runtime = match if cli.serves_http() {
+        tokio::runtime::Runtime::new()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("digestif: cannot start the async runtime: {e}");

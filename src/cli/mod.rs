@@ -182,6 +182,13 @@ enum Command {
     },
 }
 
+impl Cli {
+    /// Whether the command serves HTTP to the public (`serve`), beside anything else it does.
+    pub fn serves_http(&self) -> bool {
+        matches!(self.command, Command::Serve { .. })
+    }
+}
+
 impl Command {
     /// Commands that may send mail, and so need the transport and the DKIM keys.
     fn sends_mail(&self) -> bool {
