@@ -20,13 +20,14 @@ fn main() -> ExitCode {
     // more of digestif's CPU and 10 % more of Postgres's a message at 8 sessions
     // (BENCHMARKS.md). `serve` keeps a thread per core: its HTTP server renders public pages
     // for anyone who asks, and a burst of them must not queue in front of the senders.
-    let runtime = match if cli.serves_http() {
+    let built = if cli.serves_http() {
         tokio::runtime::Runtime::new()
     } else {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-    } {
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("digestif: cannot start the async runtime: {e}");
