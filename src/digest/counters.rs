@@ -94,6 +94,9 @@ pub struct Counters {
     pub reclaimed: AtomicU64,
     /// Claims this process found taken over before it handed the message over (not sent).
     pub lost: AtomicU64,
+    /// Messages this process handed over whose claim was taken over before their result was
+    /// written: not counted as sent, since the new owner sends them again.
+    pub taken_over: AtomicU64,
     /// When `serve`'s scheduler loop last did something (unix seconds; 0: no loop in this
     /// process): a pass began, or a delivery result was written. `/readyz` reads it.
     pub heartbeat: std::sync::atomic::AtomicI64,

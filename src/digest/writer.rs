@@ -15,9 +15,20 @@ use crate::store::deliveries::{self, Settled};
 /// Why a sender stops when its results cannot be written.
 pub(super) const WRITE_FAILED: &str = "cannot write delivery results to the database; stopping (unwritten sends are retried once this worker is gone)";
 
+/// What became of a result the writer's statement ran for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recorded {
+    /// Durable.
+    Written,
+    /// Not written: the claim had been taken over (this worker's lease ran out, say), and its
+    /// new owner sends the message again.
+    TakenOver,
+}
+
 /// A result on its way to the database.
 pub(super) struct Pending {
-    done: oneshot::Receiver<bool>,
+    /// Dropped unanswered when the result could not be written at all.
+    done: oneshot::Receiver<Recorded>,
     status: DeliveryStatus,
     /// The sender's next claim and the answer to whether it is still this worker's.
     checked: Option<((i64, i64), oneshot::Receiver<bool>)>,
@@ -36,9 +47,11 @@ impl Pending {
     }
 }
 
-/// Waits until the sender's previous result is durable, then counts it. `pending` is cleared
-/// only once the answer is in: should the wait be abandoned half-way, the next call waits
-/// again instead of losing the result.
+/// Waits until the sender's previous result is settled in the database, then counts it: as
+/// its outcome when written, as taken over when its claim had gone to another worker (not
+/// reported as sent: the new owner sends it). `pending` is cleared only once the answer is in:
+/// should the wait be abandoned half-way, the next call waits again instead of losing the
+/// result.
 pub(super) async fn settle_pending(
     pending: &mut Option<Pending>,
     counters: &Counters,
@@ -47,13 +60,16 @@ pub(super) async fn settle_pending(
     let Some(p) = pending.as_mut() else {
         return Ok(());
     };
-    let durable = matches!((&mut p.done).await, Ok(true));
+    let answer = (&mut p.done).await;
     let status = p.status;
     *pending = None;
-    if !durable {
-        return Err(anyhow!(WRITE_FAILED));
+    match answer {
+        Ok(Recorded::Written) => counters.count(status),
+        Ok(Recorded::TakenOver) => {
+            counters.taken_over.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => return Err(anyhow!(WRITE_FAILED)),
     }
-    counters.count(status);
     if counters.heartbeat.load(Ordering::Relaxed) != 0 {
         counters.beat();
     }
@@ -66,9 +82,9 @@ type Check = ((i64, i64), oneshot::Sender<bool>);
 
 /// What senders ask the writer.
 enum Job {
-    /// Write this result; answer once it is durable. With it, the sender's next claim to
-    /// check, so one statement answers both.
-    Result(Settled, oneshot::Sender<bool>, Option<Check>),
+    /// Write this result; answer once it is durable (or found taken over). With it, the
+    /// sender's next claim to check, so one statement answers both.
+    Result(Settled, oneshot::Sender<Recorded>, Option<Check>),
     /// Is this claim still ours (renewing its lease)? Asked just before a final dot.
     Confirm((i64, i64), oneshot::Sender<bool>),
 }
@@ -113,7 +129,7 @@ impl Writer {
                         Some(c) => {
                             deliveries::settle(c, worker, &results, &confirm, threshold).await
                         }
-                        None => match deliveries::settle_connection(&pool).await {
+                        None => match deliveries::settle_connection(&pool, worker).await {
                             Ok(c) => {
                                 let c = conn.insert(c);
                                 deliveries::settle(c, worker, &results, &confirm, threshold).await
@@ -134,26 +150,36 @@ impl Writer {
                     }
                 }
                 if let Some(o) = &outcome
-                    && o.written < results.len() as u64
+                    && o.written.len() < results.len()
                 {
                     tracing::warn!(
                         worker,
-                        lost = results.len() as u64 - o.written,
+                        lost = results.len() - o.written.len(),
                         "results not written: their claims were taken over (this worker's lease ran out or its database session was lost); the new owner sends again"
                     );
                 }
                 let held =
                     |key: &(i64, i64)| outcome.as_ref().is_some_and(|o| o.held.contains(key));
                 for job in batch {
-                    let _ = match job {
-                        Job::Result(_, ack, check) => {
+                    match job {
+                        Job::Result(s, ack, check) => {
                             if let Some((key, answer)) = check {
                                 let _ = answer.send(held(&key));
                             }
-                            ack.send(outcome.is_some())
+                            // Unanswered (dropped) when nothing could be written.
+                            if let Some(o) = &outcome {
+                                let key = (s.issue_id, s.subscriber_id);
+                                let _ = ack.send(if o.written.contains(&key) {
+                                    Recorded::Written
+                                } else {
+                                    Recorded::TakenOver
+                                });
+                            }
                         }
-                        Job::Confirm(key, ack) => ack.send(held(&key)),
-                    };
+                        Job::Confirm(key, ack) => {
+                            let _ = ack.send(held(&key));
+                        }
+                    }
                 }
             }
             // Said goodbye properly, or Postgres logs an unexpected EOF for every run.

@@ -102,6 +102,11 @@ fn process_metrics(app: &AppState, registry: &mut Registry) {
         "Claims this process found taken over before the final dot (not sent by it)",
         counter(&app.counters.lost),
     );
+    registry.register(
+        "digestif_results_taken_over",
+        "Messages this process handed over whose claim another worker took over before the result was written (sent again by it)",
+        counter(&app.counters.taken_over),
+    );
     let next_slot = Gauge::<i64>::default();
     if let Some(t) = app.settings.schedule.cron.next_after(crate::clock::now()) {
         next_slot.set(t.timestamp());

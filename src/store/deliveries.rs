@@ -61,7 +61,8 @@ pub struct Claimed {
 }
 
 /// The advisory-lock namespace of worker locks (`'dgif'`): a worker holds
-/// `pg_advisory_lock(WORKER_LOCK_CLASS, worker_id)` for as long as it lives.
+/// `pg_advisory_lock_shared(WORKER_LOCK_CLASS, worker_id)` for as long as it lives, on its own
+/// connection and on its results connection (shared, so both can).
 pub const WORKER_LOCK_CLASS: i32 = 0x6467_6966;
 
 /// Registers a delivering process on `conn`, a connection it keeps to itself: a new worker id,
@@ -70,8 +71,11 @@ pub async fn register_worker(conn: &mut PgConnection) -> sqlx::Result<i32> {
     let id: i32 = sqlx::query_scalar("SELECT nextval('worker_id_seq')::int")
         .fetch_one(&mut *conn)
         .await?;
-    lock_worker(conn, id).await?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+        .bind(WORKER_LOCK_CLASS)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "WITH gone AS ( \
              DELETE FROM worker w WHERE w.worker_id NOT IN (SELECT worker FROM live_workers($3)) \
@@ -80,24 +84,53 @@ pub async fn register_worker(conn: &mut PgConnection) -> sqlx::Result<i32> {
          INSERT INTO worker (worker_id, host, pid) VALUES ($1, $2, $4)",
     )
     .bind(id)
-    .bind(host.map(|h| h.trim().to_owned()))
+    .bind(hostname())
     .bind(WORKER_LOCK_CLASS)
     .bind(std::process::id() as i32)
     .execute(&mut *conn)
     .await?;
+    name_worker_session(conn, id).await?;
     Ok(id)
 }
 
-/// Takes worker `id`'s lock on `conn` (again, after its connection was lost), and names the
-/// session so `pg_stat_activity` shows which worker it is.
+/// Takes worker `id`'s lock on `conn` again, after its connection was lost, and lists the worker
+/// again: a worker that registered meanwhile clears the rows of workers that hold neither a lock
+/// nor a claim, and an unlisted worker's claims would not be seen orphaned when it dies.
 pub async fn lock_worker(conn: &mut PgConnection, id: i32) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_advisory_lock($1, $2), set_config('application_name', $3, false)")
-        .bind(WORKER_LOCK_CLASS)
-        .bind(id)
+    take_worker_lock(conn, id).await?;
+    name_worker_session(conn, id).await
+}
+
+/// Worker `id`'s lock on `conn`, and its row in `worker` (back if it was cleared), in one
+/// statement.
+async fn take_worker_lock(conn: &mut PgConnection, id: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH locked AS (SELECT pg_advisory_lock_shared($4, $1)) \
+         INSERT INTO worker (worker_id, host, pid) SELECT $1, $2, $3 FROM locked \
+         ON CONFLICT (worker_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(hostname())
+    .bind(std::process::id() as i32)
+    .bind(WORKER_LOCK_CLASS)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Names the session so `pg_stat_activity` shows which worker it is.
+async fn name_worker_session(conn: &mut PgConnection, id: i32) -> sqlx::Result<()> {
+    sqlx::query("SELECT set_config('application_name', $1, false)")
         .bind(format!("digestif worker {id}"))
         .execute(conn)
         .await?;
     Ok(())
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
 }
 
 /// Renews the leases of every claim `worker` holds; returns how many it holds.
@@ -240,8 +273,14 @@ pub struct Settled {
 /// messages), so it skips two costs the pool would add to every call: the liveness ping before
 /// each use, and planning the statement anew for its array parameters (a generic plan fits
 /// every batch: all lookups are by key).
-pub async fn settle_connection(pool: &PgPool) -> sqlx::Result<PgConnection> {
+///
+/// It holds `worker`'s lock too, for as long as it is open: the check before each final dot
+/// (is this claim still this worker's?) runs on it, so while it says yes no other worker can
+/// see this one as gone and take the claim over, even if the worker's own lock session has
+/// ended unnoticed. Opened again after an error, it takes the lock again before any check.
+pub async fn settle_connection(pool: &PgPool, worker: i32) -> sqlx::Result<PgConnection> {
     let mut conn = pool.acquire().await?.detach();
+    take_worker_lock(&mut conn, worker).await?;
     // Named, so an operator can tell it apart in pg_stat_activity.
     sqlx::raw_sql(
         "SET plan_cache_mode = force_generic_plan; SET application_name = 'digestif results'",
@@ -254,8 +293,9 @@ pub async fn settle_connection(pool: &PgPool) -> sqlx::Result<PgConnection> {
 /// What [`settle`] did.
 #[derive(Debug, Default)]
 pub struct SettleOutcome {
-    /// Results written; fewer than given when claims were taken over meanwhile.
-    pub written: u64,
+    /// The deliveries whose results were written (issue, subscriber); fewer than given when
+    /// claims were taken over meanwhile.
+    pub written: Vec<(i64, i64)>,
     /// The claims asked about that are still this worker's.
     pub held: Vec<(i64, i64)>,
 }
@@ -269,21 +309,27 @@ pub struct SettleOutcome {
 macro_rules! hard_bounce_rule {
     ($threshold:literal, $method:literal) => {
         concat!(
+            // Counted per subscriber first: an `UPDATE … FROM` changes a row once however many
+            // rows it joins, so two bounces of one subscriber in one statement (two issues
+            // sending at once) counted as one.
             "bounced AS ( \
-                 UPDATE subscriber s SET hard_bounces = s.hard_bounces + 1, \
-                        status = CASE WHEN s.status = 'active' AND s.hard_bounces + 1 >= ",
+                 UPDATE subscriber s SET hard_bounces = s.hard_bounces + b.n, \
+                        status = CASE WHEN s.status = 'active' AND s.hard_bounces + b.n >= ",
             $threshold,
             " THEN 'bounced' ELSE s.status END \
-                 FROM upd WHERE upd.status = 'bounced' AND s.subscriber_id = upd.subscriber_id \
-                 RETURNING s.subscriber_id, s.status, s.hard_bounces, upd.last_error), \
+                 FROM (SELECT subscriber_id, count(*)::int AS n FROM upd \
+                       WHERE status = 'bounced' GROUP BY subscriber_id) b \
+                 WHERE s.subscriber_id = b.subscriber_id \
+                 RETURNING s.subscriber_id, s.status, s.hard_bounces), \
              events AS ( \
                  INSERT INTO subscriber_event (subscriber_id, kind, method, detail) \
-                 SELECT subscriber_id, 'bounced', '",
+                 SELECT u.subscriber_id, 'bounced', '",
             $method,
-            "', left(CASE WHEN status = 'bounced' THEN 'suppressed after ' || hard_bounces \
+            "', left(CASE WHEN b.status = 'bounced' THEN 'suppressed after ' || b.hard_bounces \
                               || ' hard bounce(s): ' ELSE 'hard bounce: ' END \
-                         || coalesce(last_error, ''), 500) \
-                 FROM bounced)"
+                         || coalesce(u.last_error, ''), 500) \
+                 FROM upd u JOIN bounced b ON b.subscriber_id = u.subscriber_id \
+                 WHERE u.status = 'bounced')"
         )
     };
 }
@@ -320,9 +366,13 @@ pub async fn settle(
     }
     let (confirm_issues, confirm_subscribers): (Vec<i64>, Vec<i64>) =
         confirm.iter().copied().unzip();
-    let (written, held_issues, held_subscribers): (i64, Vec<i64>, Vec<i64>) =
-        sqlx::query_as(concat!(
-            "WITH v AS ( \
+    let (written_issues, written_subscribers, held_issues, held_subscribers): (
+        Vec<i64>,
+        Vec<i64>,
+        Vec<i64>,
+        Vec<i64>,
+    ) = sqlx::query_as(concat!(
+        "WITH v AS ( \
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], \
                                   $5::text[], $6::timestamptz[], $7::text[], $13::text[]) \
              AS v(issue_id, subscriber_id, status, code, error, next_at, message_id, relay)), \
@@ -334,38 +384,41 @@ pub async fn settle(
                     sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END \
              FROM v WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
                AND d.status = $9 AND d.claimed_by = $10 \
-             RETURNING d.subscriber_id, d.status, d.last_error), ",
-            hard_bounce_rule!("$8", "smtp"),
-            ", held AS ( \
+             RETURNING d.issue_id, d.subscriber_id, d.status, d.last_error), ",
+        hard_bounce_rule!("$8", "smtp"),
+        ", held AS ( \
              SELECT d.issue_id, d.subscriber_id FROM delivery d \
              JOIN unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
                ON d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
              WHERE d.status = $9 AND d.claimed_by = $10) \
-         SELECT (SELECT count(*) FROM upd), \
+         SELECT ARRAY(SELECT issue_id FROM upd), ARRAY(SELECT subscriber_id FROM upd), \
                 ARRAY(SELECT issue_id FROM held), ARRAY(SELECT subscriber_id FROM held)",
-        ))
-        .bind(&issue_ids)
-        .bind(&subscriber_ids)
-        .bind(&statuses)
-        .bind(&codes)
-        .bind(&errors)
-        .bind(&next)
-        .bind(&message_ids)
-        .bind(i64::from(threshold))
-        // 'sending' as a parameter, not a literal: with the literal, the generic plan this
-        // statement runs with (see settle_connection) scanned the whole partial index of leased
-        // rows, dead entries included, for every group of results: 52 µs a call at 30,000
-        // deliveries, 430 µs at 400,000. A parameter cannot prove that index's predicate, so the
-        // plan looks each row up by its keys.
-        .bind(DeliveryStatus::Sending.as_str())
-        .bind(worker)
-        .bind(&confirm_issues)
-        .bind(&confirm_subscribers)
-        .bind(&relays)
-        .fetch_one(&mut *conn)
-        .await?;
+    ))
+    .bind(&issue_ids)
+    .bind(&subscriber_ids)
+    .bind(&statuses)
+    .bind(&codes)
+    .bind(&errors)
+    .bind(&next)
+    .bind(&message_ids)
+    .bind(i64::from(threshold))
+    // 'sending' as a parameter, not a literal: with the literal, the generic plan this
+    // statement runs with (see settle_connection) scanned the whole partial index of leased
+    // rows, dead entries included, for every group of results: 52 µs a call at 30,000
+    // deliveries, 430 µs at 400,000. A parameter cannot prove that index's predicate, so the
+    // plan looks each row up by its keys.
+    .bind(DeliveryStatus::Sending.as_str())
+    .bind(worker)
+    .bind(&confirm_issues)
+    .bind(&confirm_subscribers)
+    .bind(&relays)
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(SettleOutcome {
-        written: written as u64,
+        written: written_issues
+            .into_iter()
+            .zip(written_subscribers)
+            .collect(),
         held: held_issues.into_iter().zip(held_subscribers).collect(),
     })
 }

@@ -1145,3 +1145,43 @@ async fn a_relay_with_smtputf8_gets_a_unicode_address_with_the_smtputf8_paramete
         server.commands()
     );
 }
+
+/// A message whose claim another worker took over between its final dot and its result (as
+/// after a lease ran out) is not reported sent: its result was not written, the new owner sends
+/// it again, and this run's counts are what the database holds.
+#[sqlx::test]
+async fn a_result_whose_claim_was_taken_over_meanwhile_is_not_reported_sent(pool: PgPool) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let (dot, taken) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (at_dot, let_go) = (dot.clone(), taken.clone());
+    // The reply to the final dot waits until the claim has been taken over.
+    let server = SmtpServer::start(Policy::default().hold_until(move || {
+        at_dot.store(true, SeqCst);
+        let_go.load(SeqCst)
+    }))
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 1).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let run = tokio::spawn({
+        let (pool, s) = (pool.clone(), s.clone());
+        async move { crate::helpers::deliver_all(&pool, &s, Duration::ZERO).await }
+    });
+    crate::helpers::wait_for("the final dot", Duration::from_secs(10), || async {
+        dot.load(SeqCst).then_some(())
+    })
+    .await;
+    sqlx::query("UPDATE delivery SET claimed_by = claimed_by + 1000 WHERE status = 'sending'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    taken.store(true, SeqCst);
+    let report = run.await.unwrap();
+
+    assert_eq!(server.accepted().len(), 1, "the relay took the message");
+    assert_eq!(statuses(&pool).await.get("sent"), None, "nothing written");
+    assert_eq!(report.outcomes.sent, 0, "reported sent, yet not written");
+}

@@ -543,3 +543,125 @@ async fn a_claim_takes_the_older_sending_issue_first_and_fills_up_from_the_next(
     let from = |issue: i64| taken.iter().filter(|c| c.issue_id == issue).count();
     assert_eq!((from(older.issue_id), from(newer.issue_id)), (3, 7));
 }
+
+/// Ends `conn`'s session and waits until the server has let it go (its locks with it).
+async fn end_session(pool: &PgPool, mut conn: sqlx::PgConnection) {
+    use sqlx::Connection;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+    crate::helpers::wait_for("the session to end", Duration::from_secs(10), || async {
+        (count(pool, &gone).await == 0).then_some(())
+    })
+    .await;
+}
+
+/// A worker whose lock session ends while the process lives on (a dropped connection, a
+/// terminated backend: it notices at its next renewal, up to a third of a lease later) keeps
+/// its claims for as long as its results connection is open, since that connection holds the
+/// same lock. The gate asks "still this worker's?" on that connection, so no other worker can
+/// take the claim between that answer and the final dot; before, one did, and both sent.
+/// Once both sessions are gone, the claims come back at once.
+#[sqlx::test]
+async fn a_worker_whose_lock_session_ends_keeps_its_claims_while_its_results_connection_lives(
+    pool: PgPool,
+) {
+    use digestif::store::deliveries::{claim, settle_connection};
+    seed(&pool, 10).await;
+    issue_of(&pool, "2026-11-30").await;
+    let hour = Duration::from_secs(3600);
+    let (lock, w1) = live_worker(&pool).await;
+    assert_eq!(claim(&pool, w1, 100, hour).await.unwrap().len(), 10);
+    let results = settle_connection(&pool, w1).await.unwrap();
+    end_session(&pool, lock).await;
+
+    let (_other, w2) = live_worker(&pool).await;
+    assert_eq!(
+        claim(&pool, w2, 100, hour).await.unwrap().len(),
+        0,
+        "claims taken from a worker that is still sending"
+    );
+    end_session(&pool, results).await;
+    assert_eq!(
+        claim(&pool, w2, 100, hour).await.unwrap().len(),
+        10,
+        "a gone worker's claims come back at once"
+    );
+}
+
+/// A worker that lost its lock session between passes may have its row in `worker` cleared by
+/// another worker starting meanwhile; when it takes its lock again, the row comes back, so that
+/// when it later dies its claims come back at once instead of after their lease.
+#[sqlx::test]
+async fn a_worker_that_locks_again_after_its_row_was_cleared_is_still_seen_dying(pool: PgPool) {
+    use digestif::store::deliveries::{claim, lock_worker};
+    seed(&pool, 10).await;
+    issue_of(&pool, "2026-11-30").await;
+    let hour = Duration::from_secs(3600);
+    let (lock, w1) = live_worker(&pool).await;
+    end_session(&pool, lock).await;
+    // Starting, another worker clears the rows of workers without a lock or claims: w1's.
+    let (_third, _) = live_worker(&pool).await;
+    let mut again = pool.acquire().await.unwrap().detach();
+    lock_worker(&mut again, w1).await.unwrap();
+    assert_eq!(claim(&pool, w1, 100, hour).await.unwrap().len(), 10);
+    end_session(&pool, again).await;
+
+    let (_next, w2) = live_worker(&pool).await;
+    assert_eq!(
+        claim(&pool, w2, 100, hour).await.unwrap().len(),
+        10,
+        "a dead worker's claims wait for their lease"
+    );
+}
+
+/// Two hard bounces of one subscriber (this week's issue and last week's, both sending)
+/// written by one statement count twice: at a threshold of two, the subscriber is suppressed
+/// and both bounces are in the event log. One `UPDATE … FROM` changes a row once, however many
+/// rows it joins, so the counter went up by one.
+#[sqlx::test]
+async fn two_hard_bounces_of_one_subscriber_written_together_both_count(pool: PgPool) {
+    use digestif::domain::DeliveryStatus;
+    use digestif::store::deliveries::{Settled, claim, settle, settle_connection};
+    seed(&pool, 1).await;
+    issue_of(&pool, "2026-11-23").await;
+    issue_of(&pool, "2026-11-30").await;
+    let (_lock, w) = live_worker(&pool).await;
+    let claimed = claim(&pool, w, 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let bounced: Vec<Settled> = claimed
+        .iter()
+        .map(|c| Settled {
+            issue_id: c.issue_id,
+            subscriber_id: c.subscriber_id,
+            status: DeliveryStatus::Bounced,
+            code: Some(550),
+            error: Some("550 5.1.1 no such user".into()),
+            next_attempt_at: None,
+            message_id: None,
+            relay: None,
+        })
+        .collect();
+    let mut results = settle_connection(&pool, w).await.unwrap();
+    let out = settle(&mut results, w, &bounced, &[], 2).await.unwrap();
+    assert_eq!(out.written.len(), 2);
+    let (status, hard): (String, i32) =
+        sqlx::query_as("SELECT status, hard_bounces FROM subscriber")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), hard), ("bounced", 2));
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM subscriber_event WHERE kind = 'bounced'"
+        )
+        .await,
+        2
+    );
+}
