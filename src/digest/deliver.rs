@@ -257,18 +257,21 @@ impl Deliverer {
                     let durable = settle_pending(&mut pending, counters, progress)
                         .await
                         .is_ok();
-                    let held = durable && matches!(held.await, Ok(true));
-                    lost.store(durable && !held, Ordering::Relaxed);
-                    held
+                    // No answer (the check could not be made) is not a "no": nothing is handed
+                    // over, and the run stops with the write error rather than report the claim
+                    // taken over by someone.
+                    let answer = held.await;
+                    lost.store(durable && matches!(answer, Ok(false)), Ordering::Relaxed);
+                    durable && matches!(answer, Ok(true))
                 };
                 // Before a further relay's final dot: is the claim still this worker's?
                 let recheck = || async {
                     let key = (claimed.issue_id, claimed.subscriber_id);
-                    let held = matches!(writer.confirm(key).await.await, Ok(true));
-                    if !held {
+                    let answer = writer.confirm(key).await.await;
+                    if matches!(answer, Ok(false)) {
                         lost.store(true, Ordering::Relaxed);
                     }
-                    held
+                    matches!(answer, Ok(true))
                 };
                 let attempt = self.attempt(&claimed, gate, recheck).await;
                 // The gate is not awaited when nothing was sent (a skipped subscriber, say).

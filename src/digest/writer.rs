@@ -138,7 +138,22 @@ impl Writer {
                         },
                     };
                     match written {
-                        Ok(o) => {
+                        Ok(mut o) => {
+                            // An earlier attempt may have committed before its reply was lost.
+                            if attempt > 0
+                                && o.written.len() < results.len()
+                                && let Some(c) = conn.as_mut()
+                            {
+                                let unwritten: Vec<Settled> = results
+                                    .iter()
+                                    .filter(|r| !o.written.contains(&(r.issue_id, r.subscriber_id)))
+                                    .cloned()
+                                    .collect();
+                                if let Ok(before) = deliveries::already_settled(c, &unwritten).await
+                                {
+                                    o.written.extend(before);
+                                }
+                            }
                             outcome = Some(o);
                             break;
                         }
@@ -158,13 +173,18 @@ impl Writer {
                         "results not written: their claims were taken over (this worker's lease ran out or its database session was lost); the new owner sends again"
                     );
                 }
-                let held =
-                    |key: &(i64, i64)| outcome.as_ref().is_some_and(|o| o.held.contains(key));
+                // Checks are answered only when the statement ran: a dropped answer tells the
+                // sender the check could not be made, which is not the same as "taken over".
+                let held = |key: &(i64, i64), answer: oneshot::Sender<bool>| {
+                    if let Some(o) = &outcome {
+                        let _ = answer.send(o.held.contains(key));
+                    }
+                };
                 for job in batch {
                     match job {
                         Job::Result(s, ack, check) => {
                             if let Some((key, answer)) = check {
-                                let _ = answer.send(held(&key));
+                                held(&key, answer);
                             }
                             // Unanswered (dropped) when nothing could be written.
                             if let Some(o) = &outcome {
@@ -176,9 +196,7 @@ impl Writer {
                                 });
                             }
                         }
-                        Job::Confirm(key, ack) => {
-                            let _ = ack.send(held(&key));
-                        }
+                        Job::Confirm(key, ack) => held(&key, ack),
                     }
                 }
             }
@@ -221,10 +239,11 @@ impl Writer {
         })
     }
 
-    /// Asks whether a claim is still this worker's; the answer is `Ok(true)` if it is.
+    /// Asks whether a claim is still this worker's: `Ok(true)` if it is, `Ok(false)` if it was
+    /// taken over, an error if the check could not be made.
     pub(super) async fn confirm(&self, key: (i64, i64)) -> oneshot::Receiver<bool> {
         let (ack, answer) = oneshot::channel();
-        // A stopped writer drops `ack`, and the receiver then says no.
+        // A stopped writer drops `ack`: no answer, and nothing is handed over.
         let _ = self.tx.send(Job::Confirm(key, ack)).await;
         answer
     }

@@ -102,12 +102,13 @@ pub async fn lock_worker(conn: &mut PgConnection, id: i32) -> sqlx::Result<()> {
 }
 
 /// Worker `id`'s lock on `conn`, and its row in `worker` (back if it was cleared), in one
-/// statement.
+/// statement. An existing row is updated, not left alone: the row lock makes a registration
+/// clearing it meanwhile wait and see this worker alive.
 async fn take_worker_lock(conn: &mut PgConnection, id: i32) -> sqlx::Result<()> {
     sqlx::query(
         "WITH locked AS (SELECT pg_advisory_lock_shared($4, $1)) \
          INSERT INTO worker (worker_id, host, pid) SELECT $1, $2, $3 FROM locked \
-         ON CONFLICT (worker_id) DO NOTHING",
+         ON CONFLICT (worker_id) DO UPDATE SET pid = EXCLUDED.pid",
     )
     .bind(id)
     .bind(hostname())
@@ -421,6 +422,31 @@ pub async fn settle(
             .collect(),
         held: held_issues.into_iter().zip(held_subscribers).collect(),
     })
+}
+
+/// Of `results`, those the database already holds as given: settled (claimed by no one) in the
+/// given status. For a retry of [`settle`] after an error, whose first attempt may have
+/// committed before its reply was lost: its rows are no longer this worker's, so the retry
+/// writes nothing, yet they were written. (A row another worker took over and settled the same
+/// way counts too; then both sent it, and that is told where the claim was found taken over.)
+pub async fn already_settled(
+    conn: &mut PgConnection,
+    results: &[Settled],
+) -> sqlx::Result<Vec<(i64, i64)>> {
+    let issue_ids: Vec<i64> = results.iter().map(|r| r.issue_id).collect();
+    let subscriber_ids: Vec<i64> = results.iter().map(|r| r.subscriber_id).collect();
+    let statuses: Vec<&str> = results.iter().map(|r| r.status.as_str()).collect();
+    sqlx::query_as(
+        "SELECT d.issue_id, d.subscriber_id FROM delivery d \
+         JOIN unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(issue_id, subscriber_id, status) \
+           ON d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
+         WHERE d.claimed_by IS NULL AND d.status = v.status",
+    )
+    .bind(&issue_ids)
+    .bind(&subscriber_ids)
+    .bind(&statuses)
+    .fetch_all(conn)
+    .await
 }
 
 /// Gives `worker`'s claimed deliveries back unsent (shutdown, breaker), as if never claimed;

@@ -1166,9 +1166,14 @@ async fn a_result_whose_claim_was_taken_over_meanwhile_is_not_reported_sent(pool
     let s = settings(&server, "");
     seed(&pool, 1).await;
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let d = Arc::new(
+        deliver::Deliverer::new(pool.clone(), Arc::new(s))
+            .await
+            .unwrap(),
+    );
     let run = tokio::spawn({
-        let (pool, s) = (pool.clone(), s.clone());
-        async move { crate::helpers::deliver_all(&pool, &s, Duration::ZERO).await }
+        let d = d.clone();
+        async move { crate::helpers::drain(&d, Duration::ZERO).await }
     });
     crate::helpers::wait_for("the final dot", Duration::from_secs(10), || async {
         dot.load(SeqCst).then_some(())
@@ -1184,4 +1189,39 @@ async fn a_result_whose_claim_was_taken_over_meanwhile_is_not_reported_sent(pool
     assert_eq!(server.accepted().len(), 1, "the relay took the message");
     assert_eq!(statuses(&pool).await.get("sent"), None, "nothing written");
     assert_eq!(report.outcomes.sent, 0, "reported sent, yet not written");
+    assert_eq!(d.counters().taken_over.load(SeqCst), 1);
+}
+
+/// When the check before a final dot cannot be made (the results statement fails every retry),
+/// the run stops with the write error: the claim is not reported lost to another worker, which
+/// would be false (nobody took it over), and the message is not handed over.
+#[sqlx::test]
+async fn a_pre_dot_check_that_cannot_be_made_stops_the_run_instead_of_reporting_the_claim_lost(
+    pool: PgPool,
+) {
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = settings(&server, "");
+    seed(&pool, 1).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    // The results statement writes the event log too; without it, every attempt fails, while
+    // claims, which do not touch it, still work.
+    sqlx::query("ALTER TABLE subscriber_event RENAME TO subscriber_event_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let d = deliver::Deliverer::new(pool.clone(), Arc::new(s))
+        .await
+        .unwrap();
+    let run = crate::helpers::try_drain(&d, Duration::ZERO).await;
+
+    let err = run.expect_err("the run went on as if the claim had been taken over");
+    assert!(
+        format!("{err:#}").contains("cannot write delivery results"),
+        "{err:#}"
+    );
+    assert_eq!(
+        d.counters().lost.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(server.accepted().is_empty(), "handed over unchecked");
 }
