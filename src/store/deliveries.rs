@@ -199,6 +199,13 @@ pub async fn claim(
         // The oldest sending issue's oldest ready rows through the index led by the issue, then
         // the next issue's if the batch is not full: a paused issue's rows are never read, and
         // no ready row beyond the batch is locked.
+        //
+        // An orphaned row (its worker's lock gone, its lease not run out) is taken only if its
+        // worker is still gone once the row is locked: the worker may have taken its lock again
+        // meanwhile (a reopened results connection) and confirmed the claim before this
+        // statement locked it. `picked` is a UNION, which reads all of its input, locking
+        // every row, before the update's join asks `live_workers` again; the pre-dot check
+        // locks the rows it confirms, so it waits for a claim that locked them first.
         "WITH ready AS ( \
              SELECT r.issue_id, r.subscriber_id, r.was \
              FROM (SELECT issue_id FROM issue WHERE status = 'sending' ORDER BY issue_id) i \
@@ -228,6 +235,9 @@ pub async fn claim(
          FROM picked p, subscriber s \
          WHERE d.issue_id = p.issue_id AND d.subscriber_id = p.subscriber_id \
            AND s.subscriber_id = d.subscriber_id \
+           AND CASE WHEN d.status = 'sending' AND d.lease_until >= now() \
+                    THEN NOT coalesce(d.claimed_by IN (SELECT worker FROM live_workers($4)), false) \
+                    ELSE true END \
          RETURNING d.issue_id, d.subscriber_id, p.was, d.attempts, d.created_at, s.email, s.name, \
                    s.status AS subscriber_status",
     )
@@ -337,9 +347,10 @@ macro_rules! hard_bounce_rule {
 
 /// Writes many results in one statement: delivery rows, and for hard bounces the subscriber's
 /// counter, suppression at `threshold`, and the event log. In the same statement it checks
-/// that the claims in `confirm` (messages about to be handed over) are still `worker`'s (a
-/// read: the worker's heartbeat keeps their leases fresh). Every row is written only while
-/// `worker` holds its claim.
+/// that the claims in `confirm` (messages about to be handed over) are still `worker`'s,
+/// locking them for the statement (`FOR KEY SHARE`): a claim by another worker that locked one
+/// first is waited for and its outcome read. The worker's heartbeat keeps their leases fresh.
+/// Every row is written only while `worker` holds its claim.
 pub async fn settle(
     conn: &mut PgConnection,
     worker: i32,
@@ -391,7 +402,7 @@ pub async fn settle(
              SELECT d.issue_id, d.subscriber_id FROM delivery d \
              JOIN unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
                ON d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
-             WHERE d.status = $9 AND d.claimed_by = $10) \
+             WHERE d.status = $9 AND d.claimed_by = $10 FOR KEY SHARE OF d) \
          SELECT ARRAY(SELECT issue_id FROM upd), ARRAY(SELECT subscriber_id FROM upd), \
                 ARRAY(SELECT issue_id FROM held), ARRAY(SELECT subscriber_id FROM held)",
     ))

@@ -665,3 +665,58 @@ async fn two_hard_bounces_of_one_subscriber_written_together_both_count(pool: Pg
         2
     );
 }
+
+/// The check before a final dot waits for another worker's claim that has locked the row (one
+/// begun while this worker looked dead, say) and answers from what that claim did; before, it
+/// read the row as it was and said yes, and both workers sent.
+#[sqlx::test]
+async fn the_pre_dot_check_waits_for_a_claim_that_locked_the_row_and_sees_it_taken(pool: PgPool) {
+    use digestif::store::deliveries::{claim, settle, settle_connection};
+    seed(&pool, 1).await;
+    issue_of(&pool, "2026-11-30").await;
+    let (_lock, w1) = live_worker(&pool).await;
+    let claimed = claim(&pool, w1, 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let key = (claimed[0].issue_id, claimed[0].subscriber_id);
+    let mut results = settle_connection(&pool, w1).await.unwrap();
+    // Another worker's claim, half-way: the row locked, its new owner not yet written.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM delivery WHERE issue_id = $1 AND subscriber_id = $2 FOR UPDATE")
+        .bind(key.0)
+        .bind(key.1)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let check =
+        tokio::spawn(async move { settle(&mut results, w1, &[], &[key], 1).await.unwrap().held });
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE application_name = 'digestif results' AND wait_event_type = 'Lock'";
+    crate::helpers::wait_for(
+        "the check to wait for the claim's row lock",
+        Duration::from_secs(10),
+        || async {
+            assert!(
+                !check.is_finished(),
+                "the check answered while a claim held the row"
+            );
+            (count(&pool, waiting).await == 1).then_some(())
+        },
+    )
+    .await;
+    sqlx::query(
+        "UPDATE delivery SET claimed_by = $3 + 1000 WHERE issue_id = $1 AND subscriber_id = $2",
+    )
+    .bind(key.0)
+    .bind(key.1)
+    .bind(w1)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    other.commit().await.unwrap();
+    assert_eq!(
+        check.await.unwrap(),
+        Vec::new(),
+        "confirmed a claim taken over"
+    );
+}
