@@ -200,12 +200,13 @@ pub async fn claim(
         // the next issue's if the batch is not full: a paused issue's rows are never read, and
         // no ready row beyond the batch is locked.
         //
-        // An orphaned row (its worker's lock gone, its lease not run out) is taken only if its
-        // worker is still gone once the row is locked: the worker may have taken its lock again
-        // meanwhile (a reopened results connection) and confirmed the claim before this
-        // statement locked it. `picked` is a UNION, which reads all of its input, locking
-        // every row, before the update's join asks `live_workers` again; the pre-dot check
-        // locks the rows it confirms, so it waits for a claim that locked them first.
+        // An orphaned row (its worker's lock gone, its lease not run out) is taken only if this
+        // transaction gets its worker's lock exclusively: the worker may have taken its lock
+        // again (a reopened results connection) since `live_workers` was read, and confirmed
+        // the claim. Once got, the worker cannot take its lock until this commits, so no check
+        // of its (which runs only on a connection holding that lock) can say yes meanwhile;
+        // the pre-dot check locks the rows it confirms, so it also waits for a claim that
+        // locked them first. Whatever order the plan evaluates this in.
         "WITH ready AS ( \
              SELECT r.issue_id, r.subscriber_id, r.was \
              FROM (SELECT issue_id FROM issue WHERE status = 'sending' ORDER BY issue_id) i \
@@ -236,7 +237,7 @@ pub async fn claim(
          WHERE d.issue_id = p.issue_id AND d.subscriber_id = p.subscriber_id \
            AND s.subscriber_id = d.subscriber_id \
            AND CASE WHEN d.status = 'sending' AND d.lease_until >= now() \
-                    THEN NOT coalesce(d.claimed_by IN (SELECT worker FROM live_workers($4)), false) \
+                    THEN pg_try_advisory_xact_lock($4, d.claimed_by) \
                     ELSE true END \
          RETURNING d.issue_id, d.subscriber_id, p.was, d.attempts, d.created_at, s.email, s.name, \
                    s.status AS subscriber_status",
@@ -293,8 +294,11 @@ pub async fn settle_connection(pool: &PgPool, worker: i32) -> sqlx::Result<PgCon
     let mut conn = pool.acquire().await?.detach();
     take_worker_lock(&mut conn, worker).await?;
     // Named, so an operator can tell it apart in pg_stat_activity.
+    // The pre-dot check waits for row locks (a claim's, a purge's); one held without end
+    // surfaces as a write error, as an unreachable database does, not as a silent stall.
     sqlx::raw_sql(
-        "SET plan_cache_mode = force_generic_plan; SET application_name = 'digestif results'",
+        "SET plan_cache_mode = force_generic_plan; SET application_name = 'digestif results'; \
+         SET lock_timeout = '10s'",
     )
     .execute(&mut conn)
     .await?;
@@ -347,9 +351,10 @@ macro_rules! hard_bounce_rule {
 
 /// Writes many results in one statement: delivery rows, and for hard bounces the subscriber's
 /// counter, suppression at `threshold`, and the event log. In the same statement it checks
-/// that the claims in `confirm` (messages about to be handed over) are still `worker`'s,
-/// locking them for the statement (`FOR KEY SHARE`): a claim by another worker that locked one
-/// first is waited for and its outcome read. The worker's heartbeat keeps their leases fresh.
+/// that the claims in `confirm` (messages about to be handed over) are still `worker`'s and
+/// their leases not run out (so an expired lease's takeover cannot follow a yes), locking them
+/// for the statement (`FOR KEY SHARE`): a claim by another worker that locked one first is
+/// waited for and its outcome read. The worker's heartbeat keeps their leases fresh.
 /// Every row is written only while `worker` holds its claim.
 pub async fn settle(
     conn: &mut PgConnection,
@@ -402,7 +407,8 @@ pub async fn settle(
              SELECT d.issue_id, d.subscriber_id FROM delivery d \
              JOIN unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
                ON d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
-             WHERE d.status = $9 AND d.claimed_by = $10 FOR KEY SHARE OF d) \
+             WHERE d.status = $9 AND d.claimed_by = $10 AND d.lease_until > now() \
+             FOR KEY SHARE OF d) \
          SELECT ARRAY(SELECT issue_id FROM upd), ARRAY(SELECT subscriber_id FROM upd), \
                 ARRAY(SELECT issue_id FROM held), ARRAY(SELECT subscriber_id FROM held)",
     ))
@@ -439,7 +445,7 @@ pub async fn settle(
 /// given status. For a retry of [`settle`] after an error, whose first attempt may have
 /// committed before its reply was lost: its rows are no longer this worker's, so the retry
 /// writes nothing, yet they were written. (A row another worker took over and settled the same
-/// way counts too; then both sent it, and that is told where the claim was found taken over.)
+/// way counts too: both then sent it, and this worker counts it as its own, not as taken over.)
 pub async fn already_settled(
     conn: &mut PgConnection,
     results: &[Settled],

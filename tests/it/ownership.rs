@@ -691,7 +691,8 @@ async fn the_pre_dot_check_waits_for_a_claim_that_locked_the_row_and_sees_it_tak
     let check =
         tokio::spawn(async move { settle(&mut results, w1, &[], &[key], 1).await.unwrap().held });
     let waiting = "SELECT count(*) FROM pg_stat_activity \
-                   WHERE application_name = 'digestif results' AND wait_event_type = 'Lock'";
+                   WHERE datname = current_database() AND application_name = 'digestif results' \
+                     AND wait_event_type = 'Lock'";
     crate::helpers::wait_for(
         "the check to wait for the claim's row lock",
         Duration::from_secs(10),
