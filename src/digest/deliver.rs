@@ -115,6 +115,9 @@ impl Deliverer {
             self.pool.clone(),
             self.worker.id,
             self.settings.delivery.hard_bounce_threshold,
+            // A third: the heartbeat renews every third of a lease, so only a heartbeat late
+            // by a third or more makes the check say no.
+            self.settings.delivery.lease / 3,
         );
         let mut report = Report::default();
         let mut idle_since = None;
@@ -284,9 +287,13 @@ impl Deliverer {
                     tracing::warn!(
                         issue_id = claimed.issue_id,
                         subscriber_id = claimed.subscriber_id,
-                        "claim lost before the message was handed over (this worker's lease ran out or its database session was lost): not sent here, its new owner sends it"
+                        "claim lost before the message was handed over (this worker's lease ran out or its database session was lost): not sent here; its new owner sends it, or it is given back"
                     );
                     counters.lost.fetch_add(1, Ordering::Relaxed);
+                    // A "no" may mean only that the lease is nearly out: the claim may still be
+                    // this worker's, and the heartbeat would renew it with nobody sending it.
+                    // Giving it back touches it only if nobody took it over.
+                    give_back(Some(claimed));
                     continue;
                 }
                 following = pop();

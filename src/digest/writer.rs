@@ -97,7 +97,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn spawn(pool: PgPool, worker: i32, threshold: u32) -> Self {
+    pub(super) fn spawn(pool: PgPool, worker: i32, threshold: u32, margin: Duration) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let task = tokio::spawn(async move {
             // Its own connection, opened again after any error (a restarted server, say).
@@ -127,12 +127,14 @@ impl Writer {
                 for attempt in 0..5u32 {
                     let written = match conn.as_mut() {
                         Some(c) => {
-                            deliveries::settle(c, worker, &results, &confirm, threshold).await
+                            deliveries::settle(c, worker, &results, &confirm, threshold, margin)
+                                .await
                         }
                         None => match deliveries::settle_connection(&pool, worker).await {
                             Ok(c) => {
                                 let c = conn.insert(c);
-                                deliveries::settle(c, worker, &results, &confirm, threshold).await
+                                deliveries::settle(c, worker, &results, &confirm, threshold, margin)
+                                    .await
                             }
                             Err(e) => Err(e),
                         },

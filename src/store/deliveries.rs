@@ -97,6 +97,11 @@ pub async fn register_worker(conn: &mut PgConnection) -> sqlx::Result<i32> {
 /// again: a worker that registered meanwhile clears the rows of workers that hold neither a lock
 /// nor a claim, and an unlisted worker's claims would not be seen orphaned when it dies.
 pub async fn lock_worker(conn: &mut PgConnection, id: i32) -> sqlx::Result<()> {
+    // A claim asking whether this worker is gone holds its lock for a moment; a wait without
+    // end would stop the heartbeat that keeps this worker's leases.
+    sqlx::query("SET lock_timeout = '10s'")
+        .execute(&mut *conn)
+        .await?;
     take_worker_lock(conn, id).await?;
     name_worker_session(conn, id).await
 }
@@ -292,16 +297,17 @@ pub struct Settled {
 /// ended unnoticed. Opened again after an error, it takes the lock again before any check.
 pub async fn settle_connection(pool: &PgPool, worker: i32) -> sqlx::Result<PgConnection> {
     let mut conn = pool.acquire().await?.detach();
-    take_worker_lock(&mut conn, worker).await?;
     // Named, so an operator can tell it apart in pg_stat_activity.
-    // The pre-dot check waits for row locks (a claim's, a purge's); one held without end
-    // surfaces as a write error, as an unreachable database does, not as a silent stall.
+    // The worker's lock waits for a claim that is asking whether this worker is gone, and the
+    // pre-dot check for row locks (a claim's, a purge's); one held without end surfaces as a
+    // write error, as an unreachable database does, not as a silent stall.
     sqlx::raw_sql(
         "SET plan_cache_mode = force_generic_plan; SET application_name = 'digestif results'; \
          SET lock_timeout = '10s'",
     )
     .execute(&mut conn)
     .await?;
+    take_worker_lock(&mut conn, worker).await?;
     Ok(conn)
 }
 
@@ -351,10 +357,13 @@ macro_rules! hard_bounce_rule {
 
 /// Writes many results in one statement: delivery rows, and for hard bounces the subscriber's
 /// counter, suppression at `threshold`, and the event log. In the same statement it checks
-/// that the claims in `confirm` (messages about to be handed over) are still `worker`'s and
-/// their leases not run out (so an expired lease's takeover cannot follow a yes), locking them
-/// for the statement (`FOR KEY SHARE`): a claim by another worker that locked one first is
-/// waited for and its outcome read. The worker's heartbeat keeps their leases fresh.
+/// that the claims in `confirm` (messages about to be handed over) are still `worker`'s with
+/// at least `margin` of their leases left, locking them for the statement (`FOR KEY SHARE`): a
+/// claim by another worker that locked one first is waited for and its outcome read.
+/// An expired lease is taken over without asking whether its worker lives, so a yes must leave
+/// time for the final dot and the result: no other worker can take the claim as expired for
+/// `margin` after a yes, even if this worker's heartbeat stops. The heartbeat renews every
+/// third of a lease, so a lease normally has two thirds or more left.
 /// Every row is written only while `worker` holds its claim.
 pub async fn settle(
     conn: &mut PgConnection,
@@ -362,6 +371,7 @@ pub async fn settle(
     results: &[Settled],
     confirm: &[(i64, i64)],
     threshold: u32,
+    margin: std::time::Duration,
 ) -> sqlx::Result<SettleOutcome> {
     let mut issue_ids = Vec::with_capacity(results.len());
     let mut subscriber_ids = Vec::with_capacity(results.len());
@@ -407,7 +417,8 @@ pub async fn settle(
              SELECT d.issue_id, d.subscriber_id FROM delivery d \
              JOIN unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
                ON d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
-             WHERE d.status = $9 AND d.claimed_by = $10 AND d.lease_until > now() \
+             WHERE d.status = $9 AND d.claimed_by = $10 \
+               AND d.lease_until > now() + make_interval(secs => $14) \
              FOR KEY SHARE OF d) \
          SELECT ARRAY(SELECT issue_id FROM upd), ARRAY(SELECT subscriber_id FROM upd), \
                 ARRAY(SELECT issue_id FROM held), ARRAY(SELECT subscriber_id FROM held)",
@@ -430,6 +441,7 @@ pub async fn settle(
     .bind(&confirm_issues)
     .bind(&confirm_subscribers)
     .bind(&relays)
+    .bind(margin.as_secs_f64())
     .fetch_one(&mut *conn)
     .await?;
     Ok(SettleOutcome {

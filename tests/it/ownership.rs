@@ -648,7 +648,9 @@ async fn two_hard_bounces_of_one_subscriber_written_together_both_count(pool: Pg
         })
         .collect();
     let mut results = settle_connection(&pool, w).await.unwrap();
-    let out = settle(&mut results, w, &bounced, &[], 2).await.unwrap();
+    let out = settle(&mut results, w, &bounced, &[], 2, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(out.written.len(), 2);
     let (status, hard): (String, i32) =
         sqlx::query_as("SELECT status, hard_bounces FROM subscriber")
@@ -688,8 +690,12 @@ async fn the_pre_dot_check_waits_for_a_claim_that_locked_the_row_and_sees_it_tak
         .execute(&mut *other)
         .await
         .unwrap();
-    let check =
-        tokio::spawn(async move { settle(&mut results, w1, &[], &[key], 1).await.unwrap().held });
+    let check = tokio::spawn(async move {
+        settle(&mut results, w1, &[], &[key], 1, Duration::from_secs(1200))
+            .await
+            .unwrap()
+            .held
+    });
     let waiting = "SELECT count(*) FROM pg_stat_activity \
                    WHERE datname = current_database() AND application_name = 'digestif results' \
                      AND wait_event_type = 'Lock'";
@@ -720,4 +726,73 @@ async fn the_pre_dot_check_waits_for_a_claim_that_locked_the_row_and_sees_it_tak
         Vec::new(),
         "confirmed a claim taken over"
     );
+}
+
+#[sqlx::test]
+async fn a_claim_whose_lease_is_nearly_out_at_its_check_is_given_back_and_sent_once(pool: PgPool) {
+    // A lease of two minutes: the heartbeat renews every 40 s, so within this test only the
+    // leases set below count. Half a minute left is under the third of a lease the pre-dot
+    // check asks for, so every check after the update says no, while the claims are still this
+    // worker's (alive, so no claim takes them as orphaned) and not expired for 30 s.
+    let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(300))).await;
+    seed(&pool, 8).await;
+    let envs = [
+        ("DIGESTIF_DELIVERY__LEASE", "120s"),
+        ("DIGESTIF_DELIVERY__CONCURRENCY", "1"),
+        ("DIGESTIF_DELIVERY__BATCH_SIZE", "8"),
+    ];
+    let run = digestif(&pool, &server, &["issue", "send", "--now"], &envs)
+        .spawn()
+        .unwrap();
+    wait_for(&server, 2, Duration::from_secs(30)).await;
+    let nearly_out = sqlx::query(
+        "UPDATE delivery SET lease_until = now() + interval '30 seconds' \
+         WHERE status = 'sending'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert!(nearly_out > 0, "the run still held claims");
+    // Claims said no to and kept would sit unsent for those 30 s, then for as long as the
+    // heartbeat renews them: the run would not end.
+    let out = tokio::time::timeout(Duration::from_secs(20), run.wait_with_output())
+        .await
+        .expect("the run ended: the claims it could not send were given back and sent")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("claim lost"), "a check said no: {stderr}");
+    assert_one_copy_each(&server, 8);
+    assert_eq!(reported_sent(&out), 8);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM delivery WHERE status = 'sent'").await,
+        8
+    );
+}
+
+#[sqlx::test]
+async fn taking_a_workers_lock_again_gives_up_on_a_claim_that_never_lets_go(pool: PgPool) {
+    use digestif::store::deliveries::{WORKER_LOCK_CLASS, lock_worker, settle_connection};
+    let (lock, w) = live_worker(&pool).await;
+    // A claim asking whether this worker is gone holds its lock for a moment; this one stalls
+    // holding it (its client hung, say).
+    let mut stalled = pool.begin().await.unwrap();
+    end_session(&pool, lock).await;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(WORKER_LOCK_CLASS)
+        .bind(w)
+        .execute(&mut *stalled)
+        .await
+        .unwrap();
+    let mut heartbeat = pool.acquire().await.unwrap().detach();
+    let (results, relocked) = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join(settle_connection(&pool, w), lock_worker(&mut heartbeat, w)),
+    )
+    .await
+    .expect("both gave up instead of waiting without end (a stopped heartbeat, a silent stall)");
+    assert!(results.is_err(), "the results connection got the lock");
+    assert!(relocked.is_err(), "the heartbeat got the lock");
+    stalled.rollback().await.unwrap();
 }
