@@ -857,7 +857,7 @@ impl Raw {
             batch_size: in_range("delivery.batch_size", d.batch_size, 1, 10_000)?,
             retry_base: duration("delivery.retry_base", &d.retry_base)?,
             give_up_after: duration("delivery.give_up_after", &d.give_up_after)?,
-            lease: duration("delivery.lease", &d.lease)?,
+            lease: lease(&d.lease)?,
             hard_bounce_threshold: in_range(
                 "delivery.hard_bounce_threshold",
                 d.hard_bounce_threshold,
@@ -1419,6 +1419,20 @@ fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
     })
 }
 
+/// `delivery.lease`: at least a second. The check before each final dot asks for a third of
+/// the lease left and the heartbeat renews every third (no faster than every 200 ms), so a
+/// shorter lease would make every check say no, and its claims go round without end.
+fn lease(raw: &str) -> Result<Duration, ConfigError> {
+    let lease = duration("delivery.lease", raw)?;
+    if lease < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "delivery.lease",
+            format!("'{}' is too short (at least 1s)", shown(raw)),
+        ));
+    }
+    Ok(lease)
+}
+
 /// A fully qualified host name as EHLO wants it: letters, digits and hyphens in dotted labels.
 fn host_name(key: &str, raw: &str) -> Result<String, ConfigError> {
     let ok = raw.len() <= 253
@@ -1733,6 +1747,14 @@ mod tests {
             (
                 "[schedule]\ngrace = \"soon\"",
                 "config: schedule.grace: 'soon' is not a duration",
+            ),
+            (
+                "[delivery]\nlease = \"0s\"",
+                "config: delivery.lease: '0s' is too short (at least 1s)",
+            ),
+            (
+                "[delivery]\nlease = \"500ms\"",
+                "config: delivery.lease: '500ms' is too short (at least 1s)",
             ),
             (
                 "[schedule]\ncron = \"0 9 * * FUNDAY\"",

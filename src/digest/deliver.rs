@@ -115,8 +115,9 @@ impl Deliverer {
             self.pool.clone(),
             self.worker.id,
             self.settings.delivery.hard_bounce_threshold,
-            // A third: the heartbeat renews every third of a lease, so only a heartbeat late
-            // by a third or more makes the check say no.
+            // A third: the heartbeat renews every third of a lease, so a lease has two thirds
+            // left or more while it keeps time; the check says no only to a heartbeat late by
+            // a third or more (or to a claim taken over).
             self.settings.delivery.lease / 3,
         );
         let mut report = Report::default();
@@ -287,7 +288,7 @@ impl Deliverer {
                     tracing::warn!(
                         issue_id = claimed.issue_id,
                         subscriber_id = claimed.subscriber_id,
-                        "claim lost before the message was handed over (this worker's lease ran out or its database session was lost): not sent here; its new owner sends it, or it is given back"
+                        "claim lost before the message was handed over (taken over, or under a third of its lease left: this worker's heartbeat is late or its database session was lost): not sent here; given back if still this worker's, else its new owner sends it"
                     );
                     counters.lost.fetch_add(1, Ordering::Relaxed);
                     // A "no" may mean only that the lease is nearly out: the claim may still be

@@ -99,7 +99,7 @@ fn process_metrics(app: &AppState, registry: &mut Registry) {
     );
     registry.register(
         "digestif_claims_lost",
-        "Claims this process found taken over before the final dot (not sent by it)",
+        "Claims this process did not send because the check before the final dot said no: taken over, or under a third of the lease left (given back if still its own)",
         counter(&app.counters.lost),
     );
     registry.register(

@@ -97,12 +97,15 @@ pub async fn register_worker(conn: &mut PgConnection) -> sqlx::Result<i32> {
 /// again: a worker that registered meanwhile clears the rows of workers that hold neither a lock
 /// nor a claim, and an unlisted worker's claims would not be seen orphaned when it dies.
 pub async fn lock_worker(conn: &mut PgConnection, id: i32) -> sqlx::Result<()> {
+    use sqlx::Connection;
     // A claim asking whether this worker is gone holds its lock for a moment; a wait without
-    // end would stop the heartbeat that keeps this worker's leases.
-    sqlx::query("SET lock_timeout = '10s'")
-        .execute(&mut *conn)
+    // end would stop the heartbeat that keeps this worker's leases. Only for taking the lock:
+    // a session-level advisory lock outlives the transaction, the timeout does not.
+    let mut tx = conn
+        .begin_with("BEGIN; SET LOCAL lock_timeout = '10s'")
         .await?;
-    take_worker_lock(conn, id).await?;
+    take_worker_lock(&mut tx, id).await?;
+    tx.commit().await?;
     name_worker_session(conn, id).await
 }
 
@@ -361,9 +364,9 @@ macro_rules! hard_bounce_rule {
 /// at least `margin` of their leases left, locking them for the statement (`FOR KEY SHARE`): a
 /// claim by another worker that locked one first is waited for and its outcome read.
 /// An expired lease is taken over without asking whether its worker lives, so a yes must leave
-/// time for the final dot and the result: no other worker can take the claim as expired for
-/// `margin` after a yes, even if this worker's heartbeat stops. The heartbeat renews every
-/// third of a lease, so a lease normally has two thirds or more left.
+/// time for what follows it (the envelope's replies, the final dot's, the result): no other
+/// worker can take the claim as expired for `margin` after the yes (measured when the check
+/// runs, after any lock waits of the statement), even if this worker's heartbeat stops.
 /// Every row is written only while `worker` holds its claim.
 pub async fn settle(
     conn: &mut PgConnection,
@@ -418,7 +421,7 @@ pub async fn settle(
              JOIN unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
                ON d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
              WHERE d.status = $9 AND d.claimed_by = $10 \
-               AND d.lease_until > now() + make_interval(secs => $14) \
+               AND d.lease_until > clock_timestamp() + make_interval(secs => $14) \
              FOR KEY SHARE OF d) \
          SELECT ARRAY(SELECT issue_id FROM upd), ARRAY(SELECT subscriber_id FROM upd), \
                 ARRAY(SELECT issue_id FROM held), ARRAY(SELECT subscriber_id FROM held)",
@@ -478,8 +481,8 @@ pub async fn already_settled(
     .await
 }
 
-/// Gives `worker`'s claimed deliveries back unsent (shutdown, breaker), as if never claimed;
-/// claims it no longer holds are left to their new owner.
+/// Gives `worker`'s claimed deliveries back unsent (shutdown, breaker, a pre-dot check that
+/// said no), as if never claimed; claims it no longer holds are left to their new owner.
 pub async fn release(pool: &PgPool, worker: i32, claimed: &[Claimed]) -> sqlx::Result<()> {
     if claimed.is_empty() {
         return Ok(());

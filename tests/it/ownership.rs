@@ -113,6 +113,11 @@ async fn a_slow_batch_outliving_its_lease_is_never_taken_over_by_a_second_sender
     }
     assert_one_copy_each(&server, 10);
     assert_eq!(reported_sent(&first) + reported_sent(&second), 10);
+    // A heartbeat that keeps time leaves every check a yes (two thirds of the lease or more).
+    for out in [&first, &second] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("claim lost"), "{stderr}");
+    }
     assert_eq!(
         count(&pool, "SELECT count(*) FROM delivery WHERE status = 'sent'").await,
         10
@@ -769,6 +774,11 @@ async fn a_claim_whose_lease_is_nearly_out_at_its_check_is_given_back_and_sent_o
         count(&pool, "SELECT count(*) FROM delivery WHERE status = 'sent'").await,
         8
     );
+    // A claim given back takes back its attempt: one send, one attempt.
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM delivery WHERE attempts <> 1").await,
+        0
+    );
 }
 
 #[sqlx::test]
@@ -792,7 +802,46 @@ async fn taking_a_workers_lock_again_gives_up_on_a_claim_that_never_lets_go(pool
     )
     .await
     .expect("both gave up instead of waiting without end (a stopped heartbeat, a silent stall)");
-    assert!(results.is_err(), "the results connection got the lock");
-    assert!(relocked.is_err(), "the heartbeat got the lock");
+    // 55P03: lock_not_available, what lock_timeout raises.
+    let timed_out = |e: &sqlx::Error| {
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "55P03")
+    };
+    match results {
+        Err(e) => assert!(timed_out(&e), "the results connection: {e}"),
+        Ok(_) => panic!("the results connection got the lock"),
+    }
+    match relocked {
+        Err(e) => assert!(timed_out(&e), "the heartbeat: {e}"),
+        Ok(()) => panic!("the heartbeat got the lock"),
+    }
     stalled.rollback().await.unwrap();
+    // Once the claim lets go, the lock is taken, and the timeout was for taking it only: the
+    // heartbeat's renewals wait for row locks as long as they must.
+    lock_worker(&mut heartbeat, w).await.unwrap();
+    let left: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&mut heartbeat)
+        .await
+        .unwrap();
+    assert_eq!(left, "0");
+}
+
+#[sqlx::test]
+async fn the_pre_dot_check_says_no_with_less_than_the_margin_of_the_lease_left(pool: PgPool) {
+    use digestif::store::deliveries::{claim, settle, settle_connection};
+    seed(&pool, 1).await;
+    issue_of(&pool, "2026-11-30").await;
+    let (_lock, w) = live_worker(&pool).await;
+    let claimed = claim(&pool, w, 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let key = (claimed[0].issue_id, claimed[0].subscriber_id);
+    let mut results = settle_connection(&pool, w).await.unwrap();
+    for (margin, held) in [(3700, false), (3000, true)] {
+        let out = settle(&mut results, w, &[], &[key], 1, Duration::from_secs(margin))
+            .await
+            .unwrap();
+        assert_eq!(out.held.contains(&key), held, "margin {margin} s");
+    }
 }
