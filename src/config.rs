@@ -1420,8 +1420,9 @@ fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
 }
 
 /// `delivery.lease`: at least a second. The check before each final dot asks for a third of
-/// the lease left and the heartbeat renews every third (no faster than every 200 ms), so a
-/// shorter lease would make every check say no, and its claims go round without end.
+/// the lease left, and the heartbeat renews every third (no faster than every 200 ms): under a
+/// second, a heartbeat a few hundred milliseconds late makes checks say no and claims go back
+/// and forth, and near zero every check says no and the run never ends.
 fn lease(raw: &str) -> Result<Duration, ConfigError> {
     let lease = duration("delivery.lease", raw)?;
     if lease < Duration::from_secs(1) {

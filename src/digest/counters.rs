@@ -92,7 +92,8 @@ pub struct Counters {
     outcomes: [AtomicU64; 5],
     /// Claims taken over from workers that died (or ran out their lease).
     pub reclaimed: AtomicU64,
-    /// Claims this process found taken over before it handed the message over (not sent).
+    /// Claims this process did not hand over because the check before the final dot said no:
+    /// taken over, or under a third of the lease left (then given back if still its own).
     pub lost: AtomicU64,
     /// Messages this process handed over whose claim was taken over before their result was
     /// written: not counted as sent, since the new owner sends them again.

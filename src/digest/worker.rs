@@ -52,9 +52,15 @@ impl Worker {
                     match pool.acquire().await {
                         Ok(c) => {
                             let mut c = c.detach();
-                            if deliveries::lock_worker(&mut c, id).await.is_ok() {
-                                tracing::info!(worker = id, "worker connection restored");
-                                conn = Some(c);
+                            match deliveries::lock_worker(&mut c, id).await {
+                                Ok(()) => {
+                                    tracing::info!(worker = id, "worker connection restored");
+                                    conn = Some(c);
+                                }
+                                Err(e) => tracing::warn!(
+                                    worker = id,
+                                    "cannot take the worker's lock again ({e}); retrying"
+                                ),
                             }
                         }
                         Err(e) => tracing::warn!(worker = id, "cannot reconnect: {e}"),

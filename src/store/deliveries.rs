@@ -366,7 +366,7 @@ macro_rules! hard_bounce_rule {
 /// An expired lease is taken over without asking whether its worker lives, so a yes must leave
 /// time for what follows it (the envelope's replies, the final dot's, the result): no other
 /// worker can take the claim as expired for `margin` after the yes (measured when the check
-/// runs, after any lock waits of the statement), even if this worker's heartbeat stops.
+/// runs, once the row is locked), even if this worker's heartbeat stops.
 /// Every row is written only while `worker` holds its claim.
 pub async fn settle(
     conn: &mut PgConnection,
@@ -416,13 +416,18 @@ pub async fn settle(
                AND d.status = $9 AND d.claimed_by = $10 \
              RETURNING d.issue_id, d.subscriber_id, d.status, d.last_error), ",
         hard_bounce_rule!("$8", "smtp"),
-        ", held AS ( \
-             SELECT d.issue_id, d.subscriber_id FROM delivery d \
+        // The lease is compared once the row is locked, outside the locking scan: a row lock
+        // waited for is re-checked only if its holder changed the row, and the clock read
+        // before the wait would be old by the wait.
+        ", locked AS ( \
+             SELECT d.issue_id, d.subscriber_id, d.lease_until FROM delivery d \
              JOIN unnest($11::bigint[], $12::bigint[]) AS c(issue_id, subscriber_id) \
                ON d.issue_id = c.issue_id AND d.subscriber_id = c.subscriber_id \
              WHERE d.status = $9 AND d.claimed_by = $10 \
-               AND d.lease_until > clock_timestamp() + make_interval(secs => $14) \
-             FOR KEY SHARE OF d) \
+             FOR KEY SHARE OF d), \
+         held AS ( \
+             SELECT issue_id, subscriber_id FROM locked \
+             WHERE lease_until > clock_timestamp() + make_interval(secs => $14)) \
          SELECT ARRAY(SELECT issue_id FROM upd), ARRAY(SELECT subscriber_id FROM upd), \
                 ARRAY(SELECT issue_id FROM held), ARRAY(SELECT subscriber_id FROM held)",
     ))

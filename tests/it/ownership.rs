@@ -86,12 +86,14 @@ fn assert_one_copy_each(server: &SmtpServer, n: usize) {
 
 #[sqlx::test]
 async fn a_slow_batch_outliving_its_lease_is_never_taken_over_by_a_second_sender(pool: PgPool) {
-    // One message a second, one connection, a lease of two seconds: the first sender's claim of
-    // ten deliveries takes five leases to send.
+    // One message a second, one connection, a lease of three seconds: the first sender's claim
+    // of ten deliveries takes more than three leases to send. (Three, not two: the check before
+    // each dot asks for a third of the lease left, and a heartbeat late by a loaded machine's
+    // moment must not make it say no.)
     let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(1000))).await;
     seed(&pool, 10).await;
     let envs = [
-        ("DIGESTIF_DELIVERY__LEASE", "2s"),
+        ("DIGESTIF_DELIVERY__LEASE", "3s"),
         ("DIGESTIF_DELIVERY__CONCURRENCY", "1"),
         ("DIGESTIF_DELIVERY__BATCH_SIZE", "10"),
     ];
@@ -820,11 +822,13 @@ async fn taking_a_workers_lock_again_gives_up_on_a_claim_that_never_lets_go(pool
     // Once the claim lets go, the lock is taken, and the timeout was for taking it only: the
     // heartbeat's renewals wait for row locks as long as they must.
     lock_worker(&mut heartbeat, w).await.unwrap();
-    let left: String = sqlx::query_scalar("SHOW lock_timeout")
-        .fetch_one(&mut heartbeat)
-        .await
-        .unwrap();
-    assert_eq!(left, "0");
+    let reset: bool = sqlx::query_scalar(
+        "SELECT setting = reset_val FROM pg_settings WHERE name = 'lock_timeout'",
+    )
+    .fetch_one(&mut heartbeat)
+    .await
+    .unwrap();
+    assert!(reset, "lock_timeout outlived taking the lock");
 }
 
 #[sqlx::test]
@@ -844,4 +848,41 @@ async fn the_pre_dot_check_says_no_with_less_than_the_margin_of_the_lease_left(p
             .unwrap();
         assert_eq!(out.held.contains(&key), held, "margin {margin} s");
     }
+}
+
+/// The lease is read against the clock once the row is locked: a check that waited for a row
+/// lock (a claim that locked the row and left it as it was) must not answer with the time it
+/// started at, a wait's worth of lease ago.
+#[sqlx::test]
+async fn the_pre_dot_checks_margin_counts_the_time_it_waited_for_the_row(pool: PgPool) {
+    use digestif::store::deliveries::{claim, settle, settle_connection};
+    seed(&pool, 1).await;
+    issue_of(&pool, "2026-11-30").await;
+    let (_lock, w) = live_worker(&pool).await;
+    let claimed = claim(&pool, w, 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let key = (claimed[0].issue_id, claimed[0].subscriber_id);
+    let mut results = settle_connection(&pool, w).await.unwrap();
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM delivery WHERE issue_id = $1 AND subscriber_id = $2 FOR UPDATE")
+        .bind(key.0)
+        .bind(key.1)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    // Two seconds short of the lease: a yes before the wait, a no after three seconds of it.
+    let check = tokio::spawn(async move {
+        settle(&mut results, w, &[], &[key], 1, Duration::from_secs(3598))
+            .await
+            .unwrap()
+            .held
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    other.rollback().await.unwrap();
+    assert_eq!(
+        check.await.unwrap(),
+        Vec::new(),
+        "a yes with less than the margin left"
+    );
 }
