@@ -855,8 +855,15 @@ impl Raw {
             rate_per_second: (d.rate_per_second > 0.0).then_some(d.rate_per_second),
             rate_per_hour: (d.rate_per_hour > 0).then_some(d.rate_per_hour),
             batch_size: in_range("delivery.batch_size", d.batch_size, 1, 10_000)?,
-            retry_base: duration("delivery.retry_base", &d.retry_base)?,
-            give_up_after: duration("delivery.give_up_after", &d.give_up_after)?,
+            // Bounded, so the backoff's arithmetic cannot overflow: a retry waits at most 6 h
+            // however large the base, and a delivery older than a year is not worth sending.
+            retry_base: duration_within("delivery.retry_base", &d.retry_base, "1s", "6h")?,
+            give_up_after: duration_within(
+                "delivery.give_up_after",
+                &d.give_up_after,
+                "0s",
+                "365d",
+            )?,
             lease: lease(&d.lease)?,
             hard_bounce_threshold: in_range(
                 "delivery.hard_bounce_threshold",
@@ -1419,6 +1426,19 @@ fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
     })
 }
 
+/// A duration from `lo` to `hi` (both written as the error shows them).
+fn duration_within(key: &str, raw: &str, lo: &str, hi: &str) -> Result<Duration, ConfigError> {
+    let d = duration(key, raw)?;
+    let bound = |b: &str| humantime::parse_duration(b).unwrap_or_default();
+    if d < bound(lo) || d > bound(hi) {
+        return Err(ConfigError::new(
+            key,
+            format!("'{}' is out of range ({lo} to {hi})", shown(raw)),
+        ));
+    }
+    Ok(d)
+}
+
 /// `delivery.lease`: at least a second. The check before each final dot asks for a third of
 /// the lease left, and the heartbeat renews every third (no faster than every 200 ms): under a
 /// second, a heartbeat a few hundred milliseconds late makes checks say no and claims go back
@@ -1748,6 +1768,18 @@ mod tests {
             (
                 "[schedule]\ngrace = \"soon\"",
                 "config: schedule.grace: 'soon' is not a duration",
+            ),
+            (
+                "[delivery]\nretry_base = \"100000000y\"",
+                "config: delivery.retry_base: '100000000y' is out of range (1s to 6h)",
+            ),
+            (
+                "[delivery]\nretry_base = \"0s\"",
+                "config: delivery.retry_base: '0s' is out of range (1s to 6h)",
+            ),
+            (
+                "[delivery]\ngive_up_after = \"5000000y\"",
+                "config: delivery.give_up_after: '5000000y' is out of range (0s to 365d)",
             ),
             (
                 "[delivery]\nlease = \"0s\"",

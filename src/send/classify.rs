@@ -94,6 +94,16 @@ fn classify(code: Option<u16>, enhanced: Option<String>, reason: String) -> Outc
     }
 }
 
+/// A 3xx where a completion was due (the reply to the final dot): the relay has not said it
+/// took the message, nor refused it. Retried like a connection failure, and a sign of a broken
+/// relay for the breaker.
+pub fn not_a_completion(code: u16, text: &str) -> Outcome {
+    connection_failure(&one_line(&format!(
+        "the relay answered the end of the message with {code} {}, not a completion",
+        text.trim()
+    )))
+}
+
 /// A failure with no SMTP reply: refused connection, reset, timeout, TLS trouble. Always
 /// worth retrying, and a sign of trouble for the breaker.
 pub fn connection_failure(reason: &str) -> Outcome {

@@ -18,7 +18,7 @@ use lettre::transport::smtp::client::{
 };
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
-use lettre::transport::smtp::response::Response;
+use lettre::transport::smtp::response::{Response, Severity};
 use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
@@ -518,15 +518,26 @@ impl SmtpPool {
             Done::Reply(Err(e)) => e.status().is_none(),
             _ => false,
         };
-        let maybe_sent = data_phase && unanswered;
+        // A 3xx where a completion was due says nothing either.
+        let intermediate = matches!(&done, Done::Reply(Ok(r)) if r.code().severity == Severity::PositiveIntermediate);
+        let maybe_sent = data_phase && (unanswered || intermediate);
         Some((
             match done {
                 Done::Held => return None,
                 Done::Silent => silent(),
-                Done::Reply(Ok(response)) if response.is_positive() => {
+                Done::Reply(Ok(response))
+                    if response.code().severity == Severity::PositiveCompletion =>
+                {
                     self.give_back(conn).await;
                     Outcome::Sent
                 }
+                // lettre calls a 3xx "positive", but only a completion says the relay took the
+                // message. What it did is unknown, as after silence: retried later with the
+                // same Message-ID, never on another relay, and the connection is dropped.
+                Done::Reply(Ok(response)) if response.is_positive() => classify::not_a_completion(
+                    u16::from(response.code()),
+                    &response.message().collect::<Vec<_>>().join(" "),
+                ),
                 Done::Reply(Ok(response)) => classify::classify_reply(
                     u16::from(response.code()),
                     &response.message().collect::<Vec<_>>().join(" "),

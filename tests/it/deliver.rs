@@ -939,6 +939,51 @@ async fn a_4xx_to_the_final_dot_is_retried_once_and_a_5xx_fails_for_good(pool: P
     );
 }
 
+/// RFC 5321 answers the final dot with a completion (2xx) or a refusal. A relay that answers
+/// it with a 3xx has not said it took the message: it is not recorded as sent (before, lettre's
+/// "positive" 3xx counted as a 250 and the connection was reused mid-conversation). Whether
+/// the relay kept it is unknown, so it is retried later with its Message-ID, as after silence.
+async fn a_3xx_to_the_final_dot(pool: PgPool, pipelining: bool) {
+    let mut policy = Policy::default().data(|addr, nth| match (index(addr), nth) {
+        (2, 1) => DataAction::Reply("354 3.0.0 go ahead"),
+        _ => DataAction::Accept,
+    });
+    if !pipelining {
+        policy = policy.no_pipelining();
+    }
+    let server = SmtpServer::start(policy).await;
+    let s = settings(&server, "");
+    seed(&pool, 4).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!(
+        (report.outcomes.sent, report.outcomes.deferred),
+        (4, 1),
+        "{report:?}"
+    );
+    let c = copies(&server);
+    assert_eq!(c.len(), 4, "{c:?}");
+    assert!(c.values().all(|&n| n == 1), "{c:?}");
+    let (status, attempts): (String, i32) = sqlx::query_as(
+        "SELECT d.status, d.attempts FROM delivery d \
+         JOIN subscriber s USING (subscriber_id) WHERE s.email = 'user2@example.com'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("sent", 2));
+}
+
+#[sqlx::test]
+async fn a_3xx_to_the_final_dot_is_not_sent_and_is_retried(pool: PgPool) {
+    a_3xx_to_the_final_dot(pool, true).await;
+}
+
+#[sqlx::test]
+async fn a_3xx_to_the_final_dot_without_pipelining_is_not_sent_and_is_retried(pool: PgPool) {
+    a_3xx_to_the_final_dot(pool, false).await;
+}
+
 #[sqlx::test]
 async fn sigint_stops_issue_send_cleanly_and_a_second_run_sends_the_rest_once(pool: PgPool) {
     let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(20))).await;
