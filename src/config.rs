@@ -862,7 +862,7 @@ impl Raw {
                 "delivery.give_up_after",
                 &d.give_up_after,
                 "0s",
-                "365d",
+                "366d",
             )?,
             lease: lease(&d.lease)?,
             hard_bounce_threshold: in_range(
@@ -1751,6 +1751,17 @@ mod tests {
     }
 
     #[test]
+    fn the_retry_bounds_themselves_are_accepted() {
+        for toml in [
+            "[delivery]\nretry_base = \"1s\"\ngive_up_after = \"0s\"",
+            "[delivery]\nretry_base = \"6h\"\ngive_up_after = \"1y\"",
+            "[delivery]\ngive_up_after = \"12M\"",
+        ] {
+            assert!(Settings::from_toml(toml).is_ok(), "{toml}");
+        }
+    }
+
+    #[test]
     fn a_bad_value_names_its_key() {
         let cases = [
             (
@@ -1779,7 +1790,7 @@ mod tests {
             ),
             (
                 "[delivery]\ngive_up_after = \"5000000y\"",
-                "config: delivery.give_up_after: '5000000y' is out of range (0s to 365d)",
+                "config: delivery.give_up_after: '5000000y' is out of range (0s to 366d)",
             ),
             (
                 "[delivery]\nlease = \"0s\"",

@@ -6,7 +6,7 @@ use crate::domain::one_line;
 /// The fate of one send attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The server took responsibility for the message (250 after the final dot).
+    /// The server took responsibility for the message (a 2xx after the final dot).
     Sent,
     /// Try again later: a 4xx reply, a dropped connection, a timeout.
     Transient(Failure),
@@ -98,10 +98,18 @@ fn classify(code: Option<u16>, enhanced: Option<String>, reason: String) -> Outc
 /// took the message, nor refused it. Retried like a connection failure, and a sign of a broken
 /// relay for the breaker.
 pub fn not_a_completion(code: u16, text: &str) -> Outcome {
-    connection_failure(&one_line(&format!(
-        "the relay answered the end of the message with {code} {}, not a completion",
-        text.trim()
-    )))
+    Outcome::Transient(Failure {
+        code: Some(code),
+        enhanced: None,
+        reason: truncate(
+            &one_line(&format!(
+                "the relay answered the end of the message with {code} {}, not a completion",
+                text.trim()
+            )),
+            400,
+        ),
+        systemic: true,
+    })
 }
 
 /// A failure with no SMTP reply: refused connection, reset, timeout, TLS trouble. Always
@@ -110,7 +118,8 @@ pub fn connection_failure(reason: &str) -> Outcome {
     Outcome::Transient(Failure {
         code: None,
         enhanced: None,
-        reason: truncate(reason, 400),
+        // lettre's parse errors quote the relay's raw line: one line, no escape sequences.
+        reason: truncate(&one_line(reason), 400),
         systemic: true,
     })
 }

@@ -453,6 +453,31 @@ async fn live_worker(pool: &PgPool) -> (sqlx::PgConnection, i32) {
     (conn, id)
 }
 
+/// One delivery claimed for an hour by a live worker (its lock connection, its id), the
+/// delivery's key, and the worker's results connection.
+async fn one_claim(pool: &PgPool) -> (sqlx::PgConnection, i32, (i64, i64), sqlx::PgConnection) {
+    use digestif::store::deliveries::{claim, settle_connection};
+    seed(pool, 1).await;
+    issue_of(pool, "2026-11-30").await;
+    let (lock, w) = live_worker(pool).await;
+    let claimed = claim(pool, w, 10, Duration::from_secs(3600)).await.unwrap();
+    let key = (claimed[0].issue_id, claimed[0].subscriber_id);
+    let results = settle_connection(pool, w).await.unwrap();
+    (lock, w, key, results)
+}
+
+/// A transaction holding the row of `key` `FOR UPDATE`, as a claim does half-way.
+async fn row_locked(pool: &PgPool, key: (i64, i64)) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM delivery WHERE issue_id = $1 AND subscriber_id = $2 FOR UPDATE")
+        .bind(key.0)
+        .bind(key.1)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
 /// Index entries of `delivery` read so far, as this connection's backend has reported them
 /// (its pending counts flushed first).
 async fn delivery_reads(single: &PgPool) -> i64 {
@@ -680,23 +705,10 @@ async fn two_hard_bounces_of_one_subscriber_written_together_both_count(pool: Pg
 /// read the row as it was and said yes, and both workers sent.
 #[sqlx::test]
 async fn the_pre_dot_check_waits_for_a_claim_that_locked_the_row_and_sees_it_taken(pool: PgPool) {
-    use digestif::store::deliveries::{claim, settle, settle_connection};
-    seed(&pool, 1).await;
-    issue_of(&pool, "2026-11-30").await;
-    let (_lock, w1) = live_worker(&pool).await;
-    let claimed = claim(&pool, w1, 10, Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let key = (claimed[0].issue_id, claimed[0].subscriber_id);
-    let mut results = settle_connection(&pool, w1).await.unwrap();
+    use digestif::store::deliveries::settle;
+    let (_lock, w1, key, mut results) = one_claim(&pool).await;
     // Another worker's claim, half-way: the row locked, its new owner not yet written.
-    let mut other = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM delivery WHERE issue_id = $1 AND subscriber_id = $2 FOR UPDATE")
-        .bind(key.0)
-        .bind(key.1)
-        .execute(&mut *other)
-        .await
-        .unwrap();
+    let mut other = row_locked(&pool, key).await;
     let check = tokio::spawn(async move {
         settle(&mut results, w1, &[], &[key], 1, Duration::from_secs(1200))
             .await
@@ -833,15 +845,8 @@ async fn taking_a_workers_lock_again_gives_up_on_a_claim_that_never_lets_go(pool
 
 #[sqlx::test]
 async fn the_pre_dot_check_says_no_with_less_than_the_margin_of_the_lease_left(pool: PgPool) {
-    use digestif::store::deliveries::{claim, settle, settle_connection};
-    seed(&pool, 1).await;
-    issue_of(&pool, "2026-11-30").await;
-    let (_lock, w) = live_worker(&pool).await;
-    let claimed = claim(&pool, w, 10, Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let key = (claimed[0].issue_id, claimed[0].subscriber_id);
-    let mut results = settle_connection(&pool, w).await.unwrap();
+    use digestif::store::deliveries::settle;
+    let (_lock, w, key, mut results) = one_claim(&pool).await;
     for (margin, held) in [(3700, false), (3000, true)] {
         let out = settle(&mut results, w, &[], &[key], 1, Duration::from_secs(margin))
             .await
@@ -855,22 +860,9 @@ async fn the_pre_dot_check_says_no_with_less_than_the_margin_of_the_lease_left(p
 /// started at, a wait's worth of lease ago.
 #[sqlx::test]
 async fn the_pre_dot_checks_margin_counts_the_time_it_waited_for_the_row(pool: PgPool) {
-    use digestif::store::deliveries::{claim, settle, settle_connection};
-    seed(&pool, 1).await;
-    issue_of(&pool, "2026-11-30").await;
-    let (_lock, w) = live_worker(&pool).await;
-    let claimed = claim(&pool, w, 10, Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let key = (claimed[0].issue_id, claimed[0].subscriber_id);
-    let mut results = settle_connection(&pool, w).await.unwrap();
-    let mut other = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM delivery WHERE issue_id = $1 AND subscriber_id = $2 FOR UPDATE")
-        .bind(key.0)
-        .bind(key.1)
-        .execute(&mut *other)
-        .await
-        .unwrap();
+    use digestif::store::deliveries::settle;
+    let (_lock, w, key, mut results) = one_claim(&pool).await;
+    let other = row_locked(&pool, key).await;
     // Two seconds short of the lease: a yes before the wait, a no after three seconds of it.
     let check = tokio::spawn(async move {
         settle(&mut results, w, &[], &[key], 1, Duration::from_secs(3598))

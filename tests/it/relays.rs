@@ -216,7 +216,18 @@ async fn doctor_checks_each_relay(pool: PgPool) {
 /// through the other relay at once (two copies), but waits for the normal retry.
 #[sqlx::test]
 async fn silence_after_the_final_dot_is_not_failed_over(pool: PgPool) {
-    let a = SmtpServer::start(Policy::default().data(|_, _| DataAction::Stall)).await;
+    not_failed_over(pool, DataAction::Stall).await;
+}
+
+/// Nor does a relay that answers the final dot with a 3xx, which is neither "taken" nor
+/// "refused".
+#[sqlx::test]
+async fn a_3xx_to_the_final_dot_is_not_failed_over(pool: PgPool) {
+    not_failed_over(pool, DataAction::Reply("354 3.0.0 go ahead")).await;
+}
+
+async fn not_failed_over(pool: PgPool, after_the_dot: DataAction) {
+    let a = SmtpServer::start(Policy::default().data(move |_, _| after_the_dot)).await;
     let b = SmtpServer::start(Policy::default()).await;
     // Everything goes to `a` first (weight), `b` is there to fail over to.
     let s = Settings::from_toml(&toml(&a, &b, "weight = 1000", "")).unwrap();
