@@ -597,10 +597,10 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_settings_config_allows_schedule_a_retry_without_overflow() {
+    fn a_retry_at_the_largest_settings_config_allows_does_not_overflow() {
         let t0 = Utc::now();
         let six_hours = Duration::from_secs(6 * 3600);
-        let year = Duration::from_secs(365 * 86_400);
+        let year = Duration::from_secs(366 * 86_400);
         for attempts in [1, 21, i32::MAX] {
             let next = retry_at(&claimed(attempts, t0), six_hours, year, t0, 1.5);
             assert_eq!(next.map(|t| t - t0), Some(chrono::Duration::hours(6)));

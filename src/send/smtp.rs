@@ -519,7 +519,10 @@ impl SmtpPool {
             _ => false,
         };
         // A 3xx where a completion was due says nothing either.
-        let intermediate = matches!(&done, Done::Reply(Ok(r)) if r.code().severity == Severity::PositiveIntermediate);
+        let intermediate = matches!(
+            &done,
+            Done::Reply(Ok(r)) if r.code().severity == Severity::PositiveIntermediate
+        );
         let maybe_sent = data_phase && (unanswered || intermediate);
         Some((
             match done {
