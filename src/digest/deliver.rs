@@ -243,9 +243,7 @@ impl Deliverer {
                     || fatal.lock().map(|f| f.is_some()).unwrap_or(true)
                     || self.breaker_open(claimed.issue_id);
                 if halted {
-                    if let Ok(mut u) = unsent.lock() {
-                        u.push(claimed);
-                    }
+                    give_back(Some(claimed));
                     continue;
                 }
                 // Before the final dot: the previous result is durable, and this claim is still
@@ -309,9 +307,7 @@ impl Deliverer {
                         }
                     },
                     Err(e) => {
-                        if let Ok(mut u) = unsent.lock() {
-                            u.push(claimed);
-                        }
+                        give_back(Some(claimed));
                         fail(e);
                     }
                 }
