@@ -118,12 +118,13 @@ struct Conn {
 
 impl Conn {
     /// One mail transaction; the message is handed over (its final dot sent) only once `gate`
-    /// says yes. With PIPELINING, MAIL, RCPT and DATA go out in one write and their replies
-    /// are read in order: two round trips a message instead of four, and the first of them
-    /// overlaps the wait at the gate. lettre keeps no record of PIPELINING, so `connect` asks
-    /// with a second EHLO; lettre's own `send` does the rest (and anything pipelining would
-    /// change, like SMTPUTF8). Each exchange with the server gets `limit`; the wait at the
-    /// gate (for our own database) does not count against it.
+    /// says yes. The envelope (MAIL, RCPT, DATA) goes out while the gate is asked. With
+    /// PIPELINING it goes in one write and the replies are read in order: two round trips a
+    /// message instead of four. lettre keeps no record of PIPELINING, so `connect` asks with
+    /// a second EHLO. Each reply is checked for what RFC 5321 says it must be (2xx to MAIL and
+    /// RCPT, 354 to DATA), which lettre's own `send` does not: it takes any 2xx or 3xx. Each
+    /// exchange with the server gets `limit`; the wait at the gate (for our own database)
+    /// does not count against it.
     async fn transaction(
         &mut self,
         envelope: &Envelope,
@@ -131,39 +132,50 @@ impl Conn {
         gate: impl Future<Output = bool>,
         limit: Duration,
     ) -> (Done, bool) {
-        let ascii_addresses = ascii_envelope(envelope);
-        let eight_bit = !bytes.is_ascii();
-        let can_8bit = self
-            .smtp
-            .server_info()
-            .supports_feature(Extension::EightBitMime);
-        if !self.pipelining || !ascii_addresses || (eight_bit && !can_8bit) {
-            if !gate.await {
-                return (Done::Held, false);
-            }
-            // lettre's own send does not say how far it got: a lost connection may have been
-            // after the final dot.
-            return (within(limit, self.smtp.send(envelope, bytes)).await, true);
+        let mut parameters = vec![];
+        if !bytes.is_ascii() {
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
-        let parameters = if eight_bit {
-            vec![MailParameter::Body(MailBodyParameter::EightBitMime)]
-        } else {
-            vec![]
-        };
-        let mut commands = Mail::new(envelope.from().cloned(), parameters).to_string();
-        for to in envelope.to() {
-            commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+        if !ascii_envelope(envelope) {
+            parameters.push(MailParameter::SmtpUtfEight);
         }
-        commands.push_str(&Data.to_string());
+        let mail = Mail::new(envelope.from().cloned(), parameters).to_string();
+        let rcpts: Vec<String> = envelope
+            .to()
+            .iter()
+            .map(|to| Rcpt::new(to.clone(), vec![]).to_string())
+            .collect();
+        let data = Data.to_string();
+        let pipelining = self.pipelining;
         let smtp = &mut self.smtp;
+        // The first reply out of the ordinary is the answer; the replies after it are never
+        // read, and the caller drops the connection (it is reused only after a 250 to the
+        // final dot), so the server discards the transaction.
         let envelope_replies = tokio::time::timeout(limit, async {
-            // The first refusal is the answer; the replies after it are never read, and the
-            // caller drops the connection (it is reused only after a 250 to the final dot).
-            smtp.command(commands).await?;
-            for _ in envelope.to() {
-                smtp.read_response().await?;
+            let first = if pipelining {
+                let all = std::iter::once(mail.as_str())
+                    .chain(rcpts.iter().map(String::as_str))
+                    .chain(std::iter::once(data.as_str()))
+                    .collect::<String>();
+                smtp.command(all).await
+            } else {
+                smtp.command(mail).await
+            };
+            expect(first, "MAIL", Severity::PositiveCompletion)?;
+            for rcpt in rcpts {
+                let reply = if pipelining {
+                    smtp.read_response().await
+                } else {
+                    smtp.command(rcpt).await
+                };
+                expect(reply, "RCPT", Severity::PositiveCompletion)?;
             }
-            smtp.read_response().await
+            let reply = if pipelining {
+                smtp.read_response().await
+            } else {
+                smtp.command(data).await
+            };
+            expect(reply, "DATA", Severity::PositiveIntermediate)
         });
         let (replies, open) = tokio::join!(envelope_replies, gate);
         // Said no: whatever the server answered, the connection is dropped in the middle of
@@ -173,8 +185,8 @@ impl Conn {
         }
         match replies {
             Err(_) => return (Done::Silent, false),
-            Ok(Err(e)) => return (Done::Reply(Err(e)), false),
-            Ok(Ok(_)) => {}
+            Ok(Err(done)) => return (done, false),
+            Ok(Ok(())) => {}
         }
         let done = match data_block(bytes) {
             // One write and one reply, like lettre's `message`, which writes the final dot
@@ -184,6 +196,31 @@ impl Conn {
         };
         (done, true)
     }
+}
+
+/// `reply` to `command` if it is of the kind RFC 5321 §4.3.2 says it succeeds with (`want`),
+/// else how the transaction ended: the server's refusal, lettre's error, or a reply that
+/// leaves the conversation where neither side knows what comes next (a 250 to DATA: the
+/// message would be read as commands).
+fn expect(
+    reply: Result<Response, lettre::transport::smtp::Error>,
+    command: &str,
+    want: Severity,
+) -> Result<(), Done> {
+    let response = reply.map_err(|e| Done::Reply(Err(e)))?;
+    if response.code().severity == want {
+        return Ok(());
+    }
+    Err(Done::OutOfProtocol(format!(
+        "the relay answered {command} with {} {}, where RFC 5321 has {}",
+        u16::from(response.code()),
+        response.message().collect::<Vec<_>>().join(" "),
+        if want == Severity::PositiveIntermediate {
+            "354"
+        } else {
+            "a 2xx"
+        }
+    )))
 }
 
 /// The message as it goes out after the 354: dot-stuffed (RFC 5321 §4.5.2: a line that
@@ -224,6 +261,9 @@ enum Done {
     Silent,
     /// The gate said no: nothing was handed over.
     Held,
+    /// The server answered the envelope with a reply its command cannot have (a 250 to DATA,
+    /// a 3xx to RCPT): the message was not sent, and the connection is dropped.
+    OutOfProtocol(String),
 }
 
 impl SmtpPool {
@@ -512,6 +552,25 @@ impl SmtpPool {
                 systemic: false,
             }), false));
         }
+        // Nor can a relay without 8BITMIME take a message that is not 7-bit (ours are, as
+        // rendered: this guards what lettre's own `send` refused).
+        if !bytes.is_ascii()
+            && !conn
+                .smtp
+                .server_info()
+                .supports_feature(Extension::EightBitMime)
+        {
+            self.give_back(conn).await;
+            return Some((
+                Outcome::Failed(classify::Failure {
+                    code: None,
+                    enhanced: None,
+                    reason: "the relay does not offer 8BITMIME, which this message needs".into(),
+                    systemic: false,
+                }),
+                false,
+            ));
+        }
         let (done, data_phase) = conn.transaction(envelope, bytes, gate, self.timeout).await;
         let unanswered = match &done {
             Done::Silent => true,
@@ -528,6 +587,9 @@ impl SmtpPool {
             match done {
                 Done::Held => return None,
                 Done::Silent => silent(),
+                // Not the relay's answer about this message: like a broken connection before
+                // the message, retried (on another relay at once, if there is one).
+                Done::OutOfProtocol(reason) => classify::connection_failure(&reason),
                 Done::Reply(Ok(response))
                     if response.code().severity == Severity::PositiveCompletion =>
                 {

@@ -943,14 +943,89 @@ async fn a_4xx_to_the_final_dot_is_retried_once_and_a_5xx_fails_for_good(pool: P
 /// it with a 3xx has not said it took the message: it is not recorded as sent (before, lettre's
 /// "positive" 3xx counted as a 250 and the connection was reused mid-conversation). Whether
 /// the relay kept it is unknown, so it is retried later with its Message-ID, as after silence.
-async fn a_3xx_to_the_final_dot(pool: PgPool, pipelining: bool) {
-    let mut policy = Policy::default().data(|addr, nth| match (index(addr), nth) {
+#[sqlx::test]
+async fn a_3xx_to_the_final_dot_is_not_sent_and_is_retried(pool: PgPool) {
+    let policy = Policy::default().data(|addr, nth| match (index(addr), nth) {
         (2, 1) => DataAction::Reply("354 3.0.0 go ahead"),
         _ => DataAction::Accept,
     });
-    if !pipelining {
-        policy = policy.no_pipelining();
-    }
+    user2_is_retried_once(pool, policy).await;
+}
+
+#[sqlx::test]
+async fn a_3xx_to_the_final_dot_without_pipelining_is_not_sent_and_is_retried(pool: PgPool) {
+    let policy = Policy::default().data(|addr, nth| match (index(addr), nth) {
+        (2, 1) => DataAction::Reply("354 3.0.0 go ahead"),
+        _ => DataAction::Accept,
+    });
+    user2_is_retried_once(pool, policy.no_pipelining()).await;
+}
+
+/// RFC 5321 §4.3.2: MAIL and RCPT are answered 250, DATA 354. A relay that answers DATA with
+/// 250 is not reading a message: sent anyway, the message's lines would be read as commands,
+/// and the first one's 502 failed the delivery for good. It is a broken relay, not a refusal:
+/// the message is not sent after it, and the delivery is retried.
+#[sqlx::test]
+async fn a_250_to_data_is_not_followed_by_the_message_and_is_retried(pool: PgPool) {
+    let policy = Policy::default().data(|addr, nth| match (index(addr), nth) {
+        (2, 1) => DataAction::NotReady("250 2.0.0 ok"),
+        _ => DataAction::Accept,
+    });
+    let server = user2_is_retried_once(pool, policy).await;
+    no_message_read_as_commands(&server);
+}
+
+#[sqlx::test]
+async fn a_250_to_data_without_pipelining_is_not_followed_by_the_message(pool: PgPool) {
+    let policy = Policy::default().data(|addr, nth| match (index(addr), nth) {
+        (2, 1) => DataAction::NotReady("250 2.0.0 ok"),
+        _ => DataAction::Accept,
+    });
+    let server = user2_is_retried_once(pool, policy.no_pipelining()).await;
+    no_message_read_as_commands(&server);
+}
+
+/// What the operator reads about such an attempt says what the relay did.
+#[sqlx::test]
+async fn a_250_to_data_is_recorded_as_the_relay_out_of_protocol(pool: PgPool) {
+    let policy = Policy::default().data(|_, _| DataAction::NotReady("250 2.0.0 ok"));
+    let server = SmtpServer::start(policy).await;
+    let s = settings(&server, "");
+    seed(&pool, 1).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = crate::helpers::deliver_all(&pool, &s, Duration::ZERO).await;
+    assert_eq!(report.outcomes.deferred, 1, "{report:?}");
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("SELECT status, last_error FROM delivery")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), error.as_deref()),
+        (
+            "deferred",
+            Some("the relay answered DATA with 250 2.0.0 ok, where RFC 5321 has 354")
+        )
+    );
+}
+
+/// Nor is a 3xx to RCPT an acceptance of the recipient (the DATA after it was refused with
+/// 554 "no valid recipients", which failed the delivery for good).
+#[sqlx::test]
+async fn a_3xx_to_rcpt_is_not_an_acceptance(pool: PgPool) {
+    let rcpt = |addr: &str, nth| (index(addr) == 2 && nth == 1).then(|| "354 3.0.0 what".into());
+    user2_is_retried_once(pool, Policy::default().rcpt(rcpt)).await;
+}
+
+#[sqlx::test]
+async fn a_3xx_to_rcpt_without_pipelining_is_not_an_acceptance(pool: PgPool) {
+    let rcpt = |addr: &str, nth| (index(addr) == 2 && nth == 1).then(|| "354 3.0.0 what".into());
+    user2_is_retried_once(pool, Policy::default().rcpt(rcpt).no_pipelining()).await;
+}
+
+/// Four subscribers through a server following `policy`, which answers user2's first attempt
+/// out of the ordinary: everyone gets one copy, and user2's comes from a retry.
+async fn user2_is_retried_once(pool: PgPool, policy: Policy) -> SmtpServer {
     let server = SmtpServer::start(policy).await;
     let s = settings(&server, "");
     seed(&pool, 4).await;
@@ -972,16 +1047,18 @@ async fn a_3xx_to_the_final_dot(pool: PgPool, pipelining: bool) {
     .await
     .unwrap();
     assert_eq!((status.as_str(), attempts), ("sent", 2));
+    server
 }
 
-#[sqlx::test]
-async fn a_3xx_to_the_final_dot_is_not_sent_and_is_retried(pool: PgPool) {
-    a_3xx_to_the_final_dot(pool, true).await;
-}
-
-#[sqlx::test]
-async fn a_3xx_to_the_final_dot_without_pipelining_is_not_sent_and_is_retried(pool: PgPool) {
-    a_3xx_to_the_final_dot(pool, false).await;
+/// Asserts that no line of a message reached `server` as a command.
+fn no_message_read_as_commands(server: &SmtpServer) {
+    let commands = server.commands();
+    assert!(
+        !commands
+            .iter()
+            .any(|c| c.to_ascii_lowercase().starts_with("message-id:") || c == "."),
+        "the message went after a 250 to DATA: {commands:?}"
+    );
 }
 
 #[sqlx::test]

@@ -244,6 +244,31 @@ async fn not_failed_over(pool: PgPool, after_the_dot: DataAction) {
     assert_eq!((status.as_str(), relay.as_deref()), ("deferred", Some("a")));
 }
 
+/// A relay that answers DATA with 250 instead of 354 has not got the message (it was never
+/// sent to it): the other relay gets it at once.
+#[sqlx::test]
+async fn a_relay_out_of_protocol_before_the_message_is_failed_over(pool: PgPool) {
+    let a = SmtpServer::start(Policy::default().data(|_, _| DataAction::NotReady("250 2.0.0 ok")))
+        .await;
+    let b = SmtpServer::start(Policy::default()).await;
+    let s = Settings::from_toml(&toml(&a, &b, "weight = 1000", "")).unwrap();
+    seed(&pool, 1).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s, Duration::ZERO).await;
+    assert_eq!(
+        (report.outcomes.sent, report.outcomes.deferred),
+        (1, 0),
+        "{report:?}"
+    );
+    assert_eq!(copies(&[&a, &b]).values().sum::<usize>(), 1);
+    let (status, relay): (String, Option<String>) =
+        sqlx::query_as("SELECT status, relay FROM delivery")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), relay.as_deref()), ("sent", Some("b")));
+}
+
 /// A relay that takes long to refuse: by then the claim may have passed to another worker
 /// (this one's lease ran out); the message is not handed to the next relay without asking
 /// again whether the claim is still this worker's.

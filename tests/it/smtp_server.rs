@@ -30,6 +30,9 @@ pub enum DataAction {
     /// Read the whole message, then answer the final dot with this reply (e.g.
     /// `"451 4.3.0 try later"`) and record nothing.
     Reply(&'static str),
+    /// Answer the DATA command itself with this reply instead of 354 and stay in command
+    /// mode, as a broken relay would: whatever the client sends next is read as commands.
+    NotReady(&'static str),
 }
 
 type RcptRule = dyn Fn(&str, usize) -> Option<String> + Send + Sync;
@@ -448,7 +451,6 @@ async fn session_on(
                 w.write_all(b"554 5.5.1 no valid recipients\r\n").await?;
                 continue;
             }
-            w.write_all(b"354 go ahead\r\n").await?;
             let rcpt = rcpts[0].clone();
             let nth = {
                 let mut s = st.lock().expect("state");
@@ -457,6 +459,11 @@ async fn session_on(
                 *n
             };
             let action = (policy.data)(&rcpt, nth);
+            if let DataAction::NotReady(reply) = action {
+                w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+                continue;
+            }
+            w.write_all(b"354 go ahead\r\n").await?;
             let mut data = Vec::new();
             let mut lines = 0usize;
             loop {
@@ -484,7 +491,7 @@ async fn session_on(
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     return Ok(());
                 }
-                DataAction::DropMidData => return Ok(()),
+                DataAction::DropMidData | DataAction::NotReady(_) => return Ok(()),
                 DataAction::Reply(reply) => {
                     if !policy.delay.is_zero() {
                         tokio::time::sleep(policy.delay).await;
