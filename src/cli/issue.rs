@@ -361,6 +361,9 @@ async fn deliver_and_report(
         secs,
         report.outcomes.attempts() as f64 / secs.max(0.001)
     );
+    if let Some(line) = report.taken_over_line() {
+        println!("{line}");
+    }
     for n in &report.finished {
         println!("issue #{n} is complete");
     }

@@ -97,6 +97,9 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
             (None, None) => println!("no slot is due"),
         }
         println!("{}", pass.report.outcomes);
+        if let Some(line) = pass.report.taken_over_line() {
+            println!("{line}");
+        }
     }
     let verdict = super::exit::after_delivery(
         &pool,

@@ -32,12 +32,30 @@ pub struct Report {
     /// Attempts by outcome in this run.
     #[serde(flatten)]
     pub outcomes: Outcomes,
+    /// Messages handed over whose claim another worker had taken over before their result
+    /// was written (a lease that ran out): not in `outcomes`, since the new owner sends them
+    /// again.
+    pub taken_over: u64,
     /// Issues paused by the breaker, with the reason.
     pub paused: Vec<String>,
     /// Issues whose every delivery is now settled.
     pub finished: Vec<i32>,
     /// When the next retry or lease expiry is due, if any is waiting.
     pub next_due: Option<chrono::DateTime<Utc>>,
+}
+
+impl Report {
+    /// What the counts leave out, for a run's summary: messages handed over whose claims
+    /// another worker had taken meanwhile.
+    pub fn taken_over_line(&self) -> Option<String> {
+        (self.taken_over > 0).then(|| {
+            format!(
+                "{} handed over after another worker had taken their claims (a lease ran out): \
+                 not counted above, as that worker sends them again",
+                self.taken_over
+            )
+        })
+    }
 }
 
 /// How long a run keeps going when nothing is claimable right now.
@@ -111,6 +129,7 @@ impl Deliverer {
         let _pass = self.worker.pass();
         let counters = &*self.counters;
         let before = counters.outcomes();
+        let taken_over_before = counters.taken_over.load(Ordering::Relaxed);
         let writer = Writer::spawn(
             self.pool.clone(),
             self.worker.id,
@@ -199,6 +218,10 @@ impl Deliverer {
             .extend(deliveries::finish_issues(&self.pool).await?);
         report.next_due = deliveries::next_due(&self.pool).await?.map(|(at, _)| at);
         report.outcomes = counters.outcomes().since(before);
+        report.taken_over = counters
+            .taken_over
+            .load(Ordering::Relaxed)
+            .saturating_sub(taken_over_before);
         Ok(report)
     }
 

@@ -1312,6 +1312,7 @@ async fn a_result_whose_claim_was_taken_over_meanwhile_is_not_reported_sent(pool
     assert_eq!(statuses(&pool).await.get("sent"), None, "nothing written");
     assert_eq!(report.outcomes.sent, 0, "reported sent, yet not written");
     assert_eq!(d.counters().taken_over.load(SeqCst), 1);
+    assert_eq!(report.taken_over, 1, "the run says so");
 }
 
 /// When the check before a final dot cannot be made (the results statement fails every retry),

@@ -42,6 +42,7 @@ async fn run_and_issue_send_report_the_issue_the_outcomes_and_the_exit_code(pool
     assert_eq!(v["issue"]["number"], 1);
     assert_eq!(v["issue"]["status"], "sending");
     assert_eq!(v["report"]["sent"], 3);
+    assert_eq!(v["report"]["taken_over"], 0, "{v}");
     assert_eq!(v["report"]["failed"], 0);
     assert_eq!(v["report"]["finished"], serde_json::json!([1]));
     assert_eq!(v["missed"], Value::Null);
