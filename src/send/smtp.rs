@@ -161,21 +161,21 @@ impl Conn {
             } else {
                 smtp.command(mail).await
             };
-            expect(first, "MAIL", Severity::PositiveCompletion)?;
+            expect(first, "MAIL", Want::Completion)?;
             for rcpt in rcpts {
                 let reply = if pipelining {
                     smtp.read_response().await
                 } else {
                     smtp.command(rcpt).await
                 };
-                expect(reply, "RCPT", Severity::PositiveCompletion)?;
+                expect(reply, "RCPT", Want::Completion)?;
             }
             let reply = if pipelining {
                 smtp.read_response().await
             } else {
                 smtp.command(data).await
             };
-            expect(reply, "DATA", Severity::PositiveIntermediate)
+            expect(reply, "DATA", Want::GoAhead)
         });
         let (replies, open) = tokio::join!(envelope_replies, gate);
         // Said no: whatever the server answered, the connection is dropped in the middle of
@@ -198,28 +198,39 @@ impl Conn {
     }
 }
 
-/// `reply` to `command` if it is of the kind RFC 5321 §4.3.2 says it succeeds with (`want`),
-/// else how the transaction ended: the server's refusal, lettre's error, or a reply that
-/// leaves the conversation where neither side knows what comes next (a 250 to DATA: the
-/// message would be read as commands).
+/// What RFC 5321 §4.3.2 says an envelope command succeeds with.
+#[derive(Clone, Copy)]
+enum Want {
+    /// A 2xx (MAIL, RCPT).
+    Completion,
+    /// 354 (DATA): send the message.
+    GoAhead,
+}
+
+/// `reply` to `command` if it is what the command succeeds with (`want`), else how the
+/// transaction ended: the server's refusal, lettre's error, or a reply that leaves the
+/// conversation where neither side knows what comes next (a 250 to DATA: the message would be
+/// read as commands).
 fn expect(
     reply: Result<Response, lettre::transport::smtp::Error>,
     command: &str,
-    want: Severity,
+    want: Want,
 ) -> Result<(), Done> {
     let response = reply.map_err(|e| Done::Reply(Err(e)))?;
-    if response.code().severity == want {
+    let code = u16::from(response.code());
+    let (ok, expected) = match want {
+        Want::Completion => (
+            response.code().severity == Severity::PositiveCompletion,
+            "a 2xx",
+        ),
+        Want::GoAhead => (code == 354, "354"),
+    };
+    if ok {
         return Ok(());
     }
     Err(Done::OutOfProtocol(format!(
-        "the relay answered {command} with {} {}, where RFC 5321 has {}",
-        u16::from(response.code()),
+        "the relay answered {command} with {code} {}, where RFC 5321 has {expected}",
         response.message().collect::<Vec<_>>().join(" "),
-        if want == Severity::PositiveIntermediate {
-            "354"
-        } else {
-            "a 2xx"
-        }
     )))
 }
 
@@ -607,7 +618,7 @@ impl SmtpPool {
                     u16::from(response.code()),
                     &response.message().collect::<Vec<_>>().join(" "),
                 ),
-                // lettre closes the connection on any error; it is dropped here.
+                // The connection is dropped here (it is in an unknown state).
                 Done::Reply(Err(e)) => match e.status() {
                     // lettre says "permanent error (550): <text>"; the code goes first once.
                     Some(code) => classify::classify_reply(u16::from(code), &reply_text(&e)),

@@ -30,8 +30,9 @@ pub enum DataAction {
     /// Read the whole message, then answer the final dot with this reply (e.g.
     /// `"451 4.3.0 try later"`) and record nothing.
     Reply(&'static str),
-    /// Answer the DATA command itself with this reply instead of 354 and stay in command
-    /// mode, as a broken relay would: whatever the client sends next is read as commands.
+    /// Answer the DATA command itself with this reply instead of 354, as a broken relay
+    /// would, then read every later line as a command (recorded) and answer it 502, until the
+    /// client hangs up.
     NotReady(&'static str),
 }
 
@@ -461,7 +462,17 @@ async fn session_on(
             let action = (policy.data)(&rcpt, nth);
             if let DataAction::NotReady(reply) = action {
                 w.write_all(format!("{reply}\r\n").as_bytes()).await?;
-                continue;
+                // Every line that arrives is recorded, however soon the client hangs up after
+                // the first 502: what it sent is in the buffer.
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    let cmd = line.trim_end().to_owned();
+                    st.lock().expect("state").commands.push(cmd);
+                    let _ = w.write_all(b"502 5.5.2 not implemented\r\n").await;
+                }
             }
             w.write_all(b"354 go ahead\r\n").await?;
             let mut data = Vec::new();
