@@ -148,12 +148,29 @@ impl Relays {
                 continue;
             }
             let first = tried.len() == 1;
-            let gate = {
+            let this_gate = {
                 let gate = gate.clone();
                 let recheck = &recheck;
                 async move { gate.await && (first || recheck().await) }
             };
-            let (outcome, maybe_sent) = relay.pool.send(envelope, bytes, gate).await?;
+            let mut attempt = relay.pool.send(envelope, bytes, this_gate, false).await?;
+            if attempt.found_closed {
+                // No answer from the relay: it had closed the pooled connection (many take
+                // so many messages a connection). Once more on a new connection, after asking
+                // again whether the claim is still ours, as before a further relay.
+                tracing::debug!(relay = %relay.name, "pooled connection found closed; sending on a new one");
+                let retry_gate = {
+                    let gate = gate.clone();
+                    let recheck = &recheck;
+                    async move { gate.await && recheck().await }
+                };
+                attempt = relay.pool.send(envelope, bytes, retry_gate, true).await?;
+            }
+            let super::smtp::Attempt {
+                outcome,
+                maybe_sent,
+                ..
+            } = attempt;
             self.record(i, &outcome);
             let again = try_elsewhere(&outcome, maybe_sent) && self.relays.len() > 1;
             let handed = Handed {

@@ -131,7 +131,7 @@ impl Conn {
         bytes: &[u8],
         gate: impl Future<Output = bool>,
         limit: Duration,
-    ) -> (Done, bool) {
+    ) -> Ended {
         let mut parameters = vec![];
         if !bytes.is_ascii() {
             parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
@@ -148,6 +148,7 @@ impl Conn {
         let data = Data.to_string();
         let pipelining = self.pipelining;
         let smtp = &mut self.smtp;
+        let mut past_mail = false;
         // The first reply out of the ordinary is the answer; the replies after it are never
         // read, and the caller drops the connection (it is reused only after a 250 to the
         // final dot), so the server discards the transaction.
@@ -162,6 +163,7 @@ impl Conn {
                 smtp.command(mail).await
             };
             expect(first, "MAIL", Want::Completion)?;
+            past_mail = true;
             for rcpt in rcpts {
                 let reply = if pipelining {
                     smtp.read_response().await
@@ -180,12 +182,17 @@ impl Conn {
         let (replies, open) = tokio::join!(envelope_replies, gate);
         // Said no: whatever the server answered, the connection is dropped in the middle of
         // the transaction, so the server discards the message.
+        let before = |done| Ended {
+            done,
+            data_phase: false,
+            at_mail: !past_mail,
+        };
         if !open {
-            return (Done::Held, false);
+            return before(Done::Held);
         }
         match replies {
-            Err(_) => return (Done::Silent, false),
-            Ok(Err(done)) => return (done, false),
+            Err(_) => return before(Done::Silent),
+            Ok(Err(done)) => return before(done),
             Ok(Ok(())) => {}
         }
         let done = match data_block(bytes) {
@@ -194,7 +201,11 @@ impl Conn {
             Some(block) => within(limit, self.smtp.command(block)).await,
             None => within(limit, self.smtp.message(bytes)).await,
         };
-        (done, true)
+        Ended {
+            done,
+            data_phase: true,
+            at_mail: false,
+        }
     }
 }
 
@@ -261,6 +272,37 @@ async fn within(
     match tokio::time::timeout(limit, exchange).await {
         Ok(reply) => Done::Reply(reply),
         Err(_) => Done::Silent,
+    }
+}
+
+/// How a transaction ended, and where.
+struct Ended {
+    done: Done,
+    /// The message was on its way (the gate said yes, and the 354 came).
+    data_phase: bool,
+    /// Before any reply to this transaction's first command (MAIL).
+    at_mail: bool,
+}
+
+/// One message handed to the relay, or not.
+pub struct Attempt {
+    pub outcome: Outcome,
+    /// The relay may have the message all the same: silence or a lost connection once the
+    /// message was on its way (the final dot may have arrived).
+    pub maybe_sent: bool,
+    /// The connection came from the pool and the relay had closed it: nothing of this message
+    /// reached the relay, and the outcome is no answer about it.
+    pub found_closed: bool,
+}
+
+impl Attempt {
+    /// An attempt that ended before any transaction began.
+    fn of(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            maybe_sent: false,
+            found_closed: false,
+        }
     }
 }
 
@@ -493,17 +535,22 @@ impl SmtpPool {
         })
     }
 
-    /// A connection from the pool, checked if it sat idle a while, or a new one.
-    async fn take(&self) -> Result<Conn, ConnectError> {
+    /// A connection from the pool, checked if it sat idle a while (and whether it is one), or
+    /// a new one; only a new one when `fresh`.
+    async fn take(&self, fresh: bool) -> Result<(Conn, bool), ConnectError> {
         loop {
-            let next = self.idle.lock().await.pop();
+            let next = if fresh {
+                None
+            } else {
+                self.idle.lock().await.pop()
+            };
             match next {
                 Some((mut conn, since)) => {
                     if since.elapsed() < STALE_AFTER || conn.smtp.test_connected().await {
-                        return Ok(conn);
+                        return Ok((conn, true));
                     }
                 }
-                None => return self.connect().await,
+                None => return Ok((self.connect().await?, false)),
             }
         }
     }
@@ -525,15 +572,15 @@ impl SmtpPool {
     }
 
     /// Sends one message, handing it over only once `gate` says yes (`None`: it said no,
-    /// nothing was sent). Connecting, the envelope and the message each get `smtp.timeout`.
-    /// With the outcome comes whether the relay may have the message all the same: silence or
-    /// a lost connection once the message was on its way (the final dot may have arrived).
+    /// nothing was sent), on a pooled connection or (`fresh`) a new one. Connecting, the
+    /// envelope and the message each get `smtp.timeout`.
     pub async fn send(
         &self,
         envelope: &Envelope,
         bytes: &[u8],
         gate: impl Future<Output = bool>,
-    ) -> Option<(Outcome, bool)> {
+        fresh: bool,
+    ) -> Option<Attempt> {
         let silent = || {
             classify::connection_failure(&format!(
                 "no reply within smtp.timeout ({})",
@@ -541,10 +588,12 @@ impl SmtpPool {
             ))
         };
         // A connection abandoned at a deadline is dropped: never reused mid-transaction.
-        let mut conn = match tokio::time::timeout(self.timeout, self.take()).await {
+        let (mut conn, reused) = match tokio::time::timeout(self.timeout, self.take(fresh)).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Some((classify::connection_failure(&e.to_string()), false)),
-            Err(_) => return Some((silent(), false)),
+            Ok(Err(e)) => {
+                return Some(Attempt::of(classify::connection_failure(&e.to_string())));
+            }
+            Err(_) => return Some(Attempt::of(silent())),
         };
         // lettre refuses such an envelope with a client error that looks like a connection
         // failure, which would be retried for `delivery.give_up_after`; no retry can help.
@@ -556,12 +605,12 @@ impl SmtpPool {
                 .supports_feature(Extension::SmtpUtfEight)
         {
             self.give_back(conn).await;
-            return Some((Outcome::Failed(classify::Failure {
+            return Some(Attempt::of(Outcome::Failed(classify::Failure {
                 code: None,
                 enhanced: None,
                 reason: "the relay does not offer SMTPUTF8, which this address (non-ASCII before the @) needs".into(),
                 systemic: false,
-            }), false));
+            })));
         }
         // Nor can a relay without 8BITMIME take a message that is not 7-bit (ours are, as
         // rendered: this guards what lettre's own `send` refused).
@@ -572,17 +621,18 @@ impl SmtpPool {
                 .supports_feature(Extension::EightBitMime)
         {
             self.give_back(conn).await;
-            return Some((
-                Outcome::Failed(classify::Failure {
-                    code: None,
-                    enhanced: None,
-                    reason: "the relay does not offer 8BITMIME, which this message needs".into(),
-                    systemic: false,
-                }),
-                false,
-            ));
+            return Some(Attempt::of(Outcome::Failed(classify::Failure {
+                code: None,
+                enhanced: None,
+                reason: "the relay does not offer 8BITMIME, which this message needs".into(),
+                systemic: false,
+            })));
         }
-        let (done, data_phase) = conn.transaction(envelope, bytes, gate, self.timeout).await;
+        let Ended {
+            done,
+            data_phase,
+            at_mail,
+        } = conn.transaction(envelope, bytes, gate, self.timeout).await;
         let unanswered = match &done {
             Done::Silent => true,
             Done::Reply(Err(e)) => e.status().is_none(),
@@ -594,39 +644,49 @@ impl SmtpPool {
             Done::Reply(Ok(r)) if r.code().severity == Severity::PositiveIntermediate
         );
         let maybe_sent = data_phase && (unanswered || intermediate);
-        Some((
-            match done {
-                Done::Held => return None,
-                Done::Silent => silent(),
-                // Not the relay's answer about this message: like a broken connection before
-                // the message, retried (on another relay at once, if there is one).
-                Done::OutOfProtocol(reason) => classify::connection_failure(&reason),
-                Done::Reply(Ok(response))
-                    if response.code().severity == Severity::PositiveCompletion =>
-                {
-                    self.give_back(conn).await;
-                    Outcome::Sent
-                }
-                // lettre calls a 3xx "positive", but only a completion says the relay took the
-                // message. What it did is unknown, as after silence: retried later with the
-                // same Message-ID, never on another relay, and the connection is dropped.
-                Done::Reply(Ok(response)) if response.is_positive() => classify::not_a_completion(
-                    u16::from(response.code()),
-                    &response.message().collect::<Vec<_>>().join(" "),
-                ),
-                Done::Reply(Ok(response)) => classify::classify_reply(
-                    u16::from(response.code()),
-                    &response.message().collect::<Vec<_>>().join(" "),
-                ),
-                // The connection is dropped here (it is in an unknown state).
-                Done::Reply(Err(e)) => match e.status() {
-                    // lettre says "permanent error (550): <text>"; the code goes first once.
-                    Some(code) => classify::classify_reply(u16::from(code), &reply_text(&e)),
-                    None => classify::connection_failure(&e.to_string()),
-                },
+        // A pooled connection the relay had closed (it takes so many messages a connection,
+        // or it restarted) fails at the first command: the write or the read finds it gone,
+        // or the relay's 421 ("closing the channel") was waiting. A 421 to RCPT or DATA is
+        // the relay's answer about this message (a rate limit, say).
+        let found_closed = reused
+            && at_mail
+            && matches!(&done, Done::Reply(Err(e))
+                if e.status().is_none_or(|code| u16::from(code) == 421));
+        let outcome = match done {
+            Done::Held => return None,
+            Done::Silent => silent(),
+            // Not the relay's answer about this message: like a broken connection before
+            // the message, retried (on another relay at once, if there is one).
+            Done::OutOfProtocol(reason) => classify::connection_failure(&reason),
+            Done::Reply(Ok(response))
+                if response.code().severity == Severity::PositiveCompletion =>
+            {
+                self.give_back(conn).await;
+                Outcome::Sent
+            }
+            // lettre calls a 3xx "positive", but only a completion says the relay took the
+            // message. What it did is unknown, as after silence: retried later with the
+            // same Message-ID, never on another relay, and the connection is dropped.
+            Done::Reply(Ok(response)) if response.is_positive() => classify::not_a_completion(
+                u16::from(response.code()),
+                &response.message().collect::<Vec<_>>().join(" "),
+            ),
+            Done::Reply(Ok(response)) => classify::classify_reply(
+                u16::from(response.code()),
+                &response.message().collect::<Vec<_>>().join(" "),
+            ),
+            // The connection is dropped here (it is in an unknown state).
+            Done::Reply(Err(e)) => match e.status() {
+                // lettre says "permanent error (550): <text>"; the code goes first once.
+                Some(code) => classify::classify_reply(u16::from(code), &reply_text(&e)),
+                None => classify::connection_failure(&e.to_string()),
             },
+        };
+        Some(Attempt {
+            outcome,
             maybe_sent,
-        ))
+            found_closed,
+        })
     }
 
     /// Connects, says EHLO, STARTTLS and AUTH as configured, and quits: for `doctor`.

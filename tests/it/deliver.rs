@@ -1023,6 +1023,59 @@ async fn a_3xx_to_rcpt_without_pipelining_is_not_an_acceptance(pool: PgPool) {
     user2_is_retried_once(pool, Policy::default().rcpt(rcpt).no_pipelining()).await;
 }
 
+/// A relay that takes a few messages a connection and then closes it, as many do (Exim's
+/// default is 1,000), is not a failing relay: the message that finds the pooled connection
+/// closed before any of it went is sent at once on a new connection, not deferred for
+/// `retry_base` and counted against the relay.
+#[sqlx::test]
+async fn a_relay_closing_after_421_is_sent_the_next_message_on_a_new_connection(pool: PgPool) {
+    let policy = Policy::default().close_after(5, Some("421 4.7.0 too many messages, closing"));
+    every_message_goes_at_once(pool, policy, true).await;
+}
+
+#[sqlx::test]
+async fn a_relay_hanging_up_after_a_message_is_sent_the_next_on_a_new_connection(pool: PgPool) {
+    every_message_goes_at_once(pool, Policy::default().close_after(5, None), false).await;
+}
+
+#[sqlx::test]
+async fn a_relay_closing_without_pipelining_is_sent_the_next_message_on_a_new_connection(
+    pool: PgPool,
+) {
+    let policy = Policy::default().close_after(5, Some("421 4.7.0 too many messages, closing"));
+    every_message_goes_at_once(pool, policy.no_pipelining(), true).await;
+}
+
+/// Sixty messages through a server that takes five a connection: each one sent once, none
+/// deferred. `says_421`: the server answers a MAIL over its limit with a 421 (else it hangs up).
+async fn every_message_goes_at_once(pool: PgPool, policy: Policy, says_421: bool) {
+    let server = SmtpServer::start(policy).await;
+    let s = settings(&server, "");
+    seed(&pool, 60).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = crate::helpers::deliver_all(&pool, &s, Duration::ZERO).await;
+    assert_eq!(
+        (report.outcomes.sent, report.outcomes.deferred),
+        (60, 0),
+        "{report:?}"
+    );
+    let c = copies(&server);
+    assert_eq!(c.len(), 60, "{c:?}");
+    assert!(c.values().all(|&n| n == 1), "{c:?}");
+    assert!(server.sessions() >= 12, "{} connections", server.sessions());
+    if says_421 {
+        let mails = server
+            .commands()
+            .iter()
+            .filter(|c| c.starts_with("MAIL FROM:"))
+            .count();
+        assert!(
+            mails > 60,
+            "no pooled connection met the 421: {mails} MAILs"
+        );
+    }
+}
+
 /// Four subscribers through a server following `policy`, which answers user2's first attempt
 /// out of the ordinary: everyone gets one copy, and user2's comes from a retry.
 async fn user2_is_retried_once(pool: PgPool, policy: Policy) -> SmtpServer {

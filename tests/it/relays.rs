@@ -227,46 +227,82 @@ async fn a_3xx_to_the_final_dot_is_not_failed_over(pool: PgPool) {
 }
 
 async fn not_failed_over(pool: PgPool, after_the_dot: DataAction) {
-    let a = SmtpServer::start(Policy::default().data(move |_, _| after_the_dot)).await;
-    let b = SmtpServer::start(Policy::default()).await;
-    // Everything goes to `a` first (weight), `b` is there to fail over to.
-    let s = Settings::from_toml(&toml(&a, &b, "weight = 1000", "")).unwrap();
-    seed(&pool, 1).await;
-    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
-    let report = deliver_all(&pool, &s, Duration::ZERO).await;
+    let (report, _a, b) =
+        one_message_to_a_first(&pool, Policy::default().data(move |_, _| after_the_dot)).await;
     assert_eq!(report.outcomes.deferred, 1, "{report:?}");
     assert!(b.accepted().is_empty(), "sent again through b at once");
-    let (status, relay): (String, Option<String>) =
-        sqlx::query_as("SELECT status, relay FROM delivery")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!((status.as_str(), relay.as_deref()), ("deferred", Some("a")));
+    assert_eq!(
+        status_and_relay(&pool).await,
+        ("deferred".into(), Some("a".into()))
+    );
+}
+
+/// One subscriber's message through `a` (following `policy`), which gets everything first
+/// (weight), and `b`, there to fail over to.
+async fn one_message_to_a_first(
+    pool: &PgPool,
+    policy: Policy,
+) -> (digestif::digest::deliver::Report, SmtpServer, SmtpServer) {
+    let a = SmtpServer::start(policy).await;
+    let b = SmtpServer::start(Policy::default()).await;
+    let s = Settings::from_toml(&toml(&a, &b, "weight = 1000", "")).unwrap();
+    seed(pool, 1).await;
+    digest::create_issue(pool, &s, at(SLOT)).await.unwrap();
+    (deliver_all(pool, &s, Duration::ZERO).await, a, b)
+}
+
+/// The one delivery's status, and the relay that had the last word on it.
+async fn status_and_relay(pool: &PgPool) -> (String, Option<String>) {
+    sqlx::query_as("SELECT status, relay FROM delivery")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// A relay that answers DATA with 250 instead of 354 has not got the message (it was never
 /// sent to it): the other relay gets it at once.
 #[sqlx::test]
 async fn a_relay_out_of_protocol_before_the_message_is_failed_over(pool: PgPool) {
-    let a = SmtpServer::start(Policy::default().data(|_, _| DataAction::NotReady("250 2.0.0 ok")))
-        .await;
-    let b = SmtpServer::start(Policy::default()).await;
-    let s = Settings::from_toml(&toml(&a, &b, "weight = 1000", "")).unwrap();
-    seed(&pool, 1).await;
-    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
-    let report = deliver_all(&pool, &s, Duration::ZERO).await;
+    let policy = Policy::default().data(|_, _| DataAction::NotReady("250 2.0.0 ok"));
+    let (report, a, b) = one_message_to_a_first(&pool, policy).await;
     assert_eq!(
         (report.outcomes.sent, report.outcomes.deferred),
         (1, 0),
         "{report:?}"
     );
     assert_eq!(copies(&[&a, &b]).values().sum::<usize>(), 1);
-    let (status, relay): (String, Option<String>) =
-        sqlx::query_as("SELECT status, relay FROM delivery")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!((status.as_str(), relay.as_deref()), ("sent", Some("b")));
+    assert_eq!(
+        status_and_relay(&pool).await,
+        ("sent".into(), Some("b".into()))
+    );
+}
+
+/// A relay that closes its connections after two messages (a 421 to the next MAIL) keeps
+/// its messages: the one that finds a pooled connection closed goes on a new connection to
+/// it, not to the other relay, and is not deferred.
+#[sqlx::test]
+async fn a_relay_closing_its_connections_keeps_its_messages(pool: PgPool) {
+    let a = SmtpServer::start(
+        Policy::default().close_after(2, Some("421 4.7.0 too many messages, closing")),
+    )
+    .await;
+    let b = SmtpServer::start(Policy::default()).await;
+    let s = Settings::from_toml(&toml(&a, &b, "weight = 1000", "")).unwrap();
+    seed(&pool, 20).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s, Duration::ZERO).await;
+    assert_eq!(
+        (report.outcomes.sent, report.outcomes.deferred),
+        (20, 0),
+        "{report:?}"
+    );
+    assert!(a.sessions() >= 10, "{} connections to a", a.sessions());
+    // b's weight of 1 against a's 1,000 may give it one message by choice, not more.
+    assert!(
+        b.accepted().len() <= 1,
+        "failed over to b: {}",
+        b.accepted().len()
+    );
 }
 
 /// A relay that takes long to refuse: by then the claim may have passed to another worker

@@ -52,6 +52,7 @@ pub struct Policy {
     auth: Option<Auth>,
     pipelining: bool,
     smtputf8: bool,
+    close_after: Option<(usize, Option<&'static str>)>,
     tls: Option<Arc<rustls::ServerConfig>>,
     implicit_tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -78,6 +79,7 @@ impl Default for Policy {
             auth: None,
             pipelining: true,
             smtputf8: true,
+            close_after: None,
             tls: None,
             implicit_tls: None,
         }
@@ -116,6 +118,15 @@ impl Policy {
     /// Do not offer PIPELINING (RFC 2920): the client must wait for each reply.
     pub fn no_pipelining(mut self) -> Self {
         self.pipelining = false;
+        self
+    }
+
+    /// Take at most `n` messages on one connection, as relays that limit messages a
+    /// connection do (Exim's `smtp_accept_max_per_connection`): with `Some(reply)`, the next
+    /// MAIL gets `reply` (a 421) and the connection closes; with `None`, the connection closes
+    /// right after the `n`th message's 250, saying nothing.
+    pub fn close_after(mut self, n: usize, reply: Option<&'static str>) -> Self {
+        self.close_after = Some((n, reply));
         self
     }
 
@@ -306,6 +317,7 @@ async fn session_on(
     }
     let mut rcpts: Vec<String> = Vec::new();
     let mut authenticated = false;
+    let mut taken_here = 0usize;
     let mut line = String::new();
     loop {
         line.clear();
@@ -417,6 +429,12 @@ async fn session_on(
         } else if upper.starts_with("MAIL FROM:") && policy.auth.is_some() && !authenticated {
             w.write_all(b"530 5.7.0 authentication required\r\n")
                 .await?;
+        } else if upper.starts_with("MAIL FROM:")
+            && let Some((n, Some(reply))) = policy.close_after
+            && taken_here >= n
+        {
+            w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+            return Ok(());
         } else if upper.starts_with("MAIL FROM:") {
             rcpts.clear();
             let with_next = !r.buffer().is_empty();
@@ -537,6 +555,12 @@ async fn session_on(
                 }
             }
             w.write_all(b"250 2.0.0 queued\r\n").await?;
+            taken_here += 1;
+            if let Some((n, None)) = policy.close_after
+                && taken_here >= n
+            {
+                return Ok(());
+            }
         } else if upper == "RSET" {
             rcpts.clear();
             w.write_all(b"250 2.0.0 ok\r\n").await?;
