@@ -595,36 +595,25 @@ impl SmtpPool {
             }
             Err(_) => return Some(Attempt::of(silent())),
         };
-        // lettre refuses such an envelope with a client error that looks like a connection
-        // failure, which would be retried for `delivery.give_up_after`; no retry can help.
-        let ascii = ascii_envelope(envelope);
-        if !ascii
-            && !conn
-                .smtp
-                .server_info()
-                .supports_feature(Extension::SmtpUtfEight)
-        {
+        // What the relay would have to offer for this message: refused here, since no retry
+        // can help (lettre's own `send` refused such an envelope with a client error that
+        // looked like a connection failure, retried for `delivery.give_up_after`). Our
+        // messages are 7-bit as rendered; an address may not be ASCII.
+        let info = conn.smtp.server_info();
+        let lacking =
+            if !ascii_envelope(envelope) && !info.supports_feature(Extension::SmtpUtfEight) {
+                Some("SMTPUTF8, which this address (non-ASCII before the @) needs")
+            } else if !bytes.is_ascii() && !info.supports_feature(Extension::EightBitMime) {
+                Some("8BITMIME, which this message needs")
+            } else {
+                None
+            };
+        if let Some(lacking) = lacking {
             self.give_back(conn).await;
             return Some(Attempt::of(Outcome::Failed(classify::Failure {
                 code: None,
                 enhanced: None,
-                reason: "the relay does not offer SMTPUTF8, which this address (non-ASCII before the @) needs".into(),
-                systemic: false,
-            })));
-        }
-        // Nor can a relay without 8BITMIME take a message that is not 7-bit (ours are, as
-        // rendered: this guards what lettre's own `send` refused).
-        if !bytes.is_ascii()
-            && !conn
-                .smtp
-                .server_info()
-                .supports_feature(Extension::EightBitMime)
-        {
-            self.give_back(conn).await;
-            return Some(Attempt::of(Outcome::Failed(classify::Failure {
-                code: None,
-                enhanced: None,
-                reason: "the relay does not offer 8BITMIME, which this message needs".into(),
+                reason: format!("the relay does not offer {lacking}"),
                 systemic: false,
             })));
         }

@@ -1054,14 +1054,7 @@ async fn every_message_goes_at_once(pool: PgPool, policy: Policy, says_421: bool
     seed(&pool, 60).await;
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
     let report = crate::helpers::deliver_all(&pool, &s, Duration::ZERO).await;
-    assert_eq!(
-        (report.outcomes.sent, report.outcomes.deferred),
-        (60, 0),
-        "{report:?}"
-    );
-    let c = copies(&server);
-    assert_eq!(c.len(), 60, "{c:?}");
-    assert!(c.values().all(|&n| n == 1), "{c:?}");
+    each_got_one_copy(&server, &report, 60, 0);
     assert!(server.sessions() >= 12, "{} connections", server.sessions());
     if says_421 {
         let mails = server
@@ -1076,6 +1069,19 @@ async fn every_message_goes_at_once(pool: PgPool, policy: Policy, says_421: bool
     }
 }
 
+/// `n` messages sent, `deferred` of them after a deferral, and each of the `n` recipients
+/// got one copy.
+fn each_got_one_copy(server: &SmtpServer, report: &deliver::Report, n: u64, deferred: u64) {
+    assert_eq!(
+        (report.outcomes.sent, report.outcomes.deferred),
+        (n, deferred),
+        "{report:?}"
+    );
+    let c = copies(server);
+    assert_eq!(c.len() as u64, n, "{c:?}");
+    assert!(c.values().all(|&k| k == 1), "{c:?}");
+}
+
 /// Four subscribers through a server following `policy`, which answers user2's first attempt
 /// out of the ordinary: everyone gets one copy, and user2's comes from a retry.
 async fn user2_is_retried_once(pool: PgPool, policy: Policy) -> SmtpServer {
@@ -1084,14 +1090,7 @@ async fn user2_is_retried_once(pool: PgPool, policy: Policy) -> SmtpServer {
     seed(&pool, 4).await;
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
     let report = deliver_all(&pool, &s).await;
-    assert_eq!(
-        (report.outcomes.sent, report.outcomes.deferred),
-        (4, 1),
-        "{report:?}"
-    );
-    let c = copies(&server);
-    assert_eq!(c.len(), 4, "{c:?}");
-    assert!(c.values().all(|&n| n == 1), "{c:?}");
+    each_got_one_copy(&server, &report, 4, 1);
     let (status, attempts): (String, i32) = sqlx::query_as(
         "SELECT d.status, d.attempts FROM delivery d \
          JOIN subscriber s USING (subscriber_id) WHERE s.email = 'user2@example.com'",
