@@ -155,9 +155,10 @@ impl Relays {
             };
             let mut attempt = relay.pool.send(envelope, bytes, this_gate, false).await?;
             if attempt.found_closed {
-                // No answer from the relay: it had closed the pooled connection (many take
-                // so many messages a connection). Once more on a new connection, after asking
-                // again whether the claim is still ours, as before a further relay.
+                // No answer about this message (an error or a 421 at MAIL): the relay had
+                // closed the pooled connection (many take so many messages a connection).
+                // Once more on a new connection, after asking again whether the claim is
+                // still ours, as before a further relay.
                 tracing::debug!(relay = %relay.name, "pooled connection found closed; sending on a new one");
                 let retry_gate = {
                     let gate = gate.clone();

@@ -280,7 +280,7 @@ struct Ended {
     done: Done,
     /// The message was on its way (the gate said yes, and the 354 came).
     data_phase: bool,
-    /// Before any reply to this transaction's first command (MAIL).
+    /// The transaction ended at its first command, MAIL (no 2xx to it).
     at_mail: bool,
 }
 

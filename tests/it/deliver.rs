@@ -1035,6 +1035,7 @@ async fn a_relay_closing_after_421_is_sent_the_next_message_on_a_new_connection(
 
 #[sqlx::test]
 async fn a_relay_hanging_up_after_a_message_is_sent_the_next_on_a_new_connection(pool: PgPool) {
+    // Only the count of deferrals shows the retry here: a hang-up leaves no trace at the server.
     every_message_goes_at_once(pool, Policy::default().close_after(5, None), false).await;
 }
 
@@ -1069,8 +1070,8 @@ async fn every_message_goes_at_once(pool: PgPool, policy: Policy, says_421: bool
     }
 }
 
-/// `n` messages sent, `deferred` of them after a deferral, and each of the `n` recipients
-/// got one copy.
+/// `n` messages sent after `deferred` deferrals, and each of the `n` recipients got one
+/// copy.
 fn each_got_one_copy(server: &SmtpServer, report: &deliver::Report, n: u64, deferred: u64) {
     assert_eq!(
         (report.outcomes.sent, report.outcomes.deferred),

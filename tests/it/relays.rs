@@ -297,6 +297,15 @@ async fn a_relay_closing_its_connections_keeps_its_messages(pool: PgPool) {
         "{report:?}"
     );
     assert!(a.sessions() >= 10, "{} connections to a", a.sessions());
+    let mails = a
+        .commands()
+        .iter()
+        .filter(|c| c.starts_with("MAIL FROM:"))
+        .count();
+    assert!(
+        mails > 20,
+        "no pooled connection met the 421: {mails} MAILs"
+    );
     // b's weight of 1 against a's 1,000 may give it one message by choice, not more.
     assert!(
         b.accepted().len() <= 1,
