@@ -1058,11 +1058,7 @@ async fn every_message_goes_at_once(pool: PgPool, policy: Policy, says_421: bool
     each_got_one_copy(&server, &report, 60, 0);
     assert!(server.sessions() >= 12, "{} connections", server.sessions());
     if says_421 {
-        let mails = server
-            .commands()
-            .iter()
-            .filter(|c| c.starts_with("MAIL FROM:"))
-            .count();
+        let mails = server.mail_commands();
         assert!(
             mails > 60,
             "no pooled connection met the 421: {mails} MAILs"

@@ -297,11 +297,7 @@ async fn a_relay_closing_its_connections_keeps_its_messages(pool: PgPool) {
         "{report:?}"
     );
     assert!(a.sessions() >= 10, "{} connections to a", a.sessions());
-    let mails = a
-        .commands()
-        .iter()
-        .filter(|c| c.starts_with("MAIL FROM:"))
-        .count();
+    let mails = a.mail_commands();
     assert!(
         mails > 20,
         "no pooled connection met the 421: {mails} MAILs"

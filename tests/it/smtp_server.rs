@@ -286,6 +286,17 @@ impl SmtpServer {
         self.state.lock().expect("state").sessions
     }
 
+    /// How many MAIL commands arrived, answered 250 or not.
+    pub fn mail_commands(&self) -> usize {
+        self.state
+            .lock()
+            .expect("state")
+            .commands
+            .iter()
+            .filter(|c| c.starts_with("MAIL FROM:"))
+            .count()
+    }
+
     /// Every command line received (outside DATA), in order.
     pub fn commands(&self) -> Vec<String> {
         self.state.lock().expect("state").commands.clone()
