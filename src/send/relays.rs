@@ -126,6 +126,12 @@ impl Relays {
     ) -> Option<Handed> {
         // Shared: asked once, whichever relay asks first.
         let gate = gate.shared();
+        // The gate for one attempt; `again`: the claim is confirmed once more before the dot.
+        let gate_for = |again: bool| {
+            let gate = gate.clone();
+            let recheck = &recheck;
+            async move { gate.await && (!again || recheck().await) }
+        };
         let mut tried = Vec::with_capacity(self.relays.len());
         let mut last: Option<Handed> = None;
         while let Some(i) = self.choose(&tried) {
@@ -148,24 +154,20 @@ impl Relays {
                 continue;
             }
             let first = tried.len() == 1;
-            let this_gate = {
-                let gate = gate.clone();
-                let recheck = &recheck;
-                async move { gate.await && (first || recheck().await) }
-            };
-            let mut attempt = relay.pool.send(envelope, bytes, this_gate, false).await?;
+            let mut attempt = relay
+                .pool
+                .send(envelope, bytes, gate_for(!first), false)
+                .await?;
             if attempt.found_closed {
                 // No answer about this message (an error or a 421 at MAIL): the relay had
                 // closed the pooled connection (many take so many messages a connection).
                 // Once more on a new connection, after asking again whether the claim is
                 // still ours, as before a further relay.
                 tracing::debug!(relay = %relay.name, "pooled connection found closed; sending on a new one");
-                let retry_gate = {
-                    let gate = gate.clone();
-                    let recheck = &recheck;
-                    async move { gate.await && recheck().await }
-                };
-                attempt = relay.pool.send(envelope, bytes, retry_gate, true).await?;
+                attempt = relay
+                    .pool
+                    .send(envelope, bytes, gate_for(true), true)
+                    .await?;
             }
             let super::smtp::Attempt {
                 outcome,

@@ -241,7 +241,7 @@ fn expect(
     }
     Err(Done::OutOfProtocol(format!(
         "the relay answered {command} with {code} {}, where RFC 5321 has {expected}",
-        response.message().collect::<Vec<_>>().join(" "),
+        reply_lines(&response),
     )))
 }
 
@@ -656,14 +656,12 @@ impl SmtpPool {
             // lettre calls a 3xx "positive", but only a completion says the relay took the
             // message. What it did is unknown, as after silence: retried later with the
             // same Message-ID, never on another relay, and the connection is dropped.
-            Done::Reply(Ok(response)) if response.is_positive() => classify::not_a_completion(
-                u16::from(response.code()),
-                &response.message().collect::<Vec<_>>().join(" "),
-            ),
-            Done::Reply(Ok(response)) => classify::classify_reply(
-                u16::from(response.code()),
-                &response.message().collect::<Vec<_>>().join(" "),
-            ),
+            Done::Reply(Ok(response)) if response.is_positive() => {
+                classify::not_a_completion(u16::from(response.code()), &reply_lines(&response))
+            }
+            Done::Reply(Ok(response)) => {
+                classify::classify_reply(u16::from(response.code()), &reply_lines(&response))
+            }
             // The connection is dropped here (it is in an unknown state).
             Done::Reply(Err(e)) => match e.status() {
                 // lettre says "permanent error (550): <text>"; the code goes first once.
@@ -705,6 +703,11 @@ fn reply_text(e: &lettre::transport::smtp::Error) -> String {
         Some((_, reply)) => reply.to_owned(),
         None => text,
     }
+}
+
+/// A reply's text, its lines joined by spaces.
+fn reply_lines(response: &Response) -> String {
+    response.message().collect::<Vec<_>>().join(" ")
 }
 
 /// Whether every address of the envelope is ASCII (else the relay must offer SMTPUTF8).
