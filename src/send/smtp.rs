@@ -110,6 +110,12 @@ pub struct SmtpPool {
 /// closed them, and a message must not be the thing that finds out.
 const STALE_AFTER: Duration = Duration::from_secs(5);
 
+/// How long that NOOP may take before the connection counts as dead, or half of `smtp.timeout`
+/// if less: an operator who set a short timeout expects a live relay to answer within it. A live relay answers at once; a connection whose state a NAT or firewall dropped
+/// while it sat idle never answers, and would otherwise hold the message for the whole
+/// `smtp.timeout` and then have it deferred.
+const CHECK_WAIT: Duration = Duration::from_secs(2);
+
 /// An open connection and whether its server pipelines.
 struct Conn {
     smtp: AsyncSmtpConnection,
@@ -535,22 +541,24 @@ impl SmtpPool {
         })
     }
 
-    /// A connection from the pool, checked if it sat idle a while (and whether it is one), or
-    /// a new one; only a new one when `fresh`.
-    async fn take(&self, fresh: bool) -> Result<(Conn, bool), ConnectError> {
+    /// A connection from the pool, checked with NOOP if it sat idle a while; `None` when
+    /// there is none that answers.
+    async fn reuse(&self) -> Option<Conn> {
         loop {
-            let next = if fresh {
-                None
-            } else {
-                self.idle.lock().await.pop()
-            };
-            match next {
-                Some((mut conn, since)) => {
-                    if since.elapsed() < STALE_AFTER || conn.smtp.test_connected().await {
-                        return Ok((conn, true));
-                    }
-                }
-                None => return Ok((self.connect().await?, false)),
+            let (mut conn, since) = self.idle.lock().await.pop()?;
+            if since.elapsed() < STALE_AFTER {
+                return Some(conn);
+            }
+            let wait = CHECK_WAIT.min(self.timeout / 2);
+            match tokio::time::timeout(wait, conn.smtp.test_connected()).await {
+                Ok(true) => return Some(conn),
+                // Closed by the relay (it may take only so many messages a connection): the
+                // others may well be alive.
+                Ok(false) => {}
+                // Unanswered: whatever dropped it while idle (a NAT's or firewall's timeout)
+                // has dropped every connection in the pool from before it, which sat idle
+                // longer (the pool is a stack), so they go too rather than each costing a wait.
+                Err(_) => self.idle.lock().await.retain(|(_, t)| *t > since),
             }
         }
     }
@@ -573,7 +581,8 @@ impl SmtpPool {
 
     /// Sends one message, handing it over only once `gate` says yes (`None`: it said no,
     /// nothing was sent), on a pooled connection or (`fresh`) a new one. Connecting, the
-    /// envelope and the message each get `smtp.timeout`.
+    /// envelope and the message each get `smtp.timeout`; checking a pooled connection that sat
+    /// idle gets [`CHECK_WAIT`] (at most half of `smtp.timeout`).
     pub async fn send(
         &self,
         envelope: &Envelope,
@@ -588,12 +597,16 @@ impl SmtpPool {
             ))
         };
         // A connection abandoned at a deadline is dropped: never reused mid-transaction.
-        let (mut conn, reused) = match tokio::time::timeout(self.timeout, self.take(fresh)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Some(Attempt::of(classify::connection_failure(&e.to_string())));
-            }
-            Err(_) => return Some(Attempt::of(silent())),
+        let pooled = if fresh { None } else { self.reuse().await };
+        let (mut conn, reused) = match pooled {
+            Some(conn) => (conn, true),
+            None => match tokio::time::timeout(self.timeout, self.connect()).await {
+                Ok(Ok(conn)) => (conn, false),
+                Ok(Err(e)) => {
+                    return Some(Attempt::of(classify::connection_failure(&e.to_string())));
+                }
+                Err(_) => return Some(Attempt::of(silent())),
+            },
         };
         // What the relay would have to offer for this message: refused here, since no retry
         // can help (lettre's own `send` refused such an envelope with a client error that

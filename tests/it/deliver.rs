@@ -1047,6 +1047,35 @@ async fn a_relay_closing_without_pipelining_is_sent_the_next_message_on_a_new_co
     every_message_goes_at_once(pool, policy.no_pipelining(), true).await;
 }
 
+/// A slow rate ceiling leaves the one pooled connection idle for over five seconds between
+/// messages, and meanwhile something between us and the relay dropped it without a word (a
+/// NAT's or firewall's idle timeout): the NOOP that checks it gets no answer. The next message
+/// goes on a new connection, not deferred after the whole `smtp.timeout`.
+#[sqlx::test]
+async fn a_pooled_connection_that_went_silent_while_idle_is_replaced(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().mute_after(1)).await;
+    let s = settings(&server, "");
+    let s = Settings {
+        delivery: digestif::config::DeliverySettings {
+            // One message every 10 s: longer than a connection may sit idle unchecked (5 s),
+            // however long the first message takes.
+            rate_per_second: Some(0.1),
+            ..s.delivery
+        },
+        ..s
+    };
+    seed(&pool, 2).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    each_got_one_copy(&server, &report, 2, 0);
+    assert!(
+        server.commands().iter().any(|c| c == "NOOP"),
+        "the idle connection was not checked: {:?}",
+        server.commands()
+    );
+    assert_eq!(server.sessions(), 2);
+}
+
 /// Sixty messages through a server that takes five a connection: each one sent once, none
 /// deferred. `says_421`: the server answers a MAIL over its limit with a 421 (else it hangs up).
 async fn every_message_goes_at_once(pool: PgPool, policy: Policy, says_421: bool) {

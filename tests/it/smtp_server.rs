@@ -53,6 +53,7 @@ pub struct Policy {
     pipelining: bool,
     smtputf8: bool,
     close_after: Option<(usize, Option<&'static str>)>,
+    mute_after: Option<usize>,
     tls: Option<Arc<rustls::ServerConfig>>,
     implicit_tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -80,6 +81,7 @@ impl Default for Policy {
             pipelining: true,
             smtputf8: true,
             close_after: None,
+            mute_after: None,
             tls: None,
             implicit_tls: None,
         }
@@ -127,6 +129,14 @@ impl Policy {
     /// right after the `n`th message's 250, saying nothing.
     pub fn close_after(mut self, n: usize, reply: Option<&'static str>) -> Self {
         self.close_after = Some((n, reply));
+        self
+    }
+
+    /// After `n` messages on one connection, answer nothing more on it but keep it open, as
+    /// when a NAT or firewall between client and relay has dropped an idle connection's state.
+    /// What the client says meanwhile is still recorded in [`SmtpServer::commands`].
+    pub fn mute_after(mut self, n: usize) -> Self {
+        self.mute_after = Some(n);
         self
     }
 
@@ -571,6 +581,16 @@ async fn session_on(
                 && taken_here >= n
             {
                 return Ok(());
+            }
+            if policy.mute_after.is_some_and(|n| taken_here >= n) {
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    let said = line.trim_end().to_owned();
+                    st.lock().expect("state").commands.push(said);
+                }
             }
         } else if upper == "RSET" {
             rcpts.clear();
