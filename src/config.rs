@@ -52,6 +52,9 @@ const SECRET_KEYS: &[&str] = &[
     "inbound.imap_password",
 ];
 
+/// A relay's keys that hold a secret, named without the relay's index; set only in the file.
+const RELAY_SECRET_KEYS: &[&str] = &["smtp.relays.url", "smtp.relays.password"];
+
 /// `smtp.password` → `DIGESTIF_SMTP__PASSWORD`.
 fn env_name(key: &str) -> String {
     format!("DIGESTIF_{}", key.replace('.', "__").to_ascii_uppercase())
@@ -731,7 +734,19 @@ impl Settings {
 }
 
 fn figment_error(err: figment::Error) -> ConfigError {
-    let key = err.path.join(".");
+    // figment counts a list's items from 0 (`smtp.relays.0.url`); our other errors, like the
+    // operator, from 1 (`smtp.relays[1].url`).
+    let key = err.path.iter().fold(String::new(), |mut key, part| {
+        match part.parse::<usize>() {
+            Ok(i) if !key.is_empty() => key.push_str(&format!("[{}]", i + 1)),
+            _ if key.is_empty() => key.push_str(part),
+            _ => {
+                key.push('.');
+                key.push_str(part);
+            }
+        }
+        key
+    });
     // Where the bad value came from: the file, or the environment variable as the operator
     // typed it (figment would say `DELIVERY.CONCURENCY`).
     let source = err.metadata.as_ref().map(|m| match &m.source {
@@ -762,9 +777,22 @@ fn figment_error(err: figment::Error) -> ConfigError {
             .replacen("TOML parse error at line", "line", 1);
         return ConfigError::new(source.as_deref().unwrap_or("(file)"), message);
     }
-    let secret = SECRET_KEYS
+    // figment names a relay's key with its index (`smtp.relays.0.password`).
+    let unindexed = err
+        .path
         .iter()
-        .any(|k| key == *k || key.starts_with(&format!("{k}.")));
+        .filter(|p| !p.bytes().all(|b| b.is_ascii_digit()))
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(".");
+    // A key above a secret one counts too: `relays = ["smtp://u:pw@h"]` is refused at
+    // `smtp.relays`, quoting the URL.
+    let secret = SECRET_KEYS.iter().chain(RELAY_SECRET_KEYS).any(|k| {
+        key == *k
+            || key.starts_with(&format!("{k}."))
+            || unindexed == *k
+            || k.starts_with(&format!("{unindexed}."))
+    });
     let mut message = match &err.kind {
         // figment's message quotes the value ("found unsigned int '84736251'").
         _ if secret => "not a valid value (not shown: this key holds a secret)".to_owned(),
@@ -1415,6 +1443,23 @@ fn http_url(key: &str, raw: &str) -> Result<url::Url, ConfigError> {
 }
 
 fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
+    let d = any_duration(key, raw)?;
+    // No setting means more than a year, and time arithmetic on a value like 300000y would
+    // fail mid-run (past the calendar's last date) instead of here.
+    if d > LONGEST {
+        return Err(ConfigError::new(
+            key,
+            format!("'{}' is out of range (at most 366d)", shown(raw)),
+        ));
+    }
+    Ok(d)
+}
+
+/// The longest duration any setting takes.
+const LONGEST: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A duration as written, of any length: the bounds are the caller's.
+fn any_duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(raw.trim()).map_err(|_| {
         ConfigError::new(
             key,
@@ -1428,7 +1473,7 @@ fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
 
 /// A duration from `lo` to `hi` (both written as the error shows them).
 fn duration_within(key: &str, raw: &str, lo: &str, hi: &str) -> Result<Duration, ConfigError> {
-    let d = duration(key, raw)?;
+    let d = any_duration(key, raw)?;
     let bound = |b: &str| humantime::parse_duration(b).unwrap_or_default();
     if d < bound(lo) || d > bound(hi) {
         return Err(ConfigError::new(

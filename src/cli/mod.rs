@@ -205,9 +205,9 @@ impl Command {
 enum ScheduleCommand {
     /// Print the coming slots in the configured time zone and in UTC
     Next {
-        /// How many slots
-        #[arg(long, default_value_t = 5)]
-        count: usize,
+        /// How many slots (1 to 10000)
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        count: u16,
         /// Output format
         #[arg(long, value_enum, default_value = "text")]
         format: output::Output,
@@ -286,7 +286,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Feeds(cmd) => feeds::run(cmd, &settings).await,
         Command::Issue(cmd) => issue::run(cmd, &settings).await,
         Command::Schedule(ScheduleCommand::Next { count, format }) => {
-            run::schedule_next(&settings, count, format)
+            run::schedule_next(&settings, count.into(), format)
         }
         Command::Run {
             fail_on_missed,

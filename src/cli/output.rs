@@ -31,7 +31,8 @@ pub enum Output {
 /// Prints `value` as one line of JSON on stdout.
 pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
-    serde_json::to_writer(&mut out, value)?;
+    // As an io::Error, so that a reader that stopped early (`| head`) is seen as such.
+    serde_json::to_writer(&mut out, value).map_err(io::Error::from)?;
     writeln!(out)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `digestif serve` (long-running: schedule, delivery and HTTP).
 
 use std::future::Future;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,9 +68,17 @@ pub fn schedule_next(settings: &Settings, count: usize, format: Output) -> anyho
             })).collect::<Vec<_>>(),
         }));
     }
-    println!("schedule: {} in {}", s.expression(), s.zone());
+    // writeln!, not println!: a reader that stops early (`| head`) closes the pipe, which
+    // ends the command quietly instead of panicking.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "schedule: {} in {}", s.expression(), s.zone())?;
     for slot in &slots {
-        println!("{}   {}", s.local(*slot), slot.format("%Y-%m-%d %H:%M UTC"));
+        writeln!(
+            out,
+            "{}   {}",
+            s.local(*slot),
+            slot.format("%Y-%m-%d %H:%M UTC")
+        )?;
     }
     Ok(())
 }

@@ -74,6 +74,33 @@ async fn secrets_are_text_whatever_they_look_like_and_never_shown(pool: PgPool) 
         "config: smtp.password: not a valid value (not shown",
     );
     assert!(!line.contains("84736251"), "{line}");
+
+    // The same for a relay's password and URL, whose keys carry the relay's index.
+    let (_dir, path) = file_with(
+        "digestif.toml",
+        b"[[smtp.relays]]\nurl = \"smtp://r.example:25\"\npassword = 84736251\n",
+    );
+    let line = Digestif::new(&pool).config_fails(
+        &["--config", arg(&path), "subscribers", "list"],
+        "config: smtp.relays[1].password: not a valid value (not shown",
+    );
+    assert!(!line.contains("84736251"), "{line}");
+    // A list of URLs where a list of tables belongs: the error is at `smtp.relays`.
+    let (_dir, path) = file_with(
+        "digestif.toml",
+        b"[smtp]\nrelays = [\"smtp://u:84736251@r.example\"]\n",
+    );
+    let line = Digestif::new(&pool).config_fails(
+        &["--config", arg(&path), "subscribers", "list"],
+        "config: smtp.relays",
+    );
+    assert!(!line.contains("84736251"), "{line}");
+    let (_dir, path) = file_with("digestif.toml", b"[[smtp.relays]]\nurl = 84736251\n");
+    let line = Digestif::new(&pool).config_fails(
+        &["--config", arg(&path), "subscribers", "list"],
+        "config: smtp.relays[1].url: not a valid value (not shown",
+    );
+    assert!(!line.contains("84736251"), "{line}");
 }
 
 #[sqlx::test]
@@ -211,6 +238,69 @@ async fn schedules_are_read_as_cronie_reads_them(pool: PgPool) {
     Digestif::new(&pool)
         .env("DIGESTIF_SCHEDULE__CRON", "0 0 30 2 *")
         .config_fails(&["schedule", "next"], "'0 0 30 2 *' never fires");
+}
+
+/// `schedule next` with a count no one means (it used to ask for that much memory at once and
+/// panic) is refused in one line; one read by `head` ends quietly when `head` has had enough.
+#[sqlx::test]
+async fn schedule_next_refuses_an_absurd_count_and_stops_at_a_closed_pipe(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    for count in ["18446744073709551615", "0", "10001"] {
+        let run = d.run(&["schedule", "next", "--count", count]);
+        assert_eq!(run.output.status.code(), Some(2), "{run}");
+        assert!(!run.stderr().contains("panicked"), "{run}");
+        assert!(run.stderr().contains("--count"), "{run}");
+    }
+    // Far more lines than a pipe holds, and the reader gone after the first.
+    let mut child = d
+        .command(&["schedule", "next", "--count", "10000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(first.starts_with("schedule: "), "{first}");
+    drop(out);
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(done.status.code(), Some(0), "{err}");
+    // The same as one line of JSON, the reader gone after its first bytes.
+    let mut child = d
+        .command(&["schedule", "next", "--count", "10000", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    assert_eq!(&first, b"{");
+    drop(out);
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{err}");
+}
+
+/// A duration far beyond any use (a typo, a unit mistaken) is refused at start-up, naming its
+/// key; it used to be taken, and the time arithmetic on it panicked later, mid-run.
+#[sqlx::test]
+async fn durations_beyond_a_year_are_refused_at_start(pool: PgPool) {
+    for (var, key) in [
+        ("DIGESTIF_FEEDS__INTERVAL", "feeds.interval"),
+        (
+            "DIGESTIF_DELIVERY__BREAKER_COOLDOWN",
+            "delivery.breaker_cooldown",
+        ),
+        ("DIGESTIF_SMTP__TIMEOUT", "smtp.timeout"),
+    ] {
+        Digestif::new(&pool).env(var, "300000y").config_fails(
+            &["feeds", "list"],
+            &format!("config: {key}: '300000y' is out of range (at most 366d)"),
+        );
+    }
 }
 
 /// `doctor` says whose complaints count.
