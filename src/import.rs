@@ -63,7 +63,9 @@ pub async fn subscribers_csv(
     remark: &mut dyn FnMut(Remark) -> std::io::Result<()>,
     progress: &dyn Fn(u64),
 ) -> anyhow::Result<Outcome> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(QuoteWatch::new(input));
     let headers = reader
         .byte_headers()
         .with_context(|| format!("{source}: cannot read the header line"))?
@@ -97,7 +99,7 @@ pub async fn subscribers_csv(
             let more = match reader.read_byte_record(&mut record) {
                 Ok(more) => more,
                 Err(e) => {
-                    // A malformed file (e.g. an unclosed quote) cannot be read past this point.
+                    // A file that cannot be read on (an I/O error, say): nothing of it is kept.
                     let line = e.position().map_or(0, |p| p.line());
                     let _ = copy.abort("unreadable input").await;
                     bail!(
@@ -107,6 +109,10 @@ pub async fn subscribers_csv(
                 }
             };
             if !more {
+                if let Err(e) = reader.get_ref().all_closed(source) {
+                    let _ = copy.abort("unclosed quote").await;
+                    return Err(e);
+                }
                 break;
             }
             outcome.read += 1;
@@ -184,6 +190,86 @@ fn csv_reason(e: &csv::Error) -> String {
     match e.kind() {
         csv::ErrorKind::Io(io) => io.to_string(),
         _ => e.to_string(),
+    }
+}
+
+/// Follows the input's quoting as the CSV reader applies it (RFC 4180: a quote opens a field
+/// only as its first character, and a doubled quote inside stands for one), to notice a quoted
+/// field still open at the end of the input. The reader ends such a field there without an
+/// error, so one stray quote would silently take every row after it as part of one field.
+pub(crate) struct QuoteWatch<R> {
+    inner: R,
+    state: Quoting,
+    line: u64,
+    opened_on: u64,
+    read: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted field: its end, or the first of a doubled quote.
+    QuoteInQuoted,
+}
+
+impl<R> QuoteWatch<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            state: Quoting::FieldStart,
+            line: 1,
+            opened_on: 0,
+            read: 0,
+        }
+    }
+
+    /// Once the reader has read all of `source`: an error naming the line where a quoted
+    /// field opened that is still open.
+    pub(crate) fn all_closed(&self, source: &str) -> anyhow::Result<()> {
+        if self.state == Quoting::Quoted {
+            bail!(
+                "{source}: line {}: a quoted field begins here and is never closed (the rows after it would be read as part of it)",
+                self.opened_on
+            );
+        }
+        Ok(())
+    }
+
+    fn watch(&mut self, byte: u8) {
+        const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+        let at = self.read;
+        self.read += 1;
+        // The reader skips a byte-order mark, so a quote right after it opens a field.
+        if at < 3 && self.state == Quoting::FieldStart && byte == BOM[at as usize] {
+            return;
+        }
+        let ends_field = matches!(byte, b',' | b'\n' | b'\r');
+        self.state = match (self.state, byte) {
+            (Quoting::FieldStart, b'"') => {
+                self.opened_on = self.line;
+                Quoting::Quoted
+            }
+            (Quoting::Quoted, b'"') => Quoting::QuoteInQuoted,
+            (Quoting::Quoted, _) => Quoting::Quoted,
+            (Quoting::QuoteInQuoted, b'"') => Quoting::Quoted,
+            (_, _) if ends_field => Quoting::FieldStart,
+            (_, _) => Quoting::Unquoted,
+        };
+        if byte == b'\n' {
+            self.line += 1;
+        }
+    }
+}
+
+impl<R: Read> Read for QuoteWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &byte in &buf[..n] {
+            self.watch(byte);
+        }
+        Ok(n)
     }
 }
 

@@ -80,8 +80,9 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
         }
         Command::Import { file } => {
             let shown = file.display().to_string();
-            let mut reader =
-                csv::Reader::from_path(&file).with_context(|| format!("{shown}: cannot open"))?;
+            let input =
+                std::fs::File::open(&file).with_context(|| format!("{shown}: cannot open"))?;
+            let mut reader = csv::Reader::from_reader(crate::import::QuoteWatch::new(input));
             let headers = reader
                 .headers()
                 .with_context(|| format!("{shown}: cannot read the header line"))?
@@ -112,7 +113,10 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             loop {
                 match reader.read_record(&mut record) {
                     Ok(true) => {}
-                    Ok(false) => break,
+                    Ok(false) => {
+                        reader.get_ref().all_closed(&shown)?;
+                        break;
+                    }
                     Err(e) => {
                         let line = e.position().map_or(0, |p| p.line());
                         bail!("{shown}: line {line}: cannot be read as CSV: {e}");

@@ -151,3 +151,25 @@ async fn a_missing_body_or_a_wrong_header_is_one_clear_error(pool: PgPool) {
         "{line}"
     );
 }
+
+/// A quote opened in the last column and never closed: the CSV reader takes the rest of the
+/// file as that field, and the articles after it were lost without a word.
+#[sqlx::test]
+async fn an_unclosed_quote_in_an_article_file_is_an_error(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let (_dir, path) = file_with(
+        "articles.csv",
+        b"title,url,published_at,summary\n\
+          A,https://a.example.com/a,2026-11-01T00:00:00Z,\"unclosed\n\
+          B,https://a.example.com/b,2026-11-02T00:00:00Z,fine\n",
+    );
+    d.fails(
+        &["articles", "import", arg(&path)],
+        "line 2: a quoted field begins here and is never closed",
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM article")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}

@@ -100,6 +100,35 @@ async fn skip_invalid_imports_the_good_rows_once(pool: PgPool) {
     assert_eq!(subscriber_count(&pool).await, 3);
 }
 
+/// A quote opened in a column we do not read and never closed: a CSV reader takes the rest of
+/// the file as that one field, so the rows after it would be dropped without a word.
+#[sqlx::test]
+async fn an_unclosed_quote_is_an_error_not_lost_rows(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let (_dir, path) = file_with(
+        "stray.csv",
+        b"email,name,note\na@example.com,Ann,\"met at conf\nb@example.com,Bob,\nc@example.com,Cy,ok\n",
+    );
+    for extra in [None, Some("--skip-invalid")] {
+        let mut args = vec!["subscribers", "import", arg(&path)];
+        args.extend(extra);
+        let line = d.fails(
+            &args,
+            "line 2: a quoted field begins here and is never closed",
+        );
+        assert!(line.contains(&path.display().to_string()), "{line}");
+        assert_eq!(subscriber_count(&pool).await, 0);
+    }
+    // Quotes that are fine: a quoted header after a byte-order mark, a closed note over two
+    // lines, a quote inside an unquoted field, and a doubled quote inside a quoted one.
+    let (_dir, ok) = file_with(
+        "ok.csv",
+        b"\xef\xbb\xbf\"email\",name,note\r\na@example.com,Ann,\"met at\r\nconf\"\r\nb@example.com,Bob,5\" screen\r\nc@example.com,\"Cy \"\"C\"\"\",ok\r\n",
+    );
+    let out = d.ok(&["subscribers", "import", arg(&ok)]).stdout();
+    assert!(out.starts_with("imported 3 subscribers"), "{out}");
+}
+
 #[sqlx::test]
 async fn dry_run_changes_nothing(pool: PgPool) {
     let d = Digestif::new(&pool);
