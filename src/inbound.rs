@@ -8,7 +8,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::domain::{Purpose, SubscriberEmail, TokenKeys};
+use crate::domain::{Purpose, SubscriberEmail, TokenKeys, shown, shown_within};
 use crate::render::one_line;
 use crate::send::Outcome;
 use crate::send::classify::classify_dsn;
@@ -53,6 +53,8 @@ pub enum Handled {
     Ignored(String),
 }
 
+// Statuses and reasons may quote what anyone mailed to the bounce address: shown escaped and
+// cut short, since this goes to the operator's terminal and the MTA's log.
 impl std::fmt::Display for Handled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -62,7 +64,8 @@ impl std::fmt::Display for Handled {
             } => {
                 write!(
                     f,
-                    "hard bounce {status} recorded for subscriber {subscriber_id}"
+                    "hard bounce {} recorded for subscriber {subscriber_id}",
+                    shown(status)
                 )
             }
             Self::Failed {
@@ -70,13 +73,14 @@ impl std::fmt::Display for Handled {
                 status,
             } => write!(
                 f,
-                "permanent failure {status} recorded for subscriber {subscriber_id} (not suppressed)"
+                "permanent failure {} recorded for subscriber {subscriber_id} (not suppressed)",
+                shown(status)
             ),
             Self::AlreadyBounced(id) => write!(
                 f,
                 "DSN for subscriber {id} changes nothing: already recorded, or never sent"
             ),
-            Self::Delayed(status) => write!(f, "delay notice {status}: nothing changes"),
+            Self::Delayed(status) => write!(f, "delay notice {}: nothing changes", shown(status)),
             Self::Complaint(id) => {
                 write!(f, "complaint: subscriber {id} unsubscribed and suppressed")
             }
@@ -85,7 +89,7 @@ impl std::fmt::Display for Handled {
                 "complaint about subscriber {id} changes nothing: already recorded"
             ),
             Self::Unsubscribed(id) => write!(f, "unsubscribe by mail: subscriber {id}"),
-            Self::Ignored(why) => write!(f, "ignored: {why}"),
+            Self::Ignored(why) => write!(f, "ignored: {}", shown_within(why, 400)),
         }
     }
 }
@@ -96,6 +100,9 @@ struct Dsn {
     action: Option<String>,
     status: Option<String>,
     diagnostic: Option<String>,
+    /// The mailbox the status is about (Final-Recipient) in its [`SubscriberEmail::key`]
+    /// form, when it reads as an address.
+    final_recipient: Option<String>,
 }
 
 /// Handles one raw message. `recipient` is the envelope recipient the MTA delivered it to
@@ -181,6 +188,19 @@ pub async fn handle(
                 "bounce that names no delivery of ours".into(),
             ));
         };
+        // The subscriber's address is an alias or a forward, and the mailbox that failed is
+        // one behind it: whoever else it reaches still reads the issue, so it is not a reason
+        // to stop writing to the subscriber.
+        if let Some(failed) = &dsn.final_recipient
+            && let Some(subscriber) = subscribers::by_id(pool, delivery.1).await?
+            && SubscriberEmail::parse(&subscriber.email).is_ok_and(|own| own.key() != *failed)
+        {
+            let detail = format!(
+                "{status} for {failed}, a mailbox behind the subscriber's address (an alias or a forward): {}",
+                dsn.diagnostic.as_deref().unwrap_or("no diagnostic")
+            );
+            return failed_only(pool, delivery, status, &detail).await;
+        }
         let report = Report::Bounce {
             status,
             diagnostic: dsn.diagnostic,
@@ -384,16 +404,7 @@ pub async fn apply(
         }
         Outcome::Transient(_) => return Ok(Handled::Delayed(status)),
         Outcome::Failed(_) | Outcome::Sent => {
-            return Ok(
-                if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail).await? {
-                    Handled::Failed {
-                        subscriber_id,
-                        status,
-                    }
-                } else {
-                    Handled::AlreadyBounced(subscriber_id)
-                },
-            );
+            return failed_only(pool, (issue_id, subscriber_id), status, &detail).await;
         }
     };
     Ok(if recorded {
@@ -404,6 +415,26 @@ pub async fn apply(
     } else {
         Handled::AlreadyBounced(subscriber_id)
     })
+}
+
+/// Fails a sent delivery for good without counting it toward the subscriber's suppression.
+async fn failed_only(
+    pool: &PgPool,
+    (issue_id, subscriber_id): (i64, i64),
+    status: String,
+    detail: &str,
+) -> anyhow::Result<Handled> {
+    let detail = crate::send::classify::truncate(&one_line(detail), 400);
+    Ok(
+        if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail).await? {
+            Handled::Failed {
+                subscriber_id,
+                status,
+            }
+        } else {
+            Handled::AlreadyBounced(subscriber_id)
+        },
+    )
 }
 
 /// Why a complaint that is neither VERP-tagged nor from a proved feedback loop is ignored.
@@ -669,6 +700,17 @@ fn parse_dsn(text: &str) -> Dsn {
                     &d.split_whitespace().collect::<Vec<_>>().join(" "),
                     300,
                 )
+            }),
+            final_recipient: get(b, "final-recipient").and_then(|v| {
+                // `rfc822; <bob@example.net> (Bob)`: the address after its type, without a
+                // comment or angle brackets.
+                let address = v.split_once(';').map_or(v.as_str(), |(_, a)| a);
+                let address = address.split('(').next().unwrap_or_default();
+                let address = match address.split_once('<') {
+                    Some((_, inside)) => inside.split('>').next().unwrap_or_default(),
+                    None => address,
+                };
+                SubscriberEmail::parse(address).ok().map(|e| e.key())
             }),
         })
         .collect();

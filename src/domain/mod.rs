@@ -24,7 +24,11 @@ pub use token::{MIN_SECRET_LEN, Purpose, TokenKey, TokenKeys};
 /// Renders untrusted text for an error message on one line: control characters (CR, LF, NUL…)
 /// come out escaped, so a hostile value cannot forge extra lines in a terminal or a log.
 pub(crate) fn shown(raw: &str) -> String {
-    const MAX: usize = 80;
+    shown_within(raw, 80)
+}
+
+/// Like [`shown`], cut at `max` characters.
+pub(crate) fn shown_within(raw: &str, max: usize) -> String {
     let escaped: String = raw
         .chars()
         .map(|c| {
@@ -35,8 +39,8 @@ pub(crate) fn shown(raw: &str) -> String {
             }
         })
         .collect();
-    if escaped.chars().count() > MAX {
-        let cut: String = escaped.chars().take(MAX).collect();
+    if escaped.chars().count() > max {
+        let cut: String = escaped.chars().take(max).collect();
         format!("{cut}…")
     } else {
         escaped

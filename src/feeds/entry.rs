@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use url::Url;
 
-use crate::domain::NewArticle;
+use crate::domain::{NewArticle, shown};
 
 pub use crate::domain::FeedArticle;
 
@@ -133,8 +133,7 @@ pub fn read(
             .or(entry.links.first())
             .map(|l| l.href.trim().to_owned());
         let Some(link) = link else {
-            out.skipped
-                .push(format!("'{}': no link", truncate_words(&title, 80)));
+            out.skipped.push(format!("'{}': no link", shown(&title)));
             continue;
         };
         let url = match base.join(&link) {
@@ -142,7 +141,7 @@ pub fn read(
             _ => {
                 out.skipped.push(format!(
                     "'{}': its link is not an http(s) URL",
-                    truncate_words(&title, 80)
+                    shown(&title)
                 ));
                 continue;
             }
@@ -177,9 +176,7 @@ pub fn read(
                 guid: entry.id,
                 article,
             }),
-            Err(e) => out
-                .skipped
-                .push(format!("'{}': {e}", truncate_words(&title, 80))),
+            Err(e) => out.skipped.push(format!("'{}': {e}", shown(&title))),
         }
     }
     Ok(out)

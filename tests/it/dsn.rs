@@ -142,3 +142,88 @@ async fn a_base64_report_with_several_recipients_counts_the_failure(pool: PgPool
     .unwrap();
     assert_eq!((hard_bounces, events), (1, 1));
 }
+
+/// The subscriber's address is an alias (or forwards) to several mailboxes, and one of them is
+/// dead: the relay's DSN comes back to our VERP tag, but the mailbox it names as failed is not
+/// the subscriber's. The others still read the issue, so the subscriber is not suppressed; the
+/// delivery fails, saying which mailbox did.
+#[sqlx::test]
+async fn a_bounce_for_another_mailbox_behind_an_alias_does_not_suppress(pool: PgPool) {
+    let (_outbox, verp) = sent_one(&pool).await;
+    let part = "Content-Type: message/delivery-status\r\n\r\n\
+                Reporting-MTA: dns; mx.example.com\r\n\r\n\
+                Final-Recipient: rfc822; alice@example.net\r\n\
+                Original-Recipient: rfc822; user1@example.com\r\n\
+                Action: delivered\r\nStatus: 2.0.0\r\n\r\n\
+                Final-Recipient: rfc822; bob@example.net\r\n\
+                Original-Recipient: rfc822; user1@example.com\r\n\
+                Action: failed\r\nStatus: 5.1.1\r\n\
+                Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n";
+    let out = Digestif::new(&pool).run_with_stdin(
+        &["inbound", "--recipient", &verp],
+        report(&verp, part).as_bytes(),
+    );
+    assert!(out.output.status.success(), "{out}");
+    let (status, error, subscriber) = delivery(&pool).await;
+    assert_eq!(
+        (status.as_str(), subscriber.as_str()),
+        ("failed", "active"),
+        "{out}"
+    );
+    assert!(error.contains("bob@example.net"), "{error}");
+
+    // The same report naming the subscriber's own address (any case, with a comment) does
+    // suppress.
+    let own = part
+        .replace("bob@example.net", "<User1@Example.com> (User One)")
+        .replace("alice@example.net", "user1@example.com");
+    sqlx::query("UPDATE delivery SET status = 'sent', last_error = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = Digestif::new(&pool).run_with_stdin(
+        &["inbound", "--recipient", &verp],
+        report(&verp, &own).as_bytes(),
+    );
+    assert!(out.output.status.success(), "{out}");
+    let (status, _, subscriber) = delivery(&pool).await;
+    assert_eq!(
+        (status.as_str(), subscriber.as_str()),
+        ("bounced", "bounced"),
+        "{out}"
+    );
+}
+
+/// Anyone may mail the bounce address: what a report's fields say reaches the operator's
+/// terminal (and the MTA's log) escaped, on one line, and cut short.
+#[sqlx::test]
+async fn a_reports_fields_reach_the_terminal_escaped_and_short(pool: PgPool) {
+    let long = "x".repeat(5000);
+    for (action, status) in [
+        ("delayed", "4.\x1b]0;owned\x07".to_owned()),
+        ("fai\rled", format!("2.\x1b[2J{long}")),
+    ] {
+        let part = format!(
+            "Content-Type: message/delivery-status\r\n\r\n\
+             Final-Recipient: rfc822; someone@example.org\r\n\
+             Action: {action}\r\nStatus: {status}\r\n"
+        );
+        let out = Digestif::new(&pool).run_with_stdin(
+            &["inbound", "--recipient", "bounces@example.com"],
+            report("bounces@example.com", &part).as_bytes(),
+        );
+        assert!(out.output.status.success(), "{out}");
+        let stdout = out.stdout();
+        assert!(
+            !stdout.contains('\x1b') && !stdout.contains('\r') && !stdout.contains('\x07'),
+            "{stdout:?}"
+        );
+        assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+        let stderr = out.stderr();
+        assert!(
+            !stderr.contains('\x1b') && !stderr.contains('\r'),
+            "{stderr:?}"
+        );
+        assert!(stdout.len() < 1000, "{} bytes", stdout.len());
+    }
+}

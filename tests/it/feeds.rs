@@ -493,6 +493,27 @@ const HOSTILE: &str = r#"{"version": "https://jsonfeed.org/version/1.1", "title"
    "date_published": "2026-11-28T11:00:00Z"}
  ]}"#;
 
+/// What a feed left out is told to the operator's terminal, quoting the entry's title: the
+/// title's control characters (an escape sequence that retitles the terminal or clears it, a
+/// CR that hides the start of the line) come out escaped, each entry on its one line.
+#[test]
+fn a_left_out_entrys_title_cannot_carry_escape_sequences() {
+    let feed = br#"{"version": "https://jsonfeed.org/version/1.1", "title": "Evil", "items": [
+      {"id": "e1", "title": "\u001b]0;owned\u0007\u001b[2JNo link"},
+      {"id": "e2", "url": "javascript:x", "title": "Bad\rlink\u009b31m"}]}"#;
+    let base = url("https://evil.example.com/feed.json");
+    let read = entry::read(feed, &base, chrono::Utc::now(), 300).unwrap();
+    assert_eq!(read.skipped.len(), 2, "{:?}", read.skipped);
+    for s in &read.skipped {
+        assert!(!s.chars().any(char::is_control), "{s:?}");
+    }
+    assert!(
+        read.skipped[0].contains(r"\u{1b}]0;owned"),
+        "{:?}",
+        read.skipped
+    );
+}
+
 /// A server for one JSON Feed document.
 async fn json_feed(body: &'static str) -> String {
     let app = Router::new().route(
