@@ -751,3 +751,67 @@ async fn a_signed_but_malformed_request_is_400_and_a_forged_reference_changes_no
             .unwrap();
     assert_eq!(complained, 0, "a forged tag named someone");
 }
+
+/// The provider gives up on a request that is slow to answer (its own timeout, or ours) and
+/// sends it again while the first is still being recorded. The retry is told to come back
+/// (503), not refused as a replay (401): were the first attempt then to fail, a provider
+/// told 401 would never send the event again, and the bounce would be lost. Once the first
+/// has been recorded, the same request is a replay.
+#[sqlx::test]
+async fn a_retry_while_the_first_request_is_still_recorded_is_asked_to_come_back(pool: PgPool) {
+    let w = World::new(pool).await;
+    let body = serde_json::json!({"events": [{
+        "type": "bounce", "status": "5.1.1", "diagnostic": "smtp; 550 5.1.1 user unknown",
+        "return_path": w.verp
+    }]})
+    .to_string();
+    let headers = w.generic_header(&body, now());
+    // Recording the bounce waits for this row lock.
+    let mut blocker = w.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM delivery FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        w.post("generic", &headers, &body),
+    )
+    .await;
+    assert!(first.is_err(), "the first request was not held: {first:?}");
+    let (status, reply) = w.post("generic", &headers, &body).await;
+    assert_eq!(status, 503, "{reply}");
+
+    // The first attempt fails after all (its database session ends): the provider's next
+    // retry is acted on.
+    let waiting: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+    )
+    .fetch_all(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(waiting[0])
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    blocker.rollback().await.unwrap();
+    let retried = crate::helpers::wait_for(
+        "the retry to be acted on",
+        std::time::Duration::from_secs(10),
+        || {
+            let (w, headers, body) = (&w, &headers, &body);
+            async move {
+                let (status, reply) = w.post("generic", headers, body).await;
+                match status {
+                    503 => None,
+                    _ => Some((status, reply)),
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(retried.0, 200, "{}", retried.1);
+    w.bounced().await;
+    assert_eq!(w.post("generic", &headers, &body).await.0, 401);
+}

@@ -21,6 +21,7 @@ use serde_json::Value;
 use crate::http::AppState;
 use crate::inbound::{self, Event, Reference};
 use crate::store;
+use crate::store::hooks::Claim;
 
 /// The largest body a webhook may send; more gets 413. SendGrid's batches stay well under it.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -125,17 +126,34 @@ pub async fn receive(
     // the very same request would be refused as a replay and the events lost.
     let task = tokio::spawn(async move {
         let pool = &app.pool;
-        if let Some((token, keep)) = &verified.replay {
-            match store::hooks::claim(pool, &provider, token, *keep).await {
-                Ok(true) => {}
-                Ok(false) => {
+        if let Some((token, _)) = &verified.replay {
+            match store::hooks::claim(pool, &provider, token).await {
+                Ok(Claim::New) => {}
+                Ok(Claim::Replay) => {
                     return unauthorized(&provider, "a replay: this request was seen before");
+                }
+                // Not a 401: the attempt in progress may yet fail, and a provider told 401
+                // would never send the events again.
+                Ok(Claim::InProgress) => {
+                    return unavailable(
+                        &provider,
+                        &anyhow::anyhow!("an earlier attempt of this request is still running"),
+                    );
                 }
                 Err(e) => return unavailable(&provider, &e.into()),
             }
         }
         match act(&app, &provider, &verified).await {
-            Ok(summary) => (StatusCode::OK, summary).into_response(),
+            Ok(summary) => {
+                if let Some((token, keep)) = &verified.replay
+                    && let Err(e) = store::hooks::acted_on(pool, &provider, token, *keep).await
+                {
+                    // Recorded all the same; a replay after the claim's short hold is acted
+                    // on again, which counts nothing twice.
+                    tracing::warn!(provider, "webhook: cannot mark its token used: {e}");
+                }
+                (StatusCode::OK, summary).into_response()
+            }
             Err(e) => {
                 // Not acted on: the provider's retry of this very request must get through.
                 if let Some((token, _)) = &verified.replay
