@@ -768,33 +768,60 @@ async fn a_retry_while_the_first_request_is_still_recorded_is_asked_to_come_back
     let headers = w.generic_header(&body, now());
     // Recording the bounce waits for this row lock.
     let mut blocker = w.pool.begin().await.unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
     sqlx::query("SELECT 1 FROM delivery FOR UPDATE")
         .execute(&mut *blocker)
         .await
         .unwrap();
+    // The provider gives up waiting; the first attempt goes on.
     let first = tokio::time::timeout(
-        std::time::Duration::from_millis(500),
+        std::time::Duration::from_millis(300),
         w.post("generic", &headers, &body),
     )
     .await;
     assert!(first.is_err(), "the first request was not held: {first:?}");
+    let held = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(blocker_pid)
+        .fetch_optional(&w.pool)
+        .await
+        .unwrap()
+    };
+    let first_pid = crate::helpers::wait_for(
+        "the first attempt to wait for the row lock",
+        std::time::Duration::from_secs(10),
+        held,
+    )
+    .await;
     let (status, reply) = w.post("generic", &headers, &body).await;
     assert_eq!(status, 503, "{reply}");
 
     // The first attempt fails after all (its database session ends): the provider's next
     // retry is acted on.
-    let waiting: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
-    )
-    .fetch_all(&w.pool)
-    .await
-    .unwrap();
-    assert_eq!(waiting.len(), 1, "{waiting:?}");
     sqlx::query("SELECT pg_terminate_backend($1)")
-        .bind(waiting[0])
+        .bind(first_pid)
         .execute(&w.pool)
         .await
         .unwrap();
+    crate::helpers::wait_for(
+        "the first attempt's session to end",
+        std::time::Duration::from_secs(10),
+        || async {
+            let alive: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                    .bind(first_pid)
+                    .fetch_one(&w.pool)
+                    .await
+                    .unwrap();
+            (!alive).then_some(())
+        },
+    )
+    .await;
     blocker.rollback().await.unwrap();
     let retried = crate::helpers::wait_for(
         "the retry to be acted on",

@@ -1,7 +1,8 @@
 //! Bounce and complaint webhooks of hosted relays on `serve`: `POST /hooks/<provider>` for
 //! Amazon SES through SNS, Postmark, Mailgun, SendGrid and a generic signed JSON form. Each
 //! request must prove its sender (signature or basic auth), be fresh and not seen before, or it
-//! gets 401 and changes nothing; what it reports goes through the same rules as a DSN or ARF
+//! gets 401 and changes nothing (503 while an earlier attempt of the same request is still
+//! being recorded, so the provider comes back); what it reports goes through the same rules as a DSN or ARF
 //! by mail (`inbound::record`), matched to a delivery by our Message-ID or VERP tag only.
 
 mod generic;
@@ -126,14 +127,15 @@ pub async fn receive(
     // the very same request would be refused as a replay and the events lost.
     let task = tokio::spawn(async move {
         let pool = &app.pool;
+        let mut claim = None;
         if let Some((token, _)) = &verified.replay {
             match store::hooks::claim(pool, &provider, token).await {
-                Ok(Claim::New) => {}
+                Ok(Claim::New(id)) => claim = Some((token, id)),
                 Ok(Claim::Replay) => {
                     return unauthorized(&provider, "a replay: this request was seen before");
                 }
-                // Not a 401: the attempt in progress may yet fail, and a provider told 401
-                // would never send the events again.
+                // Not a 401: the attempt in progress may yet fail, and a provider that takes
+                // a 401 as final would never send the events again.
                 Ok(Claim::InProgress) => {
                     return unavailable(
                         &provider,
@@ -156,8 +158,8 @@ pub async fn receive(
             }
             Err(e) => {
                 // Not acted on: the provider's retry of this very request must get through.
-                if let Some((token, _)) = &verified.replay
-                    && let Err(release) = store::hooks::release(pool, &provider, token).await
+                if let Some((token, id)) = claim
+                    && let Err(release) = store::hooks::release(pool, &provider, token, id).await
                 {
                     tracing::warn!(
                         provider,
