@@ -24,6 +24,8 @@ struct Button {
     action: String,
     label: &'static str,
     hidden: Option<(&'static str, &'static str)>,
+    /// An editable `name` field, filled in with this.
+    name: Option<String>,
 }
 
 #[derive(Template)]
@@ -158,6 +160,7 @@ pub async fn unsubscribe_page(
             action: format!("{base}/unsubscribe/{token}"),
             label: "Unsubscribe",
             hidden: Some(("source", "page")),
+            name: None,
         })
         .into_response())
 }
@@ -200,30 +203,53 @@ pub async fn unsubscribe(
 
 // ---- confirmation -----------------------------------------------------------------------------
 
-/// GET /confirm/{token}: a page with one button; changes nothing.
+/// GET /confirm/{token}: a page with one button and the name we would greet them with;
+/// changes nothing.
 pub async fn confirm_page(
     State(app): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Response, PageError> {
-    if app.keys.verify_confirm(&token).is_none() {
+    let Some((id, _)) = app.keys.verify_confirm(&token) else {
         return Err(PageError::NotFound);
-    }
+    };
+    // Whoever filled in the sign-up form typed the name, and the confirmation mail does not
+    // repeat it: the owner of the mailbox sees it here, and may change or clear it.
+    let name = db::by_id(&app.pool, id)
+        .await?
+        .and_then(|s| s.name)
+        .unwrap_or_default();
+    Ok(confirm_form(&app, &token, name, StatusCode::OK, None).into_response())
+}
+
+/// The confirmation page, its name field filled in with `name`.
+fn confirm_form<'a>(
+    app: &'a AppState,
+    token: &str,
+    name: String,
+    status: StatusCode,
+    error: Option<String>,
+) -> PageBuilder<'a> {
     let base = app.base();
-    Ok(app
+    let mut page = app
         .page(
-            StatusCode::OK,
+            status,
             &format!(
                 "Confirm your subscription to {}",
                 app.settings.newsletter.name
             ),
-            vec!["One click and the next issue is on its way to you.".into()],
+            vec![
+                "One click and the next issue is on its way to you.".into(),
+                "Each issue opens with the name below; leave it empty for none.".into(),
+            ],
         )
         .button(Button {
             action: format!("{base}/confirm/{token}"),
             label: "Yes, subscribe me",
             hidden: None,
-        })
-        .into_response())
+            name: Some(name),
+        });
+    page.error = error;
+    page
 }
 
 /// POST /confirm/{token}: confirms and records the consent evidence (time, method, client).
@@ -231,10 +257,30 @@ pub async fn confirm(
     State(app): State<AppState>,
     ClientIp(client): ClientIp,
     Path(token): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Response, PageError> {
     let (id, nonce) = app.keys.verify_confirm(&token).ok_or(PageError::NotFound)?;
+    // The name as the page showed it, changed or not; a POST without the field (a client
+    // that only presses the button) keeps the stored one.
+    let name = match url::form_urlencoded::parse(&body).find(|(k, _)| k == "name") {
+        None => None,
+        Some((_, typed)) => match SubscriberName::parse_optional(&typed) {
+            Ok(name) => Some(name),
+            Err(e) => {
+                let page = confirm_form(
+                    &app,
+                    &token,
+                    typed.into_owned(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Some(e.to_string()),
+                );
+                return Ok(page.into_response());
+            }
+        },
+    };
     let detail = format!("confirmed from {client}");
-    Ok(match db::confirm(&app.pool, id, nonce, "web", Some(&detail)).await? {
+    let name = name.as_ref().map(Option::as_ref);
+    Ok(match db::confirm(&app.pool, id, nonce, name, "web", Some(&detail)).await? {
         Confirmation::Confirmed => {
             tracing::info!(subscriber_id = id, "subscription confirmed");
             app.page(

@@ -439,3 +439,77 @@ async fn the_confirmation_mail_never_repeats_the_typed_name(pool: PgPool) {
     );
     assert!(mail.contains("Hi there,"), "{mail}");
 }
+
+/// Anyone can sign anyone up, typing any name, and the confirmation mail does not repeat it
+/// (above), so its owner could not see what would greet them in every issue. The page the
+/// link opens shows the name, and what the owner leaves in the field is what is kept: here
+/// they clear it.
+#[sqlx::test]
+async fn a_strangers_name_is_shown_before_confirming_and_can_be_cleared(pool: PgPool) {
+    let app = App::start(&pool, FORM).await;
+    let r = app
+        .request(
+            "POST",
+            "/subscribe",
+            Some("email=target%40example.org&name=Claim+your+prize+at+evil.example%2Flogin"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mails = mails_after(&app, "target@example.org").await;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(mails[0].1.as_bytes())
+        .unwrap();
+    let text = parsed.body_text(0).unwrap();
+    let link = text
+        .split_whitespace()
+        .find(|w| w.contains("/confirm/"))
+        .expect("a confirmation link");
+    let path = &link[link.find("/confirm/").unwrap()..];
+    let page = app.request("GET", path, None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains("value=\"Claim your prize at evil.example/login\""),
+        "{}",
+        page.body
+    );
+    let name = || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT name FROM subscriber WHERE email = 'target@example.org'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    // A name that would be refused at sign-up is refused here too, and nothing is confirmed.
+    let bad = app.request("POST", path, Some("name=a%0Db")).await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    let r = app.request("POST", path, Some("name=+")).await;
+    assert!(r.body.contains("You are subscribed"), "{}", r.body);
+    assert_eq!(name().await, None);
+}
+
+/// The owner's own sign-up after a stranger's: the newer request's name is the one kept, as
+/// its link is the one that works.
+#[sqlx::test]
+async fn a_newer_sign_up_replaces_a_pending_name(pool: PgPool) {
+    use digestif::domain::{SubscriberEmail, SubscriberName};
+    use digestif::store::subscribers::{Asker, request_confirmation};
+    let email = SubscriberEmail::parse("target@example.org").unwrap();
+    let form = Asker::Form {
+        resend_after: Duration::ZERO,
+    };
+    let stranger = SubscriberName::parse_optional("Claim your prize").unwrap();
+    request_confirmation(&pool, &email, stranger.as_ref(), form)
+        .await
+        .unwrap();
+    let own = SubscriberName::parse_optional("Tara").unwrap();
+    request_confirmation(&pool, &email, own.as_ref(), form)
+        .await
+        .unwrap();
+    let name: Option<String> = sqlx::query_scalar("SELECT name FROM subscriber")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(name.as_deref(), Some("Tara"));
+}

@@ -130,11 +130,18 @@ pub async fn request_confirmation(
             }
         }
     };
+    // The newest request's name goes with its link, the only one that works: a stranger's
+    // earlier sign-up does not name the owner who signs up after. The operator's request
+    // without a name keeps the one stored.
     sqlx::query(
-        "UPDATE subscriber SET confirm_nonce = $2, confirm_sent_at = now() WHERE subscriber_id = $1",
+        "UPDATE subscriber SET confirm_nonce = $2, confirm_sent_at = now(), \
+                name = CASE WHEN $3 THEN $4 ELSE coalesce($4, name) END \
+         WHERE subscriber_id = $1",
     )
     .bind(id)
     .bind(nonce)
+    .bind(matches!(asker, Asker::Form { .. }))
+    .bind(name.map(SubscriberName::as_str))
     .execute(&mut *tx)
     .await?;
     record_event(&mut tx, id, EventKind::ConfirmationSent, method, None).await?;
@@ -156,11 +163,13 @@ pub enum Confirmation {
 }
 
 /// Confirms a double opt-in when `nonce` is the outstanding one and the request is newer than
-/// any unsubscribe; records the consent evidence (`detail`: e.g. the client address).
+/// any unsubscribe; records the consent evidence (`detail`: e.g. the client address). `name`:
+/// `Some` is the name the person confirmed with (`Some(None)`: none), `None` keeps the stored.
 pub async fn confirm(
     pool: &PgPool,
     subscriber_id: i64,
     nonce: i64,
+    name: Option<Option<&SubscriberName>>,
     method: &str,
     detail: Option<&str>,
 ) -> sqlx::Result<Confirmation> {
@@ -169,7 +178,8 @@ pub async fn confirm(
         "WITH old AS (SELECT subscriber_id, status FROM subscriber WHERE subscriber_id = $1 \
                       FOR UPDATE) \
          UPDATE subscriber s SET status = 'active', confirmed_at = now(), consent_at = now(), \
-                unsubscribed_at = NULL, confirm_nonce = NULL, confirm_sent_at = NULL \
+                unsubscribed_at = NULL, confirm_nonce = NULL, confirm_sent_at = NULL, \
+                name = CASE WHEN $3 THEN $4 ELSE s.name END \
          FROM old WHERE s.subscriber_id = old.subscriber_id AND s.confirm_nonce = $2 \
            AND (s.status = 'pending' OR (s.status = 'unsubscribed' \
                 AND s.confirm_sent_at > coalesce(s.unsubscribed_at, '-infinity'))) \
@@ -177,6 +187,8 @@ pub async fn confirm(
     )
     .bind(subscriber_id)
     .bind(nonce)
+    .bind(name.is_some())
+    .bind(name.flatten().map(SubscriberName::as_str))
     .fetch_optional(&mut *tx)
     .await?;
     let Some((old_status, email)) = was else {
