@@ -209,16 +209,28 @@ pub async fn confirm_page(
     State(app): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Response, PageError> {
-    let Some((id, _)) = app.keys.verify_confirm(&token) else {
+    let Some((id, nonce)) = app.keys.verify_confirm(&token) else {
         return Err(PageError::NotFound);
     };
     // Whoever filled in the sign-up form typed the name, and the confirmation mail does not
-    // repeat it: the owner of the mailbox sees it here, and may change or clear it.
-    let name = db::by_id(&app.pool, id)
-        .await?
-        .and_then(|s| s.name)
-        .unwrap_or_default();
-    Ok(confirm_form(&app, &token, name, StatusCode::OK, None).into_response())
+    // repeat it: the owner of the mailbox sees it here, and may change or clear it. A link
+    // used or replaced already shows no form (nor the name): its edits would be lost.
+    let Some(name) = db::pending_name(&app.pool, id, nonce).await? else {
+        return Ok(nothing_to_confirm(&app));
+    };
+    Ok(confirm_form(&app, &token, name.unwrap_or_default(), StatusCode::OK, None).into_response())
+}
+
+fn nothing_to_confirm(app: &AppState) -> Response {
+    app.page(
+        StatusCode::OK,
+        "Nothing to confirm",
+        vec![
+            "This link was used already or has been replaced by a newer one. Nothing changed."
+                .into(),
+        ],
+    )
+    .into_response()
 }
 
 /// The confirmation page, its name field filled in with `name`.
@@ -239,7 +251,7 @@ fn confirm_form<'a>(
             ),
             vec![
                 "One click and the next issue is on its way to you.".into(),
-                "Each issue opens with the name below; leave it empty for none.".into(),
+                "Each issue opens with the name below; clear it to be greeted without one.".into(),
             ],
         )
         .button(Button {
@@ -280,10 +292,11 @@ pub async fn confirm(
     };
     let detail = format!("confirmed from {client}");
     let name = name.as_ref().map(Option::as_ref);
-    Ok(match db::confirm(&app.pool, id, nonce, name, "web", Some(&detail)).await? {
-        Confirmation::Confirmed => {
-            tracing::info!(subscriber_id = id, "subscription confirmed");
-            app.page(
+    Ok(
+        match db::confirm(&app.pool, id, nonce, name, "web", Some(&detail)).await? {
+            Confirmation::Confirmed => {
+                tracing::info!(subscriber_id = id, "subscription confirmed");
+                app.page(
                 StatusCode::OK,
                 "You are subscribed",
                 vec![format!(
@@ -292,15 +305,10 @@ pub async fn confirm(
                 )],
             )
             .into_response()
-        }
-        Confirmation::Stale => app
-            .page(
-                StatusCode::OK,
-                "Nothing to confirm",
-                vec!["This link was used already or has been replaced by a newer one. Nothing changed.".into()],
-            )
-            .into_response(),
-    })
+            }
+            Confirmation::Stale => nothing_to_confirm(&app),
+        },
+    )
 }
 
 // ---- sign-up ----------------------------------------------------------------------------------

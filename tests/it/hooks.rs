@@ -424,6 +424,17 @@ impl World {
         ]
     }
 
+    /// A generic-form bounce of the delivery, signed now: the body and its headers.
+    fn generic_bounce(&self) -> (String, Vec<(&'static str, String)>) {
+        let body = serde_json::json!({"events": [{
+            "type": "bounce", "status": "5.1.1", "diagnostic": "smtp; 550 5.1.1 user unknown",
+            "return_path": self.verp
+        }]})
+        .to_string();
+        let headers = self.generic_header(&body, now());
+        (body, headers)
+    }
+
     fn generic_header(&self, body: &str, t: i64) -> Vec<(&'static str, String)> {
         let mut mac =
             <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(GENERIC_SECRET.as_bytes()).unwrap();
@@ -675,12 +686,7 @@ async fn a_sendgrid_bounce_counts_as_a_hard_bounce(pool: PgPool) {
 #[sqlx::test]
 async fn the_generic_form_checks_signature_age_and_replay(pool: PgPool) {
     let w = World::new(pool).await;
-    let body = serde_json::json!({"events": [{
-        "type": "bounce", "status": "5.1.1", "diagnostic": "smtp; 550 5.1.1 user unknown",
-        "return_path": w.verp
-    }]})
-    .to_string();
-    let headers = w.generic_header(&body, now());
+    let (body, headers) = w.generic_bounce();
     assert_eq!(
         w.post("generic", &headers, &body.replace("5.1.1", "5.2.1"))
             .await
@@ -755,17 +761,12 @@ async fn a_signed_but_malformed_request_is_400_and_a_forged_reference_changes_no
 /// The provider gives up on a request that is slow to answer (its own timeout, or ours) and
 /// sends it again while the first is still being recorded. The retry is told to come back
 /// (503), not refused as a replay (401): were the first attempt then to fail, a provider
-/// told 401 would never send the event again, and the bounce would be lost. Once the first
+/// that takes a 401 as final would never send the event again, and the bounce would be lost. Once the first
 /// has been recorded, the same request is a replay.
 #[sqlx::test]
 async fn a_retry_while_the_first_request_is_still_recorded_is_asked_to_come_back(pool: PgPool) {
     let w = World::new(pool).await;
-    let body = serde_json::json!({"events": [{
-        "type": "bounce", "status": "5.1.1", "diagnostic": "smtp; 550 5.1.1 user unknown",
-        "return_path": w.verp
-    }]})
-    .to_string();
-    let headers = w.generic_header(&body, now());
+    let (body, headers) = w.generic_bounce();
     // Recording the bounce waits for this row lock.
     let mut blocker = w.pool.begin().await.unwrap();
     let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")

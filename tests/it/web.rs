@@ -363,6 +363,14 @@ async fn double_opt_in_end_to_end_through_the_real_smtp_server(pool: PgPool) {
     assert_eq!(status().await, "pending");
     let r = app.request("POST", path, Some("")).await;
     assert!(r.body.contains("You are subscribed"), "{}", r.body);
+    // A POST without the page's name field (a client that only presses the button) keeps
+    // the name the operator gave.
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT name FROM subscriber WHERE email = 'new@example.org'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(name.as_deref(), Some("New Person"));
     assert_eq!(status().await, "active");
     let consent: Option<String> = sqlx::query_scalar(
         "SELECT detail FROM subscriber_event WHERE kind = 'confirmed' AND method = 'web'",

@@ -419,18 +419,19 @@ async fn the_form_mails_an_address_once_a_day_and_never_one_that_left(pool: PgPo
     );
 }
 
+/// Someone signs target@example.org up through the form with `name` (form-encoded); the
+/// confirmation mails once target's has gone.
+async fn signed_up_by_a_stranger(app: &App, name: &str) -> Vec<(String, String)> {
+    let form = format!("email=target%40example.org&name={name}");
+    let r = app.request("POST", "/subscribe", Some(&form)).await;
+    assert_eq!(r.status, 200);
+    mails_after(app, "target@example.org").await
+}
+
 #[sqlx::test]
 async fn the_confirmation_mail_never_repeats_the_typed_name(pool: PgPool) {
     let app = App::start(&pool, FORM).await;
-    let r = app
-        .request(
-            "POST",
-            "/subscribe",
-            Some("email=target%40example.org&name=Claim+your+prize+at+evil.example%2Flogin"),
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    let mails = mails_after(&app, "target@example.org").await;
+    let mails = signed_up_by_a_stranger(&app, "Claim+your+prize+at+evil.example%2Flogin").await;
     let (to, mail) = &mails[0];
     assert!(!to.contains("prize"), "{to}");
     assert!(
@@ -447,15 +448,8 @@ async fn the_confirmation_mail_never_repeats_the_typed_name(pool: PgPool) {
 #[sqlx::test]
 async fn a_strangers_name_is_shown_before_confirming_and_can_be_cleared(pool: PgPool) {
     let app = App::start(&pool, FORM).await;
-    let r = app
-        .request(
-            "POST",
-            "/subscribe",
-            Some("email=target%40example.org&name=Claim+your+prize+at+evil.example%2Flogin"),
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    let mails = mails_after(&app, "target@example.org").await;
+    let mails =
+        signed_up_by_a_stranger(&app, "Claim+your+%22prize%22+at+evil.example%2Flogin").await;
     let parsed = mail_parser::MessageParser::default()
         .parse(mails[0].1.as_bytes())
         .unwrap();
@@ -469,7 +463,7 @@ async fn a_strangers_name_is_shown_before_confirming_and_can_be_cleared(pool: Pg
     assert_eq!(page.status, 200);
     assert!(
         page.body
-            .contains("value=\"Claim your prize at evil.example/login\""),
+            .contains("value=\"Claim your &#34;prize&#34; at evil.example/login\""),
         "{}",
         page.body
     );
@@ -484,9 +478,15 @@ async fn a_strangers_name_is_shown_before_confirming_and_can_be_cleared(pool: Pg
     // A name that would be refused at sign-up is refused here too, and nothing is confirmed.
     let bad = app.request("POST", path, Some("name=a%0Db")).await;
     assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("control character"), "{}", bad.body);
+    assert!(name().await.is_some_and(|n| n.contains("prize")));
     let r = app.request("POST", path, Some("name=+")).await;
     assert!(r.body.contains("You are subscribed"), "{}", r.body);
     assert_eq!(name().await, None);
+    // The used link shows no form, and no name.
+    let again = app.request("GET", path, None).await;
+    assert!(again.body.contains("Nothing to confirm"), "{}", again.body);
+    assert!(!again.body.contains("name=\"name\""), "{}", again.body);
 }
 
 /// The owner's own sign-up after a stranger's: the newer request's name is the one kept, as

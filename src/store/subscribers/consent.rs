@@ -162,6 +162,22 @@ pub enum Confirmation {
     Stale,
 }
 
+/// The stored name of a subscriber whose outstanding confirmation is `nonce` (`None`: the
+/// link was used or replaced).
+pub async fn pending_name(
+    pool: &PgPool,
+    subscriber_id: i64,
+    nonce: i64,
+) -> sqlx::Result<Option<Option<String>>> {
+    sqlx::query_scalar(
+        "SELECT name FROM subscriber WHERE subscriber_id = $1 AND confirm_nonce = $2",
+    )
+    .bind(subscriber_id)
+    .bind(nonce)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Confirms a double opt-in when `nonce` is the outstanding one and the request is newer than
 /// any unsubscribe; records the consent evidence (`detail`: e.g. the client address). `name`:
 /// `Some` is the name the person confirmed with (`Some(None)`: none), `None` keeps the stored.
