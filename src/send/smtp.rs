@@ -110,10 +110,11 @@ pub struct SmtpPool {
 /// closed them, and a message must not be the thing that finds out.
 const STALE_AFTER: Duration = Duration::from_secs(5);
 
-/// How long that NOOP may take before the connection counts as dead, or half of `smtp.timeout`
-/// if less: an operator who set a short timeout expects a live relay to answer within it. A live relay answers at once; a connection whose state a NAT or firewall dropped
-/// while it sat idle never answers, and would otherwise hold the message for the whole
-/// `smtp.timeout` and then have it deferred.
+/// How long that NOOP may take before the connection counts as dead. A live relay answers at
+/// once; a connection whose state a NAT or firewall dropped while it sat idle never answers,
+/// and would otherwise hold the message for the whole `smtp.timeout` and then have it
+/// deferred. At most half of `smtp.timeout`: an operator who set a short one expects a live
+/// relay to answer within it.
 const CHECK_WAIT: Duration = Duration::from_secs(2);
 
 /// An open connection and whether its server pipelines.

@@ -2,8 +2,9 @@
 //! Amazon SES through SNS, Postmark, Mailgun, SendGrid and a generic signed JSON form. Each
 //! request must prove its sender (signature or basic auth), be fresh and not seen before, or it
 //! gets 401 and changes nothing (503 while an earlier attempt of the same request is still
-//! being recorded, so the provider comes back); what it reports goes through the same rules as a DSN or ARF
-//! by mail (`inbound::record`), matched to a delivery by our Message-ID or VERP tag only.
+//! being recorded, so the provider comes back); what it reports goes through the same rules
+//! as a DSN or ARF by mail (`inbound::record`), matched to a delivery by our Message-ID or
+//! VERP tag only.
 
 mod generic;
 mod mailgun;
