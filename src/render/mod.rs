@@ -196,7 +196,7 @@ pub struct RenderedIssue {
     text: encoded::EncodedPart,
     from: Mailbox,
     reply_to: Option<Mailbox>,
-    list_id: String,
+    list_id: HeaderValue,
     unsubscribe_base: String,
     unsubscribe_mailbox: lettre::Address,
     domain: String,
@@ -372,9 +372,28 @@ fn tidy_text(text: &str) -> String {
     out.trim_start_matches('\n').to_owned()
 }
 
-fn list_id_header(name: &str, id: &str) -> String {
-    let phrase: String = name.chars().filter(|c| !matches!(c, '"' | '\\')).collect();
-    format!("\"{phrase}\" <{id}>")
+/// `List-Id: "Backend Tips" <backend-tips.example.com>` (RFC 2919). The phrase is encoded
+/// whole, as lettre encodes a mailbox's name: one quoted string, or one encoded word when
+/// it is not ASCII. lettre's encoder for a free-form value would encode only the accented
+/// words, inside the quotes, where RFC 2047 does not allow them.
+fn list_id_header(name: &str, id: &str) -> HeaderValue {
+    const NAME: &str = "List-Id";
+    let mut encoded = String::new();
+    // Writing to a String cannot fail.
+    let _ = email_encoding::headers::quoted_string::encode(
+        name,
+        &mut email_encoding::headers::writer::EmailWriter::new(
+            &mut encoded,
+            NAME.len() + 2,
+            0,
+            false,
+        ),
+    );
+    HeaderValue::dangerous_new_pre_encoded(
+        HeaderName::new_from_ascii_str(NAME),
+        format!("{name} <{id}>"),
+        format!("{encoded} <{id}>"),
+    )
 }
 
 fn html_escape(s: &str) -> String {
@@ -486,7 +505,7 @@ impl RenderedIssue {
             .to(to)
             .subject(one_line(&self.subject))
             .message_id(Some(self.message_id(r.subscriber_id)))
-            .raw_header(raw("List-Id", self.list_id.clone()))
+            .raw_header(self.list_id.clone())
             .raw_header(raw("List-Unsubscribe", list_unsubscribe))
             .raw_header(raw(
                 "List-Unsubscribe-Post",

@@ -221,6 +221,39 @@ async fn no_line_exceeds_998_octets_even_with_a_5000_character_url(pool: PgPool)
     );
 }
 
+/// A newsletter name with accents or quotes: List-Id's phrase is one encoded word or one
+/// quoted string (RFC 2047 forbids encoded words inside quotes, and lettre would encode the
+/// accented word alone, inside them), so clients read the name and the list's id.
+#[sqlx::test]
+async fn a_non_ascii_or_quoted_newsletter_name_makes_a_well_formed_list_id(pool: PgPool) {
+    tip(&pool, "Tip", "Body.").await;
+    for (name, want) in [
+        ("Le Café", "=?utf-8?b?TGUgQ2Fmw6k=?= <tips.example.com>"),
+        (
+            "Café Weekly",
+            "=?utf-8?b?Q2Fmw6kgV2Vla2x5?= <tips.example.com>",
+        ),
+        (
+            "The \\\"Backend\\\" Tips",
+            "\"The \\\"Backend\\\" Tips\" <tips.example.com>",
+        ),
+    ] {
+        let s = settings(&format!(
+            "name = \"{name}\"\nlist_id = \"tips.example.com\"\n"
+        ));
+        let content = compose(&pool, &s, "2026-11-30T08:00:00Z")
+            .await
+            .expect("an issue");
+        let raw = raw_message(&s, &content, &eve());
+        let msg = MessageParser::default().parse(&raw).expect("parses");
+        assert_eq!(
+            msg.header_raw("List-Id").map(str::trim),
+            Some(want),
+            "{name}"
+        );
+    }
+}
+
 #[sqlx::test]
 async fn hostile_titles_and_names_cannot_add_headers(pool: PgPool) {
     let s = settings("");
