@@ -498,3 +498,38 @@ async fn shutdown_grace_running_out_leaves_the_messages_in_flight_to_the_next_ru
         ]
     );
 }
+
+/// Every unit a `systemctl` command in the README names is one we ship: an operator pastes
+/// these lines, and `systemctl stop digestif.timer` (a unit that does not exist) failed and left
+/// the real timer starting `run` during a migration.
+#[test]
+fn every_unit_the_readme_tells_systemctl_about_exists() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let mut named = 0;
+    for line in readme.lines() {
+        let Some((_, rest)) = line.split_once("systemctl ") else {
+            continue;
+        };
+        // The command ends at the closing backquote of inline code, or at a comment.
+        let command = rest.split(['`', '#']).next().unwrap_or_default();
+        for word in command.split_whitespace() {
+            let unit = word.trim_end_matches([',', ')', ';']);
+            if !unit.starts_with("digestif") {
+                continue;
+            }
+            let file = if unit.contains('.') {
+                unit.to_owned()
+            } else {
+                format!("{unit}.service")
+            };
+            let path = format!("{}/config/systemd/{file}", env!("CARGO_MANIFEST_DIR"));
+            assert!(
+                std::path::Path::new(&path).exists(),
+                "README names the unit {unit}, which config/systemd/ does not have: {line}"
+            );
+            named += 1;
+        }
+    }
+    assert!(named >= 5, "only {named} units found");
+}
