@@ -19,8 +19,12 @@ use crate::store::{deliveries, issues};
 pub struct Pass {
     /// The issue of the due slot (a skipped slot's has no number and says why).
     pub issue: Option<issues::IssueRow>,
-    /// A slot that was missed by more than the grace window and is not sent.
+    /// Slots missed and not sent, in one line: the latest when it is more than the grace window
+    /// late, and those since the last issue that a newer slot passed over.
     pub missed: Option<String>,
+    /// The slots `missed` names (at most [`MISSED_AT_MOST`]): how `serve` tells a new miss from
+    /// one it has already told (the line itself changes as the lateness grows).
+    pub missed_slots: Vec<DateTime<Utc>>,
     /// What delivery did.
     pub report: deliver::Report,
 }
@@ -81,34 +85,104 @@ pub async fn run_once(
     if settings.feeds.fetch_before_compose {
         fetch_feeds(pool, settings).await;
     }
-    match digest::due_slot(settings, now) {
-        Some(slot) => {
-            let issue = digest::create_issue(pool, settings, slot).await?;
-            pass.issue = Some(issue);
-        }
-        None => {
-            if let Some(latest) = settings.schedule.cron.latest_at_or_before(now)
-                && issues::find_by_slot(pool, latest).await?.is_none()
-                && crate::store::installed_at(pool)
-                    .await?
-                    .is_none_or(|installed| latest >= installed)
-            {
-                let late = humantime::format_duration(Duration::from_secs(
-                    (now - latest).num_seconds().max(0) as u64,
-                ));
-                let msg = format!(
-                    "missed the slot {} by {late}, more than schedule.grace ({}); not sent",
-                    settings.schedule.cron.local(latest),
-                    humantime::format_duration(settings.schedule.grace)
-                );
-                pass.missed = Some(msg);
-            }
-        }
+    let due = digest::due_slot(settings, now);
+    // Found before the due slot's issue exists: the slots since the last issue.
+    let (missed, more) = missed_slots(pool, settings, now, due).await?;
+    if let Some(slot) = due {
+        pass.issue = Some(digest::create_issue(pool, settings, slot).await?);
     }
+    pass.missed = missed_line(settings, now, due, &missed, more);
+    pass.missed_slots = missed;
     pass.report = deliverer
         .run_until_idle(stop, patience, &deliver::no_progress)
         .await?;
     Ok(pass)
+}
+
+/// The most missed slots a pass names; a schedule every minute, off for a month, has 40,000.
+const MISSED_AT_MOST: usize = 100;
+
+/// The slots at or before `now`, other than `due`, that have no issue and came after the last
+/// issue and the first `migrate` (a fresh install has missed nothing), oldest first, at most
+/// [`MISSED_AT_MOST`]; and whether there are more. Before the first issue, only the latest
+/// slot counts: an install set up over days has not missed every slot since `migrate`.
+async fn missed_slots(
+    pool: &PgPool,
+    settings: &Settings,
+    now: DateTime<Utc>,
+    due: Option<DateTime<Utc>>,
+) -> anyhow::Result<(Vec<DateTime<Utc>>, bool)> {
+    let cron = &settings.schedule.cron;
+    let installed = crate::store::installed_at(pool).await?;
+    let Some(last_issue) = issues::latest_slot_at_or_before(pool, now).await? else {
+        let latest = cron
+            .latest_at_or_before(now)
+            .filter(|s| Some(*s) != due && installed.is_none_or(|i| *s >= i));
+        return Ok((latest.into_iter().collect(), false));
+    };
+    // From the first slot at or after the first migrate, if the last issue came before it.
+    let from = installed
+        .map(|i| i - chrono::Duration::seconds(1))
+        .map_or(last_issue, |i| i.max(last_issue));
+    let mut slots = Vec::new();
+    let mut at = from;
+    while let Some(slot) = cron.next_after(at).filter(|s| *s <= now) {
+        if Some(slot) != due {
+            if slots.len() == MISSED_AT_MOST {
+                return Ok((slots, true));
+            }
+            slots.push(slot);
+        }
+        at = slot;
+    }
+    Ok((slots, false))
+}
+
+/// What the operator is told of `missed` (see [`missed_slots`]).
+fn missed_line(
+    settings: &Settings,
+    now: DateTime<Utc>,
+    due: Option<DateTime<Utc>>,
+    missed: &[DateTime<Utc>],
+    more: bool,
+) -> Option<String> {
+    let cron = &settings.schedule.cron;
+    let grace = humantime::format_duration(settings.schedule.grace);
+    let named = |slots: &[DateTime<Utc>]| {
+        let shown: Vec<String> = slots.iter().take(5).map(|s| cron.local(*s)).collect();
+        let rest = slots.len() - shown.len();
+        match (rest, more) {
+            (0, false) => shown.join(", "),
+            (_, false) => format!("{} and {rest} more", shown.join(", ")),
+            (_, true) => format!("{} and more than {rest} others", shown.join(", ")),
+        }
+    };
+    match (due, missed) {
+        (_, []) => None,
+        (Some(_), older) => Some(format!(
+            "missed {} (a newer slot passed over them); not sent, their articles are in this issue",
+            named(older)
+        )),
+        (None, [latest]) => {
+            let late = humantime::format_duration(Duration::from_secs(
+                (now - *latest).num_seconds().max(0) as u64,
+            ));
+            Some(format!(
+                "missed the slot {} by {late}, more than schedule.grace ({grace}); not sent",
+                cron.local(*latest)
+            ))
+        }
+        (None, [older @ .., latest]) => {
+            let late = humantime::format_duration(Duration::from_secs(
+                (now - *latest).num_seconds().max(0) as u64,
+            ));
+            Some(format!(
+                "missed the slot {} by {late}, more than schedule.grace ({grace}), and before it {}; not sent",
+                cron.local(*latest),
+                named(older)
+            ))
+        }
+    }
 }
 
 /// The longest `serve` sleeps without looking at the database again (issues created or
@@ -124,7 +198,7 @@ pub async fn run_until_stopped(
     deliverer: Arc<deliver::Deliverer>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut last_missed = None;
+    let mut last_missed = Vec::new();
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -144,9 +218,11 @@ pub async fn run_until_stopped(
         .await
         {
             Ok(pass) => {
-                if pass.missed.is_some() && pass.missed != last_missed {
-                    tracing::warn!("{}", pass.missed.as_deref().unwrap_or_default());
-                    last_missed = pass.missed.clone();
+                if let Some(line) = &pass.missed
+                    && pass.missed_slots != last_missed
+                {
+                    tracing::warn!("{line}");
+                    last_missed = pass.missed_slots.clone();
                 }
                 let r = &pass.report;
                 if r.outcomes.total() > 0 {

@@ -14,7 +14,7 @@ pub const TABLE: &str = "Exit status:
   2   usage error (unknown command or flag)
   3   an issue is paused by the breaker (the relay refused or could not be reached)
   4   deliveries failed permanently in this run (hard bounces do not count)
-  5   run --fail-on-missed: a slot was missed by more than schedule.grace
+  5   run --fail-on-missed: a slot was missed (later than schedule.grace, or passed over)
   75  inbound: try again later (the MTA keeps the mail; with --imap, the mailbox does)
   78  configuration error: fix it before starting again";
 

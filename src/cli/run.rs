@@ -100,10 +100,13 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
     );
     let pass = drain_within(work, stop, settings.delivery.shutdown_grace).await?;
     if format == Output::Text {
-        match (pass.issue_line(&settings.schedule.cron), &pass.missed) {
-            (Some(issue), _) => println!("{issue}"),
-            (None, Some(missed)) => println!("{missed}"),
-            (None, None) => println!("no slot is due"),
+        match pass.issue_line(&settings.schedule.cron) {
+            Some(issue) => println!("{issue}"),
+            None if pass.missed.is_none() => println!("no slot is due"),
+            None => {}
+        }
+        if let Some(missed) = &pass.missed {
+            println!("{missed}");
         }
         println!("{}", pass.report.outcomes);
         if let Some(line) = pass.report.taken_over_line() {

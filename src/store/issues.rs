@@ -2,7 +2,7 @@
 //! with its snapshot, and reading issues back.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::domain::IssueStatus;
 use crate::domain::{Item, ItemKind};
@@ -89,6 +89,18 @@ pub async fn pick_articles(
     .bind(i64::from(n))
     .fetch_all(conn)
     .await
+}
+
+/// The slot of the latest issue at or before `t`, skipped ones included (an issue made ahead
+/// of its slot, by `issue send --next-slot`, is not one yet).
+pub async fn latest_slot_at_or_before(
+    pool: &PgPool,
+    t: DateTime<Utc>,
+) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT max(slot) FROM issue WHERE slot <= $1")
+        .bind(t)
+        .fetch_one(pool)
+        .await
 }
 
 /// The slot of the latest issue before `slot` (skipped ones included: their articles were

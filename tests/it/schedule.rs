@@ -155,6 +155,49 @@ async fn a_slot_two_hours_late_is_sent_and_one_three_days_late_is_reported(pool:
     assert_eq!(server.accepted().len(), 3);
 }
 
+/// An hourly schedule and a machine that was off from 06:05 to 09:05: the run at boot sends
+/// 09:00's issue (which holds the articles of the hours between) and says that 07:00 and 08:00
+/// were missed, failing with `--fail-on-missed` as for any missed slot. It used to say nothing
+/// of them and exit 0.
+#[sqlx::test]
+async fn slots_missed_before_the_due_one_are_reported(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default()).await;
+    seed(&pool, 3).await;
+    installed(&pool, "2000-01-01T00:00:00Z".parse().unwrap()).await;
+    let run = |now: &'static str, args: &'static [&'static str]| {
+        let mut cmd = digestif(&pool, &server, "0 * * * *", args);
+        cmd.env("DIGESTIF_NOW", now);
+        cmd
+    };
+    let out = run("2026-11-30T06:05:00Z", &["run", "--fail-on-missed"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("missed"), "{stdout}");
+
+    let out = run("2026-11-30T09:05:00Z", &["run", "--fail-on-missed"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stdout}{stderr}");
+    let missed = stdout
+        .lines()
+        .find(|l| l.contains("missed"))
+        .unwrap_or_else(|| panic!("no missed line: {stdout}"));
+    for slot in ["2026-11-30 07:00", "2026-11-30 08:00"] {
+        assert!(missed.contains(slot), "{slot} not named: {missed}");
+    }
+    assert!(
+        !missed.contains("09:00") && !missed.contains("06:00"),
+        "{missed}"
+    );
+    assert_eq!(issue_count(&pool).await, 2);
+}
+
 #[sqlx::test]
 async fn sigterm_mid_send_exits_cleanly_and_a_restart_sends_the_rest_once(pool: PgPool) {
     let server = SmtpServer::start(Policy::default().delay(Duration::from_millis(20))).await;
