@@ -87,101 +87,107 @@ pub async fn run_once(
     }
     let due = digest::due_slot(settings, now);
     // Found before the due slot's issue exists: the slots since the last issue.
-    let (missed, more) = missed_slots(pool, settings, now, due).await?;
+    let mut missed = missed_slots(pool, settings, now, due).await?;
     if let Some(slot) = due {
-        pass.issue = Some(digest::create_issue(pool, settings, slot).await?);
+        let issue = digest::create_issue(pool, settings, slot).await?;
+        // Skipped for want of anything new: the slots it came after had nothing either.
+        if issue.number.is_none() {
+            missed.passed_over.clear();
+            missed.more = false;
+        }
+        pass.issue = Some(issue);
     }
-    pass.missed = missed_line(settings, now, due, &missed, more);
-    pass.missed_slots = missed;
+    pass.missed = missed_line(settings, now, &missed);
+    pass.missed_slots = missed.passed_over.into_iter().chain(missed.late).collect();
     pass.report = deliverer
         .run_until_idle(stop, patience, &deliver::no_progress)
         .await?;
     Ok(pass)
 }
 
-/// The most missed slots a pass names; a schedule every minute, off for a month, has 40,000.
+/// The most passed-over slots a pass names; a schedule every minute, off for a month, has
+/// 40,000.
 const MISSED_AT_MOST: usize = 100;
 
-/// The slots at or before `now`, other than `due`, that have no issue and came after the last
-/// issue and the first `migrate` (a fresh install has missed nothing), oldest first, at most
-/// [`MISSED_AT_MOST`]; and whether there are more. Before the first issue, only the latest
-/// slot counts: an install set up over days has not missed every slot since `migrate`.
+/// What a pass found missed: slots at or before `now` with no issue, after the last issue and
+/// the first `migrate` (a fresh install has missed nothing).
+#[derive(Debug, Default)]
+struct Missed {
+    /// The latest slot, when it is not due (later than `schedule.grace`) and has no issue.
+    late: Option<DateTime<Utc>>,
+    /// Older slots a newer one came before, oldest first, at most [`MISSED_AT_MOST`]; only
+    /// since the last issue, so before the first one there are none (an install set up over
+    /// days has not missed every slot since `migrate`).
+    passed_over: Vec<DateTime<Utc>>,
+    /// More passed-over slots than those.
+    more: bool,
+}
+
 async fn missed_slots(
     pool: &PgPool,
     settings: &Settings,
     now: DateTime<Utc>,
     due: Option<DateTime<Utc>>,
-) -> anyhow::Result<(Vec<DateTime<Utc>>, bool)> {
+) -> anyhow::Result<Missed> {
     let cron = &settings.schedule.cron;
     let installed = crate::store::installed_at(pool).await?;
-    let Some(last_issue) = issues::latest_slot_at_or_before(pool, now).await? else {
-        let latest = cron
-            .latest_at_or_before(now)
-            .filter(|s| Some(*s) != due && installed.is_none_or(|i| *s >= i));
-        return Ok((latest.into_iter().collect(), false));
+    let last_issue = issues::latest_slot_at_or_before(pool, now).await?;
+    let counts = |slot: DateTime<Utc>| {
+        installed.is_none_or(|i| slot >= i) && last_issue.is_none_or(|l| slot > l)
     };
-    // From the first slot at or after the first migrate, if the last issue came before it.
-    let from = installed
-        .map(|i| i - chrono::Duration::seconds(1))
-        .map_or(last_issue, |i| i.max(last_issue));
-    let mut slots = Vec::new();
-    let mut at = from;
-    while let Some(slot) = cron.next_after(at).filter(|s| *s <= now) {
-        if Some(slot) != due {
-            if slots.len() == MISSED_AT_MOST {
-                return Ok((slots, true));
+    let latest = cron.latest_at_or_before(now);
+    let mut missed = Missed {
+        late: latest.filter(|s| due.is_none() && counts(*s)),
+        ..Missed::default()
+    };
+    let Some(mut at) = last_issue else {
+        return Ok(missed);
+    };
+    while let Some(slot) = cron.next_after(at).filter(|s| Some(*s) < latest) {
+        if counts(slot) {
+            if missed.passed_over.len() == MISSED_AT_MOST {
+                missed.more = true;
+                break;
             }
-            slots.push(slot);
+            missed.passed_over.push(slot);
         }
         at = slot;
     }
-    Ok((slots, false))
+    Ok(missed)
 }
 
-/// What the operator is told of `missed` (see [`missed_slots`]).
-fn missed_line(
-    settings: &Settings,
-    now: DateTime<Utc>,
-    due: Option<DateTime<Utc>>,
-    missed: &[DateTime<Utc>],
-    more: bool,
-) -> Option<String> {
+/// What the operator is told of `missed`, in one line.
+fn missed_line(settings: &Settings, now: DateTime<Utc>, missed: &Missed) -> Option<String> {
     let cron = &settings.schedule.cron;
-    let grace = humantime::format_duration(settings.schedule.grace);
-    let named = |slots: &[DateTime<Utc>]| {
-        let shown: Vec<String> = slots.iter().take(5).map(|s| cron.local(*s)).collect();
-        let rest = slots.len() - shown.len();
-        match (rest, more) {
-            (0, false) => shown.join(", "),
-            (_, false) => format!("{} and {rest} more", shown.join(", ")),
-            (_, true) => format!("{} and more than {rest} others", shown.join(", ")),
+    let older = match missed.passed_over.as_slice() {
+        [] => None,
+        slots => {
+            let shown: Vec<String> = slots.iter().take(5).map(|s| cron.local(*s)).collect();
+            let rest = slots.len() - shown.len();
+            Some(match (rest, missed.more) {
+                (0, false) => shown.join(", "),
+                (_, false) => format!("{} and {rest} more", shown.join(", ")),
+                (_, true) => format!("{} and more than {rest} others", shown.join(", ")),
+            })
         }
     };
-    match (due, missed) {
-        (_, []) => None,
-        (Some(_), older) => Some(format!(
-            "missed {} (a newer slot passed over them); not sent, their articles are in this issue",
-            named(older)
+    let late = missed.late.map(|slot| {
+        let by = humantime::format_duration(Duration::from_secs(
+            (now - slot).num_seconds().max(0) as u64
+        ));
+        format!(
+            "missed the slot {} by {by}, more than schedule.grace ({})",
+            cron.local(slot),
+            humantime::format_duration(settings.schedule.grace)
+        )
+    });
+    match (late, older) {
+        (None, None) => None,
+        (Some(late), None) => Some(format!("{late}; not sent")),
+        (None, Some(older)) => Some(format!(
+            "missed {older}: a newer slot came before they were sent; not sent"
         )),
-        (None, [latest]) => {
-            let late = humantime::format_duration(Duration::from_secs(
-                (now - *latest).num_seconds().max(0) as u64,
-            ));
-            Some(format!(
-                "missed the slot {} by {late}, more than schedule.grace ({grace}); not sent",
-                cron.local(*latest)
-            ))
-        }
-        (None, [older @ .., latest]) => {
-            let late = humantime::format_duration(Duration::from_secs(
-                (now - *latest).num_seconds().max(0) as u64,
-            ));
-            Some(format!(
-                "missed the slot {} by {late}, more than schedule.grace ({grace}), and before it {}; not sent",
-                cron.local(*latest),
-                named(older)
-            ))
-        }
+        (Some(late), Some(older)) => Some(format!("{late}, and before it {older}; not sent")),
     }
 }
 

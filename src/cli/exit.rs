@@ -29,7 +29,8 @@ pub const EX_PAUSED: u8 = 3;
 /// Deliveries failed permanently in this run (refused for good or given up after retries).
 /// Hard bounces do not count: they are the subscriber's address, handled by suppression.
 pub const EX_FAILED: u8 = 4;
-/// `run --fail-on-missed`: a slot was missed by more than `schedule.grace` and not sent.
+/// `run --fail-on-missed`: a slot was missed and not sent: later than `schedule.grace`, or
+/// passed over for a newer one.
 pub const EX_MISSED: u8 = 5;
 
 /// A command that did its work and printed its summary, but must not read as success.

@@ -120,7 +120,7 @@ enum Command {
     /// Running it again, or twice at once, does nothing more. SIGTERM stops claiming and lets
     /// messages in flight finish within delivery.shutdown_grace.
     Run {
-        /// Exit 5 when a slot was missed (by more than schedule.grace) and not sent
+        /// Exit 5 when a slot was missed and not sent (later than schedule.grace, or passed over)
         #[arg(long)]
         fail_on_missed: bool,
         /// Output format: one JSON object with the issue, the outcomes and the exit code

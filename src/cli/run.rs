@@ -126,6 +126,7 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
         print_json(&serde_json::json!({
             "issue": pass.issue,
             "missed": pass.missed,
+            "missed_slots": pass.missed_slots,
             "report": pass.report,
             "paused": verdict.paused,
             "exit_code": verdict.code,

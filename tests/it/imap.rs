@@ -37,8 +37,8 @@ async fn sent_to_two(pool: &PgPool) -> (tempfile::TempDir, String, String) {
     (outbox, verp(1), verp(2))
 }
 
-/// Postfix's DSN for a mailbox that does not exist, sent to `verp`.
-fn dsn(verp: &str) -> Vec<u8> {
+/// Postfix's DSN for the mailbox `rcpt`, which does not exist, sent to `verp`.
+fn dsn(verp: &str, rcpt: &str) -> Vec<u8> {
     format!(
         "Return-Path: <>\r\nDelivered-To: {verp}\r\n\
          From: MAILER-DAEMON@mx.example.org\r\nTo: {verp}\r\nSubject: Undelivered Mail\r\n\
@@ -47,8 +47,8 @@ fn dsn(verp: &str) -> Vec<u8> {
          --B\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you...\r\n\r\n\
          --B\r\nContent-Type: message/delivery-status\r\n\r\n\
          Reporting-MTA: dns; mx.example.org\r\n\r\n\
-         Final-Recipient: rfc822; user1@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\
-         Diagnostic-Code: smtp; 550 5.1.1 <user1@example.com>: user unknown\r\n\r\n\
+         Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+         Diagnostic-Code: smtp; 550 5.1.1 <{rcpt}>: user unknown\r\n\r\n\
          --B\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: Backend Tips #1\r\n\r\n--B--\r\n"
     )
     .into_bytes()
@@ -110,7 +110,7 @@ async fn a_dsn_and_an_arf_count_once_across_two_passes_and_a_restart(pool: PgPoo
         return;
     };
     let (_outbox, verp1, verp2) = sent_to_two(&pool).await;
-    dovecot.deliver(&dsn(&verp1));
+    dovecot.deliver(&dsn(&verp1, "user1@example.com"));
     dovecot.deliver(&arf(&verp2));
     let d = reader(&pool, &dovecot.url(), PASSWORD);
 
@@ -205,7 +205,7 @@ async fn serve_polls_the_mailbox_and_outlives_a_server_that_is_down(pool: PgPool
     );
 
     let dovecot = Dovecot::start_on(port, Tls::None, "").unwrap();
-    dovecot.deliver(&dsn(&verp1));
+    dovecot.deliver(&dsn(&verp1, "user1@example.com"));
     wait_for("the bounce to be recorded", Duration::from_secs(15), || {
         let pool = pool.clone();
         async move { (delivery_status(&pool, 1).await == "bounced").then_some(()) }
@@ -243,7 +243,7 @@ async fn a_wrong_password_is_one_line_naming_the_mailbox(pool: PgPool) {
         return;
     };
     let (_outbox, verp1, _) = sent_to_two(&pool).await;
-    dovecot.deliver(&dsn(&verp1));
+    dovecot.deliver(&dsn(&verp1, "user1@example.com"));
     let wrong = "not-the-password";
     // At the most talkative log level, too: the LOGIN command is nowhere in the log.
     let d = reader(&pool, &dovecot.url(), wrong).env("RUST_LOG", "trace");
@@ -301,7 +301,7 @@ async fn hostile_messages_are_moved_and_do_not_block_the_others(pool: PgPool) {
     dovecot.deliver(&garbage);
     dovecot.deliver(b"");
     dovecot.deliver(&[b"X-Endless: ".as_slice(), &[b'y'; 50_000]].concat());
-    dovecot.deliver(&dsn(&verp1));
+    dovecot.deliver(&dsn(&verp1, "user1@example.com"));
 
     let run = reader(&pool, &dovecot.url(), PASSWORD)
         .env("DIGESTIF_INBOUND__MAX_MESSAGE_BYTES", "65536")
@@ -336,7 +336,7 @@ async fn imaps_and_starttls_verify_the_server_with_a_private_ca(pool: PgPool) {
         return;
     };
     let (_outbox, verp1, verp2) = sent_to_two(&pool).await;
-    dovecot.deliver(&dsn(&verp1));
+    dovecot.deliver(&dsn(&verp1, "user1@example.com"));
 
     let untrusted = reader(&pool, &dovecot.imaps_url(), PASSWORD);
     let line = untrusted.fails(&["inbound", "--imap"], "TLS handshake failed");
@@ -391,7 +391,7 @@ async fn without_move_a_message_is_copied_and_expunged_by_uid(pool: PgPool) {
     };
     let (_outbox, verp1, _) = sent_to_two(&pool).await;
     dovecot.deliver_deleted(b"From: someone@example.net\r\nSubject: theirs\r\n\r\nbye\r\n");
-    dovecot.deliver(&dsn(&verp1));
+    dovecot.deliver(&dsn(&verp1, "user1@example.com"));
     let d = reader(&pool, &dovecot.url(), PASSWORD);
     let doctor = d.run_async(&["doctor"]).await;
     assert!(
@@ -417,7 +417,7 @@ async fn a_second_reader_leaves_the_mailbox_to_the_first(pool: PgPool) {
         return;
     };
     let (_outbox, verp1, _) = sent_to_two(&pool).await;
-    dovecot.deliver(&dsn(&verp1));
+    dovecot.deliver(&dsn(&verp1, "user1@example.com"));
     let mut other = pool.acquire().await.unwrap();
     let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(1768776048, 0)")
         .fetch_one(&mut *other)
@@ -501,7 +501,7 @@ async fn a_message_that_fails_for_now_stays_for_the_next_pass(pool: PgPool) {
         .await
         .unwrap();
     dovecot.deliver(loop_report_about_user1(&keys).as_bytes());
-    dovecot.deliver(&dsn(&verp2));
+    dovecot.deliver(&dsn(&verp2, "user2@example.com"));
     let pass = |dns: &DnsServer| {
         let toml = format!(
             "[bounces]\ncomplaint_senders = [\"{FBL}\"]\ndns_server = \"{}\"\n",
