@@ -62,27 +62,35 @@ pub enum Plan {
     Skip(String),
 }
 
+/// What composing a slot yields, and the articles it considered.
+#[derive(Debug)]
+pub struct Planned {
+    /// The issue, or why there is none.
+    pub plan: Plan,
+    /// Every article the slot considered, picked or left out; creating its issue marks them.
+    pub considered: Vec<i64>,
+}
+
 /// Picks the content for `slot` without writing anything (docs/ARCHITECTURE.md §5).
 pub async fn plan(
     conn: &mut PgConnection,
     settings: &Settings,
     slot: DateTime<Utc>,
-) -> anyhow::Result<Plan> {
+) -> anyhow::Result<Planned> {
     let c = &settings.content;
     let tips = issues::pick_tips(conn, c.tips_per_issue).await?;
-    let since = issues::previous_slot(conn, slot).await?;
-    let articles = issues::pick_articles(conn, since, slot, c.max_articles).await?;
-    if articles.is_empty() {
-        if tips.is_empty() {
-            return Ok(Plan::Skip("no tips left and no new articles".into()));
-        }
-        if c.when_empty == WhenEmpty::Skip {
-            return Ok(Plan::Skip(
-                "no new articles and content.when_empty = \"skip\"".into(),
-            ));
-        }
-    }
-    Ok(Plan::Compose(tips.into_iter().chain(articles).collect()))
+    // Picked among a list read once, so an article that commits in between is neither picked
+    // nor marked: the next issue considers it.
+    let considered = issues::articles_to_consider(conn, slot).await?;
+    let articles = issues::pick_articles(conn, &considered, c.max_articles).await?;
+    let plan = if articles.is_empty() && tips.is_empty() {
+        Plan::Skip("no tips left and no new articles".into())
+    } else if articles.is_empty() && c.when_empty == WhenEmpty::Skip {
+        Plan::Skip("no new articles and content.when_empty = \"skip\"".into())
+    } else {
+        Plan::Compose(tips.into_iter().chain(articles).collect())
+    };
+    Ok(Planned { plan, considered })
 }
 
 /// Creates the issue for `slot` (or returns the one that exists: one issue per slot, whoever
@@ -97,7 +105,8 @@ pub async fn create_issue(
     if let Some(existing) = issues::find_by_slot(&mut *tx, slot).await? {
         return Ok(existing);
     }
-    let (number, items, status, reason, subject) = match plan(&mut tx, settings, slot).await? {
+    let Planned { plan, considered } = plan(&mut tx, settings, slot).await?;
+    let (number, items, status, reason, subject) = match plan {
         Plan::Compose(items) => {
             let number = issues::next_number(&mut tx).await?;
             let content = IssueContent {
@@ -128,6 +137,7 @@ pub async fn create_issue(
             status,
             reason: reason.as_deref(),
             items: &items,
+            considered: &considered,
         },
     )
     .await?
@@ -437,7 +447,7 @@ pub async fn render_next(
         },
         None => {
             let mut conn = pool.acquire().await?;
-            match plan(&mut conn, settings, slot).await? {
+            match plan(&mut conn, settings, slot).await?.plan {
                 Plan::Skip(reason) => return Ok(Next::Skipped(reason)),
                 Plan::Compose(items) => IssueContent {
                     number: issues::next_number(&mut conn).await?,

@@ -55,14 +55,34 @@ pub async fn pick_tips(conn: &mut PgConnection, n: u32) -> sqlx::Result<Vec<Cand
     .await
 }
 
-/// Articles published after `since` (all of them before the first issue) and at or before
-/// `until`, newest first, as each feed's selection allows: its keywords, then its newest
-/// `max_per_issue`. A feed's articles left out by its limit are not carried into a later
-/// issue (the next one starts where this one ended, as for every article).
+/// The articles an issue for `slot` considers (docs/ARCHITECTURE.md §5): those no issue has
+/// considered yet, dated at or before the slot and, once there is a previous issue, after a
+/// point as far before its slot as its slot is before this one. So a post fetched after its
+/// issue was made, though dated before that issue's slot, goes in the next issue, while a new
+/// feed's archive goes in none. Before the first issue: everything up to the slot.
+pub async fn articles_to_consider(
+    conn: &mut PgConnection,
+    slot: DateTime<Utc>,
+) -> sqlx::Result<Vec<i64>> {
+    let since = previous_slot(conn, slot)
+        .await?
+        .map(|previous| previous - (slot - previous));
+    sqlx::query_scalar(
+        "SELECT article_id FROM article WHERE considered_in IS NULL \
+         AND ($1::timestamptz IS NULL OR published_at > $1) AND published_at <= $2",
+    )
+    .bind(since)
+    .bind(slot)
+    .fetch_all(conn)
+    .await
+}
+
+/// The articles to send among `considered`, newest first, as each feed's selection allows: its
+/// keywords, then its newest `max_per_issue`. The rest are not carried into a later issue:
+/// the issue marks every article it considered.
 pub async fn pick_articles(
     conn: &mut PgConnection,
-    since: Option<DateTime<Utc>>,
-    until: DateTime<Utc>,
+    considered: &[i64],
     n: u32,
 ) -> sqlx::Result<Vec<Candidate>> {
     // A keyword matches as whole words: bounded by a non-word character or the text's end,
@@ -76,16 +96,15 @@ pub async fn pick_articles(
                     row_number() OVER (PARTITION BY a.feed_id \
                                        ORDER BY a.published_at DESC, a.article_id DESC) AS nth \
              FROM article a LEFT JOIN feed f ON f.feed_id = a.feed_id \
-             WHERE ($1::timestamptz IS NULL OR a.published_at > $1) AND a.published_at <= $2 \
+             WHERE a.article_id = ANY($1) \
                AND (f.feed_id IS NULL OR ( \
                    (cardinality(f.include) = 0 \
                     OR EXISTS (SELECT FROM unnest(f.include) k WHERE {MATCHES})) \
                    AND NOT EXISTS (SELECT FROM unnest(f.exclude) k WHERE {MATCHES}))) \
          ) picked WHERE max_per_issue IS NULL OR nth <= max_per_issue \
-         ORDER BY published_at DESC, source_id DESC LIMIT $3"
+         ORDER BY published_at DESC, source_id DESC LIMIT $2"
     )))
-    .bind(since)
-    .bind(until)
+    .bind(considered)
     .bind(i64::from(n))
     .fetch_all(conn)
     .await
@@ -238,10 +257,12 @@ pub struct NewIssue<'a> {
     /// Why it was skipped.
     pub reason: Option<&'a str>,
     pub items: &'a [Candidate],
+    /// Every article the slot considered, picked or not ([`articles_to_consider`]).
+    pub considered: &'a [i64],
 }
 
-/// Inserts an issue and its snapshot, and moves the picked tips to the back of the rotation.
-/// Returns `None` when another process created the slot's issue first.
+/// Inserts an issue and its snapshot, moves the picked tips to the back of the rotation and
+/// marks the articles it considered, so no later issue considers them again. Returns `None` when another process created the slot's issue first.
 pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result<Option<IssueRow>> {
     let row: Option<IssueRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO issue (number, slot, subject, status, status_reason, finished_at) \
@@ -296,6 +317,11 @@ pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result
     .bind(new.slot.min(crate::clock::now()))
     .execute(&mut *conn)
     .await?;
+    sqlx::query("UPDATE article SET considered_in = $1 WHERE article_id = ANY($2)")
+        .bind(row.issue_id)
+        .bind(new.considered)
+        .execute(&mut *conn)
+        .await?;
     Ok(Some(row))
 }
 

@@ -389,8 +389,8 @@ async fn retired_tips_are_never_picked(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn articles_are_bounded_by_the_previous_and_current_slot(pool: PgPool) {
-    let s = settings("[content]\nmax_articles = 2\n");
+async fn articles_are_bounded_by_the_slot_capped_and_never_sent_twice(pool: PgPool) {
+    let s = settings("[content]\nmax_articles = 3\n");
     tip(&pool, "T", "Body.").await;
     article(
         &pool,
@@ -399,10 +399,6 @@ async fn articles_are_bounded_by_the_previous_and_current_slot(pool: PgPool) {
         "2026-11-01T00:00:00Z",
     )
     .await;
-    let first = compose(&pool, &s, "2026-11-02T08:00:00Z")
-        .await
-        .expect("issue");
-    assert_eq!(titles(&first), ["T", "old"]);
     article(
         &pool,
         "at-prev-slot",
@@ -410,39 +406,183 @@ async fn articles_are_bounded_by_the_previous_and_current_slot(pool: PgPool) {
         "2026-11-02T08:00:00Z",
     )
     .await;
+    let first = compose(&pool, &s, "2026-11-02T08:00:00Z")
+        .await
+        .expect("issue");
+    assert_eq!(titles(&first), ["T", "at-prev-slot", "old"]);
+    article(
+        &pool,
+        "early",
+        "https://example.com/3",
+        "2026-11-03T00:00:00Z",
+    )
+    .await;
     article(
         &pool,
         "mid",
-        "https://example.com/3",
+        "https://example.com/4",
         "2026-11-05T00:00:00Z",
     )
     .await;
     article(
         &pool,
         "newest",
-        "https://example.com/4",
+        "https://example.com/5",
         "2026-11-08T00:00:00Z",
     )
     .await;
     article(
         &pool,
         "at-slot",
-        "https://example.com/5",
+        "https://example.com/6",
         "2026-11-09T08:00:00Z",
     )
     .await;
     article(
         &pool,
         "future",
-        "https://example.com/6",
+        "https://example.com/7",
         "2026-11-10T00:00:00Z",
     )
     .await;
     let second = compose(&pool, &s, "2026-11-09T08:00:00Z")
         .await
         .expect("issue");
-    // After the previous slot (exclusive), up to this one (inclusive), newest first, capped at 2.
-    assert_eq!(titles(&second), ["T", "at-slot", "newest"]);
+    // Up to this slot (inclusive), newest first, capped at 3; nothing the first issue had.
+    assert_eq!(titles(&second), ["T", "at-slot", "newest", "mid"]);
+}
+
+#[sqlx::test]
+async fn an_article_that_arrives_after_its_issue_was_made_goes_in_the_next_one(pool: PgPool) {
+    let s = settings("[content]\nmax_articles = 2\n");
+    tip(&pool, "T", "Body.").await;
+    article(
+        &pool,
+        "dropped",
+        "https://example.com/1",
+        "2026-10-31T00:00:00Z",
+    )
+    .await;
+    article(&pool, "a2", "https://example.com/2", "2026-11-01T00:00:00Z").await;
+    article(&pool, "a3", "https://example.com/3", "2026-11-01T12:00:00Z").await;
+    let first = compose(&pool, &s, "2026-11-02T08:00:00Z")
+        .await
+        .expect("issue");
+    assert_eq!(titles(&first), ["T", "a3", "a2"]);
+    // A feed fetched after the issue was made brings a post dated before its slot, and a new
+    // feed brings last month's archive.
+    article(
+        &pool,
+        "late",
+        "https://example.com/4",
+        "2026-11-02T07:00:00Z",
+    )
+    .await;
+    article(
+        &pool,
+        "archive",
+        "https://example.com/5",
+        "2026-10-01T00:00:00Z",
+    )
+    .await;
+    article(
+        &pool,
+        "new",
+        "https://example.com/6",
+        "2026-11-05T00:00:00Z",
+    )
+    .await;
+    let second = compose(&pool, &s, "2026-11-09T08:00:00Z")
+        .await
+        .expect("issue");
+    // The late post goes out once, in the next issue; what the first issue weighed and left
+    // out ("dropped", over max_articles) is not carried, and an archive is not mailed.
+    assert_eq!(titles(&second), ["T", "new", "late"]);
+    article(
+        &pool,
+        "newer",
+        "https://example.com/7",
+        "2026-11-10T00:00:00Z",
+    )
+    .await;
+    let third = compose(&pool, &s, "2026-11-16T08:00:00Z")
+        .await
+        .expect("issue");
+    assert_eq!(titles(&third), ["T", "newer"], "nothing goes out twice");
+}
+
+#[sqlx::test]
+async fn an_upgraded_database_does_not_send_the_last_issues_articles_again(pool: PgPool) {
+    let s = settings("[content]\nmax_articles = 2\n");
+    tip(&pool, "T", "Body.").await;
+    let left_out = article(
+        &pool,
+        "left-out",
+        "https://example.com/1",
+        "2026-10-31T00:00:00Z",
+    )
+    .await;
+    let sent = article(
+        &pool,
+        "sent",
+        "https://example.com/2",
+        "2026-11-01T12:00:00Z",
+    )
+    .await;
+    let also_sent = article(
+        &pool,
+        "also-sent",
+        "https://example.com/4",
+        "2026-11-01T18:00:00Z",
+    )
+    .await;
+    let first = compose(&pool, &s, "2026-11-02T08:00:00Z")
+        .await
+        .expect("issue");
+    assert_eq!(titles(&first), ["T", "also-sent", "sent"]);
+    article(
+        &pool,
+        "new",
+        "https://example.com/3",
+        "2026-11-05T00:00:00Z",
+    )
+    .await;
+    // As a database made before migration 19 holds it: no article marked.
+    sqlx::query("UPDATE article SET considered_in = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(include_str!(
+        "../../migrations/20261201000020_article_considered_backfill.sql"
+    ))
+    .execute(&pool)
+    .await
+    .expect("backfill");
+    let marked: Vec<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT article_id, considered_in FROM article ORDER BY article_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let first_id: i64 = sqlx::query_scalar("SELECT issue_id FROM issue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        marked[..3],
+        [
+            (left_out, Some(first_id)),
+            (sent, Some(first_id)),
+            (also_sent, Some(first_id))
+        ]
+    );
+    assert_eq!(
+        marked[3].1, None,
+        "an article after the last slot is still to come"
+    );
+    let second = compose(&pool, &s, "2026-11-09T08:00:00Z")
+        .await
+        .expect("issue");
+    assert_eq!(titles(&second), ["T", "new"]);
 }
 
 #[sqlx::test]
