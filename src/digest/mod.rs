@@ -67,7 +67,7 @@ pub enum Plan {
 pub struct Planned {
     /// The issue, or why there is none.
     pub plan: Plan,
-    /// Every article the slot considered, picked or left out; creating its issue marks them.
+    /// Every article the slot considered, picked or left out; creating its issue records them.
     pub considered: Vec<i64>,
 }
 
@@ -80,7 +80,7 @@ pub async fn plan(
     let c = &settings.content;
     let tips = issues::pick_tips(conn, c.tips_per_issue).await?;
     // Picked among a list read once, so an article that commits in between is neither picked
-    // nor marked: the next issue considers it.
+    // nor recorded: the next issue considers it.
     let considered = issues::articles_to_consider(conn, slot).await?;
     let articles = issues::pick_articles(conn, &considered, c.max_articles).await?;
     let plan = if articles.is_empty() && tips.is_empty() {

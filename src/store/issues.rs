@@ -56,20 +56,29 @@ pub async fn pick_tips(conn: &mut PgConnection, n: u32) -> sqlx::Result<Vec<Cand
 }
 
 /// The articles an issue for `slot` considers (docs/ARCHITECTURE.md §5): those no issue has
-/// considered yet, dated at or before the slot and, once there is a previous issue, after a
-/// point as far before its slot as its slot is before this one. So a post fetched after its
-/// issue was made, though dated before that issue's slot, goes in the next issue, while a new
-/// feed's archive goes in none. Before the first issue: everything up to the slot.
+/// considered yet, dated at or before the slot and after the previous issue's window began
+/// (the slot of the issue before it). So a post dated before the previous slot but stored after
+/// that issue was made goes in this one, while a new feed's archive goes in none. After the
+/// first issue, its window is taken to be as long as the gap to this slot; before it, every
+/// article up to the slot counts.
 pub async fn articles_to_consider(
     conn: &mut PgConnection,
     slot: DateTime<Utc>,
 ) -> sqlx::Result<Vec<i64>> {
-    let since = previous_slot(conn, slot)
-        .await?
-        .map(|previous| previous - (slot - previous));
+    let before: Vec<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT slot FROM issue WHERE slot < $1 ORDER BY slot DESC LIMIT 2")
+            .bind(slot)
+            .fetch_all(&mut *conn)
+            .await?;
+    let since = match before[..] {
+        [] => None,
+        [previous] => Some(previous - (slot - previous)),
+        [_, window_start, ..] => Some(window_start),
+    };
     sqlx::query_scalar(
-        "SELECT article_id FROM article WHERE considered_in IS NULL \
-         AND ($1::timestamptz IS NULL OR published_at > $1) AND published_at <= $2",
+        "SELECT a.article_id FROM article a \
+         WHERE ($1::timestamptz IS NULL OR a.published_at > $1) AND a.published_at <= $2 \
+           AND NOT EXISTS (SELECT FROM article_considered c WHERE c.article_id = a.article_id)",
     )
     .bind(since)
     .bind(slot)
@@ -79,7 +88,7 @@ pub async fn articles_to_consider(
 
 /// The articles to send among `considered`, newest first, as each feed's selection allows: its
 /// keywords, then its newest `max_per_issue`. The rest are not carried into a later issue:
-/// the issue marks every article it considered.
+/// the issue records every article it considered.
 pub async fn pick_articles(
     conn: &mut PgConnection,
     considered: &[i64],
@@ -119,18 +128,6 @@ pub async fn latest_slot_at_or_before(
     sqlx::query_scalar("SELECT max(slot) FROM issue WHERE slot <= $1")
         .bind(t)
         .fetch_one(pool)
-        .await
-}
-
-/// The slot of the latest issue before `slot` (skipped ones included: their articles were
-/// considered and found empty).
-pub async fn previous_slot(
-    conn: &mut PgConnection,
-    slot: DateTime<Utc>,
-) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("SELECT max(slot) FROM issue WHERE slot < $1")
-        .bind(slot)
-        .fetch_one(conn)
         .await
 }
 
@@ -262,7 +259,7 @@ pub struct NewIssue<'a> {
 }
 
 /// Inserts an issue and its snapshot, moves the picked tips to the back of the rotation and
-/// marks the articles it considered, so no later issue considers them again. Returns `None` when another process created the slot's issue first.
+/// records the articles it considered, so no later issue considers them again. Returns `None` when another process created the slot's issue first.
 pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result<Option<IssueRow>> {
     let row: Option<IssueRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO issue (number, slot, subject, status, status_reason, finished_at) \
@@ -317,11 +314,13 @@ pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result
     .bind(new.slot.min(crate::clock::now()))
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE article SET considered_in = $1 WHERE article_id = ANY($2)")
-        .bind(row.issue_id)
-        .bind(new.considered)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO article_considered (article_id, issue_id) SELECT unnest($2::bigint[]), $1",
+    )
+    .bind(row.issue_id)
+    .bind(new.considered)
+    .execute(&mut *conn)
+    .await?;
     Ok(Some(row))
 }
 

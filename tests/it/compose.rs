@@ -511,6 +511,28 @@ async fn an_article_that_arrives_after_its_issue_was_made_goes_in_the_next_one(p
     assert_eq!(titles(&third), ["T", "newer"], "nothing goes out twice");
 }
 
+/// Weekdays only: Friday's issue, then Monday's, then Tuesday's. A post dated Saturday that a
+/// feed brings after Monday's issue was made goes in Tuesday's, however short the gap to it.
+#[sqlx::test]
+async fn a_late_post_goes_out_whatever_the_gap_to_the_next_slot(pool: PgPool) {
+    let s = settings("");
+    tip(&pool, "T", "Body.").await;
+    for slot in ["2026-11-27T08:00:00Z", "2026-11-30T08:00:00Z"] {
+        compose(&pool, &s, slot).await.expect("issue");
+    }
+    article(
+        &pool,
+        "saturday",
+        "https://example.com/1",
+        "2026-11-28T14:00:00Z",
+    )
+    .await;
+    let tuesday = compose(&pool, &s, "2026-12-01T08:00:00Z")
+        .await
+        .expect("issue");
+    assert_eq!(titles(&tuesday), ["T", "saturday"]);
+}
+
 #[sqlx::test]
 async fn an_upgraded_database_does_not_send_the_last_issues_articles_again(pool: PgPool) {
     let s = settings("[content]\nmax_articles = 2\n");
@@ -540,15 +562,23 @@ async fn an_upgraded_database_does_not_send_the_last_issues_articles_again(pool:
         .await
         .expect("issue");
     assert_eq!(titles(&first), ["T", "also-sent", "sent"]);
-    article(
+    // Stored after the first issue was made, though dated before its slot: never weighed.
+    let late = article(
+        &pool,
+        "late",
+        "https://example.com/5",
+        "2026-11-02T07:00:00Z",
+    )
+    .await;
+    let new = article(
         &pool,
         "new",
         "https://example.com/3",
         "2026-11-05T00:00:00Z",
     )
     .await;
-    // As a database made before migration 19 holds it: no article marked.
-    sqlx::query("UPDATE article SET considered_in = NULL")
+    // As a database made before migration 19 holds it: nothing recorded.
+    sqlx::query("DELETE FROM article_considered")
         .execute(&pool)
         .await
         .unwrap();
@@ -558,8 +588,8 @@ async fn an_upgraded_database_does_not_send_the_last_issues_articles_again(pool:
     .execute(&pool)
     .await
     .expect("backfill");
-    let marked: Vec<(i64, Option<i64>)> =
-        sqlx::query_as("SELECT article_id, considered_in FROM article ORDER BY article_id")
+    let recorded: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT article_id, issue_id FROM article_considered ORDER BY article_id")
             .fetch_all(&pool)
             .await
             .unwrap();
@@ -567,22 +597,20 @@ async fn an_upgraded_database_does_not_send_the_last_issues_articles_again(pool:
         .fetch_one(&pool)
         .await
         .unwrap();
+    // Not `late` (the first issue never saw it) nor `new` (after the last slot).
     assert_eq!(
-        marked[..3],
+        recorded,
         [
-            (left_out, Some(first_id)),
-            (sent, Some(first_id)),
-            (also_sent, Some(first_id))
-        ]
-    );
-    assert_eq!(
-        marked[3].1, None,
-        "an article after the last slot is still to come"
+            (left_out, first_id),
+            (sent, first_id),
+            (also_sent, first_id)
+        ],
+        "late {late}, new {new}"
     );
     let second = compose(&pool, &s, "2026-11-09T08:00:00Z")
         .await
         .expect("issue");
-    assert_eq!(titles(&second), ["T", "new"]);
+    assert_eq!(titles(&second), ["T", "new", "late"]);
 }
 
 #[sqlx::test]
