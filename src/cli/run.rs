@@ -31,24 +31,25 @@ pub fn stop_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
 }
 
 /// Runs `work` to completion, unless `stop` turns true and `work` then takes longer than
-/// `grace` to drain: it is dropped then (its claims come back once this process is gone).
-pub async fn drain_within<T: Default>(
+/// `grace` to drain: it is dropped then (its claims come back once this process is gone), and
+/// the answer is `None`, since what it did is unknown.
+pub async fn drain_within<T>(
     work: impl Future<Output = anyhow::Result<T>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-) -> anyhow::Result<T> {
+) -> anyhow::Result<Option<T>> {
     tokio::pin!(work);
     tokio::select! {
-        result = &mut work => return result,
+        result = &mut work => return result.map(Some),
         _ = stop.wait_for(|s| *s) => {}
     }
     match tokio::time::timeout(grace, &mut work).await {
-        Ok(result) => result,
+        Ok(result) => result.map(Some),
         Err(_) => {
             tracing::warn!(
                 "messages in flight did not finish within delivery.shutdown_grace; another worker sends them again once this process has exited (the same Message-ID, so a copy that did arrive is recognisable)"
             );
-            Ok(T::default())
+            Ok(None)
         }
     }
 }
@@ -98,7 +99,28 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
             wait_within: Duration::ZERO,
         },
     );
-    let pass = drain_within(work, stop, settings.delivery.shutdown_grace).await?;
+    let pass = drain_within(work, stop.clone(), settings.delivery.shutdown_grace).await?;
+    let interrupted = *stop.borrow();
+    let Some(pass) = pass else {
+        // Dropped mid-pass: it may have made an issue and sent some of it, so no count and no
+        // "no slot is due". Exit 0, as for any stop on request (README "Running it").
+        if format == Output::Json {
+            return print_json(&serde_json::json!({
+                "interrupted": true,
+                "finished_in_flight": false,
+                "exit_code": 0,
+            }));
+        }
+        println!(
+            "stopped before this run finished: messages in flight did not finish within delivery.shutdown_grace, so this run's counts are unknown; the next run sends what is left"
+        );
+        return Ok(());
+    };
+    let unfinished = if interrupted {
+        store::issues::oldest_incomplete(&pool).await?
+    } else {
+        None
+    };
     if format == Output::Text {
         match pass.issue_line(&settings.schedule.cron) {
             Some(issue) => println!("{issue}"),
@@ -111,6 +133,12 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
         println!("{}", pass.report.outcomes);
         if let Some(line) = pass.report.taken_over_line() {
             println!("{line}");
+        }
+        if let Some(issue) = &unfinished {
+            println!(
+                "stopped on request before issue #{} was finished; the next run sends the rest",
+                issue.number.unwrap_or_default()
+            );
         }
     }
     let verdict = super::exit::after_delivery(
@@ -129,6 +157,8 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
             "missed_slots": pass.missed_slots,
             "report": pass.report,
             "paused": verdict.paused,
+            "interrupted": interrupted,
+            "finished_in_flight": true,
             "exit_code": verdict.code,
         }))?;
     }
@@ -169,17 +199,28 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
     }
     if no_schedule {
         tracing::info!("--no-schedule: serving HTTP only");
-    } else {
+    }
+    let grace = settings.delivery.shutdown_grace;
+    let schedule = async {
+        if no_schedule {
+            return Ok(None);
+        }
         let work = schedule::run_until_stopped(pool, settings.clone(), deliverer, stop.clone());
-        drain_within(work, stop.clone(), settings.delivery.shutdown_grace).await?;
-    }
-    let mut stopped = stop.clone();
-    let _ = stopped.wait_for(|s| *s).await;
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    if let Some(mailbox) = mailbox {
-        // It stops between messages; one in hand is finished (handled, then moved).
-        let _ = tokio::time::timeout(settings.delivery.shutdown_grace, mailbox).await;
-    }
+        drain_within(work, stop.clone(), grace).await
+    };
+    // The messages in flight and the mailbox drain side by side, within one grace: one after
+    // the other they outlasted the unit's TimeoutStopSec (30 + 30 + 5 s against 60 s).
+    let mailbox = async {
+        let mut stopped = stop.clone();
+        let _ = stopped.wait_for(|s| *s).await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        if let Some(mailbox) = mailbox {
+            // It stops between messages; one in hand is finished (handled, then moved).
+            let _ = tokio::time::timeout(grace, mailbox).await;
+        }
+        Ok(())
+    };
+    tokio::try_join!(schedule, mailbox)?;
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(result)) => result.context("HTTP server")?,
         Ok(Err(e)) => return Err(anyhow!("HTTP server task: {e}")),

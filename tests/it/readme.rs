@@ -413,7 +413,8 @@ async fn serve_wakes_for_a_retry(pool: PgPool) {
 }
 
 /// README: SIGTERM "lets messages in flight finish within `delivery.shutdown_grace`"; when they
-/// do not, `run` still exits 0, says so, and the next run sends them, each once.
+/// do not, `run` still exits 0, says so (it used to print "no slot is due" for the issue it had
+/// just made), and the next run sends them, each once.
 #[sqlx::test]
 async fn shutdown_grace_running_out_leaves_the_messages_in_flight_to_the_next_run(pool: PgPool) {
     // The first copy of each message is read and never answered.
@@ -450,11 +451,11 @@ async fn shutdown_grace_running_out_leaves_the_messages_in_flight_to_the_next_ru
     }
     sigterm(&child);
     let stopped = Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
         .await
         .expect("run stops after the grace period")
         .unwrap();
-    assert!(status.success());
+    assert!(out.status.success());
     assert!(
         stopped.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -465,6 +466,12 @@ async fn shutdown_grace_running_out_leaves_the_messages_in_flight_to_the_next_ru
     assert!(
         said.contains("did not finish within delivery.shutdown_grace"),
         "{said}"
+    );
+    // It made this slot's issue and sent none of it: the summary must not say otherwise.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("no slot is due") && stdout.contains("stopped before this run finished"),
+        "{stdout}"
     );
 
     // The next timer run comes once the stopped process's database session has ended (its
@@ -497,6 +504,54 @@ async fn shutdown_grace_running_out_leaves_the_messages_in_flight_to_the_next_ru
             "user3@example.com"
         ]
     );
+}
+
+/// The unit gives `serve` `TimeoutStopSec=60s` with the default 30 s `delivery.shutdown_grace`:
+/// messages in flight and the bounce mailbox share one grace. They used to wait one after the
+/// other (30 + 30 + 5 s for HTTP), so systemd killed a `serve` that a hung relay and a hung IMAP
+/// server held, and marked the unit failed.
+#[sqlx::test]
+async fn serve_stops_within_one_grace_when_a_delivery_and_the_mailbox_both_hang(pool: PgPool) {
+    let server = SmtpServer::start(Policy::default().data(|_, _| DataAction::Stall)).await;
+    seed(&pool, 1).await;
+    // An IMAP server that takes the connection and never greets.
+    let imap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("imap://{}", imap.local_addr().unwrap());
+    let held = std::thread::spawn(move || imap.accept().map(|(conn, _)| conn));
+    let mut cmd = serve(&pool, &server, &["serve"]);
+    cmd.env("DIGESTIF_DELIVERY__SHUTDOWN_GRACE", "4s")
+        .env("DIGESTIF_SMTP__TIMEOUT", "60s")
+        .env("DIGESTIF_INBOUND__IMAP_URL", &url)
+        .env("DIGESTIF_INBOUND__IMAP_USER", "bounces")
+        .env("DIGESTIF_INBOUND__IMAP_PASSWORD", "not-a-secret")
+        .env("DIGESTIF_INBOUND__TIMEOUT", "60s");
+    let mut child = cmd.spawn().unwrap();
+    let log = collect_stderr(&mut child);
+    let started = Instant::now();
+    while !held.is_finished()
+        || !server
+            .commands()
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("DATA"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the mailbox and the relay were never both reached:\n{}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sigterm(&child);
+    let stopping = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("serve stops")
+        .unwrap();
+    let took = stopping.elapsed();
+    assert!(status.success(), "{}", log.lock().unwrap());
+    // One grace (4 s) and a little; waiting twice takes 8 s.
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    drop(held);
 }
 
 /// Every unit a `systemctl` command in the README names is one we ship: an operator pastes

@@ -222,6 +222,11 @@ async fn sigterm_mid_send_exits_cleanly_and_a_restart_sends_the_rest_once(pool: 
         "{stderr}"
     );
     assert!(!stderr.contains("did not finish within"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("stopped on request before issue #1 was finished"),
+        "{stdout}"
+    );
     let first = server.accepted().len();
     assert!(first < 300, "SIGTERM came too late to test anything");
     let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery WHERE status = 'sending'")
