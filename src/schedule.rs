@@ -46,8 +46,11 @@ impl Pass {
 }
 
 /// Fetches the feeds that are due, logging each outcome; never fails the pass.
-async fn fetch_feeds(pool: &PgPool, settings: &Settings) {
-    match crate::feeds::fetch_due(pool, settings, None).await {
+async fn fetch_feeds(pool: &PgPool, settings: &Settings, deliverer: &deliver::Deliverer) {
+    // Each feed that ends is a sign of life for the watchdog: 200 feeds that each take their
+    // whole `feeds.timeout` keep a pass busy for minutes.
+    let alive = || deliverer.counters().beat_if_looping();
+    match crate::feeds::fetch_due(pool, settings, None, &alive).await {
         Ok(reports) => {
             for r in reports {
                 if r.ok {
@@ -83,7 +86,7 @@ pub async fn run_once(
     // Feeds first, so an issue composed now holds what they just brought. A feed that fails
     // keeps its error and is skipped; nothing here stops the issue.
     if settings.feeds.fetch_before_compose {
-        fetch_feeds(pool, settings).await;
+        fetch_feeds(pool, settings, deliverer).await;
     }
     let due = digest::due_slot(settings, now);
     // Found before the due slot's issue exists: the slots since the last issue.

@@ -207,7 +207,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fetch { id, format } => {
-            let reports = crate::feeds::fetch_due(&pool, settings, id).await?;
+            let reports = crate::feeds::fetch_due(&pool, settings, id, &|| {}).await?;
             if id.is_some() && reports.is_empty() {
                 bail!("no feed {}", id.unwrap_or_default());
             }

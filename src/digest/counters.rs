@@ -110,6 +110,14 @@ impl Counters {
             .store(Utc::now().timestamp(), Ordering::Relaxed);
     }
 
+    /// Marks the loop alive now if this process runs one (`serve`); a one-shot command's
+    /// work (`run`, `feeds fetch`) leaves the heartbeat at 0.
+    pub fn beat_if_looping(&self) {
+        if self.heartbeat.load(Ordering::Relaxed) != 0 {
+            self.beat();
+        }
+    }
+
     /// Counts one settled attempt. A state that is not an outcome (`pending`, `sending`)
     /// counts as `failed`: it cannot happen, and if it did, nothing would be claimed sent.
     pub fn count(&self, status: DeliveryStatus) {

@@ -70,9 +70,7 @@ pub(super) async fn settle_pending(
         }
         Err(_) => return Err(anyhow!(WRITE_FAILED)),
     }
-    if counters.heartbeat.load(Ordering::Relaxed) != 0 {
-        counters.beat();
-    }
+    counters.beat_if_looping();
     progress(&counters.outcomes().to_string());
     Ok(())
 }

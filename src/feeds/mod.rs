@@ -37,11 +37,12 @@ pub struct FeedReport {
 }
 
 /// Fetches the due feeds (or only `only`, due or not), stores their new entries and records
-/// each outcome with its feed.
+/// each outcome with its feed; `each_done` is called as each feed ends.
 pub async fn fetch_due(
     pool: &PgPool,
     settings: &Settings,
     only: Option<i64>,
+    each_done: &(dyn Fn() + Sync),
 ) -> anyhow::Result<Vec<FeedReport>> {
     db::sync_config(pool, &settings.feeds.sources).await?;
     let feeds = db::to_fetch(pool, only).await?;
@@ -56,7 +57,11 @@ pub async fn fetch_due(
     );
     let fetcher = fetch::Fetcher::new(f.timeout, f.max_bytes, f.allow_private, &user_agent)?;
     let reports = futures_util::stream::iter(feeds)
-        .map(|feed| one(pool, settings, &fetcher, feed))
+        .map(|feed| async {
+            let report = one(pool, settings, &fetcher, feed).await;
+            each_done();
+            report
+        })
         .buffer_unordered(AT_ONCE)
         .collect::<Vec<_>>()
         .await;

@@ -96,3 +96,78 @@ async fn serve_says_ready_pings_the_watchdog_and_says_stopping(pool: PgPool) {
         .status;
     assert!(status.success());
 }
+
+/// A pass that fetches many slow feeds is alive: each feed ends within `feeds.timeout`. The
+/// loop used to show a sign of life only when a pass began and per delivery result, so 40
+/// feeds that each took their whole timeout (2 s, 8 at a time: 10 s) silenced the watchdog
+/// (6 s) and systemd would have killed `serve` mid-fetch. 200 firewalled feeds at the default
+/// 20 s take 500 s, over the unit's `WatchdogSec=5min`.
+#[sqlx::test]
+async fn a_long_feed_fetch_keeps_the_watchdog_fed(pool: PgPool) {
+    // Takes every connection and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    for n in 0..40 {
+        sqlx::query("INSERT INTO feed (url) VALUES ($1)")
+            .bind(format!("http://{addr}/feed/{n}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let log = dir.path().join("stderr");
+    let mut cmd = tokio::process::Command::from(
+        Digestif::new(&pool)
+            .env("DIGESTIF_NOW", MONDAY_MORNING)
+            .env("DIGESTIF_HTTP__LISTEN", "127.0.0.1:0")
+            .env("DIGESTIF_FEEDS__ALLOW_PRIVATE", "true")
+            .env("DIGESTIF_FEEDS__TIMEOUT", "2s")
+            .env("NOTIFY_SOCKET", path.to_str().unwrap())
+            // Six seconds: a ping every three while the loop shows a sign of life.
+            .env("WATCHDOG_USEC", "6000000")
+            .command(&["serve"]),
+    );
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    let socket = std::sync::Arc::new(socket);
+    let started = Instant::now();
+    next(&socket, "READY=1", Duration::from_secs(30)).await;
+    // Until every feed has been asked and timed out, and a little more.
+    while taken.load(std::sync::atomic::Ordering::SeqCst) < 40 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "feeds not fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("serve stops")
+        .unwrap()
+        .status;
+    assert!(status.success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.matches("no answer within 2s").count() == 40,
+        "the feeds did not time out:\n{said}"
+    );
+    assert!(!said.contains("no sign of life"), "{said}");
+}
