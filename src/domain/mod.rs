@@ -22,7 +22,8 @@ pub(crate) use token::unhex;
 pub use token::{MIN_SECRET_LEN, Purpose, TokenKey, TokenKeys};
 
 /// Renders untrusted text for an error message on one line: control characters (CR, LF, NUL…)
-/// come out escaped, so a hostile value cannot forge extra lines in a terminal or a log.
+/// and the marks that reorder a line (U+202E and the other bidi controls) come out escaped, so
+/// a hostile value cannot forge extra lines in a terminal or a log, nor make one read backwards.
 pub(crate) fn shown(raw: &str) -> String {
     shown_within(raw, 80)
 }
@@ -32,7 +33,7 @@ pub(crate) fn shown_within(raw: &str, max: usize) -> String {
     let escaped: String = raw
         .chars()
         .map(|c| {
-            if is_forbidden_char(c) {
+            if is_forbidden_char(c) || is_bidi_control(c) {
                 c.escape_debug().to_string()
             } else {
                 c.to_string()
@@ -53,10 +54,33 @@ pub(crate) fn is_forbidden_char(c: char) -> bool {
     c.is_control() || c == '\u{2028}' || c == '\u{2029}'
 }
 
+/// The invisible marks that change the direction of the text after them (Unicode's bidi
+/// embeddings, overrides, isolates and marks).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Control characters (CR, LF, NUL, ESC…) become spaces: what goes into a header, a log line
 /// or an admin's terminal stays one line and cannot carry escape sequences.
 pub fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if is_forbidden_char(c) { ' ' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_escapes_controls_and_the_characters_that_reorder_a_line() {
+        // U+202E turns the rest of a terminal line around: "gpj.exe" reads "exe.jpg".
+        let hostile = "Status: 5.1.1\u{1b}[2J\u{202e}gpj.exe\u{2066}x\u{2069}\u{200f}";
+        let out = shown(hostile);
+        assert_eq!(
+            out,
+            "Status: 5.1.1\\u{1b}[2J\\u{202e}gpj.exe\\u{2066}x\\u{2069}\\u{200f}"
+        );
+        assert_eq!(shown("Crème brûlée, 東京"), "Crème brûlée, 東京");
+    }
 }
