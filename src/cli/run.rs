@@ -47,7 +47,7 @@ pub async fn drain_within<T>(
         Ok(result) => result.map(Some),
         Err(_) => {
             tracing::warn!(
-                "messages in flight did not finish within delivery.shutdown_grace; another worker sends them again once this process has exited (the same Message-ID, so a copy that did arrive is recognisable)"
+                "the work in progress (messages in flight, a feed fetch or an issue being made) did not finish within delivery.shutdown_grace; messages in flight are sent again by another worker once this process has exited (the same Message-ID, so a copy that did arrive is recognisable)"
             );
             Ok(None)
         }
@@ -99,42 +99,38 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
             wait_within: Duration::ZERO,
         },
     );
-    let pass = drain_within(work, stop.clone(), settings.delivery.shutdown_grace).await?;
+    let drained = drain_within(work, stop.clone(), settings.delivery.shutdown_grace).await?;
     let interrupted = *stop.borrow();
-    let Some(pass) = pass else {
-        // Dropped mid-pass: it may have made an issue and sent some of it, so no count and no
-        // "no slot is due". Exit 0, as for any stop on request (README "Running it").
-        if format == Output::Json {
-            return print_json(&serde_json::json!({
-                "interrupted": true,
-                "finished_in_flight": false,
-                "exit_code": 0,
-            }));
-        }
-        println!(
-            "stopped before this run finished: messages in flight did not finish within delivery.shutdown_grace, so this run's counts are unknown; the next run sends what is left"
-        );
-        return Ok(());
-    };
+    // Dropped mid-pass (None): it may have made an issue and sent part of it, so neither its
+    // counts nor "no slot is due" would be true. Exit as for any stop on request (README
+    // "Running it"): 0, unless an issue is paused.
+    let finished_in_flight = drained.is_some();
+    let pass = drained.unwrap_or_default();
     let unfinished = if interrupted {
-        store::issues::oldest_incomplete(&pool).await?
+        store::issues::with_status(&pool, crate::domain::IssueStatus::Sending).await?
     } else {
-        None
+        Vec::new()
     };
     if format == Output::Text {
-        match pass.issue_line(&settings.schedule.cron) {
-            Some(issue) => println!("{issue}"),
-            None if pass.missed.is_none() => println!("no slot is due"),
-            None => {}
+        if finished_in_flight {
+            match pass.issue_line(&settings.schedule.cron) {
+                Some(issue) => println!("{issue}"),
+                None if pass.missed.is_none() => println!("no slot is due"),
+                None => {}
+            }
+            if let Some(missed) = &pass.missed {
+                println!("{missed}");
+            }
+            println!("{}", pass.report.outcomes);
+            if let Some(line) = pass.report.taken_over_line() {
+                println!("{line}");
+            }
+        } else {
+            println!(
+                "stopped before this run finished: its pass did not end within delivery.shutdown_grace, so what it did is not counted here"
+            );
         }
-        if let Some(missed) = &pass.missed {
-            println!("{missed}");
-        }
-        println!("{}", pass.report.outcomes);
-        if let Some(line) = pass.report.taken_over_line() {
-            println!("{line}");
-        }
-        if let Some(issue) = &unfinished {
+        for issue in &unfinished {
             println!(
                 "stopped on request before issue #{} was finished; the next run sends the rest",
                 issue.number.unwrap_or_default()
@@ -158,7 +154,8 @@ pub async fn run(settings: &Settings, fail_on_missed: bool, format: Output) -> a
             "report": pass.report,
             "paused": verdict.paused,
             "interrupted": interrupted,
-            "finished_in_flight": true,
+            "finished_in_flight": finished_in_flight,
+            "unfinished_issues": unfinished.iter().map(|i| i.number).collect::<Vec<_>>(),
             "exit_code": verdict.code,
         }))?;
     }

@@ -60,7 +60,8 @@ pub async fn pick_tips(conn: &mut PgConnection, n: u32) -> sqlx::Result<Vec<Cand
 /// (the slot of the issue before it). So a post dated before the previous slot but stored after
 /// that issue was made goes in this one, while a new feed's archive goes in none. After the
 /// first issue, its window is taken to be as long as the gap to this slot; before it, every
-/// article up to the slot counts.
+/// article up to the slot counts. An article in an issue's snapshot never counts again, even
+/// unrecorded (an issue made by a binary from before migration 19).
 pub async fn articles_to_consider(
     conn: &mut PgConnection,
     slot: DateTime<Utc>,
@@ -78,7 +79,8 @@ pub async fn articles_to_consider(
     sqlx::query_scalar(
         "SELECT a.article_id FROM article a \
          WHERE ($1::timestamptz IS NULL OR a.published_at > $1) AND a.published_at <= $2 \
-           AND NOT EXISTS (SELECT FROM article_considered c WHERE c.article_id = a.article_id)",
+           AND NOT EXISTS (SELECT FROM article_considered c WHERE c.article_id = a.article_id) \
+           AND NOT EXISTS (SELECT FROM issue_item i WHERE i.article_id = a.article_id)",
     )
     .bind(since)
     .bind(slot)
@@ -221,9 +223,18 @@ pub async fn paused<'e, E>(conn: E) -> sqlx::Result<Vec<IssueRow>>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
+    with_status(conn, IssueStatus::Paused).await
+}
+
+/// The issues in `status` now, oldest first.
+pub async fn with_status<'e, E>(conn: E, status: IssueStatus) -> sqlx::Result<Vec<IssueRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ISSUE_COLUMNS} FROM issue WHERE status = 'paused' ORDER BY slot"
+        "SELECT {ISSUE_COLUMNS} FROM issue WHERE status = $1 ORDER BY slot"
     )))
+    .bind(status.as_str())
     .fetch_all(conn)
     .await
 }

@@ -533,6 +533,33 @@ async fn a_late_post_goes_out_whatever_the_gap_to_the_next_slot(pool: PgPool) {
     assert_eq!(titles(&tuesday), ["T", "saturday"]);
 }
 
+/// An issue made by a binary from before migration 19 (still running on another host during
+/// an upgrade) records nothing it considered; what it sent must still never go out again.
+#[sqlx::test]
+async fn an_article_sent_in_an_issue_never_goes_out_again_even_unrecorded(pool: PgPool) {
+    let s = settings("");
+    tip(&pool, "T", "Body.").await;
+    article(
+        &pool,
+        "sent",
+        "https://example.com/1",
+        "2026-11-01T12:00:00Z",
+    )
+    .await;
+    let first = compose(&pool, &s, "2026-11-02T08:00:00Z")
+        .await
+        .expect("issue");
+    assert_eq!(titles(&first), ["T", "sent"]);
+    sqlx::query("DELETE FROM article_considered")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let second = compose(&pool, &s, "2026-11-09T08:00:00Z")
+        .await
+        .expect("issue");
+    assert_eq!(titles(&second), ["T"]);
+}
+
 #[sqlx::test]
 async fn an_upgraded_database_does_not_send_the_last_issues_articles_again(pool: PgPool) {
     let s = settings("[content]\nmax_articles = 2\n");

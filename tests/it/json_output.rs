@@ -48,6 +48,8 @@ async fn run_and_issue_send_report_the_issue_the_outcomes_and_the_exit_code(pool
     assert_eq!(v["missed"], Value::Null);
     assert_eq!(v["paused"], serde_json::json!([]));
     assert_eq!(v["interrupted"], false);
+    assert_eq!(v["finished_in_flight"], true);
+    assert_eq!(v["unfinished_issues"], serde_json::json!([]));
     assert_eq!(v["exit_code"], 0);
 
     // The period's issue exists: issue send creates nothing and says why.
