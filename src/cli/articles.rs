@@ -169,15 +169,25 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
 }
 
 impl Record for db::ArticleRow {
-    const HEADERS: &'static [&'static str] = &["id", "published_at", "title", "url", "author"];
+    const HEADERS: &'static [&'static str] =
+        &["id", "published_at", "title", "url", "author", "issue"];
 
     fn cells(&self) -> Vec<String> {
+        // Where it went: out in an issue, left out by one (a limit, a feed's keywords), or
+        // not yet considered.
+        let issue = match (self.sent_in, self.considered_by, self.considered) {
+            (Some(n), _, _) => format!("#{n}"),
+            (None, Some(n), _) => format!("left out of #{n}"),
+            (None, None, true) => "left out (skipped slot)".to_owned(),
+            (None, None, false) => String::new(),
+        };
         vec![
             self.article_id.to_string(),
             time_cell(Some(self.published_at)),
             self.title.clone(),
             self.url.clone(),
             self.author.clone().unwrap_or_default(),
+            issue,
         ]
     }
 }

@@ -39,6 +39,14 @@ pub struct ArticleRow {
     pub author: Option<String>,
     pub published_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// The number of the issue it went out in.
+    pub sent_in: Option<i32>,
+    /// The number of the issue that considered it, picked or left out (`None` for none yet,
+    /// and for a skipped slot).
+    pub considered_by: Option<i32>,
+    /// Whether an issue (or a skipped slot) has considered it: an article no issue has
+    /// considered is still to come, unless it is dated before the next issue's window.
+    pub considered: bool,
 }
 
 /// Stores a tip; `None` when a tip with the same title (any letter case) is already stored, so
@@ -101,8 +109,14 @@ where
 /// Articles, newest first.
 pub async fn list_articles(pool: &PgPool) -> sqlx::Result<Vec<ArticleRow>> {
     sqlx::query_as(
-        "SELECT article_id, title, url, summary, author, published_at, created_at FROM article \
-         ORDER BY published_at DESC, article_id DESC",
+        "SELECT a.article_id, a.title, a.url, a.summary, a.author, a.published_at, a.created_at, \
+                (SELECT min(i.number) FROM issue_item ii JOIN issue i USING (issue_id) \
+                 WHERE ii.article_id = a.article_id) AS sent_in, \
+                ci.number AS considered_by, c.article_id IS NOT NULL AS considered \
+         FROM article a \
+         LEFT JOIN article_considered c ON c.article_id = a.article_id \
+         LEFT JOIN issue ci ON ci.issue_id = c.issue_id \
+         ORDER BY a.published_at DESC, a.article_id DESC",
     )
     .fetch_all(pool)
     .await

@@ -505,6 +505,35 @@ async fn an_article_that_arrives_after_its_issue_was_made_goes_in_the_next_one(p
         "2026-11-10T00:00:00Z",
     )
     .await;
+    // `articles list` tells the operator where each one went.
+    let listed = Digestif::new(&pool)
+        .ok(&["articles", "list", "--format", "json"])
+        .stdout();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let fate = |title: &str| {
+        let a = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["title"] == title)
+            .unwrap_or_else(|| panic!("{title} not listed"));
+        (a["sent_in"].clone(), a["considered_by"].clone())
+    };
+    use serde_json::json;
+    assert_eq!(fate("late"), (json!(2), json!(2)));
+    assert_eq!(fate("dropped"), (json!(null), json!(1)));
+    assert_eq!(fate("archive"), (json!(null), json!(null)));
+    assert_eq!(fate("newer"), (json!(null), json!(null)));
+    let table = Digestif::new(&pool).ok(&["articles", "list"]).stdout();
+    let line = |title: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(title))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line("late").contains("#2"), "{table}");
+    assert!(line("dropped").contains("left out of #1"), "{table}");
     let third = compose(&pool, &s, "2026-11-16T08:00:00Z")
         .await
         .expect("issue");
