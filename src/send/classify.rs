@@ -94,6 +94,26 @@ fn classify(code: Option<u16>, enhanced: Option<String>, reason: String) -> Outc
     }
 }
 
+/// A refusal of MAIL FROM is about our sender (a blocked account, the bounce domain's DNS, the
+/// size we declared), never about the recipient, whatever its code says: Office 365 answers a
+/// blocked account with "550 5.1.8". So it never counts toward the subscriber's suppression and
+/// never fails the delivery for good: it is retried, and the breaker and failover count it.
+pub fn refused_sender(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Sent => Outcome::Sent,
+        Outcome::Transient(f) | Outcome::Bounced(f) | Outcome::Failed(f) => {
+            Outcome::Transient(Failure {
+                reason: truncate(
+                    &format!("the relay refused our sender (MAIL FROM): {}", f.reason),
+                    400,
+                ),
+                systemic: true,
+                ..f
+            })
+        }
+    }
+}
+
 /// A 3xx where a completion was due (the reply to the final dot): the relay has not said it
 /// took the message, nor refused it. Retried like a connection failure, and a sign of a broken
 /// relay for the breaker.

@@ -655,6 +655,13 @@ impl SmtpPool {
             && at_mail
             && matches!(&done, Done::Reply(Err(e))
                 if e.status().is_none_or(|code| u16::from(code) == 421));
+        let refused_sender = at_mail
+            && !found_closed
+            && match &done {
+                Done::Reply(Ok(r)) => !r.is_positive(),
+                Done::Reply(Err(e)) => e.status().is_some(),
+                _ => false,
+            };
         let outcome = match done {
             Done::Held => return None,
             Done::Silent => silent(),
@@ -682,6 +689,11 @@ impl SmtpPool {
                 Some(code) => classify::classify_reply(u16::from(code), &reply_text(&e)),
                 None => classify::connection_failure(&e.to_string()),
             },
+        };
+        let outcome = if refused_sender {
+            classify::refused_sender(outcome)
+        } else {
+            outcome
         };
         Some(Attempt {
             outcome,

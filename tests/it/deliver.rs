@@ -164,6 +164,34 @@ async fn policy_blocks_pause_the_issue_and_suppress_nobody(pool: PgPool) {
     assert_eq!(pending, 0, "resume delivered the rest");
 }
 
+/// A relay that refuses our sender says nothing about any subscriber: Office 365 answers
+/// "550 5.1.8 Access denied, bad outbound sender" for a blocked account, Postfix's
+/// reject_unknown_sender_domain "550 5.1.8 … Domain not found" when the bounce domain's DNS
+/// breaks. Read as the recipient's 5.1.x, it marked every subscriber bounced and suppressed.
+#[sqlx::test]
+async fn a_refused_sender_pauses_the_issue_and_suppresses_nobody(pool: PgPool) {
+    let server = SmtpServer::start(
+        Policy::default().mail("550 5.1.8 <bounces@example.com>: Sender address rejected"),
+    )
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 60).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    let suppressed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM subscriber WHERE status <> 'active'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(suppressed, 0);
+    let st = statuses(&pool).await;
+    assert_eq!(st.get("bounced"), None, "{st:?}");
+    assert_eq!(st.get("failed"), None, "nothing is failed for good: {st:?}");
+    assert_eq!(report.paused.len(), 1, "{report:?}");
+    assert!(report.paused[0].contains("5.1.8"), "{report:?}");
+    assert!(server.accepted().is_empty());
+}
+
 #[sqlx::test]
 async fn a_dropped_connection_and_a_stalled_server_are_retried_without_doubles(pool: PgPool) {
     let server = SmtpServer::start(

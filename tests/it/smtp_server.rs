@@ -54,6 +54,7 @@ pub struct Policy {
     smtputf8: bool,
     close_after: Option<(usize, Option<&'static str>)>,
     mute_after: Option<usize>,
+    mail: Option<&'static str>,
     tls: Option<Arc<rustls::ServerConfig>>,
     implicit_tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -82,6 +83,7 @@ impl Default for Policy {
             smtputf8: true,
             close_after: None,
             mute_after: None,
+            mail: None,
             tls: None,
             implicit_tls: None,
         }
@@ -93,6 +95,12 @@ impl Policy {
     /// pauses the issue once enough attempts fail so.
     pub fn refusing_by_policy() -> Self {
         Self::default().rcpt(|_, _| Some("550 5.7.1 message refused by policy".to_owned()))
+    }
+
+    /// Answer every MAIL FROM with this reply (e.g. `"550 5.1.8 bad outbound sender"`).
+    pub fn mail(mut self, reply: &'static str) -> Self {
+        self.mail = Some(reply);
+        self
     }
 
     /// Answer RCPT with this reply (e.g. `"450 4.2.0 busy"`) instead of 250 when it says so.
@@ -456,6 +464,10 @@ async fn session_on(
         {
             w.write_all(format!("{reply}\r\n").as_bytes()).await?;
             return Ok(());
+        } else if upper.starts_with("MAIL FROM:")
+            && let Some(reply) = policy.mail
+        {
+            w.write_all(format!("{reply}\r\n").as_bytes()).await?;
         } else if upper.starts_with("MAIL FROM:") {
             rcpts.clear();
             let with_next = !r.buffer().is_empty();
