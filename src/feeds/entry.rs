@@ -102,6 +102,22 @@ pub fn truncate_words(text: &str, max: usize) -> String {
     out
 }
 
+/// The most characters of an entry id stored as given (the column holds 1,000).
+const MAX_GUID_CHARS: usize = 200;
+
+/// How an entry is known across fetches: its id as given, unless it is too long to store or
+/// holds characters the database refuses (NUL) or a terminal would act on; then a digest of
+/// it, the same at every fetch.
+fn entry_key(id: &str) -> String {
+    if id.chars().count() <= MAX_GUID_CHARS && !id.chars().any(crate::domain::is_forbidden_char) {
+        return id.to_owned();
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// Reads the feed fetched from `source` (relative links resolve against it) from `bytes`. `seen_at` is
 /// the publication time of an entry that gives neither a published nor an updated time (the
 /// first time we saw it); `summary_chars` caps each summary.
@@ -173,7 +189,7 @@ pub fn read(
             &published.to_rfc3339(),
         ) {
             Ok(article) => out.articles.push(FeedArticle {
-                guid: entry.id,
+                guid: entry_key(&entry.id),
                 article,
             }),
             Err(e) => out.skipped.push(format!("'{}': {e}", shown(&title))),

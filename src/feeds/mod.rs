@@ -70,6 +70,12 @@ pub async fn fetch_due(
     Ok(reports)
 }
 
+/// The database refused the data (a constraint, an encoding, a trigger), as opposed to being
+/// unreachable: the feed is at fault, not the fetch.
+fn is_refusal(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(_))
+}
+
 async fn one(
     pool: &PgPool,
     settings: &Settings,
@@ -116,7 +122,21 @@ async fn one(
             validators,
         }) => match entry::read(&bytes, &final_url, Utc::now(), settings.feeds.summary_chars) {
             Ok(entries) => {
-                report.added = db::store_entries(pool, feed.feed_id, &entries.articles).await?;
+                // The database refusing what a feed holds fails that feed, with its error
+                // and backoff, like any other fault of the feed: never the whole fetch.
+                report.added = match db::store_entries(pool, feed.feed_id, &entries.articles).await
+                {
+                    Ok(added) => added,
+                    Err(e) if is_refusal(&e) => {
+                        report.status = format!(
+                            "could not store its entries: {}",
+                            crate::domain::shown_within(&e.to_string(), 300)
+                        );
+                        db::failed(pool, feed.feed_id, &report.status, backoff(None)).await?;
+                        return Ok(report);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 report.skipped = entries.skipped;
                 report.status = "ok".into();
                 report.ok = true;

@@ -731,3 +731,93 @@ async fn hostile_feed_text_never_reaches_any_output_as_markup(pool: PgPool) {
     assert!(!text.contains("javascript:alert(3)"), "{text}");
     assert!(!text.contains("A link that runs code"), "{text}");
 }
+
+/// Characters a URL's path may hold, in an order nothing compresses.
+fn incompressible(n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
+/// A feed's entry ids and links are the publisher's to choose: an id of 1,001 characters or
+/// one with a NUL in it, and a link of 3,000 characters that no index can hold, each made the
+/// whole fetch fail with a database error, storing none of the feed's good entries, recording
+/// no error and no backoff, so `serve` fetched it again at every pass.
+#[sqlx::test]
+async fn hostile_entry_ids_and_links_cost_only_themselves(pool: PgPool) {
+    let body = format!(
+        r#"{{"version": "https://jsonfeed.org/version/1.1", "title": "H", "items": [
+        {{"id": "{long_id}", "url": "https://h.example.com/long-id", "title": "Long id",
+          "date_published": "2026-11-23T10:00:00Z"}},
+        {{"id": "nul\u0000id", "url": "https://h.example.com/nul-id", "title": "Nul id",
+          "date_published": "2026-11-23T10:00:00Z"}},
+        {{"id": "long-url", "url": "https://h.example.com/{long_path}", "title": "Long link",
+          "date_published": "2026-11-23T10:00:00Z"}},
+        {{"id": "fine", "url": "https://h.example.com/fine", "title": "Fine",
+          "date_published": "2026-11-23T10:00:00Z"}}]}}"#,
+        long_id = "x".repeat(1001),
+        long_path = incompressible(3000),
+    );
+    let url = json_feed(Box::leak(body.into_boxed_str())).await;
+    let d = Digestif::new(&pool).env("DIGESTIF_FEEDS__ALLOW_PRIVATE", "true");
+    d.ok(&["feeds", "add", &url]);
+    let first = d.ok_async(&["feeds", "fetch"]).await;
+    assert!(first.stdout().contains(": ok (3 new articles)"), "{first}");
+    assert!(
+        first.stderr().contains("left out 'Long link'"),
+        "the skipped entry is named: {first}"
+    );
+    let titles: Vec<String> = sqlx::query_scalar("SELECT title FROM article ORDER BY title")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(titles, ["Fine", "Long id", "Nul id"]);
+    // The same entries fetched again are the same articles.
+    let again = d.ok_async(&["feeds", "fetch", "1"]).await.stdout();
+    assert!(again.contains(": ok (0 new articles)"), "{again}");
+}
+
+/// A feed whose entries the database refuses (here a trigger stands for any such refusal) is
+/// one failed feed: recorded with its error and backoff, while the others are stored.
+#[sqlx::test]
+async fn a_feed_the_database_refuses_fails_alone_and_backs_off(pool: PgPool) {
+    let (base, _) = server().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_vacuum() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.title = 'Vacuum' THEN RAISE EXCEPTION 'refused for the test'; END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_vacuum BEFORE INSERT ON article \
+           FOR EACH ROW EXECUTE FUNCTION refuse_vacuum();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let d = Digestif::new(&pool).env("DIGESTIF_FEEDS__ALLOW_PRIVATE", "true");
+    d.ok(&["feeds", "add", &format!("{base}/rss")]);
+    d.ok(&["feeds", "add", &format!("{base}/atom")]);
+    let run = d.run_async(&["feeds", "fetch"]).await;
+    assert_eq!(run.output.status.code(), Some(1), "{run}");
+    let out = run.stdout();
+    assert!(
+        out.contains("feed 1 ") && out.contains("FAILED: ") && out.contains("refused for the test"),
+        "{run}"
+    );
+    assert!(
+        out.contains("feed 2 ") && out.contains(": ok (2 new articles)"),
+        "{run}"
+    );
+    let (failures, backing_off): (i32, bool) = sqlx::query_as(
+        "SELECT failures, next_fetch_at > now() + interval '1 minute' FROM feed WHERE feed_id = 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((failures, backing_off), (1, true));
+}
