@@ -387,6 +387,13 @@ impl Deliverer {
         let claimed = deliveries::claim(&self.pool, self.worker.id, limit, d.lease)
             .await
             .context("failed to claim deliveries")?;
+        // A claim reads only issues that are sending: one this pass opened the breaker for has
+        // been resumed since (its cool-down ended, or `issue resume`). Still counting it open
+        // would give back every row of it at once and claim them again, without end.
+        if let Ok(mut b) = self.breaker.lock() {
+            b.open
+                .retain(|issue| !claimed.iter().any(|c| c.issue_id == *issue));
+        }
         let mut reclaimed: HashMap<i64, i32> = HashMap::new();
         for c in claimed.iter().filter(|c| c.was == DeliveryStatus::Sending) {
             *reclaimed.entry(c.issue_id).or_default() += 1;

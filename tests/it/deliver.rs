@@ -192,6 +192,52 @@ async fn a_refused_sender_pauses_the_issue_and_suppresses_nobody(pool: PgPool) {
     assert!(server.accepted().is_empty());
 }
 
+/// An issue the breaker paused comes back (its cool-down ends, or `issue resume`) while the
+/// same pass goes on, waiting for another issue's retry. The pass still counted the breaker
+/// open for it: it claimed the issue's rows, gave them all back and claimed them again, in a
+/// loop that never slept and never sent them.
+#[sqlx::test]
+async fn an_issue_resumed_during_a_pass_is_sent_by_that_pass(pool: PgPool) {
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    let server = SmtpServer::start(Policy::default().rcpt(move |_, _| {
+        match counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0..12 => Some("550 5.7.1 message refused by policy".to_owned()),
+            _ => None,
+        }
+    }))
+    .await;
+    let mut s = settings(&server, "");
+    // The first claim holds only the first issue's rows.
+    s.delivery.batch_size = 20;
+    s.delivery.breaker_cooldown = Duration::from_secs(1);
+    seed(&pool, 20).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    digest::create_issue(&pool, &s, at("2026-12-07T08:00:00Z"))
+        .await
+        .unwrap();
+    // A retry of the second issue, due after the first issue's cool-down has ended: the pass
+    // waits for it.
+    sqlx::query(
+        "UPDATE delivery SET status = 'deferred', next_attempt_at = now() + interval '3 seconds' \
+         WHERE issue_id = 2 AND subscriber_id = 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(20), deliver_all(&pool, &s))
+        .await
+        .expect("the pass ends");
+    assert_eq!(report.paused.len(), 1, "{report:?}");
+    let st = statuses(&pool).await;
+    assert_eq!(st.get("pending"), None, "{st:?}");
+    assert_eq!(st.get("deferred"), None, "{st:?}");
+    assert_eq!(
+        st.get("sent").copied().unwrap_or(0) + st.get("failed").copied().unwrap_or(0),
+        40
+    );
+}
+
 #[sqlx::test]
 async fn a_dropped_connection_and_a_stalled_server_are_retried_without_doubles(pool: PgPool) {
     let server = SmtpServer::start(
