@@ -142,15 +142,20 @@ fn hostname() -> Option<String> {
         .map(|h| h.trim().to_owned())
 }
 
-/// Renews the leases of every claim `worker` holds; returns how many it holds.
+/// Renews the leases of the claims `worker` holds; returns how many it renewed. A claim whose
+/// row another statement holds right now (the worker writing its result, or giving it back)
+/// is left for the next round: waiting for it, with rows locked in another order, deadlocked,
+/// and a failed renewal costs the worker its lock.
 pub async fn renew(
     conn: &mut PgConnection,
     worker: i32,
     lease: std::time::Duration,
 ) -> sqlx::Result<u64> {
     Ok(sqlx::query(
-        "UPDATE delivery SET lease_until = now() + make_interval(secs => $2) \
-         WHERE status = 'sending' AND claimed_by = $1",
+        "UPDATE delivery d SET lease_until = now() + make_interval(secs => $2) \
+         FROM (SELECT issue_id, subscriber_id FROM delivery \
+               WHERE status = 'sending' AND claimed_by = $1 FOR UPDATE SKIP LOCKED) mine \
+         WHERE d.issue_id = mine.issue_id AND d.subscriber_id = mine.subscriber_id",
     )
     .bind(worker)
     .bind(lease.as_secs_f64())

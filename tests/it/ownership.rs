@@ -878,3 +878,43 @@ async fn the_pre_dot_checks_margin_counts_the_time_it_waited_for_the_row(pool: P
         "a yes with less than the margin left"
     );
 }
+
+/// The heartbeat renews every lease the worker holds in one statement while the worker gives
+/// claims back (the breaker opened, a stop) or writes results in others, each locking rows in
+/// its own order: they deadlocked, and Postgres failed one of them. A failed renewal drops
+/// the worker's connection and with it its lock, so other workers take over its claims.
+#[sqlx::test]
+async fn renewing_leases_never_deadlocks_with_giving_claims_back(pool: PgPool) {
+    use digestif::store::deliveries::{claim, register_worker, release, renew};
+    seed(&pool, 300).await;
+    let s = digestif::config::Settings::from_toml("").unwrap();
+    digestif::digest::create_issue(&pool, &s, crate::helpers::at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let mut conn = pool.acquire().await.unwrap().detach();
+    let id = register_worker(&mut conn).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let renewer = tokio::spawn(async move {
+        let mut rounds = 0u32;
+        while Instant::now() < deadline {
+            renew(&mut conn, id, hour).await?;
+            rounds += 1;
+        }
+        Ok::<u32, sqlx::Error>(rounds)
+    });
+    let p = pool.clone();
+    let releaser = tokio::spawn(async move {
+        let mut rounds = 0u32;
+        while Instant::now() < deadline {
+            let mut held = claim(&p, id, 300, hour).await?;
+            held.reverse();
+            release(&p, id, &held).await?;
+            rounds += 1;
+        }
+        Ok::<u32, sqlx::Error>(rounds)
+    });
+    let renewed = renewer.await.unwrap().expect("renewing");
+    let released = releaser.await.unwrap().expect("giving back");
+    assert!(renewed > 10 && released > 10, "{renewed} {released}");
+}
