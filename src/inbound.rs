@@ -407,14 +407,32 @@ pub async fn apply(
             return failed_only(pool, (issue_id, subscriber_id), status, &detail).await;
         }
     };
-    Ok(if recorded {
-        Handled::Bounced {
+    if recorded {
+        return Ok(Handled::Bounced {
             subscriber_id,
             status,
-        }
-    } else {
-        Handled::AlreadyBounced(subscriber_id)
-    })
+        });
+    }
+    unchanged(pool, (issue_id, subscriber_id)).await
+}
+
+/// A report about a delivery whose result is not written yet: its 250 came and `sent` is on
+/// its way (a local MTA can bounce that fast). Acting now would change nothing and lose the
+/// report, so the sender is asked to try again later: exit 75 for the MTA, 503 for a webhook,
+/// and the IMAP copy stays in the folder for the next pass.
+#[derive(Debug, thiserror::Error)]
+#[error("the delivery to subscriber {0} is still being recorded: try again later")]
+pub struct NotYetRecorded(pub i64);
+
+/// A report that changed nothing: already recorded (or never sent), or too early.
+async fn unchanged(
+    pool: &PgPool,
+    (issue_id, subscriber_id): (i64, i64),
+) -> anyhow::Result<Handled> {
+    if deliveries::in_flight(pool, issue_id, subscriber_id).await? {
+        return Err(NotYetRecorded(subscriber_id).into());
+    }
+    Ok(Handled::AlreadyBounced(subscriber_id))
 }
 
 /// Fails a sent delivery for good without counting it toward the subscriber's suppression.
@@ -425,16 +443,13 @@ async fn failed_only(
     detail: &str,
 ) -> anyhow::Result<Handled> {
     let detail = crate::send::classify::truncate(&one_line(detail), 400);
-    Ok(
-        if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail).await? {
-            Handled::Failed {
-                subscriber_id,
-                status,
-            }
-        } else {
-            Handled::AlreadyBounced(subscriber_id)
-        },
-    )
+    if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail).await? {
+        return Ok(Handled::Failed {
+            subscriber_id,
+            status,
+        });
+    }
+    unchanged(pool, (issue_id, subscriber_id)).await
 }
 
 /// Why a complaint that is neither VERP-tagged nor from a proved feedback loop is ignored.

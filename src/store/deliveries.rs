@@ -647,6 +647,19 @@ pub async fn open_count(pool: &PgPool) -> sqlx::Result<i64> {
     .await
 }
 
+/// Whether the delivery is claimed right now: handed to a relay (or about to be) with its
+/// result not yet written.
+pub async fn in_flight(pool: &PgPool, issue_id: i64, subscriber_id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM delivery \
+                        WHERE issue_id = $1 AND subscriber_id = $2 AND status = 'sending')",
+    )
+    .bind(issue_id)
+    .bind(subscriber_id)
+    .fetch_one(pool)
+    .await
+}
+
 /// Records a hard bounce that arrived later as a DSN: the delivery becomes `bounced` and the
 /// subscriber's counter goes up (suppressed at `threshold`), with an event. Returns false when
 /// the delivery is not `sent` (its bounce was recorded before, so the same DSN twice counts

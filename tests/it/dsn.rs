@@ -227,3 +227,43 @@ async fn a_reports_fields_reach_the_terminal_escaped_and_short(pool: PgPool) {
         assert!(stdout.len() < 1000, "{} bytes", stdout.len());
     }
 }
+
+/// A local Postfix can bounce a message before the worker has written `sent` for it (the 250
+/// came, the result is on its way): the bounce used to change nothing and exit 0, so the MTA
+/// dropped it and the address was never suppressed. It now asks to be tried again (exit 75),
+/// and counts once the result is written.
+#[sqlx::test]
+async fn a_bounce_that_outruns_the_sent_record_is_tried_again(pool: PgPool) {
+    let (_outbox, verp) = sent_one(&pool).await;
+    // As it stands between the 250 and the write of its result.
+    sqlx::query("UPDATE delivery SET status = 'sending', sent_at = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let part = "Content-Type: message/delivery-status\r\n\r\n\
+                Reporting-MTA: dns; mx.example.org\r\n\r\n\
+                Final-Recipient: rfc822; user1@example.com\r\n\
+                Action: failed\r\n\
+                Status: 5.1.1\r\n\
+                Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n";
+    let d = Digestif::new(&pool);
+    let early = d.run_with_stdin(
+        &["inbound", "--recipient", &verp],
+        report(&verp, part).as_bytes(),
+    );
+    assert_eq!(early.output.status.code(), Some(75), "{early}");
+    sqlx::query("UPDATE delivery SET status = 'sent', sent_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let again = d.run_with_stdin(
+        &["inbound", "--recipient", &verp],
+        report(&verp, part).as_bytes(),
+    );
+    assert!(again.output.status.success(), "{again}");
+    let (delivery, _, subscriber) = delivery(&pool).await;
+    assert_eq!(
+        (delivery.as_str(), subscriber.as_str()),
+        ("bounced", "bounced")
+    );
+}
