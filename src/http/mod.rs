@@ -189,7 +189,13 @@ async fn accept_loop(
             request.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(request)
         });
-        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        // hyper has no write timeout, and no header timeout runs while a request is being
+        // answered: a client that pipelines requests and never reads the answers would hold
+        // this connection, and a slot of `max_connections`, for ever once its buffers fill.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.request_timeout));
+        let io = TokioIo::new(Box::pin(stream));
+        let connection = graceful.watch(http1.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("http: connection from {peer}: {e}");

@@ -114,6 +114,49 @@ async fn connections_beyond_the_cap_wait_their_turn(pool: PgPool) {
     );
 }
 
+/// A client that sends request after request and never reads the answers: once its buffers
+/// are full the server's write waits for ever, and no header timeout runs while a request is
+/// being answered, so such clients held every connection slot, and one-click unsubscribes,
+/// confirmation links and `/readyz` hung. A write that makes no progress for
+/// `http.request_timeout` now closes the connection.
+#[sqlx::test]
+async fn a_client_that_never_reads_its_answers_is_cut_off(pool: PgPool) {
+    let app = App::start(
+        &pool,
+        "[http]\nmax_connections = 1\nrequest_timeout = \"2s\"\nheader_timeout = \"2s\"\n",
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut hog = socket.connect(app.addr).await.unwrap();
+    let flood = tokio::spawn(async move {
+        let request = b"GET / HTTP/1.1\r\nHost: news.example.com\r\n\r\n".repeat(50);
+        for _ in 0..400 {
+            if hog.write_all(&request).await.is_err() {
+                break;
+            }
+        }
+        // Held open, never read.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(hog);
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        http_get(&app.addr.to_string(), "/healthz"),
+    )
+    .await
+    .expect("a client that never reads held the only connection slot");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    flood.abort();
+}
+
 /// `serve` with a slot a minute ago (so it sends at once) under an open-file limit of 96,
 /// while 300 clients open connections and never finish their headers: every subscriber still
 /// gets the issue, and `/healthz` answers again once the slow clients are cut off.
