@@ -69,7 +69,21 @@ pub fn classify_dsn(status: &str, diagnostic: Option<&str>) -> Outcome {
         )),
         400,
     );
-    classify(code, enhanced, reason)
+    match classify(code, enhanced, reason) {
+        // Reported after the fact, a refusal of our sender ended that delivery; it is not
+        // retried by a report, and it is still not the subscriber's bounce.
+        Outcome::Transient(f) if f.enhanced.as_deref().is_some_and(about_the_sender) => {
+            Outcome::Failed(f)
+        }
+        other => other,
+    }
+}
+
+/// RFC 3463's X.1.7 (the sender's mailbox address is bad) and X.1.8 (the sender's system
+/// address is bad): about our sender, wherever they come (Postfix refuses the sender at RCPT
+/// by default), never about the recipient.
+fn about_the_sender(enhanced: &str) -> bool {
+    matches!(enhanced, "5.1.7" | "5.1.8")
 }
 
 /// The one rule for reply and DSN alike.
@@ -85,6 +99,9 @@ fn classify(code: Option<u16>, enhanced: Option<String>, reason: String) -> Outc
     }
     match enhanced.as_deref() {
         Some(e) if e.starts_with("4.") => Outcome::Transient(failure(false)),
+        // Retried once the operator has fixed the sender, and a sign of trouble for the
+        // breaker, like a refusal of MAIL FROM.
+        Some(e) if about_the_sender(e) => Outcome::Transient(failure(true)),
         Some(e) if e.starts_with("5.1.") || e == "5.2.1" => Outcome::Bounced(failure(false)),
         Some(e) if e.starts_with("5.7.") => Outcome::Failed(failure(true)),
         // Without an enhanced code a 5xx does not say whether the mailbox is gone or the
@@ -94,8 +111,8 @@ fn classify(code: Option<u16>, enhanced: Option<String>, reason: String) -> Outc
     }
 }
 
-/// A refusal of MAIL FROM is about our sender (a blocked account, the bounce domain's DNS, the
-/// size we declared), never about the recipient, whatever its code says: Office 365 answers a
+/// A refusal of MAIL FROM is about our sender (a blocked account, the bounce domain's DNS),
+/// never about the recipient, whatever its code says: Office 365 answers a
 /// blocked account with "550 5.1.8". So it never counts toward the subscriber's suppression and
 /// never fails the delivery for good: it is retried, and the breaker and failover count it.
 pub fn refused_sender(outcome: Outcome) -> Outcome {

@@ -170,10 +170,24 @@ async fn policy_blocks_pause_the_issue_and_suppress_nobody(pool: PgPool) {
 /// breaks. Read as the recipient's 5.1.x, it marked every subscriber bounced and suppressed.
 #[sqlx::test]
 async fn a_refused_sender_pauses_the_issue_and_suppresses_nobody(pool: PgPool) {
-    let server = SmtpServer::start(
-        Policy::default().mail("550 5.1.8 <bounces@example.com>: Sender address rejected"),
-    )
-    .await;
+    let policy = Policy::default().mail("550 5.1.8 <bounces@example.com>: Sender address rejected");
+    refused_sender(&pool, policy).await;
+}
+
+/// Postfix checks the sender at RCPT, not at MAIL, by default (`smtpd_delay_reject = yes`):
+/// the same refusal arrives where a recipient's would. 5.1.7 and 5.1.8 name the sender's
+/// address (RFC 3463), wherever they come.
+#[sqlx::test]
+async fn a_sender_refused_at_rcpt_pauses_the_issue_and_suppresses_nobody(pool: PgPool) {
+    let policy = Policy::default().rcpt(|_, _| {
+        Some("550 5.1.8 <bounces@example.com>: Sender address rejected: Domain not found".into())
+    });
+    refused_sender(&pool, policy).await;
+}
+
+async fn refused_sender(pool: &PgPool, policy: Policy) {
+    let pool = pool.clone();
+    let server = SmtpServer::start(policy).await;
     let s = settings(&server, "");
     seed(&pool, 60).await;
     digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();

@@ -267,3 +267,28 @@ async fn a_bounce_that_outruns_the_sent_record_is_tried_again(pool: PgPool) {
         ("bounced", "bounced")
     );
 }
+
+/// A report that our sender was refused further on (Office 365 sends "5.1.8 Access denied, bad
+/// outbound sender" back as a bounce) says nothing of the subscriber: the delivery failed, the
+/// subscriber stays.
+#[sqlx::test]
+async fn a_report_about_our_sender_suppresses_nobody(pool: PgPool) {
+    let (_outbox, verp) = sent_one(&pool).await;
+    let part = "Content-Type: message/delivery-status\r\n\r\n\
+                Reporting-MTA: dns; mx.example.org\r\n\r\n\
+                Final-Recipient: rfc822; user1@example.com\r\n\
+                Action: failed\r\n\
+                Status: 5.1.8\r\n\
+                Diagnostic-Code: smtp; 550 5.1.8 Access denied, bad outbound sender\r\n";
+    let out = Digestif::new(&pool).run_with_stdin(
+        &["inbound", "--recipient", &verp],
+        report(&verp, part).as_bytes(),
+    );
+    assert!(out.output.status.success(), "{out}");
+    let (delivery, error, subscriber) = delivery(&pool).await;
+    assert_eq!(
+        (delivery.as_str(), subscriber.as_str()),
+        ("failed", "active")
+    );
+    assert!(error.contains("5.1.8"), "{error}");
+}
