@@ -116,6 +116,10 @@ impl ArticleUrl {
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
             return Err(ContentError::BadUrl(what, shown(trimmed)));
         }
+        // Measured again as stored: percent-encoding makes a typed character up to 9 bytes.
+        if url.as_str().len() > MAX_URL_CHARS {
+            return Err(ContentError::TooLong(what, MAX_URL_CHARS));
+        }
         Ok(Self(url.to_string()))
     }
 
@@ -351,6 +355,18 @@ fn keywords(which: &str, raw: &[String]) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_measured_as_it_is_stored() {
+        // 1,000 characters typed, 9,000 bytes once percent-encoded: over the index's limit.
+        let wide = format!("https://example.com/{}", "東".repeat(1000));
+        assert_eq!(
+            ArticleUrl::parse("url", &wide),
+            Err(ContentError::TooLong("url", MAX_URL_CHARS))
+        );
+        let longest = format!("https://example.com/{}", "a".repeat(MAX_URL_CHARS - 20));
+        assert!(ArticleUrl::parse("url", &longest).is_ok());
+    }
 
     #[test]
     fn only_http_and_https_urls_are_accepted() {

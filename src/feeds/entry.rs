@@ -102,14 +102,14 @@ pub fn truncate_words(text: &str, max: usize) -> String {
     out
 }
 
-/// The most characters of an entry id stored as given (the column holds 1,000).
-const MAX_GUID_CHARS: usize = 200;
+/// The most characters of an entry id stored as given (the column's limit).
+const MAX_GUID_CHARS: usize = 1_000;
 
-/// How an entry is known across fetches: its id as given, unless it is too long to store or
-/// holds characters the database refuses (NUL) or a terminal would act on; then a digest of
-/// it, the same at every fetch.
+/// How an entry is known across fetches: its id as given, unless the database cannot store it
+/// (too long, or a NUL); then a digest of it, the same at every fetch. Ids the database could
+/// store before are kept as they are, so no stored entry changes identity.
 fn entry_key(id: &str) -> String {
-    if id.chars().count() <= MAX_GUID_CHARS && !id.chars().any(crate::domain::is_forbidden_char) {
+    if id.chars().count() <= MAX_GUID_CHARS && !id.contains('\0') {
         return id.to_owned();
     }
     use sha2::Digest as _;

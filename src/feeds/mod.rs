@@ -70,10 +70,18 @@ pub async fn fetch_due(
     Ok(reports)
 }
 
-/// The database refused the data (a constraint, an encoding, a trigger), as opposed to being
-/// unreachable: the feed is at fault, not the fetch.
+/// The database refused the data itself: a data exception (22: an encoding, a value out of
+/// range), a constraint (23), a limit (54: an index row too large) or a trigger's refusal
+/// (P0). The feed is at fault then; a deadlock, a timeout or a restart is not the feed's.
 fn is_refusal(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(_))
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code().is_some_and(|code| {
+        ["22", "23", "54", "P0"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    })
 }
 
 async fn one(

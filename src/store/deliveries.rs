@@ -143,9 +143,11 @@ fn hostname() -> Option<String> {
 }
 
 /// Renews the leases of the claims `worker` holds; returns how many it renewed. A claim whose
-/// row another statement holds right now (the worker writing its result, or giving it back)
-/// is left for the next round: waiting for it, with rows locked in another order, deadlocked,
-/// and a failed renewal costs the worker its lock.
+/// row another statement is updating right now (the worker writing its result, or giving it
+/// back) is left for the next round, a third of a lease later: waiting for it, with rows
+/// locked in another order, deadlocked, and a failed renewal costs the worker its lock. The
+/// lock taken (NO KEY UPDATE) is the one an UPDATE takes, which the check before the final
+/// dot (KEY SHARE) does not wait for.
 pub async fn renew(
     conn: &mut PgConnection,
     worker: i32,
@@ -154,7 +156,7 @@ pub async fn renew(
     Ok(sqlx::query(
         "UPDATE delivery d SET lease_until = now() + make_interval(secs => $2) \
          FROM (SELECT issue_id, subscriber_id FROM delivery \
-               WHERE status = 'sending' AND claimed_by = $1 FOR UPDATE SKIP LOCKED) mine \
+               WHERE status = 'sending' AND claimed_by = $1 FOR NO KEY UPDATE SKIP LOCKED) mine \
          WHERE d.issue_id = mine.issue_id AND d.subscriber_id = mine.subscriber_id",
     )
     .bind(worker)

@@ -760,20 +760,26 @@ async fn hostile_entry_ids_and_links_cost_only_themselves(pool: PgPool) {
           "date_published": "2026-11-23T10:00:00Z"}},
         {{"id": "long-url", "url": "https://h.example.com/{long_path}", "title": "Long link",
           "date_published": "2026-11-23T10:00:00Z"}},
+        {{"id": "wide", "url": "https://h.example.com/{wide_path}", "title": "Wide link",
+          "date_published": "2026-11-23T10:00:00Z"}},
         {{"id": "fine", "url": "https://h.example.com/fine", "title": "Fine",
           "date_published": "2026-11-23T10:00:00Z"}}]}}"#,
         long_id = "x".repeat(1001),
         long_path = incompressible(3000),
+        // 1,000 characters, 9,000 bytes once percent-encoded as stored.
+        wide_path = "東".repeat(1000),
     );
     let url = json_feed(Box::leak(body.into_boxed_str())).await;
     let d = Digestif::new(&pool).env("DIGESTIF_FEEDS__ALLOW_PRIVATE", "true");
     d.ok(&["feeds", "add", &url]);
     let first = d.ok_async(&["feeds", "fetch"]).await;
     assert!(first.stdout().contains(": ok (3 new articles)"), "{first}");
-    assert!(
-        first.stderr().contains("left out 'Long link'"),
-        "the skipped entry is named: {first}"
-    );
+    for title in ["Long link", "Wide link"] {
+        assert!(
+            first.stderr().contains(&format!("left out '{title}'")),
+            "the skipped entry is named: {first}"
+        );
+    }
     let titles: Vec<String> = sqlx::query_scalar("SELECT title FROM article ORDER BY title")
         .fetch_all(&pool)
         .await
