@@ -168,7 +168,7 @@ async fn web_check(r: &mut Report, settings: &Settings) {
             &format!("web: {url}"),
             &format!(
                 "answered 503 ({}): the digestif serving the links is not ready",
-                crate::domain::one_line(&a.body.trim().chars().take(120).collect::<String>())
+                crate::domain::on_terminal(&a.body.trim().chars().take(120).collect::<String>())
             ),
         ),
         Ok(a) => r.fail(
@@ -177,7 +177,7 @@ async fn web_check(r: &mut Report, settings: &Settings) {
         ),
         Err(e) => r.fail(
             &format!("web: {url}"),
-            &format!("{}; {fix}", crate::domain::one_line(&e)),
+            &format!("{}; {fix}", crate::domain::on_terminal(&e)),
         ),
     }
 }

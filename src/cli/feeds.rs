@@ -90,7 +90,7 @@ fn http_url(raw: &str) -> anyhow::Result<url::Url> {
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "'{}' is not an http or https URL",
-                crate::domain::one_line(raw)
+                crate::domain::on_terminal(raw)
             )
         })
 }

@@ -1,6 +1,6 @@
 //! `digestif issue …`: preview, send, list, inspect, resume and test-send issues.
 
-use crate::domain::one_line;
+use crate::domain::on_terminal;
 use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -227,11 +227,11 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 StatusFormat::Table => {
                     println!(
                         "issue #{number}: {} ({})",
-                        one_line(&issue.subject),
+                        on_terminal(&issue.subject),
                         issue.status
                     );
                     if let Some(reason) = &issue.status_reason {
-                        println!("reason: {}", one_line(reason));
+                        println!("reason: {}", on_terminal(reason));
                     }
                     println!("slot: {}", time_cell(Some(issue.slot)));
                     let total: i64 = counts.iter().map(|(_, n)| n).sum();
@@ -242,7 +242,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                     let mut relay = None;
                     for (name, status, n) in &by_relay {
                         if relay != Some(name) {
-                            println!("relay {}:", one_line(name));
+                            println!("relay {}:", on_terminal(name));
                             relay = Some(name);
                         }
                         println!("  {status:<9} {n}");

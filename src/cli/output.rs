@@ -125,7 +125,7 @@ fn write_table(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> 
     // Cells come from outside (bounce texts, names stored by older versions): no escape
     // sequence reaches the terminal.
     let clip = |s: &str| -> String {
-        let s = crate::domain::one_line(s);
+        let s = crate::domain::on_terminal(s);
         if s.chars().count() > MAX_TABLE_CELL {
             let cut: String = s.chars().take(MAX_TABLE_CELL - 1).collect();
             format!("{cut}…")

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use super::output::{Format, Listing, Output, Record, print_json, progress, time_cell};
 use crate::config::Settings;
 use crate::digest;
-use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus, one_line};
+use crate::domain::{SubscriberEmail, SubscriberName, SubscriberStatus, on_terminal};
 use crate::store::{self, subscribers as db};
 
 /// `--status`: the lifecycle states, spelled as the CLI takes them (the domain type knows
@@ -249,7 +249,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 }
                 ShowFormat::Table => {
                     for (header, cell) in SubscriberRow::HEADERS.iter().zip(row.cells()) {
-                        writeln!(out, "{header:<16}{}", one_line(&cell))?;
+                        writeln!(out, "{header:<16}{}", on_terminal(&cell))?;
                     }
                     writeln!(out, "history:")?;
                     for e in events {
@@ -260,7 +260,7 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                             e.kind,
                             e.method,
                             e.detail
-                                .map(|d| format!(" ({})", one_line(&d)))
+                                .map(|d| format!(" ({})", on_terminal(&d)))
                                 .unwrap_or_default()
                         )?;
                     }

@@ -60,6 +60,21 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Outside text for the operator's terminal: one line (as [`one_line`]), with the marks that
+/// reorder a line escaped (as [`shown`]), uncut.
+pub fn on_terminal(s: &str) -> String {
+    one_line(s)
+        .chars()
+        .map(|c| {
+            if is_bidi_control(c) {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Control characters (CR, LF, NUL, ESC…) become spaces: what goes into a header, a log line
 /// or an admin's terminal stays one line and cannot carry escape sequences.
 pub fn one_line(s: &str) -> String {

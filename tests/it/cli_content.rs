@@ -173,3 +173,22 @@ async fn an_unclosed_quote_in_an_article_file_is_an_error(pool: PgPool) {
         .unwrap();
     assert_eq!(stored, 0);
 }
+
+/// Text from outside (a feed's title, a bounce's detail, a name) printed in a table or a status
+/// line: a bidi override (U+202E) in it would make the rest of the operator's line read
+/// backwards, so it is shown escaped.
+#[sqlx::test]
+async fn a_bidi_override_in_a_title_is_shown_escaped(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&[
+        "articles",
+        "add",
+        "--title",
+        "Invoice \u{202e}fdp.exe",
+        "--url",
+        "https://example.com/invoice",
+    ]);
+    let table = d.ok(&["articles", "list"]).stdout();
+    assert!(!table.contains('\u{202e}'), "{table}");
+    assert!(table.contains("Invoice \\u{202e}fdp.exe"), "{table}");
+}
