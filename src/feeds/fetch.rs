@@ -63,8 +63,11 @@ pub enum FetchError {
 }
 
 /// Whether `ip` is one digestif may fetch from without `feeds.allow_private`: not loopback,
-/// private (RFC 1918, unique local), link-local, CGNAT, unspecified, multicast, documentation
-/// or broadcast.
+/// private (RFC 1918, unique local), link-local or site-local, CGNAT, unspecified, multicast,
+/// documentation, benchmarking, reserved or broadcast. An IPv6 address that carries an IPv4
+/// one (mapped, IPv4-compatible, NAT64's well-known prefix, 6to4) is judged by that IPv4
+/// address: on a host behind DNS64/NAT64, `64:ff9b::a00:5` reaches 10.0.0.5. Local NAT64
+/// prefixes and Teredo, whose IPv4 end cannot be read off, are refused.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -77,20 +80,40 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_documentation()
                 || a == 0
+                || a >= 240
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
                 || (a == 192 && b == 0))
         }
         IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let octets = v6.octets();
+            let embedded = |at: usize| {
+                std::net::Ipv4Addr::new(octets[at], octets[at + 1], octets[at + 2], octets[at + 3])
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            // IPv4-compatible (::a.b.c.d, deprecated) and NAT64's well-known 64:ff9b::/96.
+            if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified()
+                || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+            {
+                return is_public(IpAddr::V4(embedded(12)));
+            }
+            // 6to4: 2002:AABB:CCDD::/48 is the IPv4 host AA.BB.CC.DD.
+            if seg[0] == 0x2002 {
+                return is_public(IpAddr::V4(embedded(2)));
+            }
+            let first = seg[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || (first & 0xffc0) == 0xfec0
+                || first == 0x64 && seg[1] == 0xff9b
+                || first == 0x2001 && seg[1] == 0
+                || first == 0x2001 && seg[1] == 0x0db8)
         }
     }
 }
@@ -274,10 +297,26 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            // Addresses that reach an IPv4 host by another road, or ranges never public.
+            "64:ff9b::a00:5",
+            "64:ff9b:1::1",
+            "2002:0a00:0005::1",
+            "::10.0.0.5",
+            "fec0::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "198.18.0.1",
+            "240.0.0.1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            // A NAT64 or 6to4 address of a public IPv4 host is public.
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }
