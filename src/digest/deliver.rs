@@ -576,7 +576,8 @@ pub fn retry_at(
         .mul_f64(exp * jitter)
         .min(Duration::from_secs(6 * 3600));
     let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-    let give_up = c.created_at + chrono::Duration::from_std(give_up_after).unwrap_or_default();
+    let give_up =
+        c.first_attempt_at + chrono::Duration::from_std(give_up_after).unwrap_or_default();
     (next <= give_up).then_some(next)
 }
 
@@ -584,13 +585,13 @@ pub fn retry_at(
 mod tests {
     use super::*;
 
-    fn claimed(attempts: i32, created_at: DateTime<Utc>) -> Claimed {
+    fn claimed(attempts: i32, first_attempt_at: DateTime<Utc>) -> Claimed {
         Claimed {
             issue_id: 1,
             subscriber_id: 1,
             was: DeliveryStatus::Pending,
             attempts,
-            created_at,
+            first_attempt_at,
             email: "a@example.com".into(),
             name: None,
             subscriber_status: crate::domain::SubscriberStatus::Active,

@@ -50,8 +50,8 @@ pub struct Claimed {
     pub was: DeliveryStatus,
     /// Attempts including this one.
     pub attempts: i32,
-    /// When the delivery was created (the give-up age counts from here).
-    pub created_at: DateTime<Utc>,
+    /// When the delivery was first attempted (the give-up age counts from here).
+    pub first_attempt_at: DateTime<Utc>,
     /// The subscriber's address.
     pub email: String,
     /// The subscriber's name.
@@ -247,14 +247,15 @@ pub async fn claim(
              SELECT * FROM ready UNION SELECT * FROM orphaned UNION SELECT * FROM expired \
              LIMIT $1) \
          UPDATE delivery d SET status = 'sending', attempts = d.attempts + 1, \
-                lease_until = now() + make_interval(secs => $2), claimed_by = $3 \
+                lease_until = now() + make_interval(secs => $2), claimed_by = $3, \
+                first_attempt_at = coalesce(d.first_attempt_at, now()) \
          FROM picked p, subscriber s \
          WHERE d.issue_id = p.issue_id AND d.subscriber_id = p.subscriber_id \
            AND s.subscriber_id = d.subscriber_id \
            AND CASE WHEN d.status = 'sending' AND d.lease_until >= now() \
                     THEN pg_try_advisory_xact_lock($4, d.claimed_by) \
                     ELSE true END \
-         RETURNING d.issue_id, d.subscriber_id, p.was, d.attempts, d.created_at, s.email, s.name, \
+         RETURNING d.issue_id, d.subscriber_id, p.was, d.attempts, d.first_attempt_at, s.email, s.name, \
                    s.status AS subscriber_status",
     )
     .bind(i64::from(limit))
@@ -505,7 +506,8 @@ pub async fn release(pool: &PgPool, worker: i32, claimed: &[Claimed]) -> sqlx::R
     sqlx::query(
         "UPDATE delivery d SET \
                 status = CASE WHEN v.was = 'pending' THEN 'pending' ELSE 'deferred' END, \
-                attempts = greatest(d.attempts - 1, 0), lease_until = NULL, claimed_by = NULL \
+                attempts = greatest(d.attempts - 1, 0), lease_until = NULL, claimed_by = NULL, \
+                first_attempt_at = CASE WHEN d.attempts > 1 THEN d.first_attempt_at END \
          FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(issue_id, subscriber_id, was) \
          WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
            AND d.status = 'sending' AND d.claimed_by = $4",

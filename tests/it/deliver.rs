@@ -252,6 +252,31 @@ async fn an_issue_resumed_during_a_pass_is_sent_by_that_pass(pool: PgPool) {
     );
 }
 
+/// `delivery.give_up_after` counts from a delivery's first attempt. It counted from the
+/// fan-out, so the tail of a list sent under an hourly ceiling (a million at 10,000 an hour
+/// take 100 hours), or an issue resumed days after it paused, failed for good on its first
+/// greylisting 4xx: "gave up after 1 attempts".
+#[sqlx::test]
+async fn give_up_after_counts_from_the_first_attempt(pool: PgPool) {
+    let server = SmtpServer::start(
+        Policy::default()
+            .rcpt(|_, nth| (nth == 1).then(|| "451 4.7.1 greylisted, try again later".to_owned())),
+    )
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 3).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    // Fanned out two hours ago, past give_up_after (1 h), and not attempted since.
+    sqlx::query("UPDATE delivery SET created_at = now() - interval '2 hours'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!(report.outcomes.deferred, 3, "{report:?}");
+    assert_eq!(report.outcomes.failed, 0, "{report:?}");
+    assert_eq!(statuses(&pool).await.get("sent"), Some(&3));
+}
+
 #[sqlx::test]
 async fn a_dropped_connection_and_a_stalled_server_are_retried_without_doubles(pool: PgPool) {
     let server = SmtpServer::start(
