@@ -102,14 +102,20 @@ pub fn truncate_words(text: &str, max: usize) -> String {
     out
 }
 
+/// The most entries read from one feed document.
+const MAX_ENTRIES: usize = 1_000;
+
 /// The most characters of an entry id stored as given (the column's limit).
 const MAX_GUID_CHARS: usize = 1_000;
+/// The most bytes of an entry id stored as given: the entry index holds about 2,700 bytes a
+/// row, and 1,000 characters of CJK text are 3,000.
+const MAX_GUID_BYTES: usize = 2_000;
 
 /// How an entry is known across fetches: its id as given, unless the database cannot store it
 /// (too long, or a NUL); then a digest of it, the same at every fetch. Ids the database could
 /// store before are kept as they are, so no stored entry changes identity.
 fn entry_key(id: &str) -> String {
-    if id.chars().count() <= MAX_GUID_CHARS && !id.contains('\0') {
+    if id.len() <= MAX_GUID_BYTES && id.chars().count() <= MAX_GUID_CHARS && !id.contains('\0') {
         return id.to_owned();
     }
     use sha2::Digest as _;
@@ -136,7 +142,17 @@ pub fn read(
     // 3986; feed-rs does so for XML feeds, this does it for JSON Feed).
     let base = source;
     let mut out = Entries::default();
-    for entry in feed.entries {
+    let mut entries = feed.entries;
+    if entries.len() > MAX_ENTRIES {
+        // 5 MiB holds over 100,000 bare entries, each a row to store at every fetch; a feed
+        // lists its newest first, and a newsletter never takes more than a few of them.
+        out.skipped.push(format!(
+            "{} entries: only the first {MAX_ENTRIES} are read",
+            entries.len()
+        ));
+        entries.truncate(MAX_ENTRIES);
+    }
+    for entry in entries {
         let title = entry
             .title
             .as_ref()
@@ -240,6 +256,21 @@ mod tests {
         assert_eq!(truncate_words("one two three four", 12), "one two…");
         assert_eq!(truncate_words("short", 12), "short");
         assert_eq!(truncate_words("abcdefghijklmnop", 5), "abcd…");
+    }
+
+    #[test]
+    fn only_the_first_thousand_entries_are_read() {
+        let items: Vec<String> = (0..1500)
+            .map(|n| format!(r#"{{"id": "{n}", "url": "https://b.example.com/{n}"}}"#))
+            .collect();
+        let json = format!(
+            r#"{{"version": "https://jsonfeed.org/version/1.1", "title": "B", "items": [{}]}}"#,
+            items.join(",")
+        );
+        let got = read(json.as_bytes(), &source(), at("2026-11-23T10:00:00Z"), 300).unwrap();
+        assert_eq!(got.articles.len(), 1000);
+        assert_eq!(got.articles[0].guid, "0");
+        assert_eq!(got.skipped, ["1500 entries: only the first 1000 are read"]);
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub enum FetchError {
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -83,7 +83,9 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || a >= 240
                 || (a == 100 && (64..128).contains(&b))
                 || (a == 198 && (18..20).contains(&b))
-                || (a == 192 && b == 0))
+                // IETF protocol assignments; 192.0.2.0/24 is documentation. The rest of
+                // 192.0.0.0/16 is public (WordPress.com's sites are in 192.0.78.0/24).
+                || (a == 192 && b == 0 && c == 0))
         }
         IpAddr::V6(v6) => {
             let seg = v6.segments();
@@ -180,10 +182,17 @@ impl Fetcher {
 
     /// GETs the feed at `url`, following at most [`MAX_REDIRECTS`] redirects.
     pub async fn get(&self, url: &Url, validators: &Validators) -> Result<Fetched, FetchError> {
+        // `feeds.timeout` is for the whole fetch: each redirect gets what is left of it, or
+        // six hops of a slow server would take six times as long.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut url = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             self.check(&url)?;
-            let mut request = self.client.get(url.clone());
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(FetchError::Timeout(self.timeout));
+            }
+            let mut request = self.client.get(url.clone()).timeout(left);
             if let Some(etag) = &validators.etag {
                 request = request.header(header::IF_NONE_MATCH, etag);
             }
@@ -306,6 +315,7 @@ mod tests {
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "198.18.0.1",
             "240.0.0.1",
+            "192.0.0.9",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
@@ -316,6 +326,7 @@ mod tests {
             // A NAT64 or 6to4 address of a public IPv4 host is public.
             "64:ff9b::5db8:d822",
             "2002:5db8:d822::1",
+            "192.0.78.9",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }

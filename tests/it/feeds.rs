@@ -59,6 +59,19 @@ async fn rss(State(seen): State<Seen>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// A redirect chain whose every hop takes 1.5 s.
+async fn slow_hop(Path(n): Path<u32>) -> Response {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    if n == 0 {
+        return ([(header::CONTENT_TYPE, "application/rss+xml")], RSS).into_response();
+    }
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, format!("/slow-hops/{}", n - 1))],
+    )
+        .into_response()
+}
+
 async fn hop(Path(n): Path<u32>) -> Response {
     if n == 0 {
         return ([(header::CONTENT_TYPE, "application/rss+xml")], RSS).into_response();
@@ -76,6 +89,7 @@ async fn server() -> (String, Seen) {
     let app = Router::new()
         .route("/rss", get(rss))
         .route("/hops/{n}", get(hop))
+        .route("/slow-hops/{n}", get(slow_hop))
         .route("/big", get(|| async { "x".repeat(6 * 1024 * 1024) }))
         .route(
             "/stall",
@@ -191,6 +205,20 @@ async fn oversized_stalling_looping_and_busy_feeds_fail_in_one_line() {
         .unwrap_err());
     assert!(matches!(e, FetchError::Timeout(_)), "{line}");
     assert!(started.elapsed() < Duration::from_secs(10));
+
+    // feeds.timeout is for the whole fetch, redirects included: four hops of 1.5 s each
+    // used to take 6 s against a timeout of 2 s (and six of 20 s, two minutes).
+    let started = std::time::Instant::now();
+    let (e, line) = err(f
+        .get(&url(&format!("{base}/slow-hops/3")), &Validators::default())
+        .await
+        .unwrap_err());
+    assert!(matches!(e, FetchError::Timeout(_)), "{line}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 
     let (e, line) = err(f
         .get(&url(&format!("{base}/hops/10")), &Validators::default())
@@ -746,6 +774,19 @@ fn incompressible(n: usize) -> String {
         .collect()
 }
 
+/// CJK characters (3 bytes each in UTF-8) in an order nothing compresses.
+fn incompressible_cjk(n: usize) -> String {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_u32(0x4e00 + (x % 0x5000) as u32).unwrap_or('東')
+        })
+        .collect()
+}
+
 /// A feed's entry ids and links are the publisher's to choose: an id of 1,001 characters or
 /// one with a NUL in it, and a link of 3,000 characters that no index can hold, each made the
 /// whole fetch fail with a database error, storing none of the feed's good entries, recording
@@ -756,6 +797,8 @@ async fn hostile_entry_ids_and_links_cost_only_themselves(pool: PgPool) {
         r#"{{"version": "https://jsonfeed.org/version/1.1", "title": "H", "items": [
         {{"id": "{long_id}", "url": "https://h.example.com/long-id", "title": "Long id",
           "date_published": "2026-11-23T10:00:00Z"}},
+        {{"id": "{wide_id}", "url": "https://h.example.com/wide-id", "title": "Wide id",
+          "date_published": "2026-11-23T10:00:00Z"}},
         {{"id": "nul\u0000id", "url": "https://h.example.com/nul-id", "title": "Nul id",
           "date_published": "2026-11-23T10:00:00Z"}},
         {{"id": "long-url", "url": "https://h.example.com/{long_path}", "title": "Long link",
@@ -765,6 +808,8 @@ async fn hostile_entry_ids_and_links_cost_only_themselves(pool: PgPool) {
         {{"id": "fine", "url": "https://h.example.com/fine", "title": "Fine",
           "date_published": "2026-11-23T10:00:00Z"}}]}}"#,
         long_id = "x".repeat(1001),
+        // 950 characters but 2,850 bytes, in an order nothing compresses.
+        wide_id = incompressible_cjk(950),
         long_path = incompressible(3000),
         // 1,000 characters, 9,000 bytes once percent-encoded as stored.
         wide_path = "東".repeat(1000),
@@ -773,7 +818,7 @@ async fn hostile_entry_ids_and_links_cost_only_themselves(pool: PgPool) {
     let d = Digestif::new(&pool).env("DIGESTIF_FEEDS__ALLOW_PRIVATE", "true");
     d.ok(&["feeds", "add", &url]);
     let first = d.ok_async(&["feeds", "fetch"]).await;
-    assert!(first.stdout().contains(": ok (3 new articles)"), "{first}");
+    assert!(first.stdout().contains(": ok (4 new articles)"), "{first}");
     for title in ["Long link", "Wide link"] {
         assert!(
             first.stderr().contains(&format!("left out '{title}'")),
@@ -784,7 +829,7 @@ async fn hostile_entry_ids_and_links_cost_only_themselves(pool: PgPool) {
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(titles, ["Fine", "Long id", "Nul id"]);
+    assert_eq!(titles, ["Fine", "Long id", "Nul id", "Wide id"]);
     // The same entries fetched again are the same articles.
     let again = d.ok_async(&["feeds", "fetch", "1"]).await.stdout();
     assert!(again.contains(": ok (0 new articles)"), "{again}");
