@@ -3,6 +3,7 @@
 -- issue resumed days after it paused, failed for good on its first greylisting 4xx.
 ALTER TABLE delivery ADD COLUMN first_attempt_at timestamptz;
 
--- Retries already under way keep the age they had.
+-- Retries already under way keep the age they had; a first attempt in flight starts its own
+-- when claimed again.
 UPDATE delivery SET first_attempt_at = created_at
-WHERE attempts > 0 AND status IN ('deferred', 'sending');
+WHERE status = 'deferred' OR (status = 'sending' AND attempts > 1);

@@ -391,6 +391,13 @@ pub async fn apply(
     };
     let detail = crate::send::classify::truncate(&one_line(&detail), 400);
     let status = status.clone();
+    if let Outcome::Transient(_) = outcome {
+        return Ok(Handled::Delayed(status));
+    }
+    // Asked before the record is tried: a result written in between is then found `sent`.
+    if deliveries::in_flight(pool, issue_id, subscriber_id).await? {
+        return Err(NotYetRecorded(subscriber_id).into());
+    }
     let recorded = match outcome {
         Outcome::Bounced(_) => {
             deliveries::record_bounce(
@@ -407,13 +414,14 @@ pub async fn apply(
             return failed_only(pool, (issue_id, subscriber_id), status, &detail).await;
         }
     };
-    if recorded {
-        return Ok(Handled::Bounced {
+    Ok(if recorded {
+        Handled::Bounced {
             subscriber_id,
             status,
-        });
-    }
-    unchanged(pool, (issue_id, subscriber_id)).await
+        }
+    } else {
+        Handled::AlreadyBounced(subscriber_id)
+    })
 }
 
 /// A report about a delivery whose result is not written yet: its 250 came and `sent` is on
@@ -424,17 +432,6 @@ pub async fn apply(
 #[error("the delivery to subscriber {0} is still being recorded: try again later")]
 pub struct NotYetRecorded(pub i64);
 
-/// A report that changed nothing: already recorded (or never sent), or too early.
-async fn unchanged(
-    pool: &PgPool,
-    (issue_id, subscriber_id): (i64, i64),
-) -> anyhow::Result<Handled> {
-    if deliveries::in_flight(pool, issue_id, subscriber_id).await? {
-        return Err(NotYetRecorded(subscriber_id).into());
-    }
-    Ok(Handled::AlreadyBounced(subscriber_id))
-}
-
 /// Fails a sent delivery for good without counting it toward the subscriber's suppression.
 async fn failed_only(
     pool: &PgPool,
@@ -443,13 +440,16 @@ async fn failed_only(
     detail: &str,
 ) -> anyhow::Result<Handled> {
     let detail = crate::send::classify::truncate(&one_line(detail), 400);
-    if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail).await? {
-        return Ok(Handled::Failed {
-            subscriber_id,
-            status,
-        });
-    }
-    unchanged(pool, (issue_id, subscriber_id)).await
+    Ok(
+        if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail).await? {
+            Handled::Failed {
+                subscriber_id,
+                status,
+            }
+        } else {
+            Handled::AlreadyBounced(subscriber_id)
+        },
+    )
 }
 
 /// Why a complaint that is neither VERP-tagged nor from a proved feedback loop is ignored.

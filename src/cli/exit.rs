@@ -18,8 +18,8 @@ pub const TABLE: &str = "Exit status:
   75  inbound: try again later (the MTA keeps the mail; with --imap, the mailbox does)
   78  configuration error: fix it before starting again";
 
-/// sysexits.h EX_TEMPFAIL: try again later (the database could not be reached). MTAs keep the
-/// mail on it.
+/// sysexits.h EX_TEMPFAIL: try again later (the database could not be reached, or a bounce is
+/// about a message whose result is still being recorded). MTAs keep the mail on it.
 pub const EX_TEMPFAIL: u8 = 75;
 /// sysexits.h EX_CONFIG: fix the configuration before starting again; the units do not restart.
 pub const EX_CONFIG: u8 = 78;

@@ -563,7 +563,7 @@ impl Deliverer {
 
 /// When to try a temporarily failed delivery again: `retry_base` doubling with each attempt
 /// (at most 6 hours), times `jitter` (0.5 to 1.5, so retries of one batch spread out), or
-/// `None` once that would be past `give_up_after` from the delivery's creation.
+/// `None` once that would be past `give_up_after` from its first attempt.
 pub fn retry_at(
     c: &Claimed,
     retry_base: Duration,

@@ -95,7 +95,12 @@ fn classify(code: Option<u16>, enhanced: Option<String>, reason: String) -> Outc
         systemic,
     };
     if code.is_some_and(|c| (400..500).contains(&c)) {
-        return Outcome::Transient(failure(false));
+        // A temporary failure about our sender (Postfix's 450 4.1.8 when the bounce domain's
+        // DNS does not answer) is every message's: the breaker counts it.
+        let sender = enhanced
+            .as_deref()
+            .is_some_and(|e| matches!(e, "4.1.7" | "4.1.8"));
+        return Outcome::Transient(failure(sender));
     }
     match enhanced.as_deref() {
         Some(e) if e.starts_with("4.") => Outcome::Transient(failure(false)),
@@ -233,6 +238,20 @@ mod tests {
         match classify_reply(550, "5.7.1 rejected by policy") {
             Outcome::Failed(f) => assert!(f.systemic, "policy blocks trip the breaker"),
             other => panic!("{other:?}"),
+        }
+        // About our sender, whatever the step: every message's trouble, nobody's bounce.
+        for (code, text) in [
+            (550, "5.1.8 <bounces@example.com>: Sender address rejected"),
+            (553, "5.1.7 bad sender address syntax"),
+            (
+                450,
+                "4.1.8 <bounces@example.com>: Sender address rejected: Domain not found",
+            ),
+        ] {
+            match classify_reply(code, text) {
+                Outcome::Transient(f) => assert!(f.systemic, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
         }
         for (status, diagnostic, bounced) in [
             (

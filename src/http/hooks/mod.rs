@@ -228,7 +228,12 @@ fn unauthorized(provider: &str, why: &str) -> Response {
 
 /// 503, so the provider tries again later.
 fn unavailable(provider: &str, e: &anyhow::Error) -> Response {
-    tracing::error!(provider, "webhook failed: {e:#}");
+    if e.downcast_ref::<inbound::NotYetRecorded>().is_some() {
+        // Expected now and then (a bounce that outruns its `sent` record), not a fault.
+        tracing::info!(provider, "webhook answered 503 to come back: {e}");
+    } else {
+        tracing::error!(provider, "webhook failed: {e:#}");
+    }
     (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response()
 }
 
