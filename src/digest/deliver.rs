@@ -78,6 +78,10 @@ pub struct Deliverer {
     rendered: Mutex<HashMap<i64, Arc<RenderedIssue>>>,
     breaker: std::sync::Mutex<Breaker>,
     counters: Arc<Counters>,
+    /// How far the database's clock is ahead of this machine's, read at each pass: the times
+    /// this process writes (a retry's, a pause's end) are compared with the database's `now()`,
+    /// so they are taken on its clock.
+    db_ahead: std::sync::Mutex<chrono::Duration>,
 }
 
 impl Deliverer {
@@ -98,6 +102,7 @@ impl Deliverer {
             rendered: Mutex::new(HashMap::new()),
             breaker: std::sync::Mutex::new(Breaker::default()),
             counters: Arc::new(Counters::default()),
+            db_ahead: std::sync::Mutex::new(chrono::Duration::zero()),
             settings,
         })
     }
@@ -125,6 +130,10 @@ impl Deliverer {
         // `issue resume` or its cool-down) must not stay blocked in this long-lived deliverer.
         if let Ok(mut b) = self.breaker.lock() {
             b.open.clear();
+        }
+        let ahead = deliveries::db_clock_ahead(&self.pool).await?;
+        if let Ok(mut a) = self.db_ahead.lock() {
+            *a = ahead;
         }
         let _pass = self.worker.pass();
         let counters = &*self.counters;
@@ -361,7 +370,7 @@ impl Deliverer {
             .map(|mut b| std::mem::take(&mut b.newly_tripped))
             .unwrap_or_default();
         for (issue_id, reason) in tripped {
-            let until = Utc::now()
+            let until = self.db_now()
                 + chrono::Duration::from_std(self.settings.delivery.breaker_cooldown)
                     .unwrap_or_default();
             deliveries::pause(&self.pool, issue_id, &reason, until).await?;
@@ -410,6 +419,11 @@ impl Deliverer {
             deliveries::count_reclaimed(&self.pool, issue_id, n).await?;
         }
         Ok(claimed)
+    }
+
+    /// Now, on the database's clock.
+    fn db_now(&self) -> DateTime<Utc> {
+        Utc::now() + self.db_ahead.lock().map(|a| *a).unwrap_or_default()
     }
 
     fn breaker_open(&self, issue_id: i64) -> bool {
@@ -486,7 +500,7 @@ impl Deliverer {
             Outcome::Transient(f) => {
                 let d = &self.settings.delivery;
                 let jitter = 0.5 + fastrand::f64();
-                match retry_at(c, d.retry_base, d.give_up_after, Utc::now(), jitter) {
+                match retry_at(c, d.retry_base, d.give_up_after, self.db_now(), jitter) {
                     Some(next) => {
                         let mut s = settled(DeliveryStatus::Deferred, Some(f));
                         s.next_attempt_at = Some(next);

@@ -142,6 +142,17 @@ fn hostname() -> Option<String> {
         .map(|h| h.trim().to_owned())
 }
 
+/// How far the database's clock is ahead of this machine's (negative when behind), measured
+/// against the middle of the round trip.
+pub async fn db_clock_ahead(pool: &PgPool) -> sqlx::Result<chrono::Duration> {
+    let before = Utc::now();
+    let db: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await?;
+    let after = Utc::now();
+    Ok(db - (before + (after - before) / 2))
+}
+
 /// Renews the leases of the claims `worker` holds; returns how many it renewed. A claim whose
 /// row another statement is updating right now (the worker writing its result, or giving it
 /// back) is left for the next round, a third of a lease later: waiting for it, with rows

@@ -23,7 +23,26 @@ fn digestif(
     cron: &str,
     args: &[&str],
 ) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_digestif"));
+    digestif_under(&[], pool, server, cron, args)
+}
+
+/// [`digestif`] run by `wrapper` (e.g. `faketime -f -1h`).
+fn digestif_under(
+    wrapper: &[&str],
+    pool: &PgPool,
+    server: &SmtpServer,
+    cron: &str,
+    args: &[&str],
+) -> tokio::process::Command {
+    let bin = env!("CARGO_BIN_EXE_digestif");
+    let mut cmd = match wrapper {
+        [] => tokio::process::Command::new(bin),
+        [program, rest @ ..] => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(rest).arg(bin);
+            c
+        }
+    };
     cmd.args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("DIGESTIF_CONFIG")
@@ -374,4 +393,53 @@ async fn two_serve_processes_share_one_issue_when_the_slot_fires(pool: PgPool) {
             .status;
         assert!(status.success(), "serve exits 0 on SIGTERM");
     }
+}
+
+/// This machine's clock an hour behind the database's (a host whose NTP has failed): a retry's
+/// time was taken on this clock and compared with the database's `now()`, so it was already due
+/// and every 4xx was retried at once, five or six times in a row, until the doubling delay
+/// outgrew the skew; a breaker pause ended before it began. Times are now taken on the
+/// database's clock. Needs Debian's faketime (`scripts/test` installs it).
+#[sqlx::test]
+async fn a_clock_behind_the_database_does_not_retry_at_once(pool: PgPool) {
+    if std::process::Command::new("faketime")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+        return;
+    }
+    let server = SmtpServer::start(
+        Policy::default().rcpt(|_, _| Some("451 4.7.1 greylisted, try again later".to_owned())),
+    )
+    .await;
+    seed(&pool, 2).await;
+    let cron = cron_at(Utc::now() - chrono::Duration::hours(2));
+    let out = digestif_under(&["faketime", "-f", "-1h"], &pool, &server, &cron, &["run"])
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server.rcpt_times("user1@example.com").len(),
+        1,
+        "retried at once: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let later: bool = sqlx::query_scalar(
+        "SELECT bool_and(next_attempt_at > now() + interval '1 minute') FROM delivery",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        later,
+        "the retry is due on the database's clock, minutes from now"
+    );
 }
