@@ -28,6 +28,17 @@ fn receive_until(socket: &UnixDatagram, until: &str, within: Duration) -> Vec<St
     got
 }
 
+/// A datagram socket in a fresh folder, as systemd's `NOTIFY_SOCKET`; reads wait 200 ms.
+fn notify_socket() -> (tempfile::TempDir, std::path::PathBuf, UnixDatagram) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    (dir, path, socket)
+}
+
 /// [`receive_until`] off the test's runtime (the socket blocks).
 async fn next(
     socket: &std::sync::Arc<UnixDatagram>,
@@ -42,12 +53,7 @@ async fn next(
 
 #[sqlx::test]
 async fn serve_says_ready_pings_the_watchdog_and_says_stopping(pool: PgPool) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let (_dir, path, socket) = notify_socket();
     let mut cmd = tokio::process::Command::from(
         Digestif::new(&pool)
             .env("DIGESTIF_NOW", MONDAY_MORNING)
@@ -123,12 +129,7 @@ async fn a_long_feed_fetch_keeps_the_watchdog_fed(pool: PgPool) {
             .await
             .unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let (dir, path, socket) = notify_socket();
     let log = dir.path().join("stderr");
     let mut cmd = tokio::process::Command::from(
         Digestif::new(&pool)
