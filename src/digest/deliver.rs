@@ -78,7 +78,7 @@ pub struct Deliverer {
     rendered: Mutex<HashMap<i64, Arc<RenderedIssue>>>,
     breaker: std::sync::Mutex<Breaker>,
     counters: Arc<Counters>,
-    /// How far the database's clock is ahead of this machine's, read at each pass: the times
+    /// How far the database's clock is ahead of this machine's, read with each claim: the times
     /// this process writes (a retry's, a pause's end) are compared with the database's `now()`,
     /// so they are taken on its clock.
     db_ahead: std::sync::Mutex<chrono::Duration>,
@@ -130,10 +130,6 @@ impl Deliverer {
         // `issue resume` or its cool-down) must not stay blocked in this long-lived deliverer.
         if let Ok(mut b) = self.breaker.lock() {
             b.open.clear();
-        }
-        let ahead = deliveries::db_clock_ahead(&self.pool).await?;
-        if let Ok(mut a) = self.db_ahead.lock() {
-            *a = ahead;
         }
         let _pass = self.worker.pass();
         let counters = &*self.counters;
@@ -384,6 +380,12 @@ impl Deliverer {
     }
 
     async fn claim(&self) -> anyhow::Result<Vec<Claimed>> {
+        // Read again with every claim: a pass under an hourly ceiling lasts days, and a clock
+        // that NTP puts right meanwhile must not leave an old offset behind.
+        let ahead = deliveries::db_clock_ahead(&self.pool).await?;
+        if let Ok(mut a) = self.db_ahead.lock() {
+            *a = ahead;
+        }
         deliveries::resume_cooled(&self.pool).await?;
         let d = &self.settings.delivery;
         // No more than the rate ceiling lets out in a minute (or half a lease): a claim is a

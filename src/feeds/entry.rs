@@ -112,8 +112,9 @@ const MAX_GUID_CHARS: usize = 1_000;
 const MAX_GUID_BYTES: usize = 2_000;
 
 /// How an entry is known across fetches: its id as given, unless the database cannot store it
-/// (too long, or a NUL); then a digest of it, the same at every fetch. Ids the database could
-/// store before are kept as they are, so no stored entry changes identity.
+/// (too long, or a NUL); then a digest of it, the same at every fetch. An id of 2,001 to about
+/// 2,700 bytes that compressed into the index before is now a digest too: such an entry's
+/// edits stop reaching its article (its link still keeps it from being stored twice).
 fn entry_key(id: &str) -> String {
     if id.len() <= MAX_GUID_BYTES && id.chars().count() <= MAX_GUID_CHARS && !id.contains('\0') {
         return id.to_owned();
@@ -144,12 +145,14 @@ pub fn read(
     let mut out = Entries::default();
     let mut entries = feed.entries;
     if entries.len() > MAX_ENTRIES {
-        // 5 MiB holds over 100,000 bare entries, each a row to store at every fetch; a feed
-        // lists its newest first, and a newsletter never takes more than a few of them.
+        // 5 MiB holds over 100,000 bare entries, each a row to store at every fetch, and an
+        // issue takes a few of the newest. A feed may list them in any order (an archive,
+        // oldest first): the newest dated ones are kept, then undated ones in the feed's order.
         out.skipped.push(format!(
-            "{} entries: only the first {MAX_ENTRIES} are read",
+            "{} entries: only the newest {MAX_ENTRIES} are read",
             entries.len()
         ));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.published.or(e.updated)));
         entries.truncate(MAX_ENTRIES);
     }
     for entry in entries {
@@ -259,9 +262,16 @@ mod tests {
     }
 
     #[test]
-    fn only_the_first_thousand_entries_are_read() {
+    fn only_the_newest_thousand_entries_are_read() {
+        // An archive, oldest first.
         let items: Vec<String> = (0..1500)
-            .map(|n| format!(r#"{{"id": "{n}", "url": "https://b.example.com/{n}"}}"#))
+            .map(|n| {
+                let at = at("2020-01-01T00:00:00Z") + chrono::Duration::hours(n);
+                format!(
+                    r#"{{"id": "{n}", "url": "https://b.example.com/{n}", "date_published": "{}"}}"#,
+                    at.to_rfc3339()
+                )
+            })
             .collect();
         let json = format!(
             r#"{{"version": "https://jsonfeed.org/version/1.1", "title": "B", "items": [{}]}}"#,
@@ -269,8 +279,9 @@ mod tests {
         );
         let got = read(json.as_bytes(), &source(), at("2026-11-23T10:00:00Z"), 300).unwrap();
         assert_eq!(got.articles.len(), 1000);
-        assert_eq!(got.articles[0].guid, "0");
-        assert_eq!(got.skipped, ["1500 entries: only the first 1000 are read"]);
+        assert_eq!(got.articles[0].guid, "1499");
+        assert_eq!(got.articles[999].guid, "500");
+        assert_eq!(got.skipped, ["1500 entries: only the newest 1000 are read"]);
     }
 
     #[test]

@@ -98,12 +98,13 @@ async fn one(
         ok: false,
         skipped: Vec::new(),
     };
-    let later = |wait: Duration| Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+    // Waits, not times: the database adds them to its own clock, which is the one that decides
+    // when a feed is due.
     let backoff = |retry_after: Option<Duration>| {
         let doubled = FIRST_BACKOFF
             .saturating_mul(1u32 << feed.failures.clamp(0, 10))
             .min(Duration::from_secs(86400));
-        later(retry_after.map_or(doubled, |r| r.max(doubled)))
+        retry_after.map_or(doubled, |r| r.max(doubled))
     };
     let url = match Url::parse(&feed.url) {
         Ok(u) => u,
@@ -117,7 +118,7 @@ async fn one(
         etag: feed.etag.clone(),
         last_modified: feed.last_modified.clone(),
     };
-    let next = later(settings.feeds.interval);
+    let next = settings.feeds.interval;
     match fetcher.get(&url, &validators).await {
         Ok(fetch::Fetched::NotModified) => {
             report.status = "not modified".into();

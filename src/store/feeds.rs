@@ -174,14 +174,14 @@ pub async fn remove(pool: &PgPool, feed_id: i64) -> sqlx::Result<bool> {
 }
 
 /// A fetch that worked: its validators (kept when the answer was a 304), how many new
-/// articles it brought, and when to fetch again.
+/// articles it brought, and how long until the next fetch (on the database's clock).
 pub async fn fetched(
     pool: &PgPool,
     feed_id: i64,
     status: &str,
     validators: Option<(Option<&str>, Option<&str>)>,
     taken: u64,
-    next: DateTime<Utc>,
+    next: std::time::Duration,
 ) -> sqlx::Result<()> {
     let (etag, last_modified, replace) = match validators {
         Some((e, l)) => (e, l, true),
@@ -189,7 +189,8 @@ pub async fn fetched(
     };
     sqlx::query(
         "UPDATE feed SET last_fetch_at = now(), last_status = $2, failures = 0, \
-                entries_taken = entries_taken + $3, next_fetch_at = $4, \
+                entries_taken = entries_taken + $3, \
+                next_fetch_at = now() + make_interval(secs => $4), \
                 etag = CASE WHEN $7 THEN left($5, 500) ELSE etag END, \
                 last_modified = CASE WHEN $7 THEN left($6, 100) ELSE last_modified END \
          WHERE feed_id = $1",
@@ -197,7 +198,7 @@ pub async fn fetched(
     .bind(feed_id)
     .bind(status)
     .bind(i64::try_from(taken).unwrap_or(i64::MAX))
-    .bind(next)
+    .bind(next.as_secs_f64())
     .bind(etag)
     .bind(last_modified)
     .bind(replace)
@@ -206,20 +207,22 @@ pub async fn fetched(
     Ok(())
 }
 
-/// A fetch that failed: the error (one line), one more failure, and when to try again.
+/// A fetch that failed: the error (one line), one more failure, and how long until the next
+/// try (on the database's clock).
 pub async fn failed(
     pool: &PgPool,
     feed_id: i64,
     error: &str,
-    next: DateTime<Utc>,
+    next: std::time::Duration,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE feed SET last_fetch_at = now(), last_status = left($2, 500), \
-                failures = failures + 1, next_fetch_at = $3 WHERE feed_id = $1",
+                failures = failures + 1, next_fetch_at = now() + make_interval(secs => $3) \
+         WHERE feed_id = $1",
     )
     .bind(feed_id)
     .bind(error)
-    .bind(next)
+    .bind(next.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(())

@@ -39,7 +39,12 @@ impl Digestif {
 
     /// The command [`Digestif::run`] would run, to start it another way.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_digestif"));
+        self.command_under(&[], args)
+    }
+
+    /// [`Digestif::command`] run by `wrapper` (e.g. `faketime -f -1h`).
+    pub fn command_under(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut cmd = program_under(wrapper);
         cmd.args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("DATABASE_URL", &self.url)
@@ -322,4 +327,30 @@ pub fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(s)
         .expect("rfc3339")
         .with_timezone(&chrono::Utc)
+}
+
+/// The digestif binary, run by `wrapper` when there is one (`faketime -f -1h`).
+pub fn program_under(wrapper: &[&str]) -> std::process::Command {
+    let bin = env!("CARGO_BIN_EXE_digestif");
+    match wrapper {
+        [] => std::process::Command::new(bin),
+        [program, rest @ ..] => {
+            let mut c = std::process::Command::new(program);
+            c.args(rest).arg(bin);
+            c
+        }
+    }
+}
+
+/// Whether Debian's faketime is here (`scripts/test` installs it); tests that need it skip,
+/// saying so, without it.
+pub fn faketime_installed() -> bool {
+    let here = std::process::Command::new("faketime")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !here {
+        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+    }
+    here
 }

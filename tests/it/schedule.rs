@@ -34,15 +34,7 @@ fn digestif_under(
     cron: &str,
     args: &[&str],
 ) -> tokio::process::Command {
-    let bin = env!("CARGO_BIN_EXE_digestif");
-    let mut cmd = match wrapper {
-        [] => tokio::process::Command::new(bin),
-        [program, rest @ ..] => {
-            let mut c = tokio::process::Command::new(program);
-            c.args(rest).arg(bin);
-            c
-        }
-    };
+    let mut cmd = tokio::process::Command::from(crate::helpers::program_under(wrapper));
     cmd.args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("DIGESTIF_CONFIG")
@@ -402,12 +394,7 @@ async fn two_serve_processes_share_one_issue_when_the_slot_fires(pool: PgPool) {
 /// database's clock. Needs Debian's faketime (`scripts/test` installs it).
 #[sqlx::test]
 async fn a_clock_behind_the_database_does_not_retry_at_once(pool: PgPool) {
-    if std::process::Command::new("faketime")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+    if !crate::helpers::faketime_installed() {
         return;
     }
     let server = SmtpServer::start(
@@ -418,11 +405,15 @@ async fn a_clock_behind_the_database_does_not_retry_at_once(pool: PgPool) {
     // Two hours before this clock (DIGESTIF_NOW when CI sets it): due, an hour ago, for the
     // process an hour behind.
     let cron = cron_at(digestif::clock::now() - chrono::Duration::hours(2));
-    let out = digestif_under(&["faketime", "-f", "-1h"], &pool, &server, &cron, &["run"])
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .output()
-        .await
-        .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        digestif_under(&["faketime", "-f", "-1h"], &pool, &server, &cron, &["run"])
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .output(),
+    )
+    .await
+    .expect("run under faketime ends")
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
