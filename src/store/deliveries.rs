@@ -146,9 +146,7 @@ fn hostname() -> Option<String> {
 /// against the middle of the round trip.
 pub async fn db_clock_ahead(pool: &PgPool) -> sqlx::Result<chrono::Duration> {
     let before = Utc::now();
-    let db: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(pool)
-        .await?;
+    let db = super::db_now(pool).await?;
     let after = Utc::now();
     Ok(db - (before + (after - before) / 2))
 }

@@ -160,6 +160,13 @@ pub async fn connect_current(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
     }
 }
 
+/// Now on the database's clock, the one its `now()` and every stored time use.
+pub async fn db_now(pool: &PgPool) -> sqlx::Result<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await
+}
+
 /// When `digestif migrate` first ran on this database: slots before it were never this
 /// install's to send, so they are not reported as missed.
 pub async fn installed_at(pool: &PgPool) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {

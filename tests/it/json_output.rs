@@ -197,3 +197,34 @@ async fn the_import_reports_each_line_left_out_then_the_totals(pool: PgPool) {
     assert_eq!(totals["refused"], 1);
     assert_eq!(lines[2]["dry_run"], false);
 }
+
+/// `created_here` says whether this command made the issue. It compared the database's
+/// `created_at` with this machine's clock, so on a machine a second or more ahead of the
+/// database an issue the command had just made read as made by someone else.
+#[sqlx::test]
+async fn created_here_holds_on_a_machine_whose_clock_runs_ahead(pool: PgPool) {
+    if !crate::helpers::faketime_installed() {
+        return;
+    }
+    seed(&pool, 2).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let d = Digestif::new(&pool).env("DIGESTIF_DELIVERY__OUTBOX", outbox.path().to_str().unwrap());
+    let mut send = tokio::process::Command::from(d.command_under(
+        &["faketime", "-f", "+1h"],
+        &["issue", "send", "--now", "--format", "json"],
+    ));
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        send.env("FAKETIME_DONT_FAKE_MONOTONIC", "1").output(),
+    )
+    .await
+    .expect("issue send under faketime ends")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["created_here"], true, "{v}");
+}
