@@ -230,8 +230,8 @@ pub async fn serve(settings: &Settings, no_schedule: bool) -> anyhow::Result<()>
 /// `WatchdogSec=`: tells systemd every half period that `serve` is alive, but only while its
 /// scheduler loop shows signs of life (a pass begins at least every minute; a delivery beats
 /// with every result, a feed fetch with every feed that ends). A loop that hangs stops the
-/// pings, and systemd restarts the service. HTTP
-/// alone (`--no-schedule`) pings as long as the runtime runs.
+/// pings, and systemd restarts the service. HTTP alone (`--no-schedule`) pings as long as the
+/// runtime runs.
 async fn watchdog(
     period: Duration,
     counters: Arc<crate::digest::deliver::Counters>,

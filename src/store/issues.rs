@@ -270,7 +270,8 @@ pub struct NewIssue<'a> {
 }
 
 /// Inserts an issue and its snapshot, moves the picked tips to the back of the rotation and
-/// records the articles it considered, so no later issue considers them again. Returns `None` when another process created the slot's issue first.
+/// records the articles it considered, so no later issue considers them again. Returns `None`
+/// when another process created the slot's issue first.
 pub async fn insert(conn: &mut PgConnection, new: &NewIssue<'_>) -> sqlx::Result<Option<IssueRow>> {
     let row: Option<IssueRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO issue (number, slot, subject, status, status_reason, finished_at) \

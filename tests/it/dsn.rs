@@ -49,6 +49,14 @@ fn report(verp: &str, status_part: &str) -> String {
     )
 }
 
+/// `digestif inbound --recipient <verp>` fed the report whose delivery-status part is `part`.
+fn pipe(d: &Digestif, verp: &str, part: &str) -> crate::helpers::Run {
+    d.run_with_stdin(
+        &["inbound", "--recipient", verp],
+        report(verp, part).as_bytes(),
+    )
+}
+
 async fn delivery(pool: &PgPool) -> (String, String, String) {
     sqlx::query_as(
         "SELECT d.status, coalesce(d.last_error, ''), s.status FROM delivery d \
@@ -72,10 +80,7 @@ async fn a_folded_diagnostic_is_read_whole(pool: PgPool) {
                 Diagnostic-Code: smtp; 554 5.7.1 <user1@example.com>:\r\n    \
                 Recipient address rejected: Message rejected as spam by\r\n    \
                 content filter\r\n";
-    let out = Digestif::new(&pool).run_with_stdin(
-        &["inbound", "--recipient", &verp],
-        report(&verp, part).as_bytes(),
-    );
+    let out = pipe(&Digestif::new(&pool), &verp, part);
     assert!(out.output.status.success(), "{out}");
     let (delivery, error, subscriber) = delivery(&pool).await;
     assert_eq!(
@@ -103,10 +108,7 @@ async fn a_base64_report_with_several_recipients_counts_the_failure(pool: PgPool
     let part = format!(
         "Content-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n"
     );
-    let out = Digestif::new(&pool).run_with_stdin(
-        &["inbound", "--recipient", &verp],
-        report(&verp, &part).as_bytes(),
-    );
+    let out = pipe(&Digestif::new(&pool), &verp, &part);
     assert!(out.output.status.success(), "{out}");
     let (delivery, error, subscriber) = delivery(&pool).await;
     assert_eq!(
@@ -128,10 +130,7 @@ async fn a_base64_report_with_several_recipients_counts_the_failure(pool: PgPool
         "{detail}"
     );
     // The same report again counts nothing twice.
-    let again = Digestif::new(&pool).run_with_stdin(
-        &["inbound", "--recipient", &verp],
-        report(&verp, &part).as_bytes(),
-    );
+    let again = pipe(&Digestif::new(&pool), &verp, &part);
     assert!(again.output.status.success(), "{again}");
     let (hard_bounces, events): (i32, i64) = sqlx::query_as(
         "SELECT hard_bounces, (SELECT count(*) FROM subscriber_event WHERE kind = 'bounced') \
@@ -159,10 +158,7 @@ async fn a_bounce_for_another_mailbox_behind_an_alias_does_not_suppress(pool: Pg
                 Original-Recipient: rfc822; user1@example.com\r\n\
                 Action: failed\r\nStatus: 5.1.1\r\n\
                 Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n";
-    let out = Digestif::new(&pool).run_with_stdin(
-        &["inbound", "--recipient", &verp],
-        report(&verp, part).as_bytes(),
-    );
+    let out = pipe(&Digestif::new(&pool), &verp, part);
     assert!(out.output.status.success(), "{out}");
     let (status, error, subscriber) = delivery(&pool).await;
     assert_eq!(
@@ -181,10 +177,7 @@ async fn a_bounce_for_another_mailbox_behind_an_alias_does_not_suppress(pool: Pg
         .execute(&pool)
         .await
         .unwrap();
-    let out = Digestif::new(&pool).run_with_stdin(
-        &["inbound", "--recipient", &verp],
-        report(&verp, &own).as_bytes(),
-    );
+    let out = pipe(&Digestif::new(&pool), &verp, &own);
     assert!(out.output.status.success(), "{out}");
     let (status, _, subscriber) = delivery(&pool).await;
     assert_eq!(
@@ -208,10 +201,7 @@ async fn a_reports_fields_reach_the_terminal_escaped_and_short(pool: PgPool) {
              Final-Recipient: rfc822; someone@example.org\r\n\
              Action: {action}\r\nStatus: {status}\r\n"
         );
-        let out = Digestif::new(&pool).run_with_stdin(
-            &["inbound", "--recipient", "bounces@example.com"],
-            report("bounces@example.com", &part).as_bytes(),
-        );
+        let out = pipe(&Digestif::new(&pool), "bounces@example.com", &part);
         assert!(out.output.status.success(), "{out}");
         let stdout = out.stdout();
         assert!(
@@ -247,19 +237,13 @@ async fn a_bounce_that_outruns_the_sent_record_is_tried_again(pool: PgPool) {
                 Status: 5.1.1\r\n\
                 Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n";
     let d = Digestif::new(&pool);
-    let early = d.run_with_stdin(
-        &["inbound", "--recipient", &verp],
-        report(&verp, part).as_bytes(),
-    );
+    let early = pipe(&d, &verp, part);
     assert_eq!(early.output.status.code(), Some(75), "{early}");
     sqlx::query("UPDATE delivery SET status = 'sent', sent_at = now()")
         .execute(&pool)
         .await
         .unwrap();
-    let again = d.run_with_stdin(
-        &["inbound", "--recipient", &verp],
-        report(&verp, part).as_bytes(),
-    );
+    let again = pipe(&d, &verp, part);
     assert!(again.output.status.success(), "{again}");
     let (delivery, _, subscriber) = delivery(&pool).await;
     assert_eq!(
@@ -280,10 +264,7 @@ async fn a_report_about_our_sender_suppresses_nobody(pool: PgPool) {
                 Action: failed\r\n\
                 Status: 5.1.8\r\n\
                 Diagnostic-Code: smtp; 550 5.1.8 Access denied, bad outbound sender\r\n";
-    let out = Digestif::new(&pool).run_with_stdin(
-        &["inbound", "--recipient", &verp],
-        report(&verp, part).as_bytes(),
-    );
+    let out = pipe(&Digestif::new(&pool), &verp, part);
     assert!(out.output.status.success(), "{out}");
     let (delivery, error, subscriber) = delivery(&pool).await;
     assert_eq!(

@@ -39,6 +39,16 @@ fn notify_socket() -> (tempfile::TempDir, std::path::PathBuf, UnixDatagram) {
     (dir, path, socket)
 }
 
+/// Waits for `serve`, stopped by SIGTERM, to exit 0.
+async fn stops_cleanly(child: tokio::process::Child) {
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("serve stops")
+        .unwrap()
+        .status;
+    assert!(status.success());
+}
+
 /// [`receive_until`] off the test's runtime (the socket blocks).
 async fn next(
     socket: &std::sync::Arc<UnixDatagram>,
@@ -95,12 +105,7 @@ async fn serve_says_ready_pings_the_watchdog_and_says_stopping(pool: PgPool) {
         Some("STOPPING=1"),
         "{last:?}"
     );
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("serve stops")
-        .unwrap()
-        .status;
-    assert!(status.success());
+    stops_cleanly(child).await;
 }
 
 /// A pass that fetches many slow feeds is alive: each feed ends within `feeds.timeout`. The
@@ -159,12 +164,7 @@ async fn a_long_feed_fetch_keeps_the_watchdog_fed(pool: PgPool) {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("serve stops")
-        .unwrap()
-        .status;
-    assert!(status.success());
+    stops_cleanly(child).await;
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(
         said.matches("no answer within 2s").count() == 40,
