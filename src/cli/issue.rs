@@ -262,10 +262,14 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
             let Some(issue) = issues::find_by_number(&pool, number).await? else {
                 bail!("no issue #{number}");
             };
-            if !deliveries::resume(&pool, issue.issue_id).await? {
+            let Some(requeued) = deliveries::resume(&pool, issue.issue_id).await? else {
                 bail!("issue #{number} is not paused (it is {})", issue.status);
+            };
+            match requeued {
+                0 => println!("issue #{number} resumed"),
+                1 => println!("issue #{number} resumed; 1 delivery the relay refused goes again"),
+                n => println!("issue #{number} resumed; {n} deliveries the relay refused go again"),
             }
-            println!("issue #{number} resumed");
             deliver_and_report(pool, settings, Output::Text, serde_json::Map::new()).await
         }
         Command::TestSend { to } => {

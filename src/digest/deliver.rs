@@ -386,7 +386,7 @@ impl Deliverer {
         if let Ok(mut a) = self.db_ahead.lock() {
             *a = ahead;
         }
-        deliveries::resume_cooled(&self.pool).await?;
+        deliveries::resume_cooled(&self.pool, self.settings.delivery.give_up_after).await?;
         let d = &self.settings.delivery;
         // No more than the rate ceiling lets out in a minute (or half a lease): a claim is a
         // promise to send soon, not a reservation of the queue.
@@ -452,6 +452,7 @@ impl Deliverer {
             next_attempt_at: None,
             message_id: None,
             relay: None,
+            systemic: false,
         };
         if c.subscriber_status != crate::domain::SubscriberStatus::Active {
             tracing::debug!(subscriber_id = c.subscriber_id, "skipped: no longer active");
@@ -498,7 +499,13 @@ impl Deliverer {
         let mut s = match &outcome {
             Outcome::Sent => settled(DeliveryStatus::Sent, None),
             Outcome::Bounced(f) => settled(DeliveryStatus::Bounced, Some(f)),
-            Outcome::Failed(f) => settled(DeliveryStatus::Failed, Some(f)),
+            Outcome::Failed(f) => Settled {
+                // Refused outright for the relay's reasons, not the subscriber's: resuming the
+                // issue sends it again. A retry given up on is not, as its last attempt may
+                // have been delivered (no answer to the final dot).
+                systemic: f.systemic,
+                ..settled(DeliveryStatus::Failed, Some(f))
+            },
             Outcome::Transient(f) => {
                 let d = &self.settings.delivery;
                 let jitter = 0.5 + fastrand::f64();

@@ -304,6 +304,9 @@ pub struct Settled {
     pub message_id: Option<String>,
     /// The relay that had the last word (SMTP only).
     pub relay: Option<String>,
+    /// The failure was the relay's or our sender's trouble, not the subscriber's (see
+    /// [`resume`]).
+    pub systemic: bool,
 }
 
 /// Opens the connection [`settle`] runs on. It is the hot path of sending (one call per few
@@ -401,7 +404,9 @@ pub async fn settle(
     let mut next = Vec::with_capacity(results.len());
     let mut message_ids = Vec::with_capacity(results.len());
     let mut relays = Vec::with_capacity(results.len());
+    let mut systemic = Vec::with_capacity(results.len());
     for r in results {
+        systemic.push(r.systemic);
         relays.push(r.relay.as_deref());
         issue_ids.push(r.issue_id);
         subscriber_ids.push(r.subscriber_id);
@@ -421,13 +426,15 @@ pub async fn settle(
     ) = sqlx::query_as(concat!(
         "WITH v AS ( \
              SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::smallint[], \
-                                  $5::text[], $6::timestamptz[], $7::text[], $13::text[]) \
-             AS v(issue_id, subscriber_id, status, code, error, next_at, message_id, relay)), \
+                                  $5::text[], $6::timestamptz[], $7::text[], $13::text[], \
+                                  $15::bool[]) \
+             AS v(issue_id, subscriber_id, status, code, error, next_at, message_id, relay, \
+                  systemic)), \
          upd AS ( \
              UPDATE delivery d SET status = v.status, last_code = v.code, last_error = v.error, \
                     next_attempt_at = COALESCE(v.next_at, d.next_attempt_at), lease_until = NULL, \
                     claimed_by = NULL, message_id = COALESCE(v.message_id, d.message_id), \
-                    relay = COALESCE(v.relay, d.relay), \
+                    relay = COALESCE(v.relay, d.relay), systemic = v.systemic, \
                     sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END \
              FROM v WHERE d.issue_id = v.issue_id AND d.subscriber_id = v.subscriber_id \
                AND d.status = $9 AND d.claimed_by = $10 \
@@ -467,6 +474,7 @@ pub async fn settle(
     .bind(&confirm_subscribers)
     .bind(&relays)
     .bind(margin.as_secs_f64())
+    .bind(&systemic)
     .fetch_one(&mut *conn)
     .await?;
     Ok(SettleOutcome {
@@ -562,27 +570,72 @@ pub async fn pause(
     Ok(())
 }
 
-/// Resumes a paused issue now; false when it was not paused.
-pub async fn resume(pool: &PgPool, issue_id: i64) -> sqlx::Result<bool> {
-    let n = sqlx::query(
+/// Resumes a paused issue now: `None` when it was not paused, else how many of its deliveries
+/// were queued again because the relay, not the subscriber, refused them ([`requeue_refused`]).
+/// Asked by the operator, who has mended what tripped the breaker, it takes them back whatever
+/// their age, each with a new `give_up_after` of its own.
+pub async fn resume(pool: &PgPool, issue_id: i64) -> sqlx::Result<Option<u64>> {
+    let mut tx = pool.begin().await?;
+    let resumed = sqlx::query(
         "UPDATE issue SET status = 'sending', status_reason = NULL, paused_until = NULL \
          WHERE issue_id = $1 AND status = 'paused'",
     )
     .bind(issue_id)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
-    Ok(n == 1)
+    if resumed != 1 {
+        return Ok(None);
+    }
+    let requeued = requeue_refused(&mut tx, &[issue_id], None).await?;
+    tx.commit().await?;
+    Ok(Some(requeued))
 }
 
-/// Resumes paused issues whose cool-down is over; returns their numbers.
-pub async fn resume_cooled(pool: &PgPool) -> sqlx::Result<Vec<i32>> {
-    sqlx::query_scalar(
+/// Resumes paused issues whose cool-down is over; returns their numbers. Deliveries the relay
+/// refused ([`requeue_refused`]) go again while younger than `give_up_after`: a block that
+/// lasts trips the breaker again, and must not keep an issue open for ever.
+pub async fn resume_cooled(
+    pool: &PgPool,
+    give_up_after: std::time::Duration,
+) -> sqlx::Result<Vec<i32>> {
+    let mut tx = pool.begin().await?;
+    let resumed: Vec<(i64, i32)> = sqlx::query_as(
         "UPDATE issue SET status = 'sending', status_reason = NULL, paused_until = NULL \
-         WHERE status = 'paused' AND paused_until <= now() RETURNING number",
+         WHERE status = 'paused' AND paused_until <= now() RETURNING issue_id, number",
     )
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    let (ids, numbers): (Vec<i64>, Vec<i32>) = resumed.into_iter().unzip();
+    if !ids.is_empty() {
+        requeue_refused(&mut tx, &ids, Some(give_up_after)).await?;
+    }
+    tx.commit().await?;
+    Ok(numbers)
+}
+
+/// Queues again the failed deliveries of `issue_ids` that a relay refused outright for its
+/// own reasons (a policy block: what trips the breaker), never a retry given up on. The attempts that trip the breaker fail before the issue pauses, yet their
+/// subscribers did nothing: once the issue resumes they are sent like the rest. With
+/// `within`, only deliveries first tried that recently, keeping their age; without, all, each
+/// with a new age. Returns how many.
+async fn requeue_refused(
+    conn: &mut PgConnection,
+    issue_ids: &[i64],
+    within: Option<std::time::Duration>,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE delivery SET status = 'deferred', next_attempt_at = now(), systemic = false, \
+                first_attempt_at = CASE WHEN $2::float8 IS NULL THEN NULL ELSE first_attempt_at END \
+         WHERE issue_id = ANY($1) AND status = 'failed' AND systemic AND sent_at IS NULL \
+           AND ($2::float8 IS NULL \
+                OR first_attempt_at > now() - make_interval(secs => $2::float8))",
+    )
+    .bind(issue_ids)
+    .bind(within.map(|d| d.as_secs_f64()))
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 /// When the next delivery of a sending issue becomes claimable (a retry, a lease running out,

@@ -164,6 +164,45 @@ async fn policy_blocks_pause_the_issue_and_suppress_nobody(pool: PgPool) {
     assert_eq!(pending, 0, "resume delivered the rest");
 }
 
+/// A relay-wide block (a relay that lost our SASL login answers every RCPT "554 5.7.1 Relay
+/// access denied") fails the attempts that trip the breaker before it pauses the issue. Those
+/// subscribers did nothing: once the operator has mended the relay and resumed, they must get
+/// the issue like everyone else, once each.
+#[sqlx::test]
+async fn resuming_after_a_relay_wide_block_sends_to_those_it_refused(pool: PgPool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let blocked = Arc::new(AtomicBool::new(true));
+    let flag = blocked.clone();
+    let server = SmtpServer::start(Policy::default().rcpt(move |_, _| {
+        flag.load(Ordering::SeqCst)
+            .then(|| "554 5.7.1 <user1@example.com>: Relay access denied".to_owned())
+    }))
+    .await;
+    let s = settings(&server, "");
+    seed(&pool, 60).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let report = deliver_all(&pool, &s).await;
+    assert_eq!(report.paused.len(), 1, "{report:?}");
+    let refused = statuses(&pool).await.get("failed").copied().unwrap_or(0);
+    assert!(refused > 0, "the breaker trips on failed attempts");
+
+    blocked.store(false, Ordering::SeqCst);
+    let out = Digestif::new(&pool)
+        .env("DIGESTIF_DELIVERY__TRANSPORT", "smtp")
+        .env("DIGESTIF_SMTP__URL", &server.url())
+        .ok_async(&["issue", "resume", "1"])
+        .await
+        .stdout();
+    assert!(
+        out.contains(&format!("{refused} deliveries the relay refused")),
+        "{out}"
+    );
+    let c = copies(&server);
+    assert_eq!(c.len(), 60, "everyone got the issue: {c:?}");
+    assert!(c.values().all(|&n| n == 1), "{c:?}");
+    assert_eq!(statuses(&pool).await.get("sent"), Some(&60));
+}
+
 /// A relay that refuses our sender says nothing about any subscriber: Office 365 answers
 /// "550 5.1.8 Access denied, bad outbound sender" for a blocked account, Postfix's
 /// reject_unknown_sender_domain "550 5.1.8 … Domain not found" when the bounce domain's DNS
@@ -629,11 +668,12 @@ async fn a_long_lived_deliverer_sends_an_issue_again_once_it_is_resumed(pool: Pg
         digestif::store::deliveries::resume(&pool, issue.issue_id)
             .await
             .unwrap()
+            .is_some()
     );
     let second = run().await;
-    assert!(
-        second.outcomes.sent > 0,
-        "the resumed issue is sent: {second:?}"
+    assert_eq!(
+        second.outcomes.sent, 40,
+        "the resumed issue is sent to everyone: {second:?}"
     );
     assert_eq!(second.finished, vec![1], "{second:?}");
 }
@@ -1402,6 +1442,10 @@ async fn a_paused_issue_says_why_in_issue_list_and_resumes_after_the_cooldown(po
         "resumed before the cool-down was over"
     );
     assert_eq!(report.finished, vec![1], "{report:?}");
+    // Those refused before the breaker tripped went again with the rest.
+    let c = copies(&server);
+    assert_eq!(c.len(), 40, "{c:?}");
+    assert!(c.values().all(|&n| n == 1), "{c:?}");
 }
 
 /// A relay without SMTPUTF8 cannot take `josé@…`: that delivery fails at once with the reason

@@ -677,6 +677,7 @@ async fn two_hard_bounces_of_one_subscriber_written_together_both_count(pool: Pg
             next_attempt_at: None,
             message_id: None,
             relay: None,
+            systemic: false,
         })
         .collect();
     let mut results = settle_connection(&pool, w).await.unwrap();
