@@ -1583,3 +1583,60 @@ async fn a_pre_dot_check_that_cannot_be_made_stops_the_run_instead_of_reporting_
     );
     assert!(server.accepted().is_empty(), "handed over unchecked");
 }
+
+/// `subscribers remove --purge` while an issue is being made: the purge used to miss the
+/// fan-out's uncommitted delivery row and delete the subscriber, leaving a `pending` row no
+/// claim can take (it joins the subscriber) but that `next_due` calls due at once, so every
+/// `run` looped for ever and the issue never finished.
+#[sqlx::test]
+async fn a_purge_during_an_issues_fan_out_leaves_nothing_that_cannot_be_sent(pool: PgPool) {
+    use digestif::domain::SubscriberEmail;
+    use digestif::store::{deliveries, issues, subscribers};
+    let server = SmtpServer::start(Policy::default()).await;
+    let s = settings(&server, "");
+    seed(&pool, 5).await;
+    // What create_issue does, held open half-way.
+    let mut tx = pool.begin().await.unwrap();
+    issues::lock_issue_creation(&mut tx).await.unwrap();
+    let issue_id: i64 = sqlx::query_scalar(
+        "INSERT INTO issue (number, slot, subject, status) \
+         VALUES (1, $1, 'Backend Tips #1', 'sending') RETURNING issue_id",
+    )
+    .bind(at(SLOT))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO issue_item (issue_id, position, kind, tip_id, title, body) \
+         SELECT $1, 0, 'tip', tip_id, title, body FROM tip",
+    )
+    .bind(issue_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(deliveries::fan_out(&mut tx, issue_id).await.unwrap(), 5);
+    let purge = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let email = SubscriberEmail::parse("user3@example.com").unwrap();
+            subscribers::purge(&pool, &email).await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+    assert!(purge.await.unwrap(), "user3 was erased");
+
+    let d = deliver::Deliverer::new(pool.clone(), Arc::new(s))
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        crate::helpers::drain(&d, Duration::ZERO),
+    )
+    .await
+    .expect("the run ends");
+    assert_eq!(report.finished, vec![1], "{report:?}");
+    let c = copies(&server);
+    assert_eq!(c.len(), 4, "{c:?}");
+    assert!(!c.contains_key("user3@example.com"), "{c:?}");
+}

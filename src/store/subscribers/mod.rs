@@ -245,6 +245,10 @@ pub async fn unsubscribe_by_admin(pool: &PgPool, email: &SubscriberEmail) -> sql
 /// there was no such subscriber.
 pub async fn purge(pool: &PgPool, email: &SubscriberEmail) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
+    // An issue being made may have fanned out to this subscriber without committing: the
+    // delete below would not see that row, and a delivery without its subscriber can never be
+    // claimed, nor the issue finish. Issue creation's lock waits for it.
+    super::issues::lock_issue_creation(&mut tx).await?;
     // delivery has no foreign key (fan-out speed, see migration 6): its rows go first.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM delivery WHERE subscriber_id IN \
