@@ -388,12 +388,15 @@ impl Deliverer {
         }
         deliveries::resume_cooled(&self.pool, self.settings.delivery.give_up_after).await?;
         let d = &self.settings.delivery;
-        // No more than the rate ceiling lets out in a minute (or half a lease): a claim is a
-        // promise to send soon, not a reservation of the queue.
+        // No more than the rate ceilings let out in a minute (or half a lease), the relays' own
+        // included: a claim is a promise to send soon, not a reservation of the queue, and the
+        // subscriber's status it read is the one checked before sending.
         let within = (d.lease / 2).min(Duration::from_secs(60));
-        let limit = self
-            .pacer
-            .capacity(within)
+        let relays = self.mailer.relays().and_then(|r| r.capacity(within));
+        let limit = [self.pacer.capacity(within), relays]
+            .into_iter()
+            .flatten()
+            .min()
             .map_or(d.batch_size, |n| n.clamp(1, d.batch_size));
         let claimed = deliveries::claim(&self.pool, self.worker.id, limit, d.lease)
             .await

@@ -108,6 +108,14 @@ impl Relays {
     }
 
     /// Paces sends under each relay's own ceiling, kept in this database.
+    /// How many messages the relays' own ceilings let out `within` this long together; `None`
+    /// when one of them has none (a message can always go out there).
+    pub fn capacity(&self, within: Duration) -> Option<u32> {
+        self.relays.iter().try_fold(0u32, |sum, r| {
+            r.pacer.capacity(within).map(|n| sum.saturating_add(n))
+        })
+    }
+
     pub fn pace_with(&self, pool: PgPool) {
         let _ = self.pacing.set(pool);
     }

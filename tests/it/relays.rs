@@ -174,6 +174,48 @@ async fn each_relays_own_ceiling_holds_across_two_processes(pool: PgPool) {
     }
 }
 
+/// A claim is a promise to send soon: the subscriber's status it read is the one checked before
+/// sending. Under relays' own ceilings (and no `delivery.rate_*`), a claim took `batch_size`
+/// rows whatever those ceilings let out, so the last of them waited minutes (hours under an
+/// hourly ceiling) in the relays' pacers, and whoever unsubscribed meanwhile was still mailed.
+#[sqlx::test]
+async fn under_relay_ceilings_a_claim_takes_no_more_than_they_let_out_soon(pool: PgPool) {
+    let a = SmtpServer::start(Policy::default()).await;
+    let b = SmtpServer::start(Policy::default()).await;
+    let s =
+        Settings::from_toml(&toml(&a, &b, "rate_per_second = 2", "rate_per_second = 2")).unwrap();
+    seed(&pool, 30).await;
+    digest::create_issue(&pool, &s, at(SLOT)).await.unwrap();
+    let run = tokio::spawn({
+        let (pool, s) = (pool.clone(), s.clone());
+        async move { deliver_all(&pool, &s, Duration::from_secs(5)).await }
+    });
+    let (taken_a, taken_b) = (a.accepted_count(), b.accepted_count());
+    crate::helpers::wait_for("the first message", Duration::from_secs(20), || {
+        let n = taken_a() + taken_b();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    // Everyone unsubscribes once the first message is out.
+    sqlx::query("UPDATE subscriber SET status = 'unsubscribed'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = run.await.unwrap();
+    let copies = copies(&[&a, &b]);
+    // The first claim: 2.5 s (half the 5 s lease) at 2 + 2 messages a second.
+    assert!(
+        copies.len() <= 10,
+        "{} sent after everyone unsubscribed: {report:?}",
+        copies.len()
+    );
+    assert_eq!(
+        report.outcomes.skipped as usize,
+        30 - copies.len(),
+        "{report:?}"
+    );
+}
+
 /// `doctor` checks every relay and names the one that does not answer.
 #[sqlx::test]
 async fn doctor_checks_each_relay(pool: PgPool) {
