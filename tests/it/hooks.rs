@@ -92,6 +92,8 @@ impl SnsKeys {
 struct SnsServer {
     addr: SocketAddr,
     paths: Arc<Mutex<Vec<String>>>,
+    /// While true, every request is answered 503, as AWS does now and then.
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SnsServer {
@@ -116,10 +118,13 @@ impl SnsServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+        let failing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let seen = paths.clone();
+        let fail = failing.clone();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let (acceptor, pem, seen) = (acceptor.clone(), pem.clone(), seen.clone());
+                let fail = fail.clone();
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(sock).await else {
                         return;
@@ -140,8 +145,13 @@ impl SnsServer {
                     } else {
                         b"<ConfirmSubscriptionResponse/>".to_vec()
                     };
+                    let (status, body) = if fail.load(std::sync::atomic::Ordering::SeqCst) {
+                        ("503 Service Unavailable", b"busy".to_vec())
+                    } else {
+                        ("200 OK", body)
+                    };
                     let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                         body.len()
                     );
                     let _ = tls.write_all(reply.as_bytes()).await;
@@ -150,7 +160,11 @@ impl SnsServer {
                 });
             }
         });
-        Self { addr, paths }
+        Self {
+            addr,
+            paths,
+            failing,
+        }
     }
 
     fn paths(&self) -> Vec<String> {
@@ -488,6 +502,32 @@ async fn ses_through_sns_bounces_and_refuses_forgeries(pool: PgPool) {
     // The certificate was fetched once (cached).
     let pems = w.sns.paths().iter().filter(|p| p.ends_with(".pem")).count();
     assert_eq!(pems, 1, "{:?}", w.sns.paths());
+}
+
+/// SNS retries only after a 5xx or a timeout, never after a 4xx. A certificate AWS could not
+/// serve for a moment (the first message after every restart fetches it) was answered 401, so
+/// the bounce was dropped for good; it is answered 503, and the retry is recorded.
+#[sqlx::test]
+async fn an_ses_bounce_whose_certificate_cannot_be_fetched_yet_is_asked_for_again(pool: PgPool) {
+    let w = World::new(pool).await;
+    let good = w.sns_message(
+        "Notification",
+        &w.ses_bounce(Some(&w.message_id)),
+        "1",
+        SNS_HOST,
+    );
+    w.sns
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = w.post("ses", &[], &good.to_string()).await;
+    assert_eq!(status, 503, "{body}");
+    w.untouched().await;
+    w.sns
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = w.post("ses", &[], &good.to_string()).await;
+    assert_eq!(status, 200, "the retry is not a replay: {body}");
+    w.bounced().await;
 }
 
 #[sqlx::test]

@@ -61,6 +61,9 @@ pub(crate) enum Refused {
     Unauthorized(String),
     /// 400: authentic, but not something we can read.
     Malformed(String),
+    /// 503: not proved yet because something it needs did not answer (SNS's certificate):
+    /// the provider tries again.
+    Unavailable(String),
 }
 
 impl Refused {
@@ -121,6 +124,10 @@ pub async fn receive(
         Err(Refused::Malformed(why)) => {
             tracing::warn!(provider, "webhook refused (400): {why}");
             return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
+        }
+        Err(Refused::Unavailable(why)) => {
+            tracing::warn!(provider, "webhook answered 503 to come back: {why}");
+            return (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response();
         }
     };
     // On a task of its own: a request cut short (its timeout, the provider hanging up) must

@@ -123,23 +123,25 @@ impl CertFetcher {
         })
     }
 
-    /// GETs `url` (already checked), at most `cap` bytes; anything but 200 is an error.
+    /// GETs `url` (already checked), at most `cap` bytes; anything but 200 is an error, and
+    /// [`Unreachable`] when asking again later may do.
     async fn get(&self, url: &url::Url, cap: usize) -> anyhow::Result<Vec<u8>> {
+        let unreachable = |e: reqwest::Error| Unreachable(crate::fetch::reason(&e));
         let mut resp = self
             .client
             .get(url.clone())
             .send()
             .await
-            .map_err(|e| anyhow!("{}", crate::fetch::reason(&e)))?;
-        if resp.status() != reqwest::StatusCode::OK {
-            bail!("answered {}", resp.status());
+            .map_err(unreachable)?;
+        let status = resp.status();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(Unreachable(format!("answered {status}")).into());
+        }
+        if status != reqwest::StatusCode::OK {
+            bail!("answered {status}");
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| anyhow!("{}", crate::fetch::reason(&e)))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
             body.extend_from_slice(&chunk);
             if body.len() > cap {
                 bail!("more than {cap} bytes");
@@ -156,6 +158,12 @@ fn builder() -> reqwest::ClientBuilder {
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
 }
+
+/// AWS did not answer for now (no connection, a timeout, a 5xx or a 429): the request that
+/// needed it gets a 503, after which SNS tries again; a 4xx would make it drop the message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unreachable(String);
 
 /// The test resolver: every name is `at`.
 struct Everything(SocketAddr);
@@ -320,9 +328,12 @@ pub(super) async fn verify(
         )));
     }
     let der = app.hooks.sns.get(&cert_url).await.map_err(|e| {
-        Refused::unauthorized(format!(
-            "cannot get the SNS certificate at {cert_url}: {e:#}"
-        ))
+        let why = format!("cannot get the SNS certificate at {cert_url}: {e:#}");
+        if e.is::<Unreachable>() {
+            Refused::Unavailable(why)
+        } else {
+            Refused::unauthorized(why)
+        }
     })?;
     let der = CertificateDer::from(der.as_slice());
     let cert = webpki::EndEntityCert::try_from(&der)
