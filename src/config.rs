@@ -434,6 +434,9 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: u32,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may hold at once; a trusted
+    /// proxy is not limited. More are answered 503 and closed.
+    pub max_connections_per_client: u32,
     /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Origins besides `newsletter.base_url`'s whose pages may post the sign-up form.
@@ -651,6 +654,7 @@ struct RawHttp {
     header_timeout: String,
     request_timeout: String,
     max_connections: u32,
+    max_connections_per_client: u32,
     trusted_proxies: Vec<String>,
     signup_origins: Vec<String>,
     signup_resend_after: String,
@@ -1028,6 +1032,12 @@ impl Raw {
             header_timeout: positive("http.header_timeout", &h.header_timeout)?,
             request_timeout: positive("http.request_timeout", &h.request_timeout)?,
             max_connections: in_range("http.max_connections", h.max_connections, 1, 100_000)?,
+            max_connections_per_client: in_range(
+                "http.max_connections_per_client",
+                h.max_connections_per_client,
+                1,
+                100_000,
+            )?,
             trusted_proxies: h
                 .trusted_proxies
                 .iter()

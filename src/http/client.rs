@@ -39,6 +39,63 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
+/// Connections open per client, so that one client cannot take every slot of
+/// `http.max_connections` (a few hundred keep-alive connections from one host, each asking
+/// something now and then, would hold them all). A client is a [`limit_key`] of the TCP
+/// peer; a trusted proxy, which carries everyone's requests, is not limited.
+pub struct PerClient {
+    limit: u32,
+    trusted: Vec<IpNet>,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One connection counted by [`PerClient::admit`], for as long as it is kept.
+pub struct Admitted {
+    counted: Option<(std::sync::Arc<PerClient>, IpAddr)>,
+}
+
+impl PerClient {
+    pub fn new(limit: u32, trusted: Vec<IpNet>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            limit,
+            trusted,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a new connection from `peer`; `None` when that client has `limit` open already.
+    pub fn admit(self: &std::sync::Arc<Self>, peer: IpAddr) -> Option<Admitted> {
+        let peer = canonical(peer);
+        if self.trusted.iter().any(|net| net.contains(&peer)) {
+            return Some(Admitted { counted: None });
+        }
+        let key = limit_key(peer);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_default();
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Admitted {
+            counted: Some((self.clone(), key)),
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some((per_client, key)) = self.counted.take() {
+            let mut open = per_client.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&key);
+                }
+            }
+        }
+    }
+}
+
 /// Walks the forwarding chain from our side: each hop we trust vouches for the one before it;
 /// the first hop we do not trust is the client. What a client writes into the headers itself
 /// sits further left and is never reached unless every hop after it is trusted.

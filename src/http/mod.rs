@@ -157,6 +157,10 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let per_client = client::PerClient::new(
+        limits.max_connections_per_client,
+        limits.trusted_proxies.clone(),
+    );
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
@@ -183,6 +187,16 @@ async fn accept_loop(
             },
             _ = stopped(&mut stop) => break,
         };
+        let Some(admitted) = per_client.admit(peer.ip()) else {
+            // Answered and closed at once, before hyper: a short write to a new socket does
+            // not block, and the slot is free again for other clients.
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 10\r\n\
+                  Content-Length: 0\r\n\r\n",
+            );
+            tracing::debug!("http: {peer} has http.max_connections_per_client open already");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
@@ -200,7 +214,7 @@ async fn accept_loop(
             if let Err(e) = connection.await {
                 tracing::debug!("http: connection from {peer}: {e}");
             }
-            drop(permit);
+            drop((permit, admitted));
         });
     }
     drop(listener);

@@ -114,6 +114,49 @@ async fn connections_beyond_the_cap_wait_their_turn(pool: PgPool) {
     );
 }
 
+/// One host opening every slot of `http.max_connections` (keep-alive connections that ask
+/// something now and then, or headers sent slowly) held the server for everyone else: one-click
+/// unsubscribes, confirmations and webhooks waited until it let go. A client now holds at most
+/// `http.max_connections_per_client`; more are answered 503 at once.
+#[sqlx::test]
+async fn one_client_cannot_take_every_connection_slot(pool: PgPool) {
+    let app = App::start(
+        &pool,
+        "[http]\nmax_connections = 4\nmax_connections_per_client = 2\nheader_timeout = \"10s\"\n",
+    )
+    .await;
+    // The hog comes from 127.0.0.2, the reader below from 127.0.0.1.
+    let mut hog = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(app.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        hog.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        http_get(&app.addr.to_string(), "/healthz"),
+    )
+    .await
+    .expect("the hog's connections were cut off in the end");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "another client waited {:?} for the hog's connections",
+        start.elapsed()
+    );
+    // The hog's third and fourth were turned away at once.
+    let (said, took) = until_closed(&mut hog[3], Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        said.is_empty() || said.starts_with("HTTP/1.1 503"),
+        "{said}"
+    );
+}
+
 /// A client that sends request after request and never reads the answers: once its buffers
 /// are full the server's write waits for ever, and no header timeout runs while a request is
 /// being answered, so such clients held every connection slot, and one-click unsubscribes,
