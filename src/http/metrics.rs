@@ -3,6 +3,7 @@
 //! the process metrics are served even when the database is down (`digestif_database_up 0`),
 //! so an alert can tell "digestif is down" from "its database is".
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -22,25 +23,54 @@ use crate::store::{deliveries, issues};
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The database's figures of the last scrape, read again at most once a second, one scrape at
+/// a time: counting the latest issue's deliveries costs the database a scan, and `/metrics` is
+/// on the public listener unless `http.metrics_listen` moves it, so anyone could ask for that
+/// scan as often as they liked, on the pool that delivery uses.
+#[derive(Default)]
+pub struct Cached(tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<DatabaseMetrics>)>>);
+
+/// How long the database's figures serve further scrapes.
+const FRESH: Duration = Duration::from_secs(1);
+
+impl Cached {
+    async fn get(&self, pool: &PgPool) -> Option<Arc<DatabaseMetrics>> {
+        let mut last = self.0.lock().await;
+        if let Some((at, db)) = last.as_ref()
+            && at.elapsed() < FRESH
+        {
+            return Some(db.clone());
+        }
+        // Within two seconds, or none: a scrape must not hang.
+        let from_db = tokio::time::timeout(Duration::from_secs(2), database_metrics(pool));
+        match from_db.await {
+            Ok(Ok(db)) => {
+                let db = Arc::new(db);
+                *last = Some((tokio::time::Instant::now(), db.clone()));
+                Some(db)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("metrics: database: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("metrics: database timed out");
+                None
+            }
+        }
+    }
+}
+
 /// `GET /metrics`.
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let mut registry = Registry::default();
     process_metrics(&app, &mut registry);
-    // The database's figures within two seconds, or none: a scrape must not hang.
-    let from_db = tokio::time::timeout(Duration::from_secs(2), database_metrics(&app.pool));
-    let up = match from_db.await {
-        Ok(Ok(db)) => {
+    let up = match app.db_metrics.get(&app.pool).await {
+        Some(db) => {
             db.register(&mut registry);
             1
         }
-        Ok(Err(e)) => {
-            tracing::warn!("metrics: database: {e}");
-            0
-        }
-        Err(_) => {
-            tracing::warn!("metrics: database timed out");
-            0
-        }
+        None => 0,
     };
     registry.register(
         "digestif_database_up",
@@ -152,7 +182,7 @@ type Latest = (
 );
 
 /// The figures read from the database for one scrape.
-struct DatabaseMetrics {
+pub struct DatabaseMetrics {
     queue_depth: i64,
     paused: i64,
     latest: Option<Latest>,
@@ -185,7 +215,7 @@ async fn database_metrics(pool: &PgPool) -> anyhow::Result<DatabaseMetrics> {
 }
 
 impl DatabaseMetrics {
-    fn register(self, registry: &mut Registry) {
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "digestif_queue_depth",
             "Deliveries waiting or in flight for issues being sent",
@@ -196,7 +226,8 @@ impl DatabaseMetrics {
             "Issues paused by the breaker now (the relay refused or could not be reached)",
             gauge(self.paused),
         );
-        if let Some((number, status, counts, by_relay)) = self.latest {
+        if let Some((number, status, counts, by_relay)) = &self.latest {
+            let (number, status) = (*number, *status);
             registry.register(
                 "digestif_last_issue_number",
                 "The latest issue's number",
@@ -233,8 +264,8 @@ impl DatabaseMetrics {
                 let relays = Family::<Labels, Gauge>::default();
                 for (relay, status, n) in by_relay {
                     relays
-                        .get_or_create(&vec![("relay", relay), ("status", status)])
-                        .set(n);
+                        .get_or_create(&vec![("relay", relay.clone()), ("status", status.clone())])
+                        .set(*n);
                 }
                 registry.register(
                     "digestif_relay_deliveries",

@@ -41,6 +41,10 @@ pub struct AppState {
     pub signup_limiter: Arc<client::SignupLimiter>,
     /// What the bounce webhooks keep between requests (SNS certificates).
     pub hooks: Arc<hooks::Hooks>,
+    /// Issues' web views as rendered once (`pages::web_view`).
+    pub web_views: Arc<pages::WebViews>,
+    /// The database's figures of the last scrape (`metrics`).
+    pub db_metrics: Arc<metrics::Cached>,
 }
 
 impl AppState {
@@ -60,6 +64,8 @@ impl AppState {
             keys,
             signup_limiter: limiter,
             hooks,
+            web_views: Arc::default(),
+            db_metrics: Arc::default(),
         }
     }
 }

@@ -445,6 +445,31 @@ pub async fn archive(State(app): State<AppState>) -> Result<Response, PageError>
     Ok(page.into_response())
 }
 
+/// Issues' web views, each rendered once: rendering and inlining the CSS take about 0.4 ms of
+/// CPU, which anyone could ask for over and over, on the cores that send the mail. An issue's
+/// content is a snapshot that never changes and this process's settings are fixed, so the page
+/// once rendered stays right.
+#[derive(Default)]
+pub struct WebViews(std::sync::Mutex<HashMap<i32, axum::body::Bytes>>);
+
+impl WebViews {
+    /// Issues kept at most; the cache starts over when full (readers ask for the last few).
+    const MAX: usize = 64;
+
+    fn get(&self, number: i32) -> Option<axum::body::Bytes> {
+        self.0.lock().ok()?.get(&number).cloned()
+    }
+
+    fn put(&self, number: i32, html: axum::body::Bytes) {
+        if let Ok(mut views) = self.0.lock() {
+            if views.len() >= Self::MAX {
+                views.clear();
+            }
+            views.insert(number, html);
+        }
+    }
+}
+
 /// GET /issues/{number}: the issue as the email shows it, without personal data or tokens.
 pub async fn web_view(
     State(app): State<AppState>,
@@ -455,6 +480,9 @@ pub async fn web_view(
         .ok()
         .filter(|n| *n > 0)
         .ok_or(PageError::NotFound)?;
+    if let Some(html) = app.web_views.get(number) {
+        return Ok(Html(html).into_response());
+    }
     let issue = issues::find_by_number(&app.pool, number)
         .await?
         .ok_or(PageError::NotFound)?;
@@ -468,7 +496,9 @@ pub async fn web_view(
         &content,
         &app.settings.bounces.address,
     )?;
-    Ok(Html(rendered.web_html()).into_response())
+    let html = axum::body::Bytes::from(rendered.web_html());
+    app.web_views.put(number, html.clone());
+    Ok(Html(html).into_response())
 }
 
 struct FeedEntry {

@@ -827,6 +827,55 @@ async fn metrics_parse_as_prometheus_text_with_stable_names(pool: PgPool) {
     assert!(value("process_open_fds", None) > 0.0);
 }
 
+/// `/issues/N` and `/metrics` answer anyone on the public listener. Rendering an issue (CSS
+/// inlined) took about 0.4 ms of the cores that send the mail, and each scrape counted the
+/// latest issue's deliveries on the pool that delivery uses, on every request: a client asking
+/// over and over slowed sending down. An issue is now rendered once, and the database's
+/// figures are read at most once a second.
+#[sqlx::test]
+async fn asking_for_the_web_view_or_metrics_over_and_over_costs_one_render_and_one_count_a_second(
+    pool: PgPool,
+) {
+    let app = App::start(&pool, "").await;
+    seed(&pool, 3).await;
+    digest::create_issue(&pool, &app.settings, at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    crate::helpers::deliver_all(&pool, &app.settings, Duration::ZERO).await;
+    let first = app.request("GET", "/issues/1", None).await;
+    assert_eq!(first.status, 200);
+    let scrape = app.request("GET", "/metrics", None).await.body;
+    assert!(
+        scrape.contains("digestif_deliveries{status=\"sent\"} 3"),
+        "{scrape}"
+    );
+    // Were they read again, these would show.
+    sqlx::query("UPDATE issue_item SET title = 'Changed under the cache'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE delivery SET status = 'failed'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let again = app.request("GET", "/issues/1", None).await;
+        assert_eq!(again.body, first.body, "rendered again");
+        let m = app.request("GET", "/metrics", None).await.body;
+        assert!(
+            m.contains("digestif_deliveries{status=\"sent\"} 3"),
+            "read again: {m}"
+        );
+    }
+    // A scrape a second later reads the database again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = app.request("GET", "/metrics", None).await.body;
+    assert!(
+        later.contains("digestif_deliveries{status=\"failed\"} 3"),
+        "{later}"
+    );
+}
+
 /// With the database gone, `/metrics` still answers with what the process knows (its own
 /// counters, the process metrics) and says the database did not answer.
 #[sqlx::test]
