@@ -108,11 +108,23 @@ fn classify(code: Option<u16>, enhanced: Option<String>, reason: String) -> Outc
         // breaker, like a refusal of MAIL FROM.
         Some(e) if about_the_sender(e) => Outcome::Transient(failure(true)),
         Some(e) if e.starts_with("5.1.") || e == "5.2.1" => Outcome::Bounced(failure(false)),
-        Some(e) if e.starts_with("5.7.") => Outcome::Failed(failure(true)),
+        // A policy block (5.7), or a refusal of the message itself or of how we send it: the
+        // relay's mail system (5.3: "552 5.3.4 message too big"), the protocol (5.5), the
+        // content (5.6). Every recipient gets the same: the breaker counts them.
+        Some(e)
+            if ["5.7.", "5.3.", "5.5.", "5.6."]
+                .iter()
+                .any(|p| e.starts_with(p)) =>
+        {
+            Outcome::Failed(failure(true))
+        }
         // Without an enhanced code a 5xx does not say whether the mailbox is gone or the
         // message was refused (a bare "550" is also what many spam filters answer), and
         // suppressing a real reader is the costlier mistake: it fails, the subscriber stays.
-        Some(_) | None => Outcome::Failed(failure(false)),
+        // The breaker counts it: through a relay it is mostly the relay's own refusal (SES's
+        // "554 Message rejected: Email address is not verified"), and only a run of them trips.
+        None => Outcome::Failed(failure(true)),
+        Some(_) => Outcome::Failed(failure(false)),
     }
 }
 
@@ -227,14 +239,24 @@ mod tests {
             classify_reply(550, "5.2.1 mailbox disabled"),
             Outcome::Bounced(_)
         ));
-        assert!(
-            matches!(classify_reply(550, "no such user"), Outcome::Failed(_)),
-            "without an enhanced code nobody is suppressed"
-        );
-        assert!(matches!(
-            classify_reply(552, "5.2.2 mailbox full"),
-            Outcome::Failed(_)
-        ));
+        match classify_reply(550, "no such user") {
+            Outcome::Failed(f) => assert!(f.systemic, "a run of them trips the breaker"),
+            other => panic!("without an enhanced code nobody is suppressed: {other:?}"),
+        }
+        match classify_reply(552, "5.2.2 mailbox full") {
+            Outcome::Failed(f) => assert!(!f.systemic, "one mailbox's trouble"),
+            other => panic!("{other:?}"),
+        }
+        for (code, text) in [
+            (552, "5.3.4 Message size exceeds fixed limit"),
+            (554, "5.6.0 Message content rejected"),
+            (501, "5.5.2 Syntax error"),
+        ] {
+            match classify_reply(code, text) {
+                Outcome::Failed(f) => assert!(f.systemic, "every recipient's: {text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
         match classify_reply(550, "5.7.1 rejected by policy") {
             Outcome::Failed(f) => assert!(f.systemic, "policy blocks trip the breaker"),
             other => panic!("{other:?}"),

@@ -170,13 +170,41 @@ async fn policy_blocks_pause_the_issue_and_suppress_nobody(pool: PgPool) {
 /// the issue like everyone else, once each.
 #[sqlx::test]
 async fn resuming_after_a_relay_wide_block_sends_to_those_it_refused(pool: PgPool) {
+    relay_wide_block(&pool, "554 5.7.1 <user1@example.com>: Relay access denied").await;
+}
+
+/// Refusals every recipient gets without a 5.7 code failed the whole list for good, and never
+/// tripped the breaker: SES in its sandbox, or with the sender's identity not verified, and a
+/// relay whose size limit is below the issue's.
+#[sqlx::test]
+async fn a_relay_refusing_every_message_without_a_policy_code_pauses_the_issue(pool: PgPool) {
+    relay_wide_block(
+        &pool,
+        "554 Message rejected: Email address is not verified. The following identities failed \
+         the check in region US-EAST-1: news@example.com",
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn a_relay_refusing_the_message_as_too_big_pauses_the_issue(pool: PgPool) {
+    relay_wide_block(
+        &pool,
+        "552 5.3.4 Message size exceeds fixed maximum message size",
+    )
+    .await;
+}
+
+/// 60 subscribers, a relay that answers every RCPT with `reply` until the block is lifted: the
+/// breaker pauses the issue having failed some, and once resumed everyone has one copy.
+async fn relay_wide_block(pool: &PgPool, reply: &'static str) {
     use std::sync::atomic::{AtomicBool, Ordering};
+    let pool = pool.clone();
     let blocked = Arc::new(AtomicBool::new(true));
     let flag = blocked.clone();
-    let server = SmtpServer::start(Policy::default().rcpt(move |_, _| {
-        flag.load(Ordering::SeqCst)
-            .then(|| "554 5.7.1 <user1@example.com>: Relay access denied".to_owned())
-    }))
+    let server = SmtpServer::start(
+        Policy::default().rcpt(move |_, _| flag.load(Ordering::SeqCst).then(|| reply.to_owned())),
+    )
     .await;
     let s = settings(&server, "");
     seed(&pool, 60).await;
