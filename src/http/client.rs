@@ -42,7 +42,9 @@ impl FromRequestParts<AppState> for ClientIp {
 /// Connections open per client, so that one client cannot take every slot of
 /// `http.max_connections` (a few hundred keep-alive connections from one host, each asking
 /// something now and then, would hold them all). A client is a [`limit_key`] of the TCP
-/// peer; a trusted proxy, which carries everyone's requests, is not limited.
+/// peer. A trusted proxy, which carries everyone's requests, is not limited, nor is this host
+/// itself: a reverse proxy on it (the usual set-up) may keep many connections open, and
+/// whoever runs there is trusted anyway.
 pub struct PerClient {
     limit: u32,
     trusted: Vec<IpNet>,
@@ -66,7 +68,7 @@ impl PerClient {
     /// Counts a new connection from `peer`; `None` when that client has `limit` open already.
     pub fn admit(self: &std::sync::Arc<Self>, peer: IpAddr) -> Option<Admitted> {
         let peer = canonical(peer);
-        if self.trusted.iter().any(|net| net.contains(&peer)) {
+        if peer.is_loopback() || self.trusted.iter().any(|net| net.contains(&peer)) {
             return Some(Admitted { counted: None });
         }
         let key = limit_key(peer);

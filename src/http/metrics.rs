@@ -28,36 +28,40 @@ type Labels = Vec<(&'static str, String)>;
 /// on the public listener unless `http.metrics_listen` moves it, so anyone could ask for that
 /// scan as often as they liked, on the pool that delivery uses.
 #[derive(Default)]
-pub struct Cached(tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<DatabaseMetrics>)>>);
+pub struct Cached(tokio::sync::Mutex<Option<(tokio::time::Instant, Option<Arc<DatabaseMetrics>>)>>);
 
-/// How long the database's figures serve further scrapes.
+/// How long the database's figures (or its failure to answer) serve further scrapes.
 const FRESH: Duration = Duration::from_secs(1);
 
 impl Cached {
+    /// The figures, or none when the database did not answer: within two seconds, waiting
+    /// for another scrape's read included, so a scrape never hangs.
     async fn get(&self, pool: &PgPool) -> Option<Arc<DatabaseMetrics>> {
-        let mut last = self.0.lock().await;
-        if let Some((at, db)) = last.as_ref()
-            && at.elapsed() < FRESH
-        {
-            return Some(db.clone());
-        }
-        // Within two seconds, or none: a scrape must not hang.
-        let from_db = tokio::time::timeout(Duration::from_secs(2), database_metrics(pool));
-        match from_db.await {
-            Ok(Ok(db)) => {
-                let db = Arc::new(db);
-                *last = Some((tokio::time::Instant::now(), db.clone()));
-                Some(db)
-            }
-            Ok(Err(e)) => {
-                tracing::warn!("metrics: database: {e}");
-                None
-            }
+        match tokio::time::timeout(Duration::from_secs(2), self.read(pool)).await {
+            Ok(db) => db,
             Err(_) => {
                 tracing::warn!("metrics: database timed out");
                 None
             }
         }
+    }
+
+    async fn read(&self, pool: &PgPool) -> Option<Arc<DatabaseMetrics>> {
+        let mut last = self.0.lock().await;
+        if let Some((at, db)) = last.as_ref()
+            && at.elapsed() < FRESH
+        {
+            return db.clone();
+        }
+        let db = match database_metrics(pool).await {
+            Ok(db) => Some(Arc::new(db)),
+            Err(e) => {
+                tracing::warn!("metrics: database: {e}");
+                None
+            }
+        };
+        *last = Some((tokio::time::Instant::now(), db.clone()));
+        db
     }
 }
 

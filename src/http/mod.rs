@@ -194,13 +194,9 @@ async fn accept_loop(
             _ = stopped(&mut stop) => break,
         };
         let Some(admitted) = per_client.admit(peer.ip()) else {
-            // Answered and closed at once, before hyper: a short write to a new socket does
-            // not block, and the slot is free again for other clients.
-            let _ = stream.try_write(
-                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 10\r\n\
-                  Content-Length: 0\r\n\r\n",
-            );
             tracing::debug!("http: {peer} has http.max_connections_per_client open already");
+            drop(permit);
+            tokio::spawn(turn_away(stream));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -227,6 +223,23 @@ async fn accept_loop(
     // Idle connections close at once; a request in progress has its own deadline.
     let _ = tokio::time::timeout(limits.request_timeout, graceful.shutdown()).await;
     Ok(())
+}
+
+/// Answers 503 on a connection over its client's share, outside hyper and the connection cap.
+/// What the client sent is read (for a second at most) before closing: a socket closed with
+/// unread bytes sends a reset, which can destroy the answer before the client reads it.
+async fn turn_away(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 10\r\n\
+                   Content-Length: 0\r\n\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

@@ -26,8 +26,9 @@ pub struct Failure {
     /// What went wrong, short; the server's text may name the recipient, so it goes to the
     /// database row, never to the log.
     pub reason: String,
-    /// The connection or the server's policy is the problem, not this recipient: the breaker
-    /// counts these.
+    /// The connection, the server's policy or something every recipient would get is the
+    /// problem, or may be (a 5xx without an enhanced code), not this recipient: the breaker and
+    /// the relay's health count these, and failover tries another relay.
     pub systemic: bool,
 }
 

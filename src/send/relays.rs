@@ -43,7 +43,8 @@ struct Health {
 }
 
 /// What a relay's attempt counts as, for its breaker: the relay's fault (its connection, its
-/// policy, "421 service not available"), or not (a recipient's own 4xx or 5xx).
+/// policy, "421 service not available", a refusal every recipient gets, a 5xx without an
+/// enhanced code), or not (a recipient's own 4xx, or a 5xx whose code names the mailbox).
 fn relay_fault(outcome: &Outcome) -> bool {
     match outcome {
         Outcome::Sent | Outcome::Bounced(_) => false,
@@ -53,8 +54,8 @@ fn relay_fault(outcome: &Outcome) -> bool {
 }
 
 /// Where a failed attempt is worth repeating on another relay at once: any temporary failure
-/// (another relay may take it now) and a policy refusal; never a recipient's permanent
-/// refusal, and never when the relay may have the message after all (it went silent or the
+/// (another relay may take it now) and a refusal that may be this relay's own (a policy block,
+/// a 5xx without an enhanced code); never a refusal whose code names the recipient's mailbox, and never when the relay may have the message after all (it went silent or the
 /// connection broke once the message was on its way): that waits for the normal retry, so a
 /// subscriber does not get it twice through two relays.
 fn try_elsewhere(outcome: &Outcome, maybe_sent: bool) -> bool {
@@ -107,7 +108,6 @@ impl Relays {
         })
     }
 
-    /// Paces sends under each relay's own ceiling, kept in this database.
     /// How many messages the relays' own ceilings let out `within` this long together; `None`
     /// when one of them has none (a message can always go out there).
     pub fn capacity(&self, within: Duration) -> Option<u32> {
@@ -116,6 +116,7 @@ impl Relays {
         })
     }
 
+    /// Paces sends under each relay's own ceiling, kept in this database.
     pub fn pace_with(&self, pool: PgPool) {
         let _ = self.pacing.set(pool);
     }

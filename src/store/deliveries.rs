@@ -304,8 +304,8 @@ pub struct Settled {
     pub message_id: Option<String>,
     /// The relay that had the last word (SMTP only).
     pub relay: Option<String>,
-    /// The failure was the relay's or our sender's trouble, not the subscriber's (see
-    /// [`resume`]).
+    /// A relay refused it outright, by an enhanced code that says the reason is the relay's
+    /// (a policy block, a message too big), not the subscriber's (see [`resume`]).
     pub systemic: bool,
 }
 
@@ -587,52 +587,52 @@ pub async fn resume(pool: &PgPool, issue_id: i64) -> sqlx::Result<Option<u64>> {
     if resumed != 1 {
         return Ok(None);
     }
-    let requeued = requeue_refused(&mut tx, &[issue_id], None).await?;
+    let requeued = requeue_refused(&mut tx, issue_id).await?;
     tx.commit().await?;
     Ok(Some(requeued))
 }
 
 /// Resumes paused issues whose cool-down is over; returns their numbers. Deliveries the relay
 /// refused ([`requeue_refused`]) go again while younger than `give_up_after`: a block that
-/// lasts trips the breaker again, and must not keep an issue open for ever.
+/// lasts trips the breaker again, and must not keep an issue open for ever. One statement, as
+/// it runs before every claim.
 pub async fn resume_cooled(
     pool: &PgPool,
     give_up_after: std::time::Duration,
 ) -> sqlx::Result<Vec<i32>> {
-    let mut tx = pool.begin().await?;
-    let resumed: Vec<(i64, i32)> = sqlx::query_as(
-        "UPDATE issue SET status = 'sending', status_reason = NULL, paused_until = NULL \
-         WHERE status = 'paused' AND paused_until <= now() RETURNING issue_id, number",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let (ids, numbers): (Vec<i64>, Vec<i32>) = resumed.into_iter().unzip();
-    if !ids.is_empty() {
-        requeue_refused(&mut tx, &ids, Some(give_up_after)).await?;
-    }
-    tx.commit().await?;
-    Ok(numbers)
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "WITH resumed AS ( \
+             UPDATE issue SET status = 'sending', status_reason = NULL, paused_until = NULL \
+             WHERE status = 'paused' AND paused_until <= now() RETURNING issue_id, number), \
+         requeued AS ( \
+             UPDATE delivery d SET status = 'deferred', next_attempt_at = now(), \
+                    systemic = false \
+             FROM resumed r WHERE d.issue_id = r.issue_id AND {REFUSED} \
+               AND d.first_attempt_at > now() - make_interval(secs => $1)) \
+         SELECT number FROM resumed"
+    )))
+    .bind(give_up_after.as_secs_f64())
+    .fetch_all(pool)
+    .await
 }
 
-/// Queues again the failed deliveries of `issue_ids` that a relay refused outright for its
-/// own reasons (a policy block: what trips the breaker), never a retry given up on. The attempts that trip the breaker fail before the issue pauses, yet their
-/// subscribers did nothing: once the issue resumes they are sent like the rest. With
-/// `within`, only deliveries first tried that recently, keeping their age; without, all, each
-/// with a new age. Returns how many.
-async fn requeue_refused(
-    conn: &mut PgConnection,
-    issue_ids: &[i64],
-    within: Option<std::time::Duration>,
-) -> sqlx::Result<u64> {
-    Ok(sqlx::query(
-        "UPDATE delivery SET status = 'deferred', next_attempt_at = now(), systemic = false, \
-                first_attempt_at = CASE WHEN $2::float8 IS NULL THEN NULL ELSE first_attempt_at END \
-         WHERE issue_id = ANY($1) AND status = 'failed' AND systemic AND sent_at IS NULL \
-           AND ($2::float8 IS NULL \
-                OR first_attempt_at > now() - make_interval(secs => $2::float8))",
-    )
-    .bind(issue_ids)
-    .bind(within.map(|d| d.as_secs_f64()))
+/// Which failed deliveries resuming queues again: those a relay refused outright for its own
+/// reasons (a policy block, a message too big: what trips the breaker), never a retry given up
+/// on nor a failure a DSN reported. The attempts that trip the breaker fail before the issue
+/// pauses, yet their subscribers did nothing. A delivery refused this way on five attempts
+/// stays failed: a refusal that keeps coming may be about that one address after all, and must
+/// not trip the breaker again at every resume.
+const REFUSED: &str = "d.status = 'failed' AND d.systemic AND d.sent_at IS NULL AND d.attempts < 5";
+
+/// Queues again what the relay refused ([`REFUSED`]) of the issue that `issue resume` resumed:
+/// all of it, whatever its age, each with a new one. Returns how many.
+async fn requeue_refused(conn: &mut PgConnection, issue_id: i64) -> sqlx::Result<u64> {
+    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE delivery d SET status = 'deferred', next_attempt_at = now(), systemic = false, \
+                first_attempt_at = NULL \
+         WHERE d.issue_id = $1 AND {REFUSED}"
+    )))
+    .bind(issue_id)
     .execute(conn)
     .await?
     .rows_affected())

@@ -189,6 +189,15 @@ impl std::fmt::Display for Run {
     }
 }
 
+/// This host's IPv4 address on its network (not loopback), if it has one: the source address
+/// of a route to the outside, found without sending anything.
+pub fn own_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("198.51.100.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
 /// Writes a file into a fresh temporary folder and returns the folder (keep it alive).
 pub fn file_with(name: &str, bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -53,9 +53,23 @@ impl App {
         Self::start_with(pool.clone(), settings(extra)).await
     }
 
+    /// [`App::start`] on every address of this host (`0.0.0.0`), so that a client can come
+    /// from an address other than loopback; [`App::url`] still names 127.0.0.1.
+    pub async fn start_on_every_address(pool: &PgPool, extra: &str) -> Self {
+        let mut settings = settings(extra);
+        settings.http.listen = "0.0.0.0:0".parse().unwrap();
+        let mut app = Self::start_listening(pool.clone(), settings).await;
+        app.addr.set_ip([127, 0, 0, 1].into());
+        app
+    }
+
     /// [`App::start`] with these settings and this pool (which may not answer).
     async fn start_with(pool: PgPool, mut settings: Settings) -> Self {
         settings.http.listen = "127.0.0.1:0".parse().unwrap();
+        Self::start_listening(pool, settings).await
+    }
+
+    async fn start_listening(pool: PgPool, settings: Settings) -> Self {
         let counters: Arc<digest::deliver::Counters> = Arc::new(Default::default());
         let server = Server::build(Arc::new(settings.clone()), pool, counters.clone())
             .await
