@@ -82,7 +82,8 @@ impl SubscriberEmail {
         &self.0
     }
 
-    /// The form used for uniqueness and suppression look-ups.
+    /// The form two addresses are compared in, here. The database lower-cases its own (its
+    /// rules differ for a few letters), so this is never sent to it as a key.
     pub fn key(&self) -> String {
         self.0.to_lowercase()
     }

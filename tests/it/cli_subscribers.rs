@@ -324,3 +324,36 @@ async fn inviting_back_an_unsubscribed_address_says_it_stays_unsubscribed(pool: 
     assert!(show.contains("unsubscribed"), "{show}");
     assert_eq!(std::fs::read_dir(outbox.path()).unwrap().count(), 1);
 }
+
+/// Look-ups lower-cased the address in Rust (Unicode's full rules: 'İ' becomes "i̇", two
+/// characters) and compared it with Postgres's `lower()` of the stored one (one character at a
+/// time: 'İ' becomes 'i'). An address with a dotted capital I could not be shown, removed or
+/// erased, though typed exactly as stored: an erasure request the CLI could not carry out.
+#[sqlx::test]
+async fn an_address_whose_letters_lower_case_differently_can_be_found_removed_and_erased(
+    pool: PgPool,
+) {
+    let d = Digestif::new(&pool);
+    d.ok(&["subscribers", "add", "İlker@example.com"]);
+    let shown = d.ok(&["subscribers", "show", "İlker@example.com"]).stdout();
+    assert!(shown.contains("İlker@example.com"), "{shown}");
+    d.fails(
+        &["subscribers", "add", "İLKER@example.com"],
+        "is already a subscriber (status active)",
+    );
+    let (_dir, csv) =
+        crate::helpers::file_with("more.csv", "email\nİlker@example.com\n".as_bytes());
+    let out = d
+        .ok(&["subscribers", "import", csv.to_str().unwrap()])
+        .stdout();
+    assert!(out.contains("1 already stored"), "{out}");
+    d.ok(&["subscribers", "remove", "İlker@example.com", "--purge"]);
+    assert_eq!(subscriber_count(&pool).await, 0);
+    d.fails(
+        &["subscribers", "add", "İlker@example.com"],
+        "was erased on request",
+    );
+    let out = d.run(&["subscribers", "import", csv.to_str().unwrap()]);
+    assert!(!out.output.status.success(), "{out}");
+    assert_eq!(subscriber_count(&pool).await, 0);
+}

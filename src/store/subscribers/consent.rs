@@ -220,7 +220,7 @@ pub async fn confirm(
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM suppression WHERE email_sha256 = {SUPPRESSION_KEY}"
     )))
-    .bind(email.to_lowercase())
+    .bind(email)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

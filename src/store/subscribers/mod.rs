@@ -67,14 +67,20 @@ pub enum AddError {
 const COLUMNS: &str = "subscriber_id, email, name, status, consent_source, consent_at, \
                        confirmed_at, unsubscribed_at, hard_bounces, created_at";
 
-/// The suppression key of a lower-cased address, computed by Postgres so that no copy of the
-/// hashing lives in Rust.
-const SUPPRESSION_KEY: &str = "sha256(convert_to($1, 'UTF8'))";
+/// The suppression key of the address `$1`, lower-cased and hashed by Postgres, as the stored
+/// keys were, so that no second copy of either lives in Rust.
+const SUPPRESSION_KEY: &str = "sha256(convert_to(lower($1), 'UTF8'))";
 
 /// The expression of the unique index on addresses (migration 7): a query must name it exactly,
 /// collation included, for Postgres to use the index (written out with `s.` where a join
 /// needs it).
 const EMAIL_KEY: &str = r#"lower(email) COLLATE "C""#;
+
+/// The address `$1` in the form [`EMAIL_KEY`] compares. Lower-cased by Postgres like the
+/// stored addresses: Rust's `to_lowercase` follows Unicode's full rules ('İ' becomes two
+/// characters, a final 'Σ' becomes 'ς'), Postgres one character at a time by the database's
+/// locale, and an address lower-cased by one is not found among those lower-cased by the other.
+const EMAIL_KEY_OF_PARAM: &str = r#"lower($1) COLLATE "C""#;
 
 /// Inserts a subscriber with the given status and records how consent was given.
 pub async fn add(
@@ -118,7 +124,7 @@ async fn is_erased(conn: &mut PgConnection, email: &SubscriberEmail) -> sqlx::Re
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT EXISTS (SELECT 1 FROM suppression WHERE email_sha256 = {SUPPRESSION_KEY})"
     )))
-    .bind(email.key())
+    .bind(email.as_str())
     .fetch_one(conn)
     .await
 }
@@ -127,7 +133,7 @@ async fn forget_erasure(conn: &mut PgConnection, email: &SubscriberEmail) -> sql
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM suppression WHERE email_sha256 = {SUPPRESSION_KEY}"
     )))
-    .bind(email.key())
+    .bind(email.as_str())
     .execute(conn)
     .await?;
     Ok(())
@@ -159,9 +165,9 @@ where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM subscriber WHERE {EMAIL_KEY} = $1"
+        "SELECT {COLUMNS} FROM subscriber WHERE {EMAIL_KEY} = {EMAIL_KEY_OF_PARAM}"
     )))
-    .bind(email.key())
+    .bind(email.as_str())
     .fetch_optional(conn)
     .await
 }
@@ -252,15 +258,15 @@ pub async fn purge(pool: &PgPool, email: &SubscriberEmail) -> sqlx::Result<bool>
     // delivery has no foreign key (fan-out speed, see migration 6): its rows go first.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM delivery WHERE subscriber_id IN \
-         (SELECT subscriber_id FROM subscriber WHERE {EMAIL_KEY} = $1)"
+         (SELECT subscriber_id FROM subscriber WHERE {EMAIL_KEY} = {EMAIL_KEY_OF_PARAM})"
     )))
-    .bind(email.key())
+    .bind(email.as_str())
     .execute(&mut *tx)
     .await?;
     let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM subscriber WHERE {EMAIL_KEY} = $1"
+        "DELETE FROM subscriber WHERE {EMAIL_KEY} = {EMAIL_KEY_OF_PARAM}"
     )))
-    .bind(email.key())
+    .bind(email.as_str())
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -271,7 +277,7 @@ pub async fn purge(pool: &PgPool, email: &SubscriberEmail) -> sqlx::Result<bool>
         "INSERT INTO suppression (email_sha256, reason) VALUES ({SUPPRESSION_KEY}, 'erased') \
          ON CONFLICT DO NOTHING"
     )))
-    .bind(email.key())
+    .bind(email.as_str())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
