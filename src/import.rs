@@ -49,6 +49,9 @@ pub struct Outcome {
     pub stored: u64,
     /// Rows refused: invalid, or erased without `allow_erased`.
     pub refused: u64,
+    /// Rows the file's `status` column marks as not active (unsubscribed, bounced, complained,
+    /// pending: as `subscribers export` writes them), left out.
+    pub not_active: u64,
 }
 
 /// Imports the CSV read from `input` (named `source` in messages and in the stored consent
@@ -82,6 +85,8 @@ pub async fn subscribers_csv(
         bail!("{source}: line 1: the header has no 'email' column (expected `email,name`)");
     };
     let name_col = column("name");
+    // An export's: whoever it says is not active must not come back active.
+    let status_col = column("status");
 
     let mut outcome = Outcome::default();
     let (mut invalid, mut erased) = (0u64, 0u64);
@@ -117,6 +122,15 @@ pub async fn subscribers_csv(
             }
             outcome.read += 1;
             let line = record.position().map_or(0, |p| p.line());
+            if let Some(status) = status_col.and_then(|i| not_active(&record, i)) {
+                let email = String::from_utf8_lossy(record.get(email_col).unwrap_or_default());
+                let why = format!(
+                    "is {} in the file; not imported",
+                    shown(&crate::send::classify::truncate(&status, 40))
+                );
+                db::Import::encode_left_out(&mut buf, line, unguarded(&email), &why)?;
+                continue;
+            }
             match parse_row(&record, email_col, name_col) {
                 Ok((email, name)) => {
                     db::Import::encode(&mut buf, line, &email, name.as_ref())?;
@@ -155,6 +169,10 @@ pub async fn subscribers_csv(
                 }
                 // Counted when it was read.
                 db::NoteKind::Invalid(reason) => reason,
+                db::NoteKind::LeftOut(why) => {
+                    outcome.not_active += 1;
+                    format!("'{email}' {why}")
+                }
                 db::NoteKind::Erased if options.allow_erased => continue,
                 db::NoteKind::Erased => {
                     erased += 1;
@@ -273,6 +291,23 @@ impl<R: Read> Read for QuoteWatch<R> {
     }
 }
 
+/// A cell as it was before `subscribers export` guarded it against spreadsheets (a `'` before a
+/// leading `= + - @`, tab or CR; `output::spreadsheet_safe`), so an export imports as it was.
+fn unguarded(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(['=', '+', '-', '@', '\t', '\r']) => rest,
+        _ => cell,
+    }
+}
+
+/// The status in column `i` when it is given and is not `active`.
+fn not_active(record: &csv::ByteRecord, i: usize) -> Option<String> {
+    let status = String::from_utf8_lossy(record.get(i)?)
+        .trim()
+        .to_ascii_lowercase();
+    (!status.is_empty() && status != "active").then_some(status)
+}
+
 /// One row's address and name, or why the row is refused.
 fn parse_row(
     record: &csv::ByteRecord,
@@ -286,9 +321,11 @@ fn parse_row(
     if record.len() <= email_col {
         return Err("the email column is missing".to_owned());
     }
-    let email = SubscriberEmail::parse(text(email_col)?).map_err(|e| e.to_string())?;
+    let email = SubscriberEmail::parse(unguarded(text(email_col)?)).map_err(|e| e.to_string())?;
     let name = match name_col {
-        Some(i) => SubscriberName::parse_optional(text(i)?).map_err(|e| e.to_string())?,
+        Some(i) => {
+            SubscriberName::parse_optional(unguarded(text(i)?)).map_err(|e| e.to_string())?
+        }
         None => None,
     };
     Ok((email, name))

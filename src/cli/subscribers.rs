@@ -59,7 +59,8 @@ pub enum Command {
         #[arg(long)]
         confirm: bool,
     },
-    /// Import subscribers from a CSV file with the header `email,name` (extra columns ignored)
+    /// Import subscribers from a CSV file with the header `email,name` (other columns ignored but
+    /// `status`: rows of an export that are not active are left out)
     ///
     /// Every bad line is reported with its line number. By default the import is all or
     /// nothing: one bad line and nothing is imported. Duplicates (within the file, or already
@@ -375,7 +376,7 @@ async fn import(
         return Ok(());
     }
     let summary = format!(
-        "{} {} subscriber{} from {shown} ({} row{} read: {} duplicate{} in the file, {} already stored, {} invalid{})",
+        "{} {} subscriber{} from {shown} ({} row{} read: {} duplicate{} in the file, {} already stored, {}{} invalid{})",
         if dry_run { "would import" } else { "imported" },
         outcome.added,
         plural(outcome.added),
@@ -384,6 +385,11 @@ async fn import(
         outcome.duplicates,
         plural(outcome.duplicates),
         outcome.stored,
+        if outcome.not_active > 0 {
+            format!("{} not active in the file, ", outcome.not_active)
+        } else {
+            String::new()
+        },
         refused,
         if refused > 0 && !dry_run {
             ", skipped"

@@ -357,3 +357,68 @@ async fn an_address_whose_letters_lower_case_differently_can_be_found_removed_an
     assert!(!out.output.status.success(), "{out}");
     assert_eq!(subscriber_count(&pool).await, 0);
 }
+
+/// An export is what an operator re-imports to move to a new database. The import read only
+/// `email` and `name`, so everyone in it came back `active`: whoever had unsubscribed,
+/// bounced, complained or never confirmed was mailed again. And the spreadsheet guard the
+/// export puts before `= + - @` stayed in the address and the name, making a second subscriber
+/// `'+news@example.com`, an address that does not exist.
+#[sqlx::test]
+async fn an_export_imported_again_keeps_who_opted_out_and_every_address_as_it_was(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&["subscribers", "add", "+news@example.com", "--name=-Ann-"]);
+    d.ok(&[
+        "subscribers",
+        "add",
+        "stays@example.com",
+        "--name",
+        "=Stays",
+    ]);
+    d.ok(&["subscribers", "add", "left@example.com"]);
+    d.ok(&["subscribers", "remove", "left@example.com"]);
+    d.ok(&["subscribers", "add", "unconfirmed@example.com", "--confirm"]);
+    let export = d.ok(&["subscribers", "export"]).stdout();
+    let (_dir, csv) = crate::helpers::file_with("export.csv", export.as_bytes());
+
+    // The same database: nothing new, nothing changed.
+    let again = d.ok(&["subscribers", "import", csv.to_str().unwrap()]);
+    assert!(
+        again.stdout().starts_with("imported 0 subscribers"),
+        "{again}"
+    );
+    assert_eq!(subscriber_count(&pool).await, 4);
+
+    // A new database: the active ones come back as they were, the others do not.
+    sqlx::query("TRUNCATE subscriber, subscriber_event")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let run = d.ok(&["subscribers", "import", csv.to_str().unwrap()]);
+    assert!(run.stdout().starts_with("imported 2 subscribers"), "{run}");
+    assert!(run.stdout().contains("2 not active in the file"), "{run}");
+    assert!(
+        run.stderr()
+            .contains("'left@example.com' is unsubscribed in the file; not imported"),
+        "{run}"
+    );
+    let rows: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT email, name, status FROM subscriber ORDER BY email")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "+news@example.com".into(),
+                Some("-Ann-".into()),
+                "active".into()
+            ),
+            (
+                "stays@example.com".into(),
+                Some("=Stays".into()),
+                "active".into()
+            ),
+        ]
+    );
+}

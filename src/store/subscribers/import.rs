@@ -34,6 +34,8 @@ pub enum NoteKind {
     AlreadyStored(String),
     /// Erased on request before: an error unless `--allow-erased`.
     Erased,
+    /// Left out because the file says so (its `status` column), and why.
+    LeftOut(String),
     /// Not a valid row, and why (staged with the rest so every note comes in line order).
     Invalid(String),
 }
@@ -55,7 +57,7 @@ impl Import {
         sqlx::query(
             r#"CREATE TEMP TABLE import_row (line bigint NOT NULL, email text,
                email_key text COLLATE "C" GENERATED ALWAYS AS (lower(email)) STORED,
-               name text, reason text) ON COMMIT DROP"#,
+               name text, reason text, left_out text) ON COMMIT DROP"#,
         )
         .execute(&mut *tx)
         .await?;
@@ -65,7 +67,9 @@ impl Import {
     /// Opens the COPY stream into the staging table; feed it with [`Import::encode`]d rows.
     pub async fn copy_in(&mut self) -> sqlx::Result<PgCopyIn<&mut PgConnection>> {
         self.tx
-            .copy_in_raw("COPY import_row (line, email, name, reason) FROM STDIN (FORMAT csv)")
+            .copy_in_raw(
+                "COPY import_row (line, email, name, reason, left_out) FROM STDIN (FORMAT csv)",
+            )
             .await
     }
 
@@ -83,7 +87,20 @@ impl Import {
             email.as_str(),
             name.map_or("", SubscriberName::as_str),
             "",
+            "",
         ])
+    }
+
+    /// Appends a line left out on purpose (the file marks it as not active), with why: it
+    /// comes back among the notes, in order, and takes no part in any other check.
+    pub fn encode_left_out(
+        buf: &mut csv::Writer<Vec<u8>>,
+        line: u64,
+        email: &str,
+        why: &str,
+    ) -> csv::Result<()> {
+        let line = line.to_string();
+        buf.write_record([line.as_str(), email, "", "", why])
     }
 
     /// Appends a refused line, with why, to `buf`: it comes back among the notes, in order.
@@ -94,7 +111,7 @@ impl Import {
     ) -> csv::Result<()> {
         let line = line.to_string();
         // Empty unquoted fields are NULL; the reason is never empty.
-        buf.write_record([line.as_str(), "", "", reason])
+        buf.write_record([line.as_str(), "", "", reason, ""])
     }
 
     /// Streams the rows that will not be imported, in line order.
@@ -105,15 +122,21 @@ impl Import {
         sqlx::query_as::<_, (i64, String, String, Option<String>, Option<i64>)>(
             r#"SELECT line, email, 'duplicate', NULL, first_line FROM (
                  SELECT line, email, min(line) OVER (PARTITION BY email_key) AS first_line
-                 FROM import_row WHERE reason IS NULL) d WHERE line <> first_line
+                 FROM import_row WHERE reason IS NULL AND left_out IS NULL) d
+                 WHERE line <> first_line
              UNION ALL
              SELECT r.line, r.email, 'stored', s.status, NULL FROM import_row r
                  JOIN subscriber s ON lower(s.email) COLLATE "C" = r.email_key
+                 WHERE r.left_out IS NULL
              UNION ALL
              SELECT r.line, r.email, 'erased', NULL, NULL FROM import_row r
                  JOIN suppression p ON p.email_sha256 = sha256(convert_to(r.email_key, 'UTF8'))
+                 WHERE r.left_out IS NULL
              UNION ALL
              SELECT line, '', 'invalid', reason, NULL FROM import_row WHERE reason IS NOT NULL
+             UNION ALL
+             SELECT line, email, 'left out', left_out, NULL FROM import_row
+                 WHERE left_out IS NOT NULL
              ORDER BY 1"#,
         )
         .fetch(&mut *self.tx)
@@ -124,6 +147,7 @@ impl Import {
                 "duplicate" => NoteKind::DuplicateOf(first.unwrap_or(0)),
                 "stored" => NoteKind::AlreadyStored(status.unwrap_or_default()),
                 "invalid" => NoteKind::Invalid(status.unwrap_or_default()),
+                "left out" => NoteKind::LeftOut(status.unwrap_or_default()),
                 _ => NoteKind::Erased,
             },
         })
@@ -135,7 +159,8 @@ impl Import {
     pub async fn insert(&mut self, source: &str, allow_erased: bool) -> sqlx::Result<u64> {
         let erased = if allow_erased {
             "DELETE FROM suppression p USING import_row r \
-             WHERE p.email_sha256 = sha256(convert_to(r.email_key, 'UTF8'))"
+             WHERE p.email_sha256 = sha256(convert_to(r.email_key, 'UTF8')) \
+               AND r.left_out IS NULL"
         } else {
             "DELETE FROM import_row r USING suppression p \
              WHERE p.email_sha256 = sha256(convert_to(r.email_key, 'UTF8'))"
@@ -178,7 +203,7 @@ impl Import {
             "INSERT INTO subscriber (email, name, status, consent_source, import_id) \
              SELECT DISTINCT ON (r.email_key) r.email, r.name, 'active', 'import', $1 \
              FROM import_row r \
-             WHERE r.reason IS NULL AND NOT EXISTS (SELECT 1 FROM subscriber s \
+             WHERE r.reason IS NULL AND r.left_out IS NULL AND NOT EXISTS (SELECT 1 FROM subscriber s \
                  WHERE lower(s.email) COLLATE \"C\" = r.email_key) \
              ORDER BY r.email_key, r.line {on_conflict}"
         )))
