@@ -1,5 +1,6 @@
 //! Listing output for every command: an aligned table for people, CSV safe to open in a
-//! spreadsheet, or JSON for scripts. CSV and JSON stream row by row, so memory stays flat.
+//! spreadsheet, or JSON for scripts. Each streams row by row, so memory stays flat (a table
+//! takes its column widths from its first rows).
 
 use std::io::{self, IsTerminal, Write};
 
@@ -53,7 +54,7 @@ pub struct Listing<W: Write, R: Record> {
 }
 
 enum Sink<W: Write> {
-    Table(W, Vec<Vec<String>>),
+    Table(W, Table),
     Csv(Box<csv::Writer<W>>),
     Json(W),
 }
@@ -62,7 +63,7 @@ impl<W: Write, R: Record> Listing<W, R> {
     /// Starts a listing on `out`.
     pub fn new(format: Format, mut out: W) -> io::Result<Self> {
         let sink = match format {
-            Format::Table => Sink::Table(out, Vec::new()),
+            Format::Table => Sink::Table(out, Table::new(R::HEADERS)),
             Format::Csv => {
                 let mut w = csv::Writer::from_writer(out);
                 w.write_record(R::HEADERS)?;
@@ -83,7 +84,7 @@ impl<W: Write, R: Record> Listing<W, R> {
     /// Adds one record.
     pub fn push(&mut self, record: &R) -> io::Result<()> {
         match &mut self.sink {
-            Sink::Table(_, rows) => rows.push(record.cells()),
+            Sink::Table(out, table) => table.push(out, &record.cells())?,
             Sink::Csv(w) => w.write_record(
                 record
                     .cells()
@@ -103,8 +104,8 @@ impl<W: Write, R: Record> Listing<W, R> {
     /// Ends the listing (closing the JSON array, aligning the table) and returns the row count.
     pub fn finish(self) -> io::Result<usize> {
         match self.sink {
-            Sink::Table(mut out, rows) => {
-                write_table(&mut out, R::HEADERS, &rows)?;
+            Sink::Table(mut out, mut table) => {
+                table.flush(&mut out)?;
                 out.flush()?;
             }
             Sink::Csv(mut w) => w.flush()?,
@@ -121,44 +122,86 @@ impl<W: Write, R: Record> Listing<W, R> {
 /// Longest cell shown in a table; the full value is in CSV and JSON output.
 const MAX_TABLE_CELL: usize = 60;
 
-fn write_table(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
-    // Cells come from outside (bounce texts, names stored by older versions): no escape
-    // sequence reaches the terminal.
-    let clip = |s: &str| -> String {
-        let s = crate::domain::on_terminal(s);
-        if s.chars().count() > MAX_TABLE_CELL {
-            let cut: String = s.chars().take(MAX_TABLE_CELL - 1).collect();
-            format!("{cut}…")
-        } else {
-            s
-        }
-    };
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| clip(c)).collect())
-        .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+/// Rows a table holds back to measure its columns; the rows after them are printed as they come
+/// in those widths (a longer cell then pushes the rest of its line along).
+const TABLE_WIDTH_ROWS: usize = 1000;
+
+/// An aligned table printed as it goes: a million rows held at once took over a gigabyte.
+struct Table {
+    headers: Vec<String>,
+    held: Vec<Vec<String>>,
+    widths: Option<Vec<usize>>,
+}
+
+impl Table {
+    fn new(headers: &[&str]) -> Self {
+        Self {
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            held: Vec::new(),
+            widths: None,
         }
     }
-    let line = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| -> io::Result<()> {
-        let mut text = String::new();
-        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
-            if i > 0 {
-                text.push_str("  ");
+
+    fn push(&mut self, out: &mut impl Write, cells: &[String]) -> io::Result<()> {
+        // Cells come from outside (bounce texts, names stored by older versions): no escape
+        // sequence reaches the terminal.
+        let row: Vec<String> = cells.iter().map(|c| clip(c)).collect();
+        match &self.widths {
+            Some(widths) => write_line(out, widths, &row),
+            None => {
+                self.held.push(row);
+                if self.held.len() >= TABLE_WIDTH_ROWS {
+                    self.flush(out)?;
+                }
+                Ok(())
             }
-            text.push_str(cell);
-            text.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
         }
-        writeln!(out, "{}", text.trim_end())
-    };
-    line(out, &mut headers.iter().copied())?;
-    for row in &rows {
-        line(out, &mut row.iter().map(String::as_str))?;
     }
-    Ok(())
+
+    /// Prints the header and the rows held back, once their widths are known.
+    fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if self.widths.is_some() {
+            return Ok(());
+        }
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.held {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        write_line(out, &widths, &self.headers)?;
+        for row in std::mem::take(&mut self.held) {
+            write_line(out, &widths, &row)?;
+        }
+        self.widths = Some(widths);
+        Ok(())
+    }
+}
+
+/// A cell cut to [`MAX_TABLE_CELL`] characters, escaped for the terminal.
+fn clip(s: &str) -> String {
+    let s = crate::domain::on_terminal(s);
+    if s.chars().count() > MAX_TABLE_CELL {
+        let cut: String = s.chars().take(MAX_TABLE_CELL - 1).collect();
+        format!("{cut}…")
+    } else {
+        s
+    }
+}
+
+fn write_line(out: &mut impl Write, widths: &[usize], cells: &[String]) -> io::Result<()> {
+    let mut text = String::new();
+    for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        if i > 0 {
+            text.push_str("  ");
+        }
+        text.push_str(cell);
+        text.extend(std::iter::repeat_n(
+            ' ',
+            w.saturating_sub(cell.chars().count()),
+        ));
+    }
+    writeln!(out, "{}", text.trim_end())
 }
 
 /// Neutralises a CSV cell that a spreadsheet would otherwise evaluate as a formula (OWASP "CSV
@@ -195,6 +238,52 @@ pub fn time_cell(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Serialize)]
+    struct Pair(String, String);
+
+    impl Record for Pair {
+        const HEADERS: &'static [&'static str] = &["id", "name"];
+        fn cells(&self) -> Vec<String> {
+            vec![self.0.clone(), self.1.clone()]
+        }
+    }
+
+    #[test]
+    fn a_long_table_is_aligned_by_its_first_rows_and_keeps_every_row() {
+        let mut out = Vec::new();
+        let mut listing = Listing::new(Format::Table, &mut out).unwrap();
+        let n = TABLE_WIDTH_ROWS + 500;
+        for i in 0..n {
+            let name = if i == n - 1 {
+                "a much longer name"
+            } else {
+                "ann"
+            };
+            listing.push(&Pair(i.to_string(), name.into())).unwrap();
+        }
+        assert_eq!(listing.finish().unwrap(), n);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), n + 1);
+        // Widths from the first 1,000 rows (ids up to 999); a longer cell after them pushes
+        // its line along.
+        assert_eq!(lines[0], "id   name");
+        assert_eq!(lines[1], "0    ann");
+        assert_eq!(lines[1000], "999  ann");
+        assert_eq!(lines[n - 1], format!("{}  ann", n - 2));
+        assert_eq!(lines[n], format!("{}  a much longer name", n - 1));
+        // A short table is aligned on all of its rows.
+        let mut out = Vec::new();
+        let mut listing = Listing::new(Format::Table, &mut out).unwrap();
+        listing.push(&Pair("1".into(), "x".into())).unwrap();
+        listing.push(&Pair("1234567".into(), "y".into())).unwrap();
+        listing.finish().unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id       name\n1        x\n1234567  y\n"
+        );
+    }
 
     #[test]
     fn formula_cells_are_neutralised() {
