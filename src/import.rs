@@ -122,29 +122,33 @@ pub async fn subscribers_csv(
             }
             outcome.read += 1;
             let line = record.position().map_or(0, |p| p.line());
-            if let Some(status) = status_col.and_then(|i| not_active(&record, i)) {
-                let email = String::from_utf8_lossy(record.get(email_col).unwrap_or_default());
-                let why = format!(
-                    "is {} in the file; not imported",
-                    shown(&crate::send::classify::truncate(&status, 40))
-                );
-                db::Import::encode_left_out(&mut buf, line, unguarded(&email), &why)?;
-                continue;
-            }
-            match parse_row(&record, email_col, name_col) {
-                Ok((email, name)) => {
-                    db::Import::encode(&mut buf, line, &email, name.as_ref())?;
-                    if buf.get_ref().len() >= COPY_CHUNK {
-                        let full = std::mem::replace(&mut buf, chunk());
-                        copy.send(full.into_inner().map_err(|e| e.into_error())?)
-                            .await?;
-                        progress(record.position().map_or(0, |p| p.byte()));
-                    }
+            match status_col.map_or(Ok(None), |i| left_out(&record, i)) {
+                Ok(Some(status)) => {
+                    // Shown, never checked: NUL is the one character COPY cannot take.
+                    let email = String::from_utf8_lossy(record.get(email_col).unwrap_or_default())
+                        .replace('\0', "\u{fffd}");
+                    let why = format!("is {status} in the file; not imported");
+                    db::Import::encode_left_out(&mut buf, line, unguarded(&email), &why)?;
                 }
+                Ok(None) => match parse_row(&record, email_col, name_col) {
+                    Ok((email, name)) => {
+                        db::Import::encode(&mut buf, line, &email, name.as_ref())?;
+                    }
+                    Err(text) => {
+                        invalid += 1;
+                        db::Import::encode_refused(&mut buf, line, &text)?;
+                    }
+                },
                 Err(text) => {
                     invalid += 1;
                     db::Import::encode_refused(&mut buf, line, &text)?;
                 }
+            }
+            if buf.get_ref().len() >= COPY_CHUNK {
+                let full = std::mem::replace(&mut buf, chunk());
+                copy.send(full.into_inner().map_err(|e| e.into_error())?)
+                    .await?;
+                progress(record.position().map_or(0, |p| p.byte()));
             }
         }
         let rest = buf.into_inner().map_err(|e| e.into_error())?;
@@ -292,20 +296,32 @@ impl<R: Read> Read for QuoteWatch<R> {
 }
 
 /// A cell as it was before `subscribers export` guarded it against spreadsheets (a `'` before a
-/// leading `= + - @`, tab or CR; `output::spreadsheet_safe`), so an export imports as it was.
+/// leading `= + - @ '`, tab or CR; `output::spreadsheet_safe`), so an export imports as it was.
 fn unguarded(cell: &str) -> &str {
     match cell.strip_prefix('\'') {
-        Some(rest) if rest.starts_with(['=', '+', '-', '@', '\t', '\r']) => rest,
+        Some(rest) if rest.starts_with(crate::cli::output::GUARDED) => rest,
         _ => cell,
     }
 }
 
-/// The status in column `i` when it is given and is not `active`.
-fn not_active(record: &csv::ByteRecord, i: usize) -> Option<String> {
-    let status = String::from_utf8_lossy(record.get(i)?)
-        .trim()
-        .to_ascii_lowercase();
-    (!status.is_empty() && status != "active").then_some(status)
+/// The row's status in column `i` when the file says to leave it out: one of digestif's
+/// statuses but `active` (as `subscribers export` writes them). Blank or `active` is imported;
+/// any other value is an error, since another tool's statuses (`enabled`, `blocklisted`) say
+/// nothing digestif can be sure of.
+fn left_out(record: &csv::ByteRecord, i: usize) -> Result<Option<&'static str>, String> {
+    let raw = String::from_utf8_lossy(record.get(i).unwrap_or_default());
+    let status = raw.trim().to_ascii_lowercase();
+    match status.as_str() {
+        "" | "active" => Ok(None),
+        "pending" => Ok(Some("pending")),
+        "unsubscribed" => Ok(Some("unsubscribed")),
+        "bounced" => Ok(Some("bounced")),
+        "complained" => Ok(Some("complained")),
+        _ => Err(format!(
+            "the status '{}' is not one of digestif's (active, pending, unsubscribed, bounced, complained); fix it, or drop the status column",
+            shown(&crate::send::classify::truncate(raw.trim(), 40))
+        )),
+    }
 }
 
 /// One row's address and name, or why the row is refused.

@@ -42,9 +42,9 @@ impl FromRequestParts<AppState> for ClientIp {
 /// Connections open per client, so that one client cannot take every slot of
 /// `http.max_connections` (a few hundred keep-alive connections from one host, each asking
 /// something now and then, would hold them all). A client is a [`limit_key`] of the TCP
-/// peer. A trusted proxy, which carries everyone's requests, is not limited, nor is this host
-/// itself: a reverse proxy on it (the usual set-up) may keep many connections open, and
-/// whoever runs there is trusted anyway.
+/// peer. A trusted proxy, which carries everyone's requests, is not limited, nor is a loopback
+/// peer: a reverse proxy on this host (the usual set-up) connecting over 127.0.0.1 or ::1 may
+/// keep many connections open, and whoever runs there is trusted anyway.
 pub struct PerClient {
     limit: u32,
     trusted: Vec<IpNet>,

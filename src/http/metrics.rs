@@ -34,29 +34,28 @@ pub struct Cached(tokio::sync::Mutex<Option<(tokio::time::Instant, Option<Arc<Da
 const FRESH: Duration = Duration::from_secs(1);
 
 impl Cached {
-    /// The figures, or none when the database did not answer: within two seconds, waiting
-    /// for another scrape's read included, so a scrape never hangs.
+    /// The figures, or none when the database did not answer: within two seconds, waiting for
+    /// another scrape's read included, so a scrape never hangs. A failure, a timeout included,
+    /// is kept like figures, so a hung database is asked once a second, not once a scrape.
     async fn get(&self, pool: &PgPool) -> Option<Arc<DatabaseMetrics>> {
-        match tokio::time::timeout(Duration::from_secs(2), self.read(pool)).await {
-            Ok(db) => db,
-            Err(_) => {
-                tracing::warn!("metrics: database timed out");
-                None
-            }
-        }
-    }
-
-    async fn read(&self, pool: &PgPool) -> Option<Arc<DatabaseMetrics>> {
-        let mut last = self.0.lock().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let Ok(mut last) = tokio::time::timeout_at(deadline, self.0.lock()).await else {
+            tracing::warn!("metrics: database timed out");
+            return None;
+        };
         if let Some((at, db)) = last.as_ref()
             && at.elapsed() < FRESH
         {
             return db.clone();
         }
-        let db = match database_metrics(pool).await {
-            Ok(db) => Some(Arc::new(db)),
-            Err(e) => {
+        let db = match tokio::time::timeout_at(deadline, database_metrics(pool)).await {
+            Ok(Ok(db)) => Some(Arc::new(db)),
+            Ok(Err(e)) => {
                 tracing::warn!("metrics: database: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("metrics: database timed out");
                 None
             }
         };

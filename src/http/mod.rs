@@ -163,6 +163,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let turning_away = Arc::new(Semaphore::new(TURNING_AWAY));
     let per_client = client::PerClient::new(
         limits.max_connections_per_client,
         limits.trusted_proxies.clone(),
@@ -196,7 +197,20 @@ async fn accept_loop(
         let Some(admitted) = per_client.admit(peer.ip()) else {
             tracing::debug!("http: {peer} has http.max_connections_per_client open already");
             drop(permit);
-            tokio::spawn(turn_away(stream));
+            // At most TURNING_AWAY at once, each for at most a quarter of a second, so that a
+            // client connecting as fast as it can does not hold descriptors this way instead;
+            // beyond that, the answer is written if it goes at once and the socket closed.
+            match turning_away.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    tokio::spawn(async move {
+                        turn_away(stream).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    let _ = stream.try_write(TURNED_AWAY);
+                }
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -225,15 +239,20 @@ async fn accept_loop(
     Ok(())
 }
 
+/// Connections being turned away at once (see [`turn_away`]).
+const TURNING_AWAY: usize = 64;
+
+/// The answer to a connection over its client's share.
+const TURNED_AWAY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+                             Retry-After: 10\r\nContent-Length: 0\r\n\r\n";
+
 /// Answers 503 on a connection over its client's share, outside hyper and the connection cap.
-/// What the client sent is read (for a second at most) before closing: a socket closed with
-/// unread bytes sends a reset, which can destroy the answer before the client reads it.
+/// What the client sent is read (for a quarter of a second at most) before closing: a socket
+/// closed with unread bytes sends a reset, which can destroy the answer before it is read.
 async fn turn_away(mut stream: tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let answer = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 10\r\n\
-                   Content-Length: 0\r\n\r\n";
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(answer).await?;
+    let _ = tokio::time::timeout(Duration::from_millis(250), async {
+        stream.write_all(TURNED_AWAY).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 1024];
         while stream.read(&mut sink).await? > 0 {}

@@ -593,9 +593,11 @@ pub async fn resume(pool: &PgPool, issue_id: i64) -> sqlx::Result<Option<u64>> {
 }
 
 /// Resumes paused issues whose cool-down is over; returns their numbers. Deliveries the relay
-/// refused ([`requeue_refused`]) go again while younger than `give_up_after`: a block that
-/// lasts trips the breaker again, and must not keep an issue open for ever. One statement, as
-/// it runs before every claim.
+/// refused ([`REFUSED`]) go again while younger than `give_up_after` and tried fewer than five
+/// times: a block that lasts trips the breaker again, and must not keep an issue open for ever,
+/// nor a refusal that keeps coming, which may be about that one address after all, trip it at
+/// every cool-down. `issue resume` takes them all back. One statement, as it runs before every
+/// claim.
 pub async fn resume_cooled(
     pool: &PgPool,
     give_up_after: std::time::Duration,
@@ -607,7 +609,7 @@ pub async fn resume_cooled(
          requeued AS ( \
              UPDATE delivery d SET status = 'deferred', next_attempt_at = now(), \
                     systemic = false \
-             FROM resumed r WHERE d.issue_id = r.issue_id AND {REFUSED} \
+             FROM resumed r WHERE d.issue_id = r.issue_id AND {REFUSED} AND d.attempts < 5 \
                AND d.first_attempt_at > now() - make_interval(secs => $1)) \
          SELECT number FROM resumed"
     )))
@@ -619,10 +621,8 @@ pub async fn resume_cooled(
 /// Which failed deliveries resuming queues again: those a relay refused outright for its own
 /// reasons (a policy block, a message too big: what trips the breaker), never a retry given up
 /// on nor a failure a DSN reported. The attempts that trip the breaker fail before the issue
-/// pauses, yet their subscribers did nothing. A delivery refused this way on five attempts
-/// stays failed: a refusal that keeps coming may be about that one address after all, and must
-/// not trip the breaker again at every resume.
-const REFUSED: &str = "d.status = 'failed' AND d.systemic AND d.sent_at IS NULL AND d.attempts < 5";
+/// pauses, yet their subscribers did nothing.
+const REFUSED: &str = "d.status = 'failed' AND d.systemic AND d.sent_at IS NULL";
 
 /// Queues again what the relay refused ([`REFUSED`]) of the issue that `issue resume` resumed:
 /// all of it, whatever its age, each with a new one. Returns how many.

@@ -422,3 +422,47 @@ async fn an_export_imported_again_keeps_who_opted_out_and_every_address_as_it_wa
         ]
     );
 }
+
+/// A `status` column leaves out digestif's own statuses but `active`, even on a row with no
+/// address, and refuses a value of another tool's (`enabled`), which says nothing digestif can
+/// be sure of. A name that begins with `'` goes through export and import unchanged.
+#[sqlx::test]
+async fn an_import_status_column_is_read_as_digestifs_and_nothing_else(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    let (_dir, csv) = crate::helpers::file_with(
+        "s.csv",
+        b"email,name,status\n,Nobody,unsubscribed\nok@example.com,'quoted,active\nhuh@example.com,,enabled\n",
+    );
+    let path = csv.to_str().unwrap();
+    let refused = d.run(&["subscribers", "import", path]);
+    assert_eq!(refused.output.status.code(), Some(1), "{refused}");
+    assert!(
+        refused
+            .stderr()
+            .contains("line 4: the status 'enabled' is not one of digestif's"),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .stderr()
+            .contains("line 2: '' is unsubscribed in the file; not imported"),
+        "{refused}"
+    );
+    assert_eq!(subscriber_count(&pool).await, 0);
+
+    let run = d.ok(&["subscribers", "import", path, "--skip-invalid"]);
+    assert!(run.stdout().starts_with("imported 1 subscriber "), "{run}");
+    let export = d.ok(&["subscribers", "export"]).stdout();
+    assert!(export.contains(",''quoted,"), "{export}");
+    let (_dir2, again) = crate::helpers::file_with("export.csv", export.as_bytes());
+    sqlx::query("TRUNCATE subscriber, subscriber_event")
+        .execute(&pool)
+        .await
+        .unwrap();
+    d.ok(&["subscribers", "import", again.to_str().unwrap()]);
+    let name: Option<String> = sqlx::query_scalar("SELECT name FROM subscriber")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(name.as_deref(), Some("'quoted"));
+}

@@ -1688,11 +1688,13 @@ async fn a_purge_during_an_issues_fan_out_leaves_nothing_that_cannot_be_sent(poo
 }
 
 /// A refusal that keeps coming may be about that address after all (a relay's own policy for
-/// one recipient): such a delivery is sent again on resume only while it has been tried fewer
-/// than five times, or a few of them at the end of a list would trip the breaker at every
-/// resume and the issue would never finish.
+/// one recipient): the cool-down sends such a delivery again only while it has been tried
+/// fewer than five times, or a few of them at the end of a list would trip the breaker at
+/// every cool-down and the issue would never finish. `issue resume`, the operator's call,
+/// takes them back all the same.
 #[sqlx::test]
-async fn a_delivery_refused_on_five_attempts_is_not_sent_again_on_resume(pool: PgPool) {
+async fn a_delivery_tried_five_times_is_not_sent_again_by_the_cooldown(pool: PgPool) {
+    use digestif::store::deliveries;
     let server = SmtpServer::start(Policy::refusing_by_policy()).await;
     let s = settings(&server, "");
     seed(&pool, 30).await;
@@ -1703,9 +1705,19 @@ async fn a_delivery_refused_on_five_attempts_is_not_sent_again_on_resume(pool: P
         .execute(&pool)
         .await
         .unwrap();
-    let requeued = digestif::store::deliveries::resume(&pool, issue.issue_id)
+    sqlx::query("UPDATE issue SET paused_until = now()")
+        .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(requeued, Some(0));
+    let cooled = deliveries::resume_cooled(&pool, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(cooled, vec![1]);
     assert_eq!(statuses(&pool).await.get("failed"), Some(&failed));
+
+    deliveries::pause(&pool, issue.issue_id, "again", digestif::clock::now())
+        .await
+        .unwrap();
+    let requeued = deliveries::resume(&pool, issue.issue_id).await.unwrap();
+    assert_eq!(requeued, Some(failed as u64));
 }

@@ -135,7 +135,7 @@ impl Import {
              UNION ALL
              SELECT line, '', 'invalid', reason, NULL FROM import_row WHERE reason IS NOT NULL
              UNION ALL
-             SELECT line, email, 'left out', left_out, NULL FROM import_row
+             SELECT line, coalesce(email, ''), 'left out', left_out, NULL FROM import_row
                  WHERE left_out IS NOT NULL
              ORDER BY 1"#,
         )
