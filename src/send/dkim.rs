@@ -25,7 +25,9 @@ use crate::config::DkimSettings;
 /// one-click unsubscribe. An over-signed name is listed once more than the message has it
 /// (RFC 6376 §5.4.2), which signs its absence: a From, Subject, Reply-To or List-Unsubscribe
 /// added in transit (where a client might show the added one) breaks the signature. Reply-To
-/// is listed even when the message has none, for the same reason.
+/// is listed even when the message has none, for the same reason. So are MIME-Version and
+/// Content-Type: a Content-Type added on top of a signed copy, which a client reading the
+/// first one honours, would show the message as its source or hide a part.
 const SIGNED: [(&str, bool); 11] = [
     ("From", true),
     ("Reply-To", true),
@@ -36,8 +38,8 @@ const SIGNED: [(&str, bool); 11] = [
     ("List-Id", false),
     ("List-Unsubscribe", true),
     ("List-Unsubscribe-Post", true),
-    ("MIME-Version", false),
-    ("Content-Type", false),
+    ("MIME-Version", true),
+    ("Content-Type", true),
 ];
 
 enum Key {

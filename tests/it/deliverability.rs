@@ -125,6 +125,9 @@ async fn dkim_signatures_verify_independently_and_break_when_tampered(pool: PgPo
         "Reply-To: refunds@evil.example",
         "List-Unsubscribe: <https://evil.example/unsub>",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        // A client reading the first Content-Type would show the source, or other parts.
+        "Content-Type: text/plain",
+        "MIME-Version: 1.0",
     ] {
         let tampered = format!("{added}\r\n{text}");
         assert!(
