@@ -51,7 +51,8 @@ pub fn canonical_url(url: &Url) -> Url {
 }
 
 /// Feed text as one line of plain text: when it holds markup (a tag or an entity), tags and
-/// scripts are dropped and entities decoded; whitespace is collapsed either way. Text without
+/// scripts are dropped and entities decoded; whitespace is collapsed and bidi embeddings,
+/// overrides and isolates dropped either way (see `is_direction_override`). Text without
 /// markup is kept as it is, so "a < b" stays whole.
 pub fn plain_text(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -70,6 +71,10 @@ pub fn plain_text(text: &str) -> String {
     } else {
         text.to_owned()
     };
+    let text: String = text
+        .chars()
+        .filter(|c| !crate::domain::is_direction_override(*c))
+        .collect();
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -256,6 +261,14 @@ mod tests {
         );
         assert_eq!(plain_text("a < b &  c"), "a < b & c");
         assert_eq!(plain_text("Tom &amp;amp; Jerry"), "Tom &amp; Jerry");
+        // A direction override, raw or as an entity, would reorder what follows it in the
+        // email (every later title in the inbox preview).
+        assert_eq!(
+            plain_text("Release notes\u{202e}txt.exe"),
+            "Release notestxt.exe"
+        );
+        assert_eq!(plain_text("<b>a</b>&#x2067;b"), "ab");
+        assert_eq!(plain_text("שלום \u{200f}world"), "שלום \u{200f}world");
         assert_eq!(truncate_words("one two three four", 12), "one two…");
         assert_eq!(truncate_words("short", 12), "short");
         assert_eq!(truncate_words("abcdefghijklmnop", 5), "abcd…");
