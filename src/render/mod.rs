@@ -396,6 +396,32 @@ fn list_id_header(name: &str, id: &str) -> HeaderValue {
     )
 }
 
+/// The Subject encoded whole, when it holds what a mail client would take for an encoded word
+/// (`=?`): lettre writes an all-ASCII word as it is, and a title "=?utf-8?b?…?=" was then shown
+/// decoded, control characters included. Otherwise `None`, and lettre writes it.
+fn encoded_subject(subject: &str) -> Option<HeaderValue> {
+    const NAME: &str = "Subject";
+    if !subject.contains("=?") {
+        return None;
+    }
+    let mut encoded = String::new();
+    // Writing to a String cannot fail.
+    let _ = email_encoding::headers::rfc2047::encode(
+        subject,
+        &mut email_encoding::headers::writer::EmailWriter::new(
+            &mut encoded,
+            NAME.len() + 2,
+            0,
+            false,
+        ),
+    );
+    Some(HeaderValue::dangerous_new_pre_encoded(
+        HeaderName::new_from_ascii_str(NAME),
+        subject.to_owned(),
+        encoded,
+    ))
+}
+
 fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -500,10 +526,13 @@ impl RenderedIssue {
             self.keys.sign_unsubscribe_mail(r.subscriber_id),
             self.unsubscribe_mailbox.domain()
         );
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(one_line(&self.subject))
+        let subject = one_line(&self.subject);
+        let mut builder = Message::builder().from(self.from.clone()).to(to);
+        builder = match encoded_subject(&subject) {
+            Some(header) => builder.raw_header(header),
+            None => builder.subject(subject),
+        };
+        let mut builder = builder
             .message_id(Some(self.message_id(r.subscriber_id)))
             .raw_header(self.list_id.clone())
             .raw_header(raw("List-Unsubscribe", list_unsubscribe))

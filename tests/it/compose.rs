@@ -255,6 +255,28 @@ async fn a_non_ascii_or_quoted_newsletter_name_makes_a_well_formed_list_id(pool:
     }
 }
 
+/// lettre writes an all-ASCII word of a header as it is, so a title holding an encoded word
+/// (a feed's, say) went out raw, and every mail client decoded it: the subject a reader saw
+/// was not the title, and could hold what titles refuse (control characters, line breaks).
+#[sqlx::test]
+async fn a_title_that_looks_like_an_encoded_word_is_shown_as_written(pool: PgPool) {
+    let s = settings("");
+    // "=?utf-8?b?...?=" decodes to "Your account is locked\r\n".
+    let title = "Read =?utf-8?b?WW91ciBhY2NvdW50IGlzIGxvY2tlZA0K?= today";
+    tip(&pool, title, "Body.").await;
+    let content = compose(&pool, &s, "2026-11-30T08:00:00Z")
+        .await
+        .expect("an issue");
+    let raw = raw_message(&s, &content, &eve());
+    let msg = MessageParser::default().parse(&raw).expect("parses");
+    assert_eq!(
+        msg.subject(),
+        Some(format!("Backend Tips #1: {title}").as_str())
+    );
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert_eq!(header_count(&text, "Subject"), 1, "{text}");
+}
+
 #[sqlx::test]
 async fn hostile_titles_and_names_cannot_add_headers(pool: PgPool) {
     let s = settings("");
