@@ -244,6 +244,13 @@ pub async fn run(settings: &Settings, format: Output) -> anyhow::Result<()> {
                 "dkim: key {} loads",
                 settings.dkim.key_file.display()
             ));
+            let from = settings.newsletter.from.email.domain();
+            if !same_organisation(&settings.dkim.domain, from) {
+                r.note(&format!(
+                    "dkim: d={} is not the From address's domain {from} nor of its organisation: DMARC passes only if SPF aligns (RFC 7489 §3.1; set dkim.domain to {from})",
+                    settings.dkim.domain
+                ));
+            }
             Some(s)
         }
         Ok(None) => {
@@ -350,4 +357,22 @@ pub async fn run(settings: &Settings, format: Output) -> anyhow::Result<()> {
         "DMARC: publish _dmarc.{domain} TXT \"v=DMARC1; p=none; rua=mailto:dmarc@{domain}\", then tighten p= once reports are clean"
     ));
     r.finish()
+}
+
+/// Whether two domains are one organisation's for DMARC's relaxed alignment, roughly: the same
+/// last two labels. Without the public suffix list `a.co.uk` and `b.co.uk` pass too; that only
+/// misses a note, never makes a wrong one.
+fn same_organisation(a: &str, b: &str) -> bool {
+    let org = |d: &str| -> String {
+        let d = d.trim_end_matches('.').to_ascii_lowercase();
+        let labels: Vec<&str> = d.rsplitn(3, '.').collect();
+        labels
+            .iter()
+            .take(2)
+            .rev()
+            .copied()
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    org(a) == org(b)
 }
