@@ -277,6 +277,32 @@ async fn a_title_that_looks_like_an_encoded_word_is_shown_as_written(pool: PgPoo
     assert_eq!(header_count(&text, "Subject"), 1, "{text}");
 }
 
+/// A feed entry without a title takes its URL as title (up to 2,048 characters, no space), and
+/// a tip's source URL is shown whole: with nothing letting such a word break, it stretched the
+/// 600 px card and phones scrolled the message sideways. Every place one can appear may break
+/// it anywhere.
+#[sqlx::test]
+async fn a_long_unbroken_title_or_url_may_break_anywhere(pool: PgPool) {
+    let s = settings("");
+    let long = format!("https://blog.example.com/{}", "a".repeat(150));
+    article(&pool, &long, &long, "2026-11-29T10:00:00Z").await;
+    tip(&pool, &long, "Body.").await;
+    let content = compose(&pool, &s, "2026-11-30T08:00:00Z")
+        .await
+        .expect("an issue");
+    let raw = raw_message(&s, &content, &eve());
+    let msg = MessageParser::default().parse(&raw).expect("parses");
+    let html = msg.body_html(0).expect("html").into_owned();
+    for class in ["tip-title", "article-title"] {
+        let tag = html
+            .split(&format!("class=\"{class}\""))
+            .nth(1)
+            .and_then(|rest| rest.split('>').next())
+            .unwrap_or_else(|| panic!("no {class} in {html}"));
+        assert!(tag.contains("overflow-wrap: anywhere"), "{class}: {tag}");
+    }
+}
+
 #[sqlx::test]
 async fn hostile_titles_and_names_cannot_add_headers(pool: PgPool) {
     let s = settings("");
