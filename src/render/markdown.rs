@@ -1,7 +1,7 @@
 //! Tip bodies from Markdown to email-safe HTML (raw HTML neutralised, only http(s) and mailto
 //! links, images turned into links) and to readable, wrapped plain text with numbered links.
 
-use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+use pulldown_cmark::{Event, HeadingLevel, LinkType, Options, Parser, Tag, TagEnd};
 
 /// Width of the plain-text part (RFC 3676 suggests under 80; 78 leaves room for quoting).
 pub const TEXT_WIDTH: usize = 78;
@@ -13,6 +13,16 @@ fn parser(src: &str) -> Parser<'_> {
 fn safe_link(dest: &str) -> bool {
     let lower = dest.trim().to_ascii_lowercase();
     lower.starts_with("https://") || lower.starts_with("http://") || lower.starts_with("mailto:")
+}
+
+/// Where a link goes: an email autolink (`<editor@example.com>`) comes with the bare address,
+/// and pulldown-cmark adds `mailto:` only as it writes HTML.
+fn target(link_type: LinkType, dest: &str) -> String {
+    if link_type == LinkType::Email {
+        format!("mailto:{dest}")
+    } else {
+        dest.to_owned()
+    }
 }
 
 /// Markdown to HTML for the email and the web view. Raw HTML in the source is shown as text,
@@ -37,7 +47,7 @@ pub fn to_html(src: &str) -> String {
                 id,
             },
         ) => {
-            let ok = safe_link(&dest_url);
+            let ok = safe_link(&target(link_type, &dest_url));
             skip_link_end.push(!ok);
             ok.then_some(Event::Start(Tag::Link {
                 link_type,
@@ -202,8 +212,20 @@ pub fn to_text(src: &str, links: &mut LinkList) -> String {
             Event::End(TagEnd::Heading(_)) => {
                 w.flush(false);
             }
-            Event::Start(Tag::Link { dest_url, .. } | Tag::Image { dest_url, .. }) => {
-                link_dests.push(safe_link(&dest_url).then(|| dest_url.to_string()));
+            Event::Start(
+                Tag::Link {
+                    link_type,
+                    dest_url,
+                    ..
+                }
+                | Tag::Image {
+                    link_type,
+                    dest_url,
+                    ..
+                },
+            ) => {
+                let dest = target(link_type, &dest_url);
+                link_dests.push(safe_link(&dest).then_some(dest));
             }
             Event::End(TagEnd::Link | TagEnd::Image) => {
                 if let Some(Some(url)) = link_dests.pop() {
@@ -293,6 +315,22 @@ mod tests {
         assert!(!html.contains("javascript"), "{html}");
         assert!(html.contains(">bad<") || html.contains(" bad "), "{html}");
         assert!(!html.contains("<img"), "{html}");
+    }
+
+    #[test]
+    fn an_email_autolink_is_a_mailto_link_in_both_parts() {
+        let html = to_html("Write to <editor@example.com>.");
+        assert!(
+            html.contains("href=\"mailto:editor@example.com\""),
+            "{html}"
+        );
+        let mut links = LinkList::default();
+        let text = to_text("Write to <editor@example.com>.", &mut links);
+        assert!(text.contains("editor@example.com [1]"), "{text}");
+        assert_eq!(
+            links.iter().collect::<Vec<_>>(),
+            vec![(1, "mailto:editor@example.com")]
+        );
     }
 
     #[test]
