@@ -414,6 +414,10 @@ pub async fn apply(
             return failed_only(pool, (issue_id, subscriber_id), status, &detail).await;
         }
     };
+    if !recorded && deliveries::in_flight(pool, issue_id, subscriber_id).await? {
+        // Claimed again between the check above and the record: its result decides.
+        return Err(NotYetRecorded(subscriber_id).into());
+    }
     Ok(if recorded {
         Handled::Bounced {
             subscriber_id,
@@ -440,16 +444,17 @@ async fn failed_only(
     detail: &str,
 ) -> anyhow::Result<Handled> {
     let detail = crate::send::classify::truncate(&one_line(detail), 400);
-    Ok(
-        if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail).await? {
-            Handled::Failed {
-                subscriber_id,
-                status,
-            }
-        } else {
-            Handled::AlreadyBounced(subscriber_id)
-        },
-    )
+    if deliveries::record_dsn_failure(pool, issue_id, subscriber_id, &detail).await? {
+        return Ok(Handled::Failed {
+            subscriber_id,
+            status,
+        });
+    }
+    if deliveries::in_flight(pool, issue_id, subscriber_id).await? {
+        // Claimed again since the check before the record: its result decides.
+        return Err(NotYetRecorded(subscriber_id).into());
+    }
+    Ok(Handled::AlreadyBounced(subscriber_id))
 }
 
 /// Why a complaint that is neither VERP-tagged nor from a proved feedback loop is ignored.

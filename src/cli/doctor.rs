@@ -245,7 +245,8 @@ pub async fn run(settings: &Settings, format: Output) -> anyhow::Result<()> {
                 settings.dkim.key_file.display()
             ));
             let from = settings.newsletter.from.email.domain();
-            if !same_organisation(&settings.dkim.domain, from) {
+            let from = idna::domain_to_ascii(from).unwrap_or_else(|_| from.to_owned());
+            if !same_organisation(&settings.dkim.domain, &from) {
                 r.note(&format!(
                     "dkim: d={} is not the From address's domain {from} nor of its organisation: DMARC passes only if SPF aligns (RFC 7489 §3.1; set dkim.domain to {from})",
                     settings.dkim.domain
@@ -364,7 +365,9 @@ pub async fn run(settings: &Settings, format: Output) -> anyhow::Result<()> {
 /// misses a note, never makes a wrong one.
 fn same_organisation(a: &str, b: &str) -> bool {
     let org = |d: &str| -> String {
-        let d = d.trim_end_matches('.').to_ascii_lowercase();
+        // In one form: a From domain may be written in Unicode, d= is in ASCII.
+        let d = d.trim_end_matches('.');
+        let d = idna::domain_to_ascii(d).unwrap_or_else(|_| d.to_ascii_lowercase());
         let labels: Vec<&str> = d.rsplitn(3, '.').collect();
         labels
             .iter()

@@ -64,7 +64,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: StatusFormat,
     },
-    /// Resume an issue paused by the breaker, then deliver it
+    /// Resume an issue paused by the breaker, then deliver it; also sends again what the relay
+    /// refused of an issue no longer paused (resumed by its cool-down, or finished)
     Resume {
         /// The issue number
         number: i32,
@@ -263,7 +264,10 @@ pub async fn run(cmd: Command, settings: &Settings) -> anyhow::Result<()> {
                 bail!("no issue #{number}");
             };
             let Some(requeued) = deliveries::resume(&pool, issue.issue_id).await? else {
-                bail!("issue #{number} is not paused (it is {})", issue.status);
+                bail!(
+                    "issue #{number} is not paused (it is {}) and the relay refused none of its deliveries",
+                    issue.status
+                );
             };
             match requeued {
                 0 => println!("issue #{number} resumed"),

@@ -570,16 +570,21 @@ pub async fn pause(
     Ok(())
 }
 
-/// Resumes a paused issue now: `None` when it was not paused, else how many of its deliveries
-/// were queued again because the relay, not the subscriber, refused them ([`requeue_refused`]).
+/// Resumes a paused issue now: `None` when it was not paused and holds nothing the relay
+/// refused, else how many of its deliveries were queued again because the relay, not the
+/// subscriber, refused them ([`requeue_refused`]).
 /// Asked by the operator, who has mended what tripped the breaker, it takes them back whatever
 /// their age, each with a new `give_up_after` of its own.
 pub async fn resume(pool: &PgPool, issue_id: i64) -> sqlx::Result<Option<u64>> {
     let mut tx = pool.begin().await?;
-    let resumed = sqlx::query(
-        "UPDATE issue SET status = 'sending', status_reason = NULL, paused_until = NULL \
-         WHERE issue_id = $1 AND status = 'paused'",
-    )
+    // Not paused any more (the cool-down resumed it, or it finished) yet holding deliveries the
+    // relay refused, which the cool-down left: the operator's resume sends them, reopening it.
+    let resumed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE issue i SET status = 'sending', status_reason = NULL, paused_until = NULL, \
+                finished_at = NULL \
+         WHERE i.issue_id = $1 AND (i.status = 'paused' OR (i.status IN ('sending', 'sent') \
+               AND EXISTS (SELECT 1 FROM delivery d WHERE d.issue_id = $1 AND {REFUSED})))"
+    )))
     .bind(issue_id)
     .execute(&mut *tx)
     .await?
@@ -727,9 +732,11 @@ pub async fn in_flight(pool: &PgPool, issue_id: i64, subscriber_id: i64) -> sqlx
 }
 
 /// Records a hard bounce that arrived later as a DSN: the delivery becomes `bounced` and the
-/// subscriber's counter goes up (suppressed at `threshold`), with an event. Returns false when
-/// the delivery is not `sent` (its bounce was recorded before, so the same DSN twice counts
-/// once; or it was never handed over, so no DSN can be about it) or there is no such delivery.
+/// subscriber's counter goes up (suppressed at `threshold`), with an event. The delivery is
+/// `sent`, or `deferred` when the result of an attempt the relay took was lost (no answer to
+/// its final dot): the bounce proves it was handed over, and its retry would only mail a dead
+/// mailbox again. Returns false when the delivery is neither (its bounce was recorded before,
+/// so the same DSN twice counts once; or it is in flight) or there is no such delivery.
 pub async fn record_bounce(
     pool: &PgPool,
     issue_id: i64,
@@ -740,7 +747,7 @@ pub async fn record_bounce(
     let changed: i64 = sqlx::query_scalar(concat!(
         "WITH upd AS ( \
              UPDATE delivery SET status = 'bounced', last_error = $3, lease_until = NULL \
-             WHERE issue_id = $1 AND subscriber_id = $2 AND status = 'sent' \
+             WHERE issue_id = $1 AND subscriber_id = $2 AND status IN ('sent', 'deferred') \
              RETURNING subscriber_id, status, last_error), ",
         hard_bounce_rule!("$4", "dsn"),
         " SELECT count(*) FROM upd"
@@ -756,7 +763,7 @@ pub async fn record_bounce(
 
 /// Records a permanent failure that arrived later as a DSN (a relayed policy block, a local
 /// delivery error): the delivery becomes `failed`; the subscriber is kept. False when the
-/// delivery is not `sent`.
+/// delivery is neither `sent` nor `deferred` (see [`record_bounce`]).
 pub async fn record_dsn_failure(
     pool: &PgPool,
     issue_id: i64,
@@ -764,8 +771,8 @@ pub async fn record_dsn_failure(
     detail: &str,
 ) -> sqlx::Result<bool> {
     let changed = sqlx::query(
-        "UPDATE delivery SET status = 'failed', last_error = $3 \
-         WHERE issue_id = $1 AND subscriber_id = $2 AND status = 'sent'",
+        "UPDATE delivery SET status = 'failed', last_error = $3, systemic = false \
+         WHERE issue_id = $1 AND subscriber_id = $2 AND status IN ('sent', 'deferred')",
     )
     .bind(issue_id)
     .bind(subscriber_id)

@@ -1715,9 +1715,12 @@ async fn a_delivery_tried_five_times_is_not_sent_again_by_the_cooldown(pool: PgP
     assert_eq!(cooled, vec![1]);
     assert_eq!(statuses(&pool).await.get("failed"), Some(&failed));
 
-    deliveries::pause(&pool, issue.issue_id, "again", digestif::clock::now())
-        .await
-        .unwrap();
+    // Sending again, not paused: the operator's resume still takes them back.
     let requeued = deliveries::resume(&pool, issue.issue_id).await.unwrap();
     assert_eq!(requeued, Some(failed as u64));
+    // And with nothing refused left, an issue that is not paused is not resumed.
+    assert_eq!(
+        deliveries::resume(&pool, issue.issue_id).await.unwrap(),
+        None
+    );
 }

@@ -252,6 +252,36 @@ async fn a_bounce_that_outruns_the_sent_record_is_tried_again(pool: PgPool) {
     );
 }
 
+/// A delivery whose result was lost (no answer to its final dot, so `deferred` and due to be
+/// tried again) may have been handed over all the same, and a bounce for it proves it was. The
+/// bounce used to change nothing, exit 0: the retry then mailed the dead mailbox again and the
+/// address was never suppressed. It counts now, and nothing is tried again.
+#[sqlx::test]
+async fn a_bounce_for_a_delivery_whose_result_was_lost_counts(pool: PgPool) {
+    let (_outbox, verp) = sent_one(&pool).await;
+    sqlx::query(
+        "UPDATE delivery SET status = 'deferred', sent_at = NULL, \
+         next_attempt_at = now() + interval '10 minutes', last_error = 'timed out after the dot'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let part = "Content-Type: message/delivery-status\r\n\r\n\
+                Reporting-MTA: dns; mx.example.org\r\n\r\n\
+                Final-Recipient: rfc822; user1@example.com\r\n\
+                Action: failed\r\n\
+                Status: 5.1.1\r\n\
+                Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n";
+    let run = pipe(&Digestif::new(&pool), &verp, part);
+    assert!(run.output.status.success(), "{run}");
+    let (delivery, _, subscriber) = delivery(&pool).await;
+    assert_eq!(
+        (delivery.as_str(), subscriber.as_str()),
+        ("bounced", "bounced"),
+        "{run}"
+    );
+}
+
 /// A report that our sender was refused further on (Office 365 sends "5.1.8 Access denied, bad
 /// outbound sender" back as a bounce) says nothing of the subscriber: the delivery failed, the
 /// subscriber stays.
