@@ -34,9 +34,13 @@ fn describe(opts: &PgConnectOptions) -> String {
 }
 
 fn options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
+    use sqlx::ConnectOptions as _;
     // The URL may carry a password, so a parse error does not repeat it.
-    PgConnectOptions::from_str(db.url.expose_secret())
-        .map_err(|_| anyhow!("config: database.url: not a valid postgres:// URL"))
+    let opts = PgConnectOptions::from_str(db.url.expose_secret())
+        .map_err(|_| anyhow!("config: database.url: not a valid postgres:// URL"))?;
+    // sqlx warns of every statement over a second, SQL and all: a list streaming a million
+    // rows or a big issue's fan-out put that into every cron mail. Timings are for debugging.
+    Ok(opts.log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(1)))
 }
 
 /// Opens the pool, failing with one line that names the host when the database cannot be

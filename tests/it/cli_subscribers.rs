@@ -466,3 +466,28 @@ async fn an_import_status_column_is_read_as_digestifs_and_nothing_else(pool: PgP
         .unwrap();
     assert_eq!(name.as_deref(), Some("'quoted"));
 }
+
+/// sqlx warns of any statement that takes over a second, with its SQL, on stderr: a list of a
+/// million subscribers (the statement lasts as long as its rows stream) or the fan-out of a big
+/// issue put "WARN slow statement: execution time exceeded alert threshold" into every cron
+/// mail. Such timings are for debugging (`RUST_LOG=debug`), not for the operator's output.
+#[sqlx::test]
+async fn a_slow_statement_does_not_warn_the_operator(pool: PgPool) {
+    let d = Digestif::new(&pool);
+    d.ok(&["subscribers", "add", "ann@example.com"]);
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE subscriber IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let list = tokio::spawn({
+        let d = Digestif::new(&pool);
+        async move { d.run_async(&["subscribers", "list"]).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    lock.commit().await.unwrap();
+    let run = list.await.unwrap();
+    assert!(run.output.status.success(), "{run}");
+    assert!(run.stdout().contains("ann@example.com"), "{run}");
+    assert_eq!(run.stderr(), "", "{run}");
+}
