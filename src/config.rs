@@ -435,7 +435,7 @@ pub struct HttpSettings {
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: u32,
     /// Connections one client (an IPv4 address, an IPv6 /64) may hold at once; a trusted
-    /// proxy is not limited. More are answered 503 and closed.
+    /// proxy or a loopback peer is not limited. More are answered 503 and closed.
     pub max_connections_per_client: u32,
     /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,

@@ -295,11 +295,16 @@ impl<R: Read> Read for QuoteWatch<R> {
     }
 }
 
+/// What a CSV cell may begin with that `subscribers export` puts a `'` in front of
+/// (`output::spreadsheet_safe`): what a spreadsheet would run as a formula, and the `'` itself,
+/// so that the import can take the guard off again without ever taking a `'` that was there.
+pub const GUARDED: [char; 7] = ['=', '+', '-', '@', '\t', '\r', '\''];
+
 /// A cell as it was before `subscribers export` guarded it against spreadsheets (a `'` before a
 /// leading `= + - @ '`, tab or CR; `output::spreadsheet_safe`), so an export imports as it was.
 fn unguarded(cell: &str) -> &str {
     match cell.strip_prefix('\'') {
-        Some(rest) if rest.starts_with(crate::cli::output::GUARDED) => rest,
+        Some(rest) if rest.starts_with(GUARDED) => rest,
         _ => cell,
     }
 }
@@ -309,15 +314,16 @@ fn unguarded(cell: &str) -> &str {
 /// any other value is an error, since another tool's statuses (`enabled`, `blocklisted`) say
 /// nothing digestif can be sure of.
 fn left_out(record: &csv::ByteRecord, i: usize) -> Result<Option<&'static str>, String> {
+    use crate::domain::SubscriberStatus;
     let raw = String::from_utf8_lossy(record.get(i).unwrap_or_default());
     let status = raw.trim().to_ascii_lowercase();
-    match status.as_str() {
-        "" | "active" => Ok(None),
-        "pending" => Ok(Some("pending")),
-        "unsubscribed" => Ok(Some("unsubscribed")),
-        "bounced" => Ok(Some("bounced")),
-        "complained" => Ok(Some("complained")),
-        _ => Err(format!(
+    if status.is_empty() {
+        return Ok(None);
+    }
+    match status.parse::<SubscriberStatus>() {
+        Ok(SubscriberStatus::Active) => Ok(None),
+        Ok(other) => Ok(Some(other.as_str())),
+        Err(_) => Err(format!(
             "the status '{}' is not one of digestif's (active, pending, unsubscribed, bounced, complained); fix it, or drop the status column",
             shown(&crate::send::classify::truncate(raw.trim(), 40))
         )),

@@ -204,15 +204,10 @@ fn write_line(out: &mut impl Write, widths: &[usize], cells: &[String]) -> io::R
     writeln!(out, "{}", text.trim_end())
 }
 
-/// What a CSV cell may begin with that gets a `'` in front ([`spreadsheet_safe`]): what a
-/// spreadsheet would run as a formula, and the `'` itself, so that `subscribers import` can take
-/// the guard off again without ever taking a `'` that was there.
-pub const GUARDED: [char; 7] = ['=', '+', '-', '@', '\t', '\r', '\''];
-
 /// Neutralises a CSV cell that a spreadsheet would otherwise evaluate as a formula (OWASP "CSV
 /// injection"): a leading `= + - @`, tab or CR gets a `'` in front, and so does a leading `'`.
 pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
-    if cell.starts_with(GUARDED) {
+    if cell.starts_with(crate::import::GUARDED) {
         format!("'{cell}").into()
     } else {
         cell.into()

@@ -503,12 +503,9 @@ impl Deliverer {
             Outcome::Sent => settled(DeliveryStatus::Sent, None),
             Outcome::Bounced(f) => settled(DeliveryStatus::Bounced, Some(f)),
             Outcome::Failed(f) => Settled {
-                // Refused outright, by a code that says it is the relay's reason, not the
-                // subscriber's: resuming the issue sends it again. A bare 5xx counts for the
-                // breaker but may be one mailbox's (sent again on every resume, a list's dead
-                // addresses would trip the breaker again and again); a retry given up on may
-                // have been delivered (no answer to the final dot).
-                systemic: f.systemic && f.enhanced.is_some(),
+                // Not a retry given up on (below): that may have been delivered (no answer to
+                // the final dot).
+                systemic: f.relays_own(),
                 ..settled(DeliveryStatus::Failed, Some(f))
             },
             Outcome::Transient(f) => {

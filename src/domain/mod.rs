@@ -64,7 +64,7 @@ pub(crate) fn is_direction_override(c: char) -> bool {
 /// The invisible marks that change the direction of the text after them (Unicode's bidi
 /// embeddings, overrides, isolates and marks).
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    is_direction_override(c) || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}')
 }
 
 /// Outside text for the operator's terminal: one line (as [`one_line`]), with the marks that

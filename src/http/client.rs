@@ -68,7 +68,7 @@ impl PerClient {
     /// Counts a new connection from `peer`; `None` when that client has `limit` open already.
     pub fn admit(self: &std::sync::Arc<Self>, peer: IpAddr) -> Option<Admitted> {
         let peer = canonical(peer);
-        if peer.is_loopback() || self.trusted.iter().any(|net| net.contains(&peer)) {
+        if peer.is_loopback() || is_trusted(&self.trusted, peer) {
             return Some(Admitted { counted: None });
         }
         let key = limit_key(peer);
@@ -103,8 +103,7 @@ impl Drop for Admitted {
 /// sits further left and is never reached unless every hop after it is trusted.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer = canonical(peer);
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(&ip));
-    if !is_trusted(peer) {
+    if !is_trusted(trusted, peer) {
         return peer;
     }
     let forwarded = forwarded_for(headers);
@@ -115,7 +114,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     };
     let mut client = peer;
     for hop in chain.iter().rev() {
-        if !is_trusted(client) {
+        if !is_trusted(trusted, client) {
             break;
         }
         match parse_node(hop) {
@@ -124,6 +123,11 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         }
     }
     client
+}
+
+/// Whether `ip` is one of the trusted proxies.
+fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
 }
 
 /// What sign-up limits count under: an IPv4 address, or an IPv6 address's /64, since one

@@ -185,7 +185,7 @@ type Latest = (
 );
 
 /// The figures read from the database for one scrape.
-pub struct DatabaseMetrics {
+struct DatabaseMetrics {
     queue_depth: i64,
     paused: i64,
     latest: Option<Latest>,

@@ -197,6 +197,8 @@ pub struct RenderedIssue {
     from: Mailbox,
     reply_to: Option<Mailbox>,
     list_id: HeaderValue,
+    /// The Subject when lettre may not write it ([`encoded_subject`]).
+    encoded_subject: Option<HeaderValue>,
     unsubscribe_base: String,
     unsubscribe_mailbox: lettre::Address,
     domain: String,
@@ -326,6 +328,7 @@ pub fn render_issue(
     let domain = newsletter.from.email.domain().to_owned();
     Ok(RenderedIssue {
         number: content.number,
+        encoded_subject: encoded_subject(&one_line(&subject)),
         subject,
         html: encoded::EncodedPart::new(&html, &marks),
         text: encoded::EncodedPart::new(&text, &marks),
@@ -378,17 +381,9 @@ fn tidy_text(text: &str) -> String {
 /// words, inside the quotes, where RFC 2047 does not allow them.
 fn list_id_header(name: &str, id: &str) -> HeaderValue {
     const NAME: &str = "List-Id";
-    let mut encoded = String::new();
-    // Writing to a String cannot fail.
-    let _ = email_encoding::headers::quoted_string::encode(
-        name,
-        &mut email_encoding::headers::writer::EmailWriter::new(
-            &mut encoded,
-            NAME.len() + 2,
-            0,
-            false,
-        ),
-    );
+    let encoded = encode_header(NAME, |w| {
+        email_encoding::headers::quoted_string::encode(name, w)
+    });
     HeaderValue::dangerous_new_pre_encoded(
         HeaderName::new_from_ascii_str(NAME),
         format!("{name} <{id}>"),
@@ -404,22 +399,30 @@ fn encoded_subject(subject: &str) -> Option<HeaderValue> {
     if !subject.contains("=?") {
         return None;
     }
-    let mut encoded = String::new();
-    // Writing to a String cannot fail.
-    let _ = email_encoding::headers::rfc2047::encode(
-        subject,
-        &mut email_encoding::headers::writer::EmailWriter::new(
-            &mut encoded,
-            NAME.len() + 2,
-            0,
-            false,
-        ),
-    );
+    let encoded = encode_header(NAME, |w| {
+        email_encoding::headers::rfc2047::encode(subject, w)
+    });
     Some(HeaderValue::dangerous_new_pre_encoded(
         HeaderName::new_from_ascii_str(NAME),
         subject.to_owned(),
         encoded,
     ))
+}
+
+/// A header value as `write` encodes it, folded for a header named `name`.
+fn encode_header(
+    name: &str,
+    write: impl FnOnce(&mut email_encoding::headers::writer::EmailWriter<'_>) -> std::fmt::Result,
+) -> String {
+    let mut encoded = String::new();
+    // Writing to a String cannot fail.
+    let _ = write(&mut email_encoding::headers::writer::EmailWriter::new(
+        &mut encoded,
+        name.len() + 2,
+        0,
+        false,
+    ));
+    encoded
 }
 
 fn html_escape(s: &str) -> String {
@@ -526,11 +529,10 @@ impl RenderedIssue {
             self.keys.sign_unsubscribe_mail(r.subscriber_id),
             self.unsubscribe_mailbox.domain()
         );
-        let subject = one_line(&self.subject);
         let mut builder = Message::builder().from(self.from.clone()).to(to);
-        builder = match encoded_subject(&subject) {
-            Some(header) => builder.raw_header(header),
-            None => builder.subject(subject),
+        builder = match &self.encoded_subject {
+            Some(header) => builder.raw_header(header.clone()),
+            None => builder.subject(one_line(&self.subject)),
         };
         let mut builder = builder
             .message_id(Some(self.message_id(r.subscriber_id)))

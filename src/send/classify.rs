@@ -32,6 +32,16 @@ pub struct Failure {
     pub systemic: bool,
 }
 
+impl Failure {
+    /// A refusal whose enhanced code says the reason is the relay's own (5.7, 5.3, 5.5, 5.6),
+    /// not the subscriber's: resuming the issue sends it again. A bare 5xx counts for the
+    /// breaker but may be one mailbox's (sent again on every resume, a list's dead addresses
+    /// would trip the breaker again and again).
+    pub fn relays_own(&self) -> bool {
+        self.systemic && self.enhanced.is_some()
+    }
+}
+
 /// Finds an RFC 3463 enhanced status code (`class.subject.detail`) in a reply text.
 pub fn enhanced_code(text: &str) -> Option<String> {
     text.split(|c: char| c.is_whitespace() || matches!(c, ':' | '(' | ')' | ',' | ';' | '[' | ']'))

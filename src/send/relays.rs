@@ -54,10 +54,11 @@ fn relay_fault(outcome: &Outcome) -> bool {
 }
 
 /// Where a failed attempt is worth repeating on another relay at once: any temporary failure
-/// (another relay may take it now) and a refusal that may be this relay's own (a policy block,
-/// a 5xx without an enhanced code); never a refusal whose code names the recipient's mailbox, and never when the relay may have the message after all (it went silent or the
-/// connection broke once the message was on its way): that waits for the normal retry, so a
-/// subscriber does not get it twice through two relays.
+/// (another relay may take it now) and a refusal the breaker counts (it may be this relay's
+/// own); never a refusal whose code names the recipient's mailbox, and never when the relay
+/// may have the message after all (it went silent or the connection broke once the message
+/// was on its way): that waits for the normal retry, so a subscriber does not get it twice
+/// through two relays.
 fn try_elsewhere(outcome: &Outcome, maybe_sent: bool) -> bool {
     !maybe_sent
         && match outcome {

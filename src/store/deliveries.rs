@@ -572,29 +572,27 @@ pub async fn pause(
 
 /// Resumes a paused issue now: `None` when it was not paused and holds nothing the relay
 /// refused, else how many of its deliveries were queued again because the relay, not the
-/// subscriber, refused them ([`requeue_refused`]).
-/// Asked by the operator, who has mended what tripped the breaker, it takes them back whatever
-/// their age, each with a new `give_up_after` of its own.
+/// subscriber, refused them ([`REFUSED`]). Asked by the operator, who has mended what tripped
+/// the breaker, it takes them back whatever their age, each with a new `give_up_after` of its
+/// own; and from an issue no longer paused (the cool-down resumed it, or it finished) as well,
+/// reopening it.
 pub async fn resume(pool: &PgPool, issue_id: i64) -> sqlx::Result<Option<u64>> {
-    let mut tx = pool.begin().await?;
-    // Not paused any more (the cool-down resumed it, or it finished) yet holding deliveries the
-    // relay refused, which the cool-down left: the operator's resume sends them, reopening it.
-    let resumed = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE issue i SET status = 'sending', status_reason = NULL, paused_until = NULL, \
-                finished_at = NULL \
-         WHERE i.issue_id = $1 AND (i.status = 'paused' OR (i.status IN ('sending', 'sent') \
-               AND EXISTS (SELECT 1 FROM delivery d WHERE d.issue_id = $1 AND {REFUSED})))"
+    let requeued: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "WITH resumed AS ( \
+             UPDATE issue i SET status = 'sending', status_reason = NULL, paused_until = NULL, \
+                    finished_at = NULL \
+             WHERE i.issue_id = $1 AND (i.status = 'paused' OR (i.status IN ('sending', 'sent') \
+                   AND EXISTS (SELECT 1 FROM delivery d WHERE d.issue_id = $1 AND {REFUSED}))) \
+             RETURNING issue_id), \
+         requeued AS ( \
+             UPDATE delivery d SET {REQUEUE}, first_attempt_at = NULL \
+             FROM resumed r WHERE d.issue_id = r.issue_id AND {REFUSED} RETURNING 1) \
+         SELECT (SELECT count(*) FROM requeued) FROM resumed"
     )))
     .bind(issue_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if resumed != 1 {
-        return Ok(None);
-    }
-    let requeued = requeue_refused(&mut tx, issue_id).await?;
-    tx.commit().await?;
-    Ok(Some(requeued))
+    .fetch_optional(pool)
+    .await?;
+    Ok(requeued.map(|n| u64::try_from(n).unwrap_or_default()))
 }
 
 /// Resumes paused issues whose cool-down is over; returns their numbers. Deliveries the relay
@@ -612,8 +610,7 @@ pub async fn resume_cooled(
              UPDATE issue SET status = 'sending', status_reason = NULL, paused_until = NULL \
              WHERE status = 'paused' AND paused_until <= now() RETURNING issue_id, number), \
          requeued AS ( \
-             UPDATE delivery d SET status = 'deferred', next_attempt_at = now(), \
-                    systemic = false \
+             UPDATE delivery d SET {REQUEUE} \
              FROM resumed r WHERE d.issue_id = r.issue_id AND {REFUSED} AND d.attempts < 5 \
                AND d.first_attempt_at > now() - make_interval(secs => $1)) \
          SELECT number FROM resumed"
@@ -627,21 +624,10 @@ pub async fn resume_cooled(
 /// reasons (a policy block, a message too big: what trips the breaker), never a retry given up
 /// on nor a failure a DSN reported. The attempts that trip the breaker fail before the issue
 /// pauses, yet their subscribers did nothing.
-const REFUSED: &str = "d.status = 'failed' AND d.systemic AND d.sent_at IS NULL";
+const REFUSED: &str = "d.status = 'failed' AND d.systemic";
 
-/// Queues again what the relay refused ([`REFUSED`]) of the issue that `issue resume` resumed:
-/// all of it, whatever its age, each with a new one. Returns how many.
-async fn requeue_refused(conn: &mut PgConnection, issue_id: i64) -> sqlx::Result<u64> {
-    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE delivery d SET status = 'deferred', next_attempt_at = now(), systemic = false, \
-                first_attempt_at = NULL \
-         WHERE d.issue_id = $1 AND {REFUSED}"
-    )))
-    .bind(issue_id)
-    .execute(conn)
-    .await?
-    .rows_affected())
-}
+/// What queuing a refused delivery again sets: due at once, to be claimed like a retry.
+const REQUEUE: &str = "status = 'deferred', next_attempt_at = now(), systemic = false";
 
 /// When the next delivery of a sending issue becomes claimable (a retry, a lease running out,
 /// or at once for a claim whose worker is gone), if any is waiting: the time, and how long

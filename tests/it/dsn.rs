@@ -57,6 +57,14 @@ fn pipe(d: &Digestif, verp: &str, part: &str) -> crate::helpers::Run {
     )
 }
 
+/// The delivery-status part of a plain hard bounce of user1.
+const USER_UNKNOWN: &str = "Content-Type: message/delivery-status\r\n\r\n\
+                            Reporting-MTA: dns; mx.example.org\r\n\r\n\
+                            Final-Recipient: rfc822; user1@example.com\r\n\
+                            Action: failed\r\n\
+                            Status: 5.1.1\r\n\
+                            Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n";
+
 async fn delivery(pool: &PgPool) -> (String, String, String) {
     sqlx::query_as(
         "SELECT d.status, coalesce(d.last_error, ''), s.status FROM delivery d \
@@ -230,12 +238,7 @@ async fn a_bounce_that_outruns_the_sent_record_is_tried_again(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    let part = "Content-Type: message/delivery-status\r\n\r\n\
-                Reporting-MTA: dns; mx.example.org\r\n\r\n\
-                Final-Recipient: rfc822; user1@example.com\r\n\
-                Action: failed\r\n\
-                Status: 5.1.1\r\n\
-                Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n";
+    let part = USER_UNKNOWN;
     let d = Digestif::new(&pool);
     let early = pipe(&d, &verp, part);
     assert_eq!(early.output.status.code(), Some(75), "{early}");
@@ -266,12 +269,7 @@ async fn a_bounce_for_a_delivery_whose_result_was_lost_counts(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let part = "Content-Type: message/delivery-status\r\n\r\n\
-                Reporting-MTA: dns; mx.example.org\r\n\r\n\
-                Final-Recipient: rfc822; user1@example.com\r\n\
-                Action: failed\r\n\
-                Status: 5.1.1\r\n\
-                Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n";
+    let part = USER_UNKNOWN;
     let run = pipe(&Digestif::new(&pool), &verp, part);
     assert!(run.output.status.success(), "{run}");
     let (delivery, _, subscriber) = delivery(&pool).await;

@@ -780,12 +780,7 @@ async fn metrics_can_leave_the_public_listener(pool: PgPool) {
 #[sqlx::test]
 async fn metrics_parse_as_prometheus_text_with_stable_names(pool: PgPool) {
     use prometheus_parse::{Scrape, Value};
-    let app = App::start(&pool, "").await;
-    seed(&pool, 3).await;
-    digest::create_issue(&pool, &app.settings, at("2026-11-30T08:00:00Z"))
-        .await
-        .unwrap();
-    crate::helpers::deliver_all(&pool, &app.settings, Duration::ZERO).await;
+    let app = with_issue_1_sent_to_3(&pool).await;
     app.counters.count(digestif::domain::DeliveryStatus::Sent);
     let r = app.request("GET", "/metrics", None).await;
     assert_eq!(r.status, 200);
@@ -841,6 +836,17 @@ async fn metrics_parse_as_prometheus_text_with_stable_names(pool: PgPool) {
     assert!(value("process_open_fds", None) > 0.0);
 }
 
+/// The web side on default settings, with issue #1 sent to three subscribers.
+async fn with_issue_1_sent_to_3(pool: &PgPool) -> App {
+    let app = App::start(pool, "").await;
+    seed(pool, 3).await;
+    digest::create_issue(pool, &app.settings, at("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
+    crate::helpers::deliver_all(pool, &app.settings, Duration::ZERO).await;
+    app
+}
+
 /// `/issues/N` and `/metrics` answer anyone on the public listener. Rendering an issue (CSS
 /// inlined) took about 0.4 ms of the cores that send the mail, and each scrape counted the
 /// latest issue's deliveries on the pool that delivery uses, on every request: a client asking
@@ -850,12 +856,7 @@ async fn metrics_parse_as_prometheus_text_with_stable_names(pool: PgPool) {
 async fn asking_for_the_web_view_or_metrics_over_and_over_costs_one_render_and_one_count_a_second(
     pool: PgPool,
 ) {
-    let app = App::start(&pool, "").await;
-    seed(&pool, 3).await;
-    digest::create_issue(&pool, &app.settings, at("2026-11-30T08:00:00Z"))
-        .await
-        .unwrap();
-    crate::helpers::deliver_all(&pool, &app.settings, Duration::ZERO).await;
+    let app = with_issue_1_sent_to_3(&pool).await;
     let first = app.request("GET", "/issues/1", None).await;
     assert_eq!(first.status, 200);
     let scrape = app.request("GET", "/metrics", None).await.body;
